@@ -1,0 +1,96 @@
+"""The aiohttp application: one pooled upstream session, the MCP endpoint, and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from proxy import pipeline as pipeline_module
+from proxy.config import Config
+from proxy.forward import Forwarder
+from proxy.pipeline import Pipeline
+from proxy.tls import server_context
+
+log = logging.getLogger("scopegate")
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def upstream_session(config: Config) -> aiohttp.ClientSession:
+    """One pooled session for every upstream request. No total timeout: SSE streams live as long as they must."""
+    connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bodies are relayed with the upstream's Content-Encoding intact
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every client: it must never keep state
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def build_app(config: Config, pipeline: Pipeline | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.max_body_bytes)
+    chosen = pipeline if pipeline is not None else pipeline_module.build(config)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with upstream_session(config) as session:
+            app[FORWARDER] = Forwarder(config, chosen, session)
+            yield
+
+    async def close_streams(app: web.Application) -> None:
+        await app[FORWARDER].close_streams()
+
+    async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
+        return await request.app[FORWARDER].handle(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_streams)
+    path = config.upstream.path or "/"
+    for method in ("POST", "GET", "DELETE"):
+        app.router.add_route(method, path, mcp_endpoint)
+    return app
+
+
+async def start(config: Config, pipeline: Pipeline | None = None) -> tuple[web.AppRunner, int]:
+    """Start serving (for tests and embedding); returns the runner and the port actually bound."""
+    runner = web.AppRunner(
+        build_app(config, pipeline), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
+    )
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port, ssl_context=server_context(config))
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+    return runner, bound
+
+
+def run(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM; open streams are closed on the way out, so exit takes seconds at most."""
+    ssl_context = server_context(config)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is a Linux/macOS speed-up, not a requirement
+        loop = asyncio.new_event_loop()
+    host, port = config.listen
+    scheme = "https" if ssl_context else "http"
+    path = config.upstream.path or "/"
+    log.info("scopegate listening on %s://%s:%d%s, upstream %s", scheme, host, port, path, config.upstream)
+    web.run_app(
+        build_app(config),
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+        loop=loop,
+    )

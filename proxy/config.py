@@ -1,0 +1,156 @@
+"""Settings for `scopegate serve`: one table, read from `SCOPEGATE_*` variables and from flags (flags win).
+
+`load` is pure (environment and flags in, a Config or a ConfigError out) so every bad configuration is refused
+before anything listens. A `SCOPEGATE_*` variable this build does not know is an error too: an operator who sets,
+say, a policy file for a build that cannot enforce one must not get a proxy that silently lets everything through.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from yarl import URL
+
+from proxy.origin import OriginPolicy, default_policy
+
+
+class ConfigError(Exception):
+    """One line saying which setting is wrong and what was expected."""
+
+
+def _url(name: str, value: str) -> URL:
+    url = URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"{name}: expected an http:// or https:// URL with a host, got {value!r}")
+    return url
+
+
+def _listen(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name}: expected host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _positive_int(name: str, value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(f"{name}: expected a positive whole number, got {value!r}")
+    return int(value)
+
+
+def _seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"{name}: expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def _file(name: str, value: str) -> str:
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ConfigError(f"{name}: no readable file at {value!r}")
+    return value
+
+
+def _csv(name: str, value: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise ConfigError(f"{name}: expected a comma-separated list, got {value!r}")
+    return items
+
+
+def _level(name: str, value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"{name}: expected debug, info, warning or error, got {value!r}")
+    return value.upper()
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # Config field; the variable is SCOPEGATE_<KEY>, the flag --<key with dashes>
+    parse: Callable[[str, str], Any]
+    help: str
+
+    @property
+    def env(self) -> str:
+        return "SCOPEGATE_" + self.key.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+SETTINGS = (
+    Setting("upstream", _url, "upstream MCP endpoint URL, e.g. http://127.0.0.1:8080/mcp (required)"),
+    Setting("listen", _listen, "host:port to serve on (default 127.0.0.1:8443 with TLS, 127.0.0.1:8000 without)"),
+    Setting("public_url", _url, "the canonical URL clients use; its host and origin are allowed by default"),
+    Setting("tls_cert", _file, "PEM certificate chain: serve HTTPS only (TLS 1.2 or newer)"),
+    Setting("tls_key", _file, "PEM private key for --tls-cert"),
+    Setting("tls_client_ca", _file, "PEM CA bundle: require client certificates signed by it (mTLS)"),
+    Setting("allowed_hosts", _csv, "comma-separated Host patterns (host, host:port, host:*); default loopback"),
+    Setting("allowed_origins", _csv, "comma-separated Origin patterns (scheme://host[:port|:*]); default loopback"),
+    Setting("max_body_bytes", _positive_int, "largest POST body accepted (default 4194304)"),
+    Setting("max_depth", _positive_int, "deepest JSON nesting accepted (default 64)"),
+    Setting("max_batch", _positive_int, "most messages in one JSON-RPC batch (default 100)"),
+    Setting("connect_timeout", _seconds, "seconds to wait for a connection to the upstream (default 5)"),
+    Setting("log_level", _level, "debug, info, warning or error (default info)"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: URL
+    listen: tuple[str, int] = ("127.0.0.1", 8000)
+    public_url: URL | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    origin_policy: OriginPolicy = field(default_factory=lambda: default_policy(None, None))
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_depth: int = 64
+    max_batch: int = 100
+    connect_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
+    """Build the Config from `SCOPEGATE_*` variables and flags (flags win). Raises ConfigError."""
+    known = {s.env for s in SETTINGS}
+    unknown = sorted(k for k in env if k.startswith("SCOPEGATE_") and k not in known)
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a setting this version of scopegate understands (refusing to start)")
+
+    values: dict[str, Any] = {}
+    for s in SETTINGS:
+        raw = flags.get(s.key)
+        source = s.flag
+        if raw is None:
+            raw, source = env.get(s.env), s.env
+        if raw is not None and raw != "":
+            values[s.key] = s.parse(source, raw)
+
+    if "upstream" not in values:
+        raise ConfigError("SCOPEGATE_UPSTREAM (or --upstream): the upstream MCP endpoint URL is required")
+    if ("tls_cert" in values) != ("tls_key" in values):
+        raise ConfigError("SCOPEGATE_TLS_CERT and SCOPEGATE_TLS_KEY go together: set both or neither")
+    if "tls_client_ca" in values and "tls_cert" not in values:
+        raise ConfigError("SCOPEGATE_TLS_CLIENT_CA needs SCOPEGATE_TLS_CERT and SCOPEGATE_TLS_KEY (mTLS is TLS)")
+    values.setdefault("listen", ("127.0.0.1", 8443 if "tls_cert" in values else 8000))
+
+    public: URL | None = values.get("public_url")
+    policy = default_policy(
+        public.host if public else None, str(public.origin()) if public else None
+    )
+    policy = OriginPolicy(
+        hosts=values.pop("allowed_hosts", policy.hosts), origins=values.pop("allowed_origins", policy.origins)
+    )
+    return Config(origin_policy=policy, **values)

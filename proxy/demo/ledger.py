@@ -1,0 +1,214 @@
+"""A small ledger MCP server: the demo upstream that `make run` fronts and the end-to-end tests drive.
+
+It is an ordinary, unmodified MCP server written with the official SDK, in the module:action style of design.md:
+read tools, write tools (one with a dry-run argument), one destructive tool, workspace-scoped tools that take
+`workspaceId`, one tool that streams progress, honest annotations, and the four ledger skills as prompts.
+It knows nothing about scopegate; everything it trusts arrives as plain arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+
+from proxy.demo.event_store import MemoryEventStore
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+DESTRUCTIVE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+@dataclass
+class Books:
+    """One workspace's books, in memory; the demo needs believable data, not persistence."""
+
+    accounts: dict[str, str] = field(
+        default_factory=lambda: {
+            "1000": "Bank",
+            "1200": "Accounts receivable",
+            "2000": "Accounts payable",
+            "4000": "Sales",
+            "6000": "Office expenses",
+        }
+    )
+    entries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    vendors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bank: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {
+            "bt-1": {"id": "bt-1", "date": "2026-10-03", "amount": -120.0, "text": "Office supplies", "matched": None},
+            "bt-2": {"id": "bt-2", "date": "2026-10-09", "amount": 2500.0, "text": "Invoice 1042", "matched": None},
+        }
+    )
+    locked_periods: set[str] = field(default_factory=set)
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.books: defaultdict[str, Books] = defaultdict(Books)
+        self._ids = itertools.count(1)
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+
+def _balance(lines: list[dict[str, Any]]) -> float:
+    return round(sum(float(line.get("debit", 0)) - float(line.get("credit", 0)) for line in lines), 2)
+
+
+def build_server(ledger: Ledger | None = None) -> MCPServer:
+    ledger = ledger or Ledger()
+    server = MCPServer("demo-ledger", instructions="A demo double-entry ledger with workspaces.")
+
+    @server.tool(annotations=READ)
+    def list_accounts(workspaceId: str) -> dict[str, Any]:
+        """List the chart of accounts of a workspace."""
+        return {"workspaceId": workspaceId, "accounts": ledger.books[workspaceId].accounts}
+
+    @server.tool(annotations=READ)
+    def list_journal_entries(workspaceId: str, limit: int = 20) -> dict[str, Any]:
+        """List the most recent journal entries of a workspace."""
+        entries = list(ledger.books[workspaceId].entries.values())[-limit:]
+        return {"workspaceId": workspaceId, "entries": entries}
+
+    @server.tool(annotations=READ)
+    def get_trial_balance(workspaceId: str) -> dict[str, Any]:
+        """Sum debits minus credits per account over all journal entries."""
+        totals: defaultdict[str, float] = defaultdict(float)
+        for entry in ledger.books[workspaceId].entries.values():
+            for line in entry["lines"]:
+                totals[line["account"]] += float(line.get("debit", 0)) - float(line.get("credit", 0))
+        return {"workspaceId": workspaceId, "balances": {k: round(v, 2) for k, v in sorted(totals.items())}}
+
+    @server.tool(annotations=READ)
+    def list_bank_transactions(workspaceId: str, unmatched_only: bool = False) -> dict[str, Any]:
+        """List imported bank transactions."""
+        txs = list(ledger.books[workspaceId].bank.values())
+        if unmatched_only:
+            txs = [t for t in txs if t["matched"] is None]
+        return {"workspaceId": workspaceId, "transactions": txs}
+
+    @server.tool(annotations=READ)
+    def get_period_status(workspaceId: str, period: str) -> dict[str, Any]:
+        """Tell whether an accounting period (YYYY-MM) is open or locked."""
+        locked = period in ledger.books[workspaceId].locked_periods
+        return {"workspaceId": workspaceId, "period": period, "status": "locked" if locked else "open"}
+
+    @server.tool(annotations=WRITE)
+    def create_journal_entry(
+        workspaceId: str, date: str, memo: str, lines: list[dict[str, Any]], dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Post a balanced journal entry. Each line is {account, debit} or {account, credit}.
+        With dry_run the entry is checked and described, not posted."""
+        books = ledger.books[workspaceId]
+        if date[:7] in books.locked_periods:
+            raise ValueError(f"period {date[:7]} is locked")
+        unknown = sorted({str(line.get("account")) for line in lines} - books.accounts.keys())
+        if unknown:
+            raise ValueError(f"unknown accounts: {', '.join(unknown)}")
+        if _balance(lines) != 0:
+            raise ValueError(f"entry does not balance (difference {_balance(lines)})")
+        entry = {"date": date, "memo": memo, "lines": lines}
+        if dry_run:
+            return {"dry_run": True, "would_post": entry, "workspaceId": workspaceId}
+        entry_id = ledger.next_id("je")
+        books.entries[entry_id] = {"id": entry_id, **entry}
+        return {"posted": books.entries[entry_id], "workspaceId": workspaceId}
+
+    @server.tool(annotations=WRITE)
+    def reconcile_bank_transaction(workspaceId: str, transaction_id: str, journal_entry_id: str) -> dict[str, Any]:
+        """Match a bank transaction to a journal entry."""
+        books = ledger.books[workspaceId]
+        if transaction_id not in books.bank:
+            raise ValueError(f"no bank transaction {transaction_id}")
+        if journal_entry_id not in books.entries:
+            raise ValueError(f"no journal entry {journal_entry_id}")
+        books.bank[transaction_id]["matched"] = journal_entry_id
+        return {"reconciled": books.bank[transaction_id], "workspaceId": workspaceId}
+
+    @server.tool(annotations=WRITE)
+    def create_vendor(workspaceId: str, name: str, iban: str = "") -> dict[str, Any]:
+        """Create a vendor (supplier) record for payables."""
+        vendor_id = ledger.next_id("v")
+        ledger.books[workspaceId].vendors[vendor_id] = {"id": vendor_id, "name": name, "iban": iban}
+        return {"vendor": ledger.books[workspaceId].vendors[vendor_id], "workspaceId": workspaceId}
+
+    @server.tool(annotations=WRITE)
+    def lock_period(workspaceId: str, period: str) -> dict[str, Any]:
+        """Lock an accounting period (YYYY-MM) so no entry can be posted into it."""
+        ledger.books[workspaceId].locked_periods.add(period)
+        return {"workspaceId": workspaceId, "period": period, "status": "locked"}
+
+    @server.tool(annotations=DESTRUCTIVE)
+    def delete_journal_entry(workspaceId: str, entry_id: str) -> dict[str, Any]:
+        """Delete a journal entry for good."""
+        removed = ledger.books[workspaceId].entries.pop(entry_id, None)
+        return {"deleted": removed is not None, "entry_id": entry_id, "workspaceId": workspaceId}
+
+    @server.tool(annotations=READ)
+    async def run_month_end_report(workspaceId: str, period: str, steps: int = 5, delay: float = 0.2,
+                                   ctx: Context | None = None) -> dict[str, Any]:
+        """Build the month-end report, reporting progress after each step."""
+        for step in range(1, steps + 1):
+            await asyncio.sleep(delay)
+            if ctx is not None:
+                await ctx.report_progress(step, steps, f"step {step} of {steps}")
+        return {"workspaceId": workspaceId, "period": period, "entries": len(ledger.books[workspaceId].entries)}
+
+    @server.resource("ledger://{workspaceId}/chart-of-accounts", mime_type="application/json")
+    def chart_of_accounts(workspaceId: str) -> dict[str, str]:
+        """The chart of accounts as a resource."""
+        return ledger.books[workspaceId].accounts
+
+    @server.prompt()
+    def process_incoming_invoice(vendor: str, amount: str) -> str:
+        """Book a supplier invoice: create the payable and its journal entry."""
+        return (f"Book the incoming invoice from {vendor} for {amount}: find or create the vendor, post a journal "
+                "entry debiting expenses and crediting accounts payable, then show the entry.")
+
+    @server.prompt()
+    def process_outgoing_invoice(customer: str, amount: str) -> str:
+        """Invoice a customer and record the receivable."""
+        return (f"Invoice {customer} for {amount}: post a journal entry debiting accounts receivable and crediting "
+                "sales, then match the payment when it arrives in the bank.")
+
+    @server.prompt()
+    def reconcile_bank_transactions() -> str:
+        """Match unmatched bank transactions to journal entries."""
+        return ("List the unmatched bank transactions, find the journal entry for each, and reconcile them one by "
+                "one; post a new entry where none exists.")
+
+    @server.prompt()
+    def tenant_setup_migration(source_system: str) -> str:
+        """Migrate a tenant's opening balances and configuration from another system."""
+        return f"Import the chart of accounts and opening balances from {source_system}, then lock prior periods."
+
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the demo ledger MCP server (Streamable HTTP).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--stateless", action="store_true", help="no sessions (stateless HTTP)")
+    parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    app = build_server().streamable_http_app(
+        stateless_http=args.stateless,
+        json_response=args.json_response,
+        event_store=None if args.stateless else MemoryEventStore(),
+        host=args.host,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

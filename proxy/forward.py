@@ -1,0 +1,208 @@
+"""The MCP endpoint: admit, parse, guard, forward, relay. The HTTP and upstream I/O edge of the proxy.
+
+Decisions live in the pipeline's steps; this module only moves bytes between the client and the one pooled
+upstream session, and merges the guards' own answers with the upstream's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import ClientResponse, web
+from yarl import URL
+
+from proxy.config import Config
+from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, dumps, is_request, parse_body
+from proxy.pipeline import Answer, Exchange, Outstanding, Pipeline
+from proxy.relay import ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
+from proxy.replies import JSON, rpc_error
+
+log = logging.getLogger("scopegate.forward")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes (client_max_size does not cover request.content)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+class Forwarder:
+    def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession) -> None:
+        self.upstream: URL = config.upstream
+        self.config = config
+        self.pipeline = pipeline
+        self.session = session
+        self.outstanding = Outstanding()
+        self.open_streams: set[ClientResponse] = set()
+
+    def _exchange(self, request: web.Request) -> Exchange:
+        rid = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        return Exchange(
+            request_id=rid,
+            session_id=request.headers.get("Mcp-Session-Id"),
+            protocol_version=request.headers.get("MCP-Protocol-Version"),
+            upstream_headers=upstream_request_headers(request.headers, (("X-Request-Id", rid),)),
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        exchange = self._exchange(request)
+        refusal = await self.pipeline.admit(request, exchange)
+        if refusal is not None:
+            return refusal
+        if request.method == "POST":
+            return await self._post(request, exchange)
+        rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
+        return await self._forward(request, exchange, None, rewrite, [], None)
+
+    async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        rid = exchange.request_id
+        limit = self.config.max_body_bytes
+        try:
+            body = await read_body(request, limit)
+        except BodyTooLarge:
+            return rpc_error(413, INVALID_REQUEST, f"request body exceeds {limit} bytes", request_id=rid)
+        try:
+            frame = parse_body(
+                body,
+                max_depth=self.config.max_depth,
+                max_batch=self.config.max_batch,
+                protocol_version=exchange.protocol_version,
+            )
+        except FrameError as exc:
+            return rpc_error(exc.http_status, exc.code, exc.message, msg_id=exc.msg_id, request_id=rid)
+
+        answers: list[Message] = list(frame.answers)
+        last_answer: Answer | None = None
+        forward: list[Message] = []
+        pending: dict[tuple[str, Any], str] = {}
+        for message in frame.messages:
+            outcome = await self.pipeline.guard(exchange, message)
+            if isinstance(outcome, Answer):
+                last_answer = outcome
+                if outcome.response is not None:
+                    answers.append(outcome.response)
+                continue
+            forward.append(outcome)
+            if is_request(outcome) and self.pipeline.rewrites(outcome["method"]):
+                pending[id_key(outcome["id"])] = outcome["method"]
+
+        if not forward:
+            return self._answer_locally(frame.is_batch, answers, last_answer, rid)
+        payload = dumps(forward if frame.is_batch else forward[0])
+        rewrite = ResponseRewrite(self.pipeline, exchange, pending, self.outstanding)
+        return await self._forward(request, exchange, payload, rewrite, answers, frame.is_batch)
+
+    @staticmethod
+    def _answer_locally(is_batch: bool, answers: list[Message], last: Answer | None, rid: str) -> web.Response:
+        headers = {"X-Request-Id": rid}
+        if not answers:
+            return web.Response(status=202, headers=headers)
+        if is_batch:
+            return web.Response(body=dumps(answers), content_type=JSON, headers=headers)
+        status = last.http_status if last is not None else 200
+        headers.update(last.headers if last is not None else ())
+        return web.Response(status=status, body=dumps(answers[0]), content_type=JSON, headers=headers)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        payload: bytes | None,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+        is_batch: bool | None,
+    ) -> web.StreamResponse:
+        try:
+            upstream = await self.session.request(
+                request.method, self.upstream, data=payload, headers=exchange.upstream_headers
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+            return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
+
+        headers = client_response_headers(upstream.headers)
+        headers["X-Request-Id"] = exchange.request_id
+        finished = False
+        try:
+            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                response = await self._stream(request, upstream, headers, rewrite, answers)
+            else:
+                response = await self._whole(upstream, headers, rewrite, answers, is_batch)
+            finished = True
+            return response
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            # The upstream failed after it had started answering.
+            log.warning("upstream failed mid-response: %s", type(exc).__name__,
+                        extra={"request_id": exchange.request_id})
+            return rpc_error(502, INTERNAL_ERROR, "upstream failed", request_id=exchange.request_id)
+        finally:
+            rewrite.park_unanswered()
+            if finished and upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
+
+    async def _whole(
+        self,
+        upstream: ClientResponse,
+        headers: Any,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+        is_batch: bool | None,
+    ) -> web.Response:
+        body = await upstream.read()
+        status = upstream.status
+        if upstream.status == 202 and answers:
+            # The upstream accepted the notifications; the client still needs the guards' answers.
+            status, body = 200, dumps(answers if is_batch else answers[0])
+            headers["Content-Type"] = JSON
+        elif upstream.status == 200 and (rewrite.active or answers) and body:
+            body = rewrite_json(body, rewrite, answers)
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: ClientResponse,
+        headers: Any,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        self.open_streams.add(upstream)
+        try:
+            for answer in answers:
+                await response.write(sse_event(answer))
+            await relay_sse(upstream, response, rewrite)
+        except (ConnectionResetError, aiohttp.ClientError):
+            # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
+            # the upstream response.
+            pass
+        finally:
+            self.open_streams.discard(upstream)
+        return response
+
+    async def close_streams(self) -> None:
+        """On shutdown: end every open upstream stream so the handlers relaying them return at once."""
+        for upstream in list(self.open_streams):
+            upstream.close()

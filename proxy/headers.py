@@ -1,0 +1,63 @@
+"""Which headers cross the proxy, in each direction. Pure functions over header mappings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the proxy re-frames or owns itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never forwarded upstream from a client:
+# - host: the upstream gets its own (MCP servers refuse a foreign Host to stop DNS rebinding);
+# - authorization / cookie: the client's credential is for the proxy only (no token passthrough);
+# - origin: checked by the proxy against its own allow-list; the upstream would judge it against the wrong host;
+# - content-length: the body is re-serialised;
+# - accept-encoding: the proxy reads what it relays, so the upstream answers uncompressed (it is on a local link).
+_NOT_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "cookie", "origin", "content-length", "accept-encoding"}
+
+# Never relayed to the client: framing is the proxy's own, and so are these.
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server", "set-cookie"}
+
+
+def _connection_listed(headers: Mapping[str, str]) -> set[str]:
+    """Names a `Connection` header lists are hop-by-hop too (RFC 9110 §7.6.1)."""
+    values = headers.getall("connection", ()) if hasattr(headers, "getall") else [headers.get("connection", "")]
+    return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
+
+
+def _filtered(headers: Mapping[str, str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
+    also = _connection_listed(headers) if "connection" in headers else set()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in drop and lower not in also and not lower.startswith("proxy-"):
+            out.add(name, value)
+    return out
+
+
+def upstream_request_headers(client: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> CIMultiDict[str]:
+    """Headers for the upstream request: the client's, less what must not cross, plus the proxy's own."""
+    out = _filtered(client, _NOT_UPSTREAM)
+    out["Accept-Encoding"] = "identity"
+    for name, value in extra:
+        out[name] = value
+    return out
+
+
+def client_response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
+    """Headers for the client's response: the upstream's, less hop-by-hop and framing headers."""
+    return _filtered(upstream, _NOT_DOWNSTREAM)

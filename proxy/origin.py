@@ -1,0 +1,64 @@
+"""Host and Origin allow-lists: DNS-rebinding protection the upstream can no longer do, since it sees the proxy's Host.
+
+Patterns: `host` or `host:*` (any port, or none), `host:port`; origins `scheme://host`, `scheme://host:port` or
+`scheme://host:*`. Matching is case-insensitive. A request without `Origin` is not from a browser and passes the
+Origin check; a request without `Host` fails the Host check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def _split_host(value: str) -> tuple[str, str | None]:
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        end = value.find("]")
+        if end == -1:
+            return value, None
+        rest = value[end + 1 :]
+        return value[: end + 1], rest[1:] if rest.startswith(":") else None
+    host, sep, port = value.rpartition(":")
+    return (host, port) if sep else (value, None)
+
+
+def _host_matches(pattern: str, value: str) -> bool:
+    p_host, p_port = _split_host(pattern)
+    v_host, v_port = _split_host(value)
+    if p_host != v_host:
+        return False
+    return p_port is None or p_port == "*" or p_port == v_port
+
+
+@dataclass(frozen=True)
+class OriginPolicy:
+    hosts: tuple[str, ...]
+    origins: tuple[str, ...]
+
+    def host_allowed(self, host: str | None) -> bool:
+        return bool(host) and any(_host_matches(p, host) for p in self.hosts)  # type: ignore[arg-type]
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if origin is None:
+            return True
+        scheme, sep, rest = origin.strip().lower().partition("://")
+        if not sep or "/" in rest:
+            return False
+        for pattern in self.origins:
+            p_scheme, _, p_rest = pattern.lower().partition("://")
+            if p_scheme == scheme and _host_matches(p_rest, rest):
+                return True
+        return False
+
+
+def default_policy(public_url_host: str | None, public_url_origin: str | None) -> OriginPolicy:
+    """Loopback on any port, plus the public URL's host and origin when one is configured."""
+    hosts = list(LOOPBACK_HOSTS)
+    origins = [f"{scheme}://{host}:*" for scheme in ("http", "https") for host in LOOPBACK_HOSTS]
+    if public_url_host:
+        hosts.append(public_url_host)
+    if public_url_origin:
+        origins.append(public_url_origin)
+    return OriginPolicy(tuple(hosts), tuple(origins))

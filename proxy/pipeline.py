@@ -1,0 +1,135 @@
+"""The request path as one ordered list: what every request goes through, read top to bottom in `build`.
+
+Three kinds of step, each a small callable that owns its settings:
+
+- admission checks, once per HTTP request (POST, GET, DELETE), before the body is read: they refuse the whole
+  request with an HTTP response, or let it in (and may note facts on the Exchange, e.g. who the caller is);
+- guards, once per JSON-RPC message of a POST, in order: each passes the message on (possibly rewritten) or answers
+  it itself with an `Answer`, and then the message is not forwarded;
+- rewriters, once per JSON-RPC response coming back, chosen by the method of the request it answers: on JSON
+  bodies, on SSE streams event by event, and on resumed (GET) streams.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.config import Config
+from proxy.jsonrpc import Message
+from proxy.origin_check import OriginCheck
+
+
+@dataclass
+class Exchange:
+    """One HTTP request through the proxy: what the steps read, and the facts they leave for later steps."""
+
+    request_id: str
+    session_id: str | None
+    protocol_version: str | None
+    upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A guard's own reply to one message; the message is then not forwarded.
+
+    `response` is None when the message was a notification (nothing to answer). `http_status` and `headers` apply
+    when the answered message was the only one in the request (e.g. 403 with WWW-Authenticate for a step-up).
+    """
+
+    response: Message | None
+    http_status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+AdmissionCheck = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse | None]]
+
+
+class Guard(Protocol):
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer: ...
+
+
+class Rewriter(Protocol):
+    methods: frozenset[str]
+
+    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message: ...
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    admission: tuple[AdmissionCheck, ...] = ()
+    guards: tuple[Guard, ...] = ()
+    rewriters: tuple[Rewriter, ...] = ()
+
+    def __post_init__(self) -> None:
+        by_method: dict[str, tuple[Rewriter, ...]] = {}
+        for rewriter in self.rewriters:
+            for method in rewriter.methods:
+                by_method[method] = (*by_method.get(method, ()), rewriter)
+        object.__setattr__(self, "_by_method", by_method)
+
+    def rewrites(self, method: str) -> bool:
+        return method in self._by_method  # type: ignore[attr-defined]
+
+    async def admit(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
+        for check in self.admission:
+            refusal = await check(request, exchange)
+            if refusal is not None:
+                return refusal
+        return None
+
+    async def guard(self, exchange: Exchange, message: Message) -> Message | Answer:
+        for guard in self.guards:
+            outcome = await guard(exchange, message)
+            if isinstance(outcome, Answer):
+                return outcome
+            message = outcome
+        return message
+
+    def rewrite(self, exchange: Exchange, method: str, response: Message) -> Message:
+        for rewriter in self._by_method.get(method, ()):  # type: ignore[attr-defined]
+            response = rewriter(exchange, method, response)
+        return response
+
+
+def build(config: Config) -> Pipeline:
+    """The whole pipeline, in order. Identity, session binding, scopes, workspace and confirmation join here."""
+    return Pipeline(
+        admission=(
+            OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
+        ),
+        guards=(),
+        rewriters=(),
+    )
+
+
+class Outstanding:
+    """Requests whose POST stream ended before their response, per session, so a resumed GET stream that carries
+    the response can still have it rewritten. Only methods with a rewriter are remembered. Bounded, oldest first
+    out, so a response that never comes cannot grow it.
+    """
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._methods: OrderedDict[tuple[str, str, Any], str] = OrderedDict()
+        self._limit = limit
+
+    def add(self, session_id: str, msg_id: Any, method: str) -> None:
+        self._methods[(session_id, type(msg_id).__name__, msg_id)] = method
+        while len(self._methods) > self._limit:
+            self._methods.popitem(last=False)
+
+    def take(self, session_id: str, msg_id: Any) -> str | None:
+        try:
+            return self._methods.pop((session_id, type(msg_id).__name__, msg_id))
+        except (KeyError, TypeError):  # TypeError: an unhashable id from a misbehaving upstream
+            return None
+
+    def __len__(self) -> int:
+        return len(self._methods)

@@ -1,0 +1,132 @@
+"""Relaying upstream answers to the client: JSON bodies whole, SSE streams event by event, unbuffered.
+
+When nothing needs rewriting, SSE bytes are written on as they arrive, chunk by chunk. When a rewriter waits for a
+response, the stream is split into events; only an event carrying a response to rewrite is rebuilt, every other
+event leaves byte for byte as it came, at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import ClientResponse, web
+
+from proxy.jsonrpc import Message, dumps
+from proxy.pipeline import Exchange, Outstanding, Pipeline
+from proxy.sse import EventSplitter, event_data, replace_data
+
+MAX_EVENT_BYTES = 32 * 1024 * 1024
+
+
+def id_key(msg_id: Any) -> tuple[str, Any]:
+    # 1 and "1" are different JSON-RPC ids.
+    return (type(msg_id).__name__, msg_id)
+
+
+class ResponseRewrite:
+    """Chooses, for each response message coming back, the rewriters of the method its request had."""
+
+    def __init__(
+        self, pipeline: Pipeline, exchange: Exchange, pending: dict[tuple[str, Any], str], outstanding: Outstanding
+    ) -> None:
+        self.pipeline = pipeline
+        self.exchange = exchange
+        self.pending = pending  # this POST's forwarded requests whose method has a rewriter
+        self.outstanding = outstanding  # earlier requests of the session whose POST stream ended first
+
+    @property
+    def active(self) -> bool:
+        return bool(self.pending) or (self.exchange.session_id is not None and len(self.outstanding) > 0)
+
+    def __call__(self, msg: Message) -> Message | None:
+        """The rewritten response, or None when `msg` is not a response waiting for a rewriter."""
+        if "method" in msg or "id" not in msg:
+            return None
+        try:
+            method = self.pending.pop(id_key(msg["id"]), None)
+        except TypeError:  # an unhashable id from a misbehaving upstream: nothing of ours
+            return None
+        if method is None and self.exchange.session_id is not None:
+            method = self.outstanding.take(self.exchange.session_id, msg["id"])
+        if method is None:
+            return None
+        return self.pipeline.rewrite(self.exchange, method, msg)
+
+    def park_unanswered(self) -> None:
+        """The POST stream ended before some responses: a resumed GET stream may still carry them."""
+        if self.exchange.session_id is not None:
+            for (_, msg_id), method in self.pending.items():
+                self.outstanding.add(self.exchange.session_id, msg_id, method)
+        self.pending.clear()
+
+
+def _apply(payload: Any, rewrite: Callable[[Message], Message | None]) -> Any | None:
+    """Rewrite one message or each message of a batch; None when nothing changed."""
+    if isinstance(payload, dict):
+        return rewrite(payload)
+    if isinstance(payload, list):
+        changed = False
+        out = []
+        for item in payload:
+            new = rewrite(item) if isinstance(item, dict) else None
+            changed = changed or new is not None
+            out.append(item if new is None else new)
+        return out if changed else None
+    return None
+
+
+def rewrite_json(body: bytes, rewrite: ResponseRewrite, local: list[Message]) -> bytes:
+    """An upstream JSON body with responses rewritten and the proxy's own answers merged in."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body  # not ours to judge; the client sees what the upstream said
+    new = _apply(payload, rewrite)
+    if new is not None:
+        payload = new
+    if local:
+        payload = [*local, *(payload if isinstance(payload, list) else [payload])]
+    elif new is None:
+        return body
+    return dumps(payload)
+
+
+def _rewrite_event(event: bytes, rewrite: ResponseRewrite) -> bytes:
+    data = event_data(event)
+    if not data:
+        return event
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return event
+    new = _apply(payload, rewrite)
+    return event if new is None else replace_data(event, dumps(new))
+
+
+def sse_event(msg: Message) -> bytes:
+    return b"event: message\ndata: " + dumps(msg) + b"\n\n"
+
+
+async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, rewrite: ResponseRewrite) -> None:
+    """Copy an SSE stream to the client as it arrives. Returns when the upstream ends it."""
+    content = upstream.content
+    if not rewrite.active:
+        while chunk := await content.readany():
+            await client.write(chunk)
+        return
+    splitter = EventSplitter(MAX_EVENT_BYTES)
+    while chunk := await content.readany():
+        if not rewrite.active:
+            pending = splitter.rest()
+            await client.write(pending + chunk if pending else chunk)
+            while chunk := await content.readany():
+                await client.write(chunk)
+            return
+        events = [_rewrite_event(event, rewrite) for event in splitter.feed(chunk)]
+        if events:
+            await client.write(b"".join(events))
+    tail = splitter.rest()
+    if tail:
+        await client.write(_rewrite_event(tail, rewrite))

@@ -1,0 +1,196 @@
+"""Fixtures: the real demo MCP server (official SDK) behind a recorder, and scopegate started as in production.
+
+The recorder sits at the upstream's HTTP edge and keeps exactly what the upstream received (method, headers, body
+bytes), so tests assert on what reached the server, not on what the proxy meant to send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import orjson
+import pytest
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from yarl import URL
+
+from proxy.app import start
+from proxy.config import Config
+from proxy.demo.event_store import MemoryEventStore
+from proxy.demo.ledger import build_server
+from proxy.pipeline import Pipeline
+
+
+@dataclass
+class Received:
+    method: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass
+class Recorder:
+    """ASGI middleware around the upstream app: records every request and counts the ones still in flight."""
+
+    app: Any
+    received: list[Received] = field(default_factory=list)
+    in_flight: int = 0
+    extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        record = Received(scope["method"], headers, b"")
+        self.received.append(record)
+        chunks: list[bytes] = []
+
+        async def recording_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                record.body = b"".join(chunks)
+            return message
+
+        async def decorating_send(message: dict) -> None:
+            if message["type"] == "http.response.start" and self.extra_response_headers:
+                message = {**message, "headers": [*message.get("headers", []), *self.extra_response_headers]}
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await self.app(scope, recording_receive, decorating_send)
+        finally:
+            self.in_flight -= 1
+
+    def posts(self) -> list[Received]:
+        return [r for r in self.received if r.method == "POST"]
+
+    def calls(self, method: str) -> list[Any]:
+        """Bodies of the JSON-RPC messages with this method that reached the upstream (batch elements too)."""
+        out = []
+        for r in self.posts():
+            payload = r.json()
+            for msg in payload if isinstance(payload, list) else [payload]:
+                if msg.get("method") == method:
+                    out.append(msg)
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Upstream:
+    url: str
+    recorder: Recorder
+    port: int
+
+
+class ThreadedServer:
+    """A uvicorn server on its own thread and event loop, so it never shares a loop with the code under test."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("upstream did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Any:
+    port = free_port()
+    app = build_server().streamable_http_app(event_store=MemoryEventStore(), retry_interval=100)
+    recorder = Recorder(app)
+    server = ThreadedServer(recorder, port)
+    server.start()
+    yield Upstream(f"http://127.0.0.1:{port}/mcp", recorder, port)
+    server.stop()
+
+
+@pytest.fixture
+def recorder(upstream: Upstream) -> Recorder:
+    upstream.recorder.received.clear()
+    upstream.recorder.extra_response_headers.clear()
+    return upstream.recorder
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[Callable[..., Any]]:
+    """Start scopegate through the production `start` path; returns its MCP URL. Stopped at the end of the test."""
+    runners = []
+
+    async def _start(upstream_url: str, pipeline: Pipeline | None = None, **settings: Any) -> str:
+        config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", 0), **settings)
+        runner, port = await start(config, pipeline)
+        runners.append(runner)
+        scheme = "https" if config.tls else "http"
+        return f"{scheme}://127.0.0.1:{port}{URL(upstream_url).path}"
+
+    yield _start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy_url(start_proxy: Callable[..., Any], upstream: Upstream, recorder: Recorder) -> str:
+    return await start_proxy(upstream.url)
+
+
+def sdk_client(url: str, mode: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Client:
+    http = httpx2.AsyncClient(headers=headers or {}, timeout=30, **kwargs)
+    return Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
+MODES = ["legacy", "auto"]
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
