@@ -113,7 +113,7 @@ def parse_body(body: bytes, *, max_depth: int, max_batch: int, protocol_version:
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "recursion" in str(exc).lower():
+        if "depth" in str(exc) or "recursion" in str(exc):  # orjson's own nesting limit
             raise FrameError(INVALID_REQUEST, f"JSON nests deeper than {max_depth} levels") from None
         raise FrameError(PARSE_ERROR, "Parse error: body is not valid UTF-8 JSON") from None
     if depth_exceeds(obj, max_depth):
