@@ -1,8 +1,8 @@
 """Host and Origin allow-lists: DNS-rebinding protection the upstream can no longer do, since it sees the proxy's Host.
 
-Patterns: `host` or `host:*` (any port, or none), `host:port`; origins `scheme://host`, `scheme://host:port` or
-`scheme://host:*`. Matching is case-insensitive. A request without `Origin` is not from a browser and passes the
-Origin check; a request without `Host` fails the Host check.
+Host patterns: `host` or `host:*` (any port, or none), `host:port`. Origin patterns: `scheme://host` (the default
+port only), `scheme://host:port`, or `scheme://host:*`. Matching is case-insensitive. A request without `Origin` is
+not from a browser and passes the Origin check; a request without `Host` fails the Host check.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ def _split_host(value: str) -> tuple[str, str | None]:
     return (host, port) if sep else (value, None)
 
 
-def _host_matches(pattern: str, value: str) -> bool:
+def _host_matches(pattern: str, value: str, *, portless_means_any: bool) -> bool:
     p_host, p_port = _split_host(pattern)
     v_host, v_port = _split_host(value)
     if p_host != v_host:
         return False
-    return p_port is None or p_port == "*" or p_port == v_port
+    if p_port == "*" or (p_port is None and portless_means_any):
+        return True
+    return p_port == v_port
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class OriginPolicy:
     origins: tuple[str, ...]
 
     def host_allowed(self, host: str | None) -> bool:
-        return bool(host) and any(_host_matches(p, host) for p in self.hosts)  # type: ignore[arg-type]
+        return bool(host) and any(_host_matches(p, host, portless_means_any=True) for p in self.hosts)  # type: ignore[arg-type]
 
     def origin_allowed(self, origin: str | None) -> bool:
         if origin is None:
@@ -48,7 +50,7 @@ class OriginPolicy:
             return False
         for pattern in self.origins:
             p_scheme, _, p_rest = pattern.lower().partition("://")
-            if p_scheme == scheme and _host_matches(p_rest, rest):
+            if p_scheme == scheme and _host_matches(p_rest, rest, portless_means_any=False):
                 return True
         return False
 

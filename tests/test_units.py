@@ -1,0 +1,154 @@
+"""Unit tests of the pure pieces: SSE framing, JSON-RPC framing, headers, Host/Origin matching, JSON merging."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from multidict import CIMultiDict
+
+from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.jsonrpc import FrameError, depth_exceeds, envelope_problem, parse_body
+from proxy.origin import OriginPolicy, default_policy
+from proxy.pipeline import Exchange, Outstanding, Pipeline
+from proxy.relay import ResponseRewrite, id_key, rewrite_json
+from proxy.sse import EventSplitter, EventTooLarge, event_data, replace_data
+
+STREAM = (
+    b": a comment\r\nretry: 100\r\n\r\n"
+    b"id: 7\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\n"
+    b"id: 8\ndata: {\"b\":2}\n\n"
+    b"data: x\r\r"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 64, len(STREAM)])
+def test_splitter_is_indifferent_to_chunk_boundaries(size: int) -> None:
+    splitter = EventSplitter(1 << 20)
+    events: list[bytes] = []
+    for i in range(0, len(STREAM), size):
+        events.extend(splitter.feed(STREAM[i : i + size]))
+    rest = splitter.rest()  # the last event ends in CR CR: it could still become CR CRLF, so it waits for the end
+    assert b"".join(events) + rest == STREAM  # byte for byte, nothing lost or added
+    assert len(events) == 3 and rest == b"data: x\r\r"
+    assert event_data(events[0]) is None
+    assert event_data(events[1]) == b'{"a":\n1}'
+    assert event_data(events[2]) == b'{"b":2}'
+    assert event_data(rest) == b"x"
+
+
+def test_splitter_waits_for_the_lf_of_a_crlf() -> None:
+    splitter = EventSplitter(1 << 20)
+    assert list(splitter.feed(b"data: 1\r\n\r")) == []
+    assert list(splitter.feed(b"\n")) == [b"data: 1\r\n\r\n"]
+
+
+def test_splitter_limits_an_unterminated_event() -> None:
+    splitter = EventSplitter(10)
+    with pytest.raises(EventTooLarge):
+        list(splitter.feed(b"data: " + b"x" * 20))
+
+
+def test_replace_data_keeps_the_other_lines_in_place() -> None:
+    event = b"id: 7\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n: note\r\n\r\n"
+    assert replace_data(event, b'{"a":2}') == b'id: 7\nevent: message\ndata: {"a":2}\n: note\n\n'
+
+
+def test_depth() -> None:
+    assert not depth_exceeds({"a": [1, {"b": 2}]}, 3)
+    assert depth_exceeds({"a": [1, {"b": [2]}]}, 3)
+    assert not depth_exceeds("scalar", 1)
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ({"jsonrpc": "2.0", "method": "notifications/initialized"}, None),
+        ({"jsonrpc": "2.0", "id": "a", "method": "tools/list", "params": {}}, None),
+        ({"jsonrpc": "2.0", "id": 1, "result": {}}, None),
+        ({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "x"}}, None),
+        ({"jsonrpc": "2.0", "id": 1, "method": ""}, "non-empty"),
+        ({"jsonrpc": "2.0", "id": 1, "method": "x", "result": {}}, "cannot carry"),
+        ({"jsonrpc": "2.0", "id": 1, "error": "bad"}, "must be an object"),
+        ([], "must be an object"),
+    ],
+)
+def test_envelope(message: object, problem: str | None) -> None:
+    found = envelope_problem(message)
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_batch_answers_invalid_elements_and_keeps_order() -> None:
+    body = orjson.dumps([{"jsonrpc": "2.0", "id": 1, "method": "a"}, {"id": 2}, {"jsonrpc": "2.0", "method": "b"}])
+    frame = parse_body(body, max_depth=8, max_batch=5, protocol_version=None)
+    assert frame.is_batch and [m["method"] for m in frame.messages] == ["a", "b"]
+    assert frame.answers[0]["id"] == 2 and frame.answers[0]["error"]["code"] == -32600
+    with pytest.raises(FrameError):
+        parse_body(body, max_depth=8, max_batch=5, protocol_version="2025-11-25")
+
+
+def test_headers_drop_hop_by_hop_and_what_connection_lists() -> None:
+    client = CIMultiDict(
+        [("Host", "proxy"), ("Connection", "x-a, Keep-Alive"), ("X-A", "1"), ("Keep-Alive", "5"),
+         ("Authorization", "Bearer t"), ("Mcp-Session-Id", "s"), ("Mcp-Param-Region", "eu"), ("Accept", "a"),
+         ("Proxy-Foo", "1"), ("Content-Length", "10"), ("Accept-Encoding", "gzip")]
+    )
+    up = upstream_request_headers(client, (("X-Request-Id", "r"),))
+    assert dict(up) == {"Mcp-Session-Id": "s", "Mcp-Param-Region": "eu", "Accept": "a",
+                        "Accept-Encoding": "identity", "X-Request-Id": "r"}
+    down = client_response_headers(CIMultiDict([("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"),
+                                                ("Mcp-Session-Id", "s"), ("Set-Cookie", "a=b"), ("Server", "x")]))
+    assert dict(down) == {"Content-Type": "text/event-stream", "Mcp-Session-Id": "s"}
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [("localhost:8000", True), ("127.0.0.1", True), ("[::1]:9", True), ("LOCALHOST:1", True),
+     ("localhost.evil:80", False), ("evil.com", False), ("", False), (None, False), ("[::1", False)],
+)
+def test_default_hosts(host: str | None, allowed: bool) -> None:
+    assert default_policy(None, None).host_allowed(host) is allowed
+
+
+def test_origin_patterns() -> None:
+    policy = OriginPolicy(hosts=("mcp.example.com:443",), origins=("https://app.example.com", "http://dev:*"))
+    assert policy.origin_allowed(None)
+    assert policy.origin_allowed("https://app.example.com") and policy.origin_allowed("http://dev:3000")
+    assert not policy.origin_allowed("http://app.example.com")  # scheme matters
+    assert not policy.origin_allowed("https://app.example.com:8443")
+    assert not policy.origin_allowed("https://app.example.com/path")
+    assert policy.host_allowed("mcp.example.com:443") and not policy.host_allowed("mcp.example.com:444")
+    public = default_policy("mcp.example.com", "https://mcp.example.com")
+    assert public.host_allowed("mcp.example.com") and public.origin_allowed("https://mcp.example.com")
+
+
+def _rewrite(pending: dict) -> ResponseRewrite:
+    class Upper:
+        methods = frozenset({"tools/list"})
+
+        def __call__(self, exchange: Exchange, method: str, response: dict) -> dict:
+            return {**response, "result": {"tools": ["X"]}}
+
+    exchange = Exchange("r", None, None, CIMultiDict())
+    return ResponseRewrite(Pipeline(rewriters=(Upper(),)), exchange, pending, Outstanding())
+
+
+def test_rewrite_json_by_id_and_merge_local_answers() -> None:
+    body = orjson.dumps([{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}},
+                         {"jsonrpc": "2.0", "id": "1", "result": {"tools": []}}])
+    local = [{"jsonrpc": "2.0", "id": 3, "error": {"code": -1, "message": "no"}}]
+    merged = orjson.loads(rewrite_json(body, _rewrite({id_key(1): "tools/list"}), local))
+    assert merged == [local[0], {"jsonrpc": "2.0", "id": 1, "result": {"tools": ["X"]}},
+                      {"jsonrpc": "2.0", "id": "1", "result": {"tools": []}}]  # id "1" is not id 1
+
+
+def test_rewrite_json_untouched_is_the_same_bytes() -> None:
+    body = b'{"jsonrpc":"2.0","id":5,  "result":{}}'
+    assert rewrite_json(body, _rewrite({id_key(1): "tools/list"}), []) is body
+
+
+def test_outstanding_is_bounded() -> None:
+    outstanding = Outstanding(limit=2)
+    for i in range(3):
+        outstanding.add("s", i, "tools/list")
+    assert len(outstanding) == 2 and outstanding.take("s", 0) is None and outstanding.take("s", 2) == "tools/list"
+    assert outstanding.take("s", [1]) is None  # an unhashable id is nobody's
