@@ -7,8 +7,8 @@ upstream session, and merges the guards' own answers with the upstream's.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from typing import Any
 
 import aiohttp
@@ -33,8 +33,10 @@ class BodyTooLarge(Exception):
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused as soon as it passes `limit` bytes (client_max_size does not cover request.content)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise BodyTooLarge
+        return await request.read()  # bounded by Content-Length, and by client_max_size (the same limit)
     body = bytearray()
     while chunk := await request.content.readany():
         body += chunk
@@ -55,7 +57,7 @@ class Forwarder:
     def _exchange(self, request: web.Request) -> Exchange:
         rid = request.headers.get("X-Request-Id", "")
         if not _REQUEST_ID.fullmatch(rid):
-            rid = uuid.uuid4().hex
+            rid = os.urandom(16).hex()
         return Exchange(
             request_id=rid,
             session_id=request.headers.get("Mcp-Session-Id"),

@@ -39,14 +39,13 @@ def _connection_listed(headers: Mapping[str, str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
 
-def _filtered(headers: Mapping[str, str], drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
-    also = _connection_listed(headers) if "connection" in headers else set()
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lower = name.lower()
-        if lower not in drop and lower not in also and not lower.startswith("proxy-"):
-            out.add(name, value)
-    return out
+def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    if "connection" in headers:
+        drop = drop | _connection_listed(headers)
+    return CIMultiDict(
+        [(name, value) for name, value in headers.items() if (lower := name.lower()) not in drop
+         and not lower.startswith("proxy-")]
+    )
 
 
 def upstream_request_headers(client: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> CIMultiDict[str]:

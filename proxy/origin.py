@@ -8,6 +8,7 @@ not from a browser and passes the Origin check; a request without `Host` fails t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
@@ -40,19 +41,28 @@ class OriginPolicy:
     origins: tuple[str, ...]
 
     def host_allowed(self, host: str | None) -> bool:
-        return bool(host) and any(_host_matches(p, host, portless_means_any=True) for p in self.hosts)  # type: ignore[arg-type]
+        return bool(host) and _host_allowed(self, host)  # type: ignore[arg-type]
 
     def origin_allowed(self, origin: str | None) -> bool:
-        if origin is None:
-            return True
-        scheme, sep, rest = origin.strip().lower().partition("://")
-        if not sep or "/" in rest:
-            return False
-        for pattern in self.origins:
-            p_scheme, _, p_rest = pattern.lower().partition("://")
-            if p_scheme == scheme and _host_matches(p_rest, rest, portless_means_any=False):
-                return True
+        return origin is None or _origin_allowed(self, origin)
+
+
+# A proxy sees a handful of distinct Host and Origin values: decide each once. Bounded, so junk cannot grow it.
+@lru_cache(maxsize=4096)
+def _host_allowed(policy: OriginPolicy, host: str) -> bool:
+    return any(_host_matches(p, host, portless_means_any=True) for p in policy.hosts)
+
+
+@lru_cache(maxsize=4096)
+def _origin_allowed(policy: OriginPolicy, origin: str) -> bool:
+    scheme, sep, rest = origin.strip().lower().partition("://")
+    if not sep or "/" in rest:
         return False
+    for pattern in policy.origins:
+        p_scheme, _, p_rest = pattern.lower().partition("://")
+        if p_scheme == scheme and _host_matches(p_rest, rest, portless_means_any=False):
+            return True
+    return False
 
 
 def default_policy(public_url_host: str | None, public_url_origin: str | None) -> OriginPolicy:
