@@ -1,0 +1,251 @@
+"""`make bench`: scopegate's overhead against direct access and against a minimal Python pass-through proxy.
+
+One run starts a fixed-answer MCP upstream (bench/upstream.py), the floor proxy (bench/floor.py) and scopegate, then
+measures each target in turn, in the same run, on the same machine:
+
+- small `tools/call` POSTs: requests/s at a fixed concurrency, and p50/p99 latency one request at a time;
+- a 1,000-tool `tools/list` (about 500 KB): the same;
+- SSE: how long after the upstream sent an event the client has it (the upstream stamps each event), and the time
+  to the first event of a stream.
+
+Ratios are printed against direct access and against the floor. Timings are never asserted anywhere: machines differ;
+what matters is the ratio in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def headers(method: str, name: str | None = None) -> dict[str, str]:
+    out = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+           "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}
+    if name:
+        out["Mcp-Name"] = name
+    return out
+
+
+CALL = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "get_period_status", "arguments": {"workspaceId": "acme", "period": "2026-10"}, "_meta": META}})
+LIST = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}})
+
+
+def tick(count: int, gap: float) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "tick", "arguments": {"count": count, "gap": gap}, "_meta": META}})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: {process.args} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on {port}")
+
+
+@dataclass
+class Load:
+    rps: float
+    cpu_us: float  # CPU time the serving process spent per request (0 where not measured)
+    p50_ms: float
+    p99_ms: float
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process, from /proc (Linux); 0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput(http: aiohttp.ClientSession, url: str, body: bytes, hdrs: dict, concurrency: int,
+                     seconds: float) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            async with http.post(url, data=body, headers=hdrs) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise SystemExit(f"bench: {url} answered {resp.status}")
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - started)
+
+
+async def latencies(targets: dict[str, str], body: bytes, hdrs: dict, count: int) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of one request at a time, taking the targets in turn request by request, so that whatever else
+    the machine does at that moment falls on all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in targets}
+    async with aiohttp.ClientSession() as http:
+        for i in range(count + 20):
+            for name, url in targets.items():
+                started = time.perf_counter()
+                async with http.post(url, data=body, headers=hdrs) as resp:
+                    await resp.read()
+                if i >= 20:  # the first ones warm connections and caches
+                    samples[name].append((time.perf_counter() - started) * 1000)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (statistics.median(values), values[int(len(values) * 0.99) - 1])
+    return out
+
+
+async def interleaved(targets: dict[str, tuple[str, int | None]], rounds: int, body: bytes, hdrs: dict,
+                      concurrency: int, seconds: float, count: int) -> dict[str, Load]:
+    """Throughput and CPU per request: each target `rounds` times, in turn, median. Latency: request by request."""
+    rps: dict[str, list[float]] = {name: [] for name in targets}
+    cpu: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, pid) in targets.items():
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as http:
+                await throughput(http, url, body, hdrs, concurrency, 0.3)  # warm the pools
+                before = cpu_seconds(pid)
+                rate = await throughput(http, url, body, hdrs, concurrency, seconds)
+                rps[name].append(rate)
+                cpu[name].append((cpu_seconds(pid) - before) / (rate * seconds) * 1e6 if pid else 0.0)
+    lat = await latencies({name: url for name, (url, _) in targets.items()}, body, hdrs, count)
+    return {name: Load(statistics.median(rps[name]), statistics.median(cpu[name]), *lat[name]) for name in targets}
+
+
+async def sse_delays(url: str, streams: int, events: int) -> tuple[float, float, float]:
+    """Per-event delay between the upstream's send and the client's receipt (p50, p99, ms) and first-event time."""
+    delays: list[float] = []
+    firsts: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(streams):
+            started = time.perf_counter()
+            async with http.post(url, data=tick(events, 0.005), headers=headers("tools/call", "tick")) as resp:
+                first = True
+                async for line in resp.content:
+                    if line.startswith(b"data: ") and b"notifications/progress" in line:
+                        now = time.time_ns()
+                        if first:
+                            firsts.append((time.perf_counter() - started) * 1000)
+                            first = False
+                        sent = int(orjson.loads(line[6:])["params"]["message"])
+                        delays.append((now - sent) / 1e6)
+    delays.sort()
+    return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], statistics.median(firsts)
+
+
+Row = tuple[str, Callable[[float, float], str]]
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:5.2f}x" if base else "  -  "
+
+
+async def run(seconds: float, concurrency: int, rounds: int) -> None:
+    py = sys.executable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    up_port, floor_port, gate_port = free_port(), free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/mcp"
+    processes = [
+        subprocess.Popen([py, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)], env=env),
+        subprocess.Popen([py, str(ROOT / "bench" / "floor.py"), "--port", str(floor_port), "--upstream",
+                          upstream_url], env=env),
+        subprocess.Popen([py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen",
+                          f"127.0.0.1:{gate_port}", "--log-level", "warning"], env=env, cwd=ROOT),
+    ]
+    try:
+        for port, process in zip((up_port, floor_port, gate_port), processes, strict=True):
+            wait_for(port, process)
+        # CPU is counted for the proxy processes only: "direct" has no proxy.
+        targets: dict[str, tuple[str, int | None]] = {
+            "direct": (upstream_url, None),
+            "floor": (f"http://127.0.0.1:{floor_port}/mcp", processes[1].pid),
+            "scopegate": (f"http://127.0.0.1:{gate_port}/mcp", processes[2].pid),
+        }
+        print(f"bench: {os.cpu_count()} cores; throughput: per target {rounds} interleaved rounds of {seconds:g} s "
+              f"at concurrency {concurrency} (median);")
+        print("       latency: 1,000 (list: 200) requests one at a time, targets taken in turn\n")
+        header = f"{'scenario':<26}{'target':<11}{'req/s':>9}{'cpu us/req':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        header += f"{'rps/direct':>11}{'rps/floor':>10}{'cpu/floor':>10}{'+p50/floor':>11}"
+        print(header)
+        print("-" * len(header))
+        scenarios = [
+            ("tools/call (small)", CALL, headers("tools/call", "get_period_status"), concurrency, 1000),
+            ("tools/list (1,000 tools)", LIST, headers("tools/list"), max(2, concurrency // 4), 200),
+        ]
+        for title, body, hdrs, conc, count in scenarios:
+            results = await interleaved(targets, rounds, body, hdrs, conc, seconds, count)
+            direct, floor = results["direct"], results["floor"]
+            for name, r in results.items():
+                added = r.p50_ms - direct.p50_ms
+                floor_added = floor.p50_ms - direct.p50_ms
+                cpu = f"{r.cpu_us:11.0f}" if r.cpu_us else f"{'-':>11}"
+                line = f"{title:<26}{name:<11}{r.rps:9.0f}{cpu}{r.p50_ms:9.2f}{r.p99_ms:9.2f}"
+                line += f"{ratio(r.rps, direct.rps):>11}{ratio(r.rps, floor.rps):>10}"
+                line += f"{ratio(r.cpu_us, floor.cpu_us) if r.cpu_us else '':>10}"
+                line += f"{ratio(added, floor_added) if name == 'scopegate' and floor_added > 0 else '':>11}"
+                print(line)
+            print()
+        print(f"{'SSE event delay':<26}{'target':<11}{'p50 ms':>9}{'p99 ms':>9}{'first ev ms':>13}"
+              f"{'+p50 vs direct':>16}")
+        base = None
+        for name, (url, _) in targets.items():
+            p50, p99, first = await sse_delays(url, streams=10, events=40)
+            base = p50 if base is None else base
+            print(f"{'(40 events, 5 ms apart)':<26}{name:<11}{p50:9.3f}{p99:9.3f}{first:13.2f}{p50 - base:16.3f}")
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(run(args.seconds, args.concurrency, args.rounds))
+
+
+if __name__ == "__main__":
+    main()
