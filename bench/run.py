@@ -29,6 +29,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
+from proxy.demo.run import wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
@@ -55,19 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"bench: {process.args} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"bench: nothing listens on {port}")
 
 
 @dataclass
@@ -184,7 +173,7 @@ async def run(seconds: float, concurrency: int, rounds: int) -> None:
     ]
     try:
         for port, process in zip((up_port, floor_port, gate_port), processes, strict=True):
-            wait_for(port, process)
+            wait_for_port(port, process, f"bench: {' '.join(map(str, process.args))}")
         # CPU is counted for the proxy processes only: "direct" has no proxy.
         targets: dict[str, tuple[str, int | None]] = {
             "direct": (upstream_url, None),

@@ -27,17 +27,18 @@ _LIST_BODY = orjson.dumps(
 ).decode()
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], seconds: float = 20.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, seconds: float = 20.0) -> None:
+    """Return once `process` listens on `port`; exit with a clear message if it dies or never does."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"scopegate demo: the demo upstream exited with code {process.returncode}")
+            raise SystemExit(f"{what} exited with code {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"scopegate demo: the demo upstream did not listen on port {port} within {seconds:.0f}s")
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not listen on port {port} within {seconds:.0f}s")
 
 
 def _port_free(port: int) -> bool:
@@ -53,7 +54,7 @@ def main(port: int, upstream_port: int) -> None:
         [sys.executable, "-m", "proxy.demo.ledger", "--port", str(upstream_port)], stdin=subprocess.DEVNULL
     )
     try:
-        _wait_for_port(upstream_port, upstream)
+        wait_for_port(upstream_port, upstream, "scopegate demo: the demo upstream")
         url = f"http://127.0.0.1:{port}/mcp"
         print(
             f"""
