@@ -12,7 +12,10 @@ from aiohttp import web
 from proxy import pipeline as pipeline_module
 from proxy.config import Config
 from proxy.forward import Forwarder
+from proxy.identity import Identity
+from proxy.metadata import add_routes
 from proxy.pipeline import Pipeline
+from proxy.store import open_store
 from proxy.tls import server_context
 
 log = logging.getLogger("scopegate")
@@ -33,14 +36,20 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-def build_app(config: Config, pipeline: Pipeline | None = None) -> web.Application:
+def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
+    """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     app = web.Application(client_max_size=config.max_body_bytes)
-    chosen = pipeline if pipeline is not None else pipeline_module.build(config)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        async with upstream_session(config) as session:
-            app[FORWARDER] = Forwarder(config, chosen, session)
-            yield
+        store = open_store(config.redis_url)
+        try:
+            async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
+                chosen = pipeline or pipeline_module.build(config, identity, store, identity.verifier(config,
+                                                                                                      key_session))
+                app[FORWARDER] = Forwarder(config, chosen, session)
+                yield
+        finally:
+            await store.close()
 
     async def close_streams(app: web.Application) -> None:
         await app[FORWARDER].close_streams()
@@ -51,15 +60,18 @@ def build_app(config: Config, pipeline: Pipeline | None = None) -> web.Applicati
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_streams)
     path = config.upstream.path or "/"
+    add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
+               identity.policy.scopes)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, mcp_endpoint)
     return app
 
 
-async def start(config: Config, pipeline: Pipeline | None = None) -> tuple[web.AppRunner, int]:
+async def start(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> tuple[web.AppRunner, int]:
     """Start serving (for tests and embedding); returns the runner and the port actually bound."""
     runner = web.AppRunner(
-        build_app(config, pipeline), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
+        build_app(config, identity, pipeline), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
     )
     await runner.setup()
     host, port = config.listen
@@ -69,7 +81,7 @@ async def start(config: Config, pipeline: Pipeline | None = None) -> tuple[web.A
     return runner, bound
 
 
-def run(config: Config) -> None:
+def run(config: Config, identity: Identity) -> None:
     """Serve until SIGINT or SIGTERM; open streams are closed on the way out, so exit takes seconds at most."""
     ssl_context = server_context(config)
     loop: asyncio.AbstractEventLoop
@@ -84,7 +96,7 @@ def run(config: Config) -> None:
     path = config.upstream.path or "/"
     log.info("scopegate listening on %s://%s:%d%s, upstream %s", scheme, host, port, path, config.upstream)
     web.run_app(
-        build_app(config),
+        build_app(config, identity),
         host=host,
         port=port,
         ssl_context=ssl_context,

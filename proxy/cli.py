@@ -1,4 +1,4 @@
-"""`scopegate` command line. `serve` runs the proxy; `demo` runs it in front of the bundled demo ledger."""
+"""`scopegate` command line: `serve` runs the proxy, `pat` manages tokens, `demo` fronts the bundled demo ledger."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 
 from proxy import config as config_module
+from proxy import pat_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +32,12 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _demo_parser(sub)
+    pat_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "pat":
+        pat_cli.main(args)
+        return
     if args.command == "demo":
         from proxy.demo.run import main as demo_main
 
@@ -42,9 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     flags = {s.key: getattr(args, s.key) for s in config_module.SETTINGS}
     try:
         config = config_module.load(os.environ, flags)
+        from proxy.identity import load_identity
         from proxy.tls import server_context
 
         server_context(config)  # a certificate that does not load is a configuration error, reported now
+        identity = load_identity(config, os.environ)
     except config_module.ConfigError as exc:
         print(f"scopegate: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from proxy.app import run
 
-    run(config)
+    run(config, identity)
 
 
 if __name__ == "__main__":

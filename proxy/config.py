@@ -64,6 +64,16 @@ def _csv(name: str, value: str) -> tuple[str, ...]:
     return items
 
 
+def _redis_url(name: str, value: str) -> str:
+    if URL(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _text(name: str, value: str) -> str:
+    return value
+
+
 def _level(name: str, value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{name}: expected debug, info, warning or error, got {value!r}")
@@ -99,7 +109,18 @@ SETTINGS = (
     Setting("max_batch", _positive_int, "most messages in one JSON-RPC batch (default 100)"),
     Setting("connect_timeout", _seconds, "seconds to wait for a connection to the upstream (default 5)"),
     Setting("log_level", _level, "debug, info, warning or error (default info)"),
+    Setting("policy", _file, "policy file (YAML): scopes, roles, scopes withheld from OAuth, token issuers"),
+    Setting("pat_file", _file, "PAT registry file (YAML), e.g. a mounted Secret; re-read when it changes"),
+    Setting("jwt_issuer", _text, "the `iss` of the one JWT/OAuth issuer configured by variables (more: policy)"),
+    Setting("jwks_url", _url, "JWKS URL of that issuer"),
+    Setting("jwt_public_key_file", _file, "PEM public key of that issuer (instead of a JWKS URL)"),
+    Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
+    Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
+    Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
 )
+
+# SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
+UPSTREAM_HEADER_PREFIX = "SCOPEGATE_UPSTREAM_HEADER_"
 
 
 @dataclass(frozen=True)
@@ -116,6 +137,14 @@ class Config:
     max_batch: int = 100
     connect_timeout: float = 5.0
     log_level: str = "INFO"
+    policy: str | None = None
+    pat_file: str | None = None
+    jwt_issuer: str | None = None
+    jwks_url: URL | None = None
+    jwt_public_key_file: str | None = None
+    jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    upstream_headers_file: str | None = None
 
     @property
     def tls(self) -> bool:
@@ -125,7 +154,9 @@ class Config:
 def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
     """Build the Config from `SCOPEGATE_*` variables and flags (flags win). Raises ConfigError."""
     known = {s.env for s in SETTINGS}
-    unknown = sorted(k for k in env if k.startswith("SCOPEGATE_") and k not in known)
+    unknown = sorted(
+        k for k in env if k.startswith("SCOPEGATE_") and k not in known and not k.startswith(UPSTREAM_HEADER_PREFIX)
+    )
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a setting this version of scopegate understands (refusing to start)")
 
@@ -145,6 +176,10 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
     if "tls_client_ca" in values and "tls_cert" not in values:
         raise ConfigError("SCOPEGATE_TLS_CLIENT_CA needs SCOPEGATE_TLS_CERT and SCOPEGATE_TLS_KEY (mTLS is TLS)")
     values.setdefault("listen", ("127.0.0.1", 8443 if "tls_cert" in values else 8000))
+    jwt_sources = [k for k in ("jwks_url", "jwt_public_key_file", "jwt_dev_hs256_secret") if k in values]
+    if ("jwt_issuer" in values) != bool(jwt_sources) or len(jwt_sources) > 1:
+        raise ConfigError("SCOPEGATE_JWT_ISSUER needs exactly one of SCOPEGATE_JWKS_URL, SCOPEGATE_JWT_PUBLIC_KEY_FILE "
+                          "and SCOPEGATE_JWT_DEV_HS256_SECRET (and they need it)")
 
     public: URL | None = values.get("public_url")
     policy = default_policy(

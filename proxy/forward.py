@@ -21,6 +21,7 @@ from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, 
 from proxy.pipeline import Answer, Exchange, Outstanding, Pipeline
 from proxy.relay import ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
 from proxy.replies import JSON, rpc_error
+from proxy.store import StoreUnavailable
 
 log = logging.getLogger("scopegate.forward")
 
@@ -62,7 +63,10 @@ class Forwarder:
             request_id=rid,
             session_id=request.headers.get("Mcp-Session-Id"),
             protocol_version=request.headers.get("MCP-Protocol-Version"),
-            upstream_headers=upstream_request_headers(request.headers, (("X-Request-Id", rid),)),
+            upstream_headers=upstream_request_headers(
+                request.headers, (("X-Request-Id", rid), *self.pipeline.upstream_headers)
+            ),
+            http_method=request.method,
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -144,6 +148,12 @@ class Forwarder:
         headers = client_response_headers(upstream.headers)
         headers["X-Request-Id"] = exchange.request_id
         finished = False
+        try:
+            await self.pipeline.on_response(exchange, upstream.status, headers)
+        except StoreUnavailable:
+            upstream.close()
+            return rpc_error(503, INTERNAL_ERROR, "session store unavailable, retry shortly",
+                             request_id=exchange.request_id, headers={"Retry-After": "1"})
         try:
             if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
                 response = await self._stream(request, upstream, headers, rewrite, answers)

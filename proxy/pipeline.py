@@ -1,11 +1,12 @@
 """The request path as one ordered list: what every request goes through, read top to bottom in `build`.
 
-Three kinds of step, each a small callable that owns its settings:
+Four kinds of step, each a small callable that owns its settings:
 
 - admission checks, once per HTTP request (POST, GET, DELETE), before the body is read: they refuse the whole
   request with an HTTP response, or let it in (and may note facts on the Exchange, e.g. who the caller is);
 - guards, once per JSON-RPC message of a POST, in order: each passes the message on (possibly rewritten) or answers
   it itself with an `Answer`, and then the message is not forwarded;
+- response hooks, once per upstream answer, on its status and headers, before anything reaches the client;
 - rewriters, once per JSON-RPC response coming back, chosen by the method of the request it answers: on JSON
   bodies, on SSE streams event by event, and on resumed (GET) streams.
 """
@@ -15,14 +16,24 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.authenticate import Authenticate, Challenge
 from proxy.config import Config
 from proxy.jsonrpc import Message
+from proxy.metadata import WELL_KNOWN
 from proxy.origin_check import OriginCheck
+from proxy.principal import Principal
+from proxy.session_binding import SessionBinding
+from proxy.upstream_secrets import RefuseSecretHeaders, ScrubSecretHeaders
+
+if TYPE_CHECKING:
+    from proxy.identity import Identity
+    from proxy.jwt_auth import JwtVerifier
+    from proxy.store import Store
 
 
 @dataclass
@@ -33,6 +44,8 @@ class Exchange:
     session_id: str | None
     protocol_version: str | None
     upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
+    http_method: str = "POST"
+    principal: Principal | None = None  # set by authentication; every later step may rely on it
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -50,6 +63,7 @@ class Answer:
 
 
 AdmissionCheck = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse | None]]
+ResponseHook = Callable[[Exchange, int, CIMultiDict[str]], Awaitable[None]]
 
 
 class Guard(Protocol):
@@ -66,7 +80,9 @@ class Rewriter(Protocol):
 class Pipeline:
     admission: tuple[AdmissionCheck, ...] = ()
     guards: tuple[Guard, ...] = ()
+    response_hooks: tuple[ResponseHook, ...] = ()
     rewriters: tuple[Rewriter, ...] = ()
+    upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
 
     def __post_init__(self) -> None:
         by_method: dict[str, tuple[Rewriter, ...]] = {}
@@ -93,20 +109,37 @@ class Pipeline:
             message = outcome
         return message
 
+    async def on_response(self, exchange: Exchange, status: int, headers: CIMultiDict[str]) -> None:
+        for hook in self.response_hooks:
+            await hook(exchange, status, headers)
+
     def rewrite(self, exchange: Exchange, method: str, response: Message) -> Message:
         for rewriter in self._by_method.get(method, ()):  # type: ignore[attr-defined]
             response = rewriter(exchange, method, response)
         return response
 
 
-def build(config: Config) -> Pipeline:
-    """The whole pipeline, in order. Identity, session binding, scopes, workspace and confirmation join here."""
+def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None) -> Pipeline:
+    """The whole pipeline, in order. Scopes, workspace and confirmation guards join here."""
+    metadata_url = None
+    if config.public_url is not None:
+        metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
+    challenge = Challenge(metadata_url, identity.policy.scopes)
+    sessions = SessionBinding(store)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
+            RefuseSecretHeaders(identity.secret_headers),  # only the proxy may send the upstream's secrets
+            Authenticate(identity.registry, verifier, store, challenge),  # a Principal, or 401
+            sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(),
+        response_hooks=(
+            ScrubSecretHeaders(identity.secret_headers),  # no secret comes back in a response header
+            sessions.on_response,  # bind new sessions to their credential; forget deleted ones
+        ),
         rewriters=(),
+        upstream_headers=tuple(identity.secret_headers.items()),
     )
 
 

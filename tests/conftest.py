@@ -26,7 +26,34 @@ from proxy.app import start
 from proxy.config import Config
 from proxy.demo.event_store import MemoryEventStore
 from proxy.demo.ledger import build_server
+from proxy.identity import Identity, load_identity
+from proxy.pats import Record, create_record, write_records
 from proxy.pipeline import Pipeline
+
+
+def _make_credentials() -> tuple[list[Record], dict[str, str]]:
+    """Test credentials, made fresh for each run: name -> token. Records go into a registry file per test."""
+    specs = {
+        "writer": {"scopes": ["mcp:read", "mcp:write"]},
+        "reader": {"scopes": ["mcp:read"], "workspace": "acme"},
+        "other": {"scopes": ["mcp:read", "mcp:write"]},
+        "expired": {"scopes": ["mcp:read"], "expires_in": 1},
+        "revoked": {"scopes": ["mcp:read"]},
+    }
+    records, tokens = [], {}
+    for name, spec in specs.items():
+        record, token = create_record(kind="pat", label=f"test {name}", subject=f"user-{name}",
+                                      scopes=spec["scopes"], workspace=spec.get("workspace"), workspaces=None,
+                                      role=None, expires_in=spec.get("expires_in", 3600))
+        if name == "revoked":
+            record.revoked = True
+        records.append(record)
+        tokens[name] = token
+    return records, tokens
+
+
+RECORDS, TOKENS = _make_credentials()
+AUTH = {"Authorization": f"Bearer {TOKENS['writer']}"}
 
 
 @dataclass
@@ -141,13 +168,24 @@ def recorder(upstream: Upstream) -> Recorder:
 
 
 @pytest.fixture
-async def start_proxy() -> AsyncIterator[Callable[..., Any]]:
-    """Start scopegate through the production `start` path; returns its MCP URL. Stopped at the end of the test."""
+def pat_file(tmp_path: Any) -> str:
+    path = tmp_path / "pats.yaml"
+    write_records(path, RECORDS)
+    return str(path)
+
+
+@pytest.fixture
+async def start_proxy(pat_file: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start scopegate through the production `start` path; returns its MCP URL. Stopped at the end of the test.
+    By default it trusts the test PAT registry; `env` feeds SCOPEGATE_UPSTREAM_HEADER_* style variables."""
     runners = []
 
-    async def _start(upstream_url: str, pipeline: Pipeline | None = None, **settings: Any) -> str:
+    async def _start(upstream_url: str, pipeline: Pipeline | None = None, env: dict[str, str] | None = None,
+                     **settings: Any) -> str:
+        settings.setdefault("pat_file", pat_file)
         config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", 0), **settings)
-        runner, port = await start(config, pipeline)
+        identity: Identity = load_identity(config, env or {})
+        runner, port = await start(config, identity, pipeline)
         runners.append(runner)
         scheme = "https" if config.tls else "http"
         return f"{scheme}://127.0.0.1:{port}{URL(upstream_url).path}"
@@ -162,8 +200,10 @@ async def proxy_url(start_proxy: Callable[..., Any], upstream: Upstream, recorde
     return await start_proxy(upstream.url)
 
 
-def sdk_client(url: str, mode: str, headers: dict[str, str] | None = None, **kwargs: Any) -> Client:
-    http = httpx2.AsyncClient(headers=headers or {}, timeout=30, **kwargs)
+def sdk_client(url: str, mode: str, headers: dict[str, str] | None = None, token: str | None = TOKENS["writer"],
+               **kwargs: Any) -> Client:
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    http = httpx2.AsyncClient(headers={**auth, **(headers or {})}, timeout=30, **kwargs)
     return Client(streamable_http_client(url, http_client=http), mode=mode)
 
 
@@ -177,6 +217,7 @@ MODERN_META = {
 
 def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
     headers = {
+        **AUTH,
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
         "MCP-Protocol-Version": "2026-07-28",

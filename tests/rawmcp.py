@@ -46,13 +46,17 @@ async def next_event(resp: aiohttp.ClientResponse) -> Event | None:
 class LegacySession:
     """A 2025-11-25 session opened by hand: initialize, then initialized."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
+        from tests.conftest import TOKENS
+
         self.http = http
         self.url = url
         self.session_id = ""
+        self.token = token or TOKENS["writer"]
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {
+            "Authorization": f"Bearer {self.token}",
             "Content-Type": "application/json",
             "Accept": ACCEPT,
             "Mcp-Session-Id": self.session_id,
@@ -71,7 +75,7 @@ class LegacySession:
                 "clientInfo": {"name": "t", "version": "1"},
             },
         }
-        first = {"Accept": ACCEPT, "Content-Type": "application/json"}
+        first = {"Accept": ACCEPT, "Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
         async with self.http.post(self.url, data=orjson.dumps(init), headers=first) as r:
             assert r.status == 200, await r.text()
             self.session_id = r.headers["Mcp-Session-Id"]

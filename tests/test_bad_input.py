@@ -8,9 +8,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import MODERN_META, Recorder, modern_headers
+from tests.conftest import AUTH, MODERN_META, Recorder, modern_headers
 
-LEGACY = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+LEGACY = {**AUTH, "Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
 async def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.jsonrpc import error
 from proxy.pipeline import Answer, Exchange, Pipeline
-from tests.conftest import MODES, Recorder, sdk_client
+from tests.conftest import AUTH, MODES, Recorder, sdk_client
 from tests.rawmcp import LegacySession, interrupted_call_then_resume
 
 DENIED = (("WWW-Authenticate", 'Bearer error="insufficient_scope", scope="journal:write"'),)
@@ -100,7 +100,7 @@ async def test_guard_answers_inside_a_batch(seam_url: str, recorder: Recorder) -
         {"jsonrpc": "2.0", "id": 3, "method": 12},
     ]
     async with aiohttp.ClientSession() as http, http.post(
-        seam_url, data=orjson.dumps(batch), headers={"Content-Type": "application/json",
+        seam_url, data=orjson.dumps(batch), headers={**AUTH, "Content-Type": "application/json",
                                                      "Accept": "application/json, text/event-stream"}
     ) as resp:
         assert resp.status == 200

@@ -7,7 +7,7 @@ import time
 import pytest
 from mcp.types import TextResourceContents
 
-from tests.conftest import MODES, Recorder, Upstream, sdk_client
+from tests.conftest import MODES, TOKENS, Recorder, Upstream, sdk_client
 
 ENTRY = {
     "workspaceId": "acme",
@@ -19,7 +19,7 @@ ENTRY = {
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_list_call_prompt_resource(mode: str, proxy_url: str, recorder: Recorder, upstream: Upstream) -> None:
-    async with sdk_client(proxy_url, mode, {"Authorization": "Bearer client-secret-token"}) as client:
+    async with sdk_client(proxy_url, mode) as client:
         assert client.protocol_version == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         tools = await client.list_tools()
         assert {t.name for t in tools.tools} >= {"list_accounts", "create_journal_entry", "delete_journal_entry"}
@@ -45,6 +45,7 @@ async def test_list_call_prompt_resource(mode: str, proxy_url: str, recorder: Re
     for received in recorder.received:
         # No token passthrough, and the upstream saw its own Host, not the proxy's.
         assert "authorization" not in received.headers
+        assert TOKENS["writer"] not in str(received.headers) and TOKENS["writer"].encode() not in received.body
         assert received.headers["host"] == f"127.0.0.1:{upstream.port}"
         assert received.headers["accept-encoding"] == "identity"
         assert len(received.headers["x-request-id"]) >= 16

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from proxy.config import Config
-from tests.conftest import MODES, Recorder, free_port, sdk_client
+from tests.conftest import AUTH, MODES, Recorder, free_port, sdk_client
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ async def test_tls_floor_is_1_2(pki: dict, start_proxy: Any, upstream: Any, reco
     url = await start_proxy(upstream.url, tls_cert=pki["cert"], tls_key=pki["key"])
     context = client_context(pki, with_cert=False)
     context.maximum_version = ssl.TLSVersion.TLSv1_2  # the oldest version a client may still use
-    async with aiohttp.ClientSession() as http, http.get(url, ssl=context) as resp:
+    async with aiohttp.ClientSession() as http, http.get(url, ssl=context, headers=AUTH) as resp:
         assert resp.status in (400, 405, 406)  # TLS worked; the upstream judged the bare GET
         await resp.read()
 
@@ -113,8 +113,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_MAX_DEPTH": "-3"}, "SCOPEGATE_MAX_DEPTH"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_TLS_CERT": "/nonexistent.pem"},
          "SCOPEGATE_TLS_CERT: no readable file"),
-        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY": "policy.yaml"},
-         "SCOPEGATE_POLICY: not a setting this version"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_TOOL_PREFIX": "list_"},
+         "SCOPEGATE_TOOL_PREFIX: not a setting this version"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp"}, "no credential source"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(args: tuple, env: dict, words: str) -> None:
@@ -142,11 +143,13 @@ def test_unloadable_key_is_a_configuration_error(pki: dict, tmp_path: Path) -> N
     assert done.returncode == 2 and "cannot load" in done.stderr
 
 
-async def test_sigterm_with_open_streams_exits_within_seconds(upstream: Any, recorder: Recorder) -> None:
+async def test_sigterm_with_open_streams_exits_within_seconds(upstream: Any, recorder: Recorder,
+                                                              pat_file: str) -> None:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
+         "--pat-file", pat_file],
         env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/mcp"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import orjson
 from yarl import URL
 
 from proxy.config import Config
+from proxy.pats import create_record, write_records
 
 _LIST_BODY = orjson.dumps(
     {
@@ -46,6 +49,27 @@ def _port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+DEMO_CREDENTIALS = (
+    # (label, scopes, bound workspace)
+    ("Month-end review script (read-only, bound to acme)", ["mcp:read"], "acme"),
+    ("Bookkeeping agent (read and write, user-scoped)", ["mcp:read", "mcp:write"], None),
+)
+
+
+def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
+    """A fresh registry in a private temporary folder, with the demo's credentials; tokens printed, never kept."""
+    folder = Path(tempfile.mkdtemp(prefix="scopegate-demo-"))
+    path = folder / "pats.yaml"
+    records, tokens = [], []
+    for label, scopes, workspace in DEMO_CREDENTIALS:
+        record, token = create_record(kind="pat", label=label, subject="demo-user", scopes=scopes,
+                                      workspace=workspace, workspaces=None, role=None, expires_in=86400)
+        records.append(record)
+        tokens.append((label, token))
+    write_records(path, records)
+    return path, tokens
+
+
 def main(port: int, upstream_port: int) -> None:
     for p in (port, upstream_port):
         if not _port_free(p):
@@ -56,33 +80,42 @@ def main(port: int, upstream_port: int) -> None:
     try:
         wait_for_port(upstream_port, upstream, "scopegate demo: the demo upstream")
         url = f"http://127.0.0.1:{port}/mcp"
+        registry, tokens = _demo_registry()
+        credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens)
         print(
             f"""
 scopegate demo
   proxy     {url}
   upstream  http://127.0.0.1:{upstream_port}/mcp   (the demo ledger, direct, for comparison)
 
-No credentials yet: this build is the transparent foundation, so every call passes through unchanged.
-Try, in another terminal (from this checkout):
+Sample credentials (PATs valid for a day; registry {registry}):
+{credentials}
 
-  .venv/bin/python -m proxy.demo.try_it {url}
+Every request must carry one; the upstream never sees it. Try, in another terminal (from this checkout):
 
-or with curl, one stateless (2026-07-28) request:
+  .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[0][1]}
 
-  curl -s {url} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
+or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
+
+  curl -s {url} -H 'Authorization: Bearer {tokens[0][1]}' \\
+    -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\
     -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\
     -d '{_LIST_BODY}'
+
+Scope policies (a list filtered, a write held for confirmation) are not enforced yet by this build.
 
 Ctrl-C stops both.
 """,
             flush=True,
         )
-        config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port))
+        config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
+                        pat_file=str(registry))
         from proxy.app import run
         from proxy.cli import _logging
+        from proxy.identity import load_identity
 
         _logging("INFO")
-        run(config)
+        run(config, load_identity(config, {}))
     finally:
         upstream.terminate()
         try:

@@ -1,0 +1,93 @@
+"""The policy file (YAML): who may call and with what. Validated once, when loaded; never on the request path.
+
+This version reads the identity part: the scopes that exist, the superscope, roles (ceilings), the scopes OAuth
+tokens may never hold, and the token issuers. Any section it does not know is an error, so a file written for a
+later version (tool rules, say) is refused rather than half-enforced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+Scope = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:*\-]+$")]
+
+
+class PolicyError(Exception):
+    """Every problem found in a policy file, one per line: file, path, what was expected."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Issuer(Strict):
+    issuer: str = Field(min_length=1, description="the `iss` value tokens must carry")
+    kind: Literal["oauth", "jwt"] = "oauth"
+    jwks_url: str | None = None
+    public_key_file: str | None = None
+    algorithms: tuple[Literal[ALGORITHMS], ...] = ("RS256", "ES256", "EdDSA")  # type: ignore[valid-type]
+    audience: str | None = Field(None, description="defaults to SCOPEGATE_PUBLIC_URL")
+    role_claim: str = "role"
+
+    @model_validator(mode="after")
+    def one_key_source(self) -> Issuer:
+        if (self.jwks_url is None) == (self.public_key_file is None):
+            raise ValueError("give exactly one of jwks_url and public_key_file")
+        if self.jwks_url is not None and not self.jwks_url.startswith(("https://", "http://")):
+            raise ValueError("jwks_url must be an http(s) URL")
+        return self
+
+
+class Policy(Strict):
+    version: Literal[1]
+    name: str = ""
+    scopes: tuple[Scope, ...] = ()
+    superscope: Scope | None = None
+    oauth_excluded_scopes: tuple[Scope, ...] = ()
+    roles: dict[str, tuple[Scope, ...]] = Field(default_factory=dict)
+    issuers: tuple[Issuer, ...] = ()
+
+    def ceiling(self, role: str | None) -> tuple[str, ...] | None:
+        """The most a member of `role` may hold; None when the policy has no roles. Unknown or missing role: nothing."""
+        if not self.roles:
+            return None
+        return self.roles.get(role or "", ())
+
+
+EMPTY = Policy(version=1)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise PolicyError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{path}: (top level): expected a mapping with `version: 1`")
+    try:
+        policy = Policy.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {_where(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise PolicyError("\n".join(lines)) from None
+    problems = []
+    for role, scopes in policy.roles.items():
+        for scope in scopes:
+            if "*" not in scope and policy.scopes and scope not in policy.scopes:
+                problems.append(f"{path}: roles.{role}: scope {scope!r} is not in `scopes`")
+    if problems:
+        raise PolicyError("\n".join(problems))
+    return policy

@@ -1,0 +1,123 @@
+"""Shared state: Redis when `SCOPEGATE_REDIS_URL` is set (several replicas), in-process memory otherwise (one replica).
+
+The proxy keeps little here: session bindings, PAT revocations and last-used stamps (and later previews). Every
+operation has a short overall budget; a Redis that does not answer in time raises StoreUnavailable, and the caller
+decides whether to fail closed (it does, wherever a security decision depends on the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+BUDGET_SECONDS = 0.5
+
+
+class StoreUnavailable(Exception):
+    pass
+
+
+class Store(Protocol):
+    async def get(self, key: str, *, refresh_ttl: int | None = None) -> str | None: ...
+    async def set(self, key: str, value: str, *, ttl: int | None = None) -> None: ...
+    async def exists(self, key: str) -> bool: ...
+    async def delete(self, key: str) -> None: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """One process's memory: for development and single-replica use. Bounded; expired keys vanish on read."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._data: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
+        self._limit = limit
+
+    def _live(self, key: str) -> str | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires <= time.monotonic():
+            del self._data[key]
+            return None
+        return value
+
+    async def get(self, key: str, *, refresh_ttl: int | None = None) -> str | None:
+        value = self._live(key)
+        if value is not None and refresh_ttl is not None:
+            self._data[key] = (value, time.monotonic() + refresh_ttl)
+        return value
+
+    async def set(self, key: str, value: str, *, ttl: int | None = None) -> None:
+        self._data[key] = (value, time.monotonic() + ttl if ttl else None)
+        self._data.move_to_end(key)
+        while len(self._data) > self._limit:
+            self._data.popitem(last=False)
+
+    async def exists(self, key: str) -> bool:
+        return self._live(key) is not None
+
+    async def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisStore:
+    """redis.asyncio with sub-second timeouts, one retry, and an overall budget per operation (library-notes.md)."""
+
+    def __init__(self, url: str) -> None:
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=64,
+            timeout=BUDGET_SECONDS,  # waiting for a free connection
+            socket_timeout=0.25,
+            socket_connect_timeout=0.25,
+            retry=Retry(NoBackoff(), 1),
+            decode_responses=True,
+        )
+        self._redis = Redis.from_pool(pool)
+
+    async def _run(self, operation):  # type: ignore[no-untyped-def]
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(BUDGET_SECONDS):
+                return await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def get(self, key: str, *, refresh_ttl: int | None = None) -> str | None:
+        if refresh_ttl is not None:
+            return await self._run(self._redis.getex(key, ex=refresh_ttl))
+        return await self._run(self._redis.get(key))
+
+    async def set(self, key: str, value: str, *, ttl: int | None = None) -> None:
+        await self._run(self._redis.set(key, value, ex=ttl))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._run(self._redis.exists(key)))
+
+    async def delete(self, key: str) -> None:
+        await self._run(self._redis.delete(key))
+
+    async def ping(self) -> None:
+        await self._run(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def open_store(url: str | None) -> Store:
+    return RedisStore(url) if url else MemoryStore()
