@@ -34,7 +34,8 @@ class Identity:
         for issuer in self.issuers:
             keys: KeySource
             if issuer.jwks_url:
-                keys = JwksKeys(session, issuer.jwks_url)
+                keys = JwksKeys(session, issuer.jwks_url, ttl=issuer.jwks_ttl_seconds,
+                                refetch_interval=issuer.jwks_min_refetch_seconds)
             elif issuer.public_key_file:
                 keys = StaticKey.from_pem_file(issuer.public_key_file)
             else:
@@ -63,7 +64,8 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
             # model_construct: HS256 is deliberately not an algorithm a policy file may name.
             issuers.append(Issuer.model_construct(issuer=config.jwt_issuer, kind="oauth", jwks_url=None,
                                                   public_key_file=None, algorithms=("HS256",), audience=None,
-                                                  role_claim="role"))
+                                                  role_claim="role", jwks_ttl_seconds=300.0,
+                                                  jwks_min_refetch_seconds=30.0))
         else:
             issuers.append(Issuer(issuer=config.jwt_issuer, jwks_url=str(config.jwks_url) if config.jwks_url else None,
                                   public_key_file=config.jwt_public_key_file))

@@ -33,6 +33,8 @@ class Issuer(Strict):
     algorithms: tuple[Literal[ALGORITHMS], ...] = ("RS256", "ES256", "EdDSA")  # type: ignore[valid-type]
     audience: str | None = Field(None, description="defaults to SCOPEGATE_PUBLIC_URL")
     role_claim: str = "role"
+    jwks_ttl_seconds: float = Field(300.0, gt=0)
+    jwks_min_refetch_seconds: float = Field(30.0, ge=0, description="least time between fetches for unknown kids")
 
     @model_validator(mode="after")
     def one_key_source(self) -> Issuer:
