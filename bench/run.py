@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +31,22 @@ import aiohttp
 import orjson
 
 from proxy.demo.run import wait_for_port
+from proxy.pats import create_record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 
 
+BENCH_FOLDER = Path(tempfile.mkdtemp(prefix="scopegate-bench-"))
+_RECORD, TOKEN = create_record(kind="pat", label="bench", subject="bench", scopes=["mcp:read", "mcp:write"],
+                               workspace=None, workspaces=None, role=None, expires_in=3600)
+write_records(BENCH_FOLDER / "pats.yaml", [_RECORD])
+
+
 def headers(method: str, name: str | None = None) -> dict[str, str]:
+    # Every target gets the same token; only scopegate checks it (a PAT: hash, registry, revocation lookup).
     out = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-           "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method}
+           "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": method, "Authorization": f"Bearer {TOKEN}"}
     if name:
         out["Mcp-Name"] = name
     return out
@@ -169,7 +178,8 @@ async def run(seconds: float, concurrency: int, rounds: int) -> None:
         subprocess.Popen([py, str(ROOT / "bench" / "floor.py"), "--port", str(floor_port), "--upstream",
                           upstream_url], env=env),
         subprocess.Popen([py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen",
-                          f"127.0.0.1:{gate_port}", "--log-level", "warning"], env=env, cwd=ROOT),
+                          f"127.0.0.1:{gate_port}", "--log-level", "warning", "--pat-file",
+                          str(BENCH_FOLDER / "pats.yaml")], env=env, cwd=ROOT),
     ]
     try:
         for port, process in zip((up_port, floor_port, gate_port), processes, strict=True):

@@ -126,16 +126,17 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
     challenge = Challenge(metadata_url, identity.policy.scopes)
     sessions = SessionBinding(store)
+    secrets = identity.secret_headers
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
-            RefuseSecretHeaders(identity.secret_headers),  # only the proxy may send the upstream's secrets
+            *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
             Authenticate(identity.registry, verifier, store, challenge),  # a Principal, or 401
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(),
         response_hooks=(
-            ScrubSecretHeaders(identity.secret_headers),  # no secret comes back in a response header
+            *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
         ),
         rewriters=(),
