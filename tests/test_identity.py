@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from yarl import URL
 
 from proxy.jwks import StaticKey
 from proxy.jwt_auth import JwtVerifier, TokenRejected, TrustedIssuer
@@ -395,3 +396,33 @@ def test_bad_policy_is_a_configuration_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "issuers.0: Value error, jwks_url must be an http(s) URL" in done.stderr
     assert "rules: Extra inputs are not permitted" in done.stderr
+
+
+async def test_hs256_only_with_an_explicit_development_secret(start_proxy: Any, upstream: Any,
+                                                              recorder: Recorder) -> None:
+    secret = "dev-only-secret-0123456789abcdef0123"
+    url = await start_proxy(upstream.url, jwt_issuer=ISSUER, jwt_dev_hs256_secret=secret,
+                            public_url=URL(AUDIENCE))
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "dev", "exp": now + 60, "scp": ["journal:read"]}
+    assert (await call(url, jwt.encode(claims, secret, algorithm="HS256"))).status == 200
+    assert (await call(url, jwt.encode(claims, "another-secret-0123456789abcdef01", algorithm="HS256"))).status == 401
+
+
+async def test_scp_list_claim(keys: dict) -> None:
+    policy = Policy(version=1)
+    principal = await verifier(keys, policy, kind="jwt").verify(
+        sign(keys["RS256"], "RS256", scope=None, scp=["journal:read", "bank:read"], workspace="acme"))
+    assert principal.scopes == {"journal:read", "bank:read"}
+    assert principal.bound_workspace == "acme" and principal.workspaces == {"acme"}
+
+
+async def test_upstream_headers_from_a_file(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                            tmp_path: Path) -> None:
+    path = tmp_path / "upstream-headers.yaml"
+    path.write_text("x-app-token: from-file-1234\nX-Tenant: t-42\n")
+    url = await start_proxy(upstream.url, upstream_headers_file=str(path))
+    assert (await call(url, TOKENS["writer"], {"X-Tenant": "t-evil"})).status == 400
+    assert (await call(url, TOKENS["writer"])).status == 200
+    (received,) = recorder.received
+    assert received.headers["x-app-token"] == "from-file-1234" and received.headers["x-tenant"] == "t-42"
