@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from proxy.demo.run import wait_for_port
+from proxy.demo.run import free_port, wait_for_port
 from proxy.pats import create_record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,12 +59,6 @@ LIST = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params"
 def tick(count: int, gap: float) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "tick", "arguments": {"count": count, "gap": gap}, "_meta": META}})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

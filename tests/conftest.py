@@ -26,6 +26,7 @@ from proxy.app import start
 from proxy.config import Config
 from proxy.demo.event_store import MemoryEventStore
 from proxy.demo.ledger import build_server
+from proxy.demo.run import free_port
 from proxy.identity import Identity, load_identity
 from proxy.pats import Record, create_record, write_records
 from proxy.pipeline import Pipeline
@@ -114,12 +115,6 @@ class Recorder:
                 if msg.get("method") == method:
                     out.append(msg)
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

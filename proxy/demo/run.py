@@ -44,6 +44,13 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, second
     raise SystemExit(f"{what} did not listen on port {port} within {seconds:.0f}s")
 
 
+def free_port() -> int:
+    """A port nothing listens on right now (for local demo, test and bench processes)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
