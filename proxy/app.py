@@ -94,7 +94,12 @@ def run(config: Config, identity: Identity) -> None:
     host, port = config.listen
     scheme = "https" if ssl_context else "http"
     path = config.upstream.path or "/"
-    log.info("scopegate listening on %s://%s:%d%s, upstream %s", scheme, host, port, path, config.upstream)
+    log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
+             config.upstream, identity.policy.name or config.policy)
+    pending = sorted({r.match for r in identity.policy.tools if r.workspace != "none" or r.needs_confirmation})
+    if pending:
+        log.warning("this build does not yet enforce workspace handling or confirmation; rules that ask for them are "
+                    "enforced for scopes only: %s", ", ".join(pending))
     web.run_app(
         build_app(config, identity),
         host=host,

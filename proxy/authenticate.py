@@ -20,7 +20,7 @@ from proxy.replies import rpc_error
 from proxy.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from proxy.pipeline import Exchange
+    from proxy.exchange import Exchange
     from proxy.principal import Principal
 
 log = logging.getLogger("scopegate.auth")
@@ -79,6 +79,7 @@ class Authenticate:
             return rpc_error(503, UNAUTHORIZED, "credential status unavailable, retry shortly",
                              request_id=exchange.request_id, headers={"Retry-After": "1"})
         exchange.principal = principal
+        exchange.facts["resource_metadata"] = self.challenge.metadata_for(request)  # for a later 403's challenge
         return None
 
     async def _principal(self, token: str) -> Principal:

@@ -117,6 +117,7 @@ SETTINGS = (
     Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
     Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
+    Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -145,6 +146,7 @@ class Config:
     jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     upstream_headers_file: str | None = None
+    tool_prefix: tuple[str, ...] = ()
 
     @property
     def tls(self) -> bool:

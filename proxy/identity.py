@@ -15,7 +15,7 @@ from proxy.config import Config, ConfigError
 from proxy.jwks import JwksKeys, KeySource, StaticKey
 from proxy.jwt_auth import JwtVerifier, TrustedIssuer
 from proxy.pats import Registry, RegistryError
-from proxy.policy import EMPTY, Issuer, Policy, PolicyError, load_policy
+from proxy.policy import Issuer, Policy, PolicyError, load_policy
 from proxy.upstream_secrets import load_secret_headers
 
 
@@ -49,8 +49,11 @@ class Identity:
 
 
 def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
+    if not config.policy:
+        raise ConfigError("SCOPEGATE_POLICY (or --policy) is required: without a policy nothing could be allowed "
+                          "(examples in policies/)")
     try:
-        policy = load_policy(config.policy) if config.policy else EMPTY
+        policy = load_policy(config.policy)
     except PolicyError as exc:
         raise ConfigError(f"SCOPEGATE_POLICY: {exc}") from None
     try:
@@ -78,6 +81,12 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
                 StaticKey.from_pem_file(issuer.public_key_file)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"issuer {issuer.issuer}: cannot load public key ({type(exc).__name__})") from None
+    secret_headers = load_secret_headers(config.upstream_headers_file, env)
+    missing = [name for name in policy.upstream_headers if name.lower() not in secret_headers]
+    if missing:
+        raise ConfigError(f"the policy needs server-side header {missing[0]} for the upstream: set "
+                          f"SCOPEGATE_UPSTREAM_HEADER_{missing[0].upper().replace('-', '_')} or "
+                          "SCOPEGATE_UPSTREAM_HEADERS_FILE")
     if registry is None and not issuers:
         raise ConfigError("no credential source: set SCOPEGATE_PAT_FILE, a JWT issuer (SCOPEGATE_JWT_ISSUER), or "
                           "issuers in the policy; every request must authenticate")
@@ -86,5 +95,5 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
         registry=registry,
         issuers=tuple(issuers),
         dev_secret=config.jwt_dev_hs256_secret,
-        secret_headers=load_secret_headers(config.upstream_headers_file, env),
+        secret_headers=secret_headers,
     )

@@ -14,7 +14,7 @@ from proxy.origin import OriginPolicy
 from proxy.replies import rpc_error
 
 if TYPE_CHECKING:
-    from proxy.pipeline import Exchange
+    from proxy.exchange import Exchange
 
 
 class OriginCheck:

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.authenticate import Authenticate, Challenge
+from proxy.catalog import Catalog
 from proxy.config import Config
+from proxy.decide import Rules
+from proxy.exchange import Answer, Exchange
 from proxy.jsonrpc import Message
+from proxy.list_filter import ListFilter
 from proxy.metadata import WELL_KNOWN
 from proxy.origin_check import OriginCheck
-from proxy.principal import Principal
+from proxy.scope_guard import ScopeGuard
 from proxy.session_binding import SessionBinding
 from proxy.upstream_secrets import RefuseSecretHeaders, ScrubSecretHeaders
 
@@ -34,32 +38,6 @@ if TYPE_CHECKING:
     from proxy.identity import Identity
     from proxy.jwt_auth import JwtVerifier
     from proxy.store import Store
-
-
-@dataclass
-class Exchange:
-    """One HTTP request through the proxy: what the steps read, and the facts they leave for later steps."""
-
-    request_id: str
-    session_id: str | None
-    protocol_version: str | None
-    upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
-    http_method: str = "POST"
-    principal: Principal | None = None  # set by authentication; every later step may rely on it
-    facts: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A guard's own reply to one message; the message is then not forwarded.
-
-    `response` is None when the message was a notification (nothing to answer). `http_status` and `headers` apply
-    when the answered message was the only one in the request (e.g. 403 with WWW-Authenticate for a step-up).
-    """
-
-    response: Message | None
-    http_status: int = 200
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 AdmissionCheck = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse | None]]
@@ -120,13 +98,15 @@ class Pipeline:
 
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None) -> Pipeline:
-    """The whole pipeline, in order. Scopes, workspace and confirmation guards join here."""
+    """The whole pipeline, in order. Workspace and confirmation guards join after the scope guard."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
     challenge = Challenge(metadata_url, identity.policy.scopes)
     sessions = SessionBinding(store)
     secrets = identity.secret_headers
+    rules = Rules(identity.policy, config.tool_prefix)
+    catalog = Catalog()
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -134,12 +114,16 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             Authenticate(identity.registry, verifier, store, challenge),  # a Principal, or 401
             sessions.check,  # a session belongs to the credential that opened it
         ),
-        guards=(),
+        guards=(
+            ScopeGuard(rules, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
+        ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
         ),
-        rewriters=(),
+        rewriters=(
+            ListFilter(rules, catalog),  # lists show what the same decision allows, nothing more
+        ),
         upstream_headers=tuple(identity.secret_headers.items()),
     )
 

@@ -1,8 +1,11 @@
 """The policy file (YAML): who may call and with what. Validated once, when loaded; never on the request path.
 
-This version reads the identity part: the scopes that exist, the superscope, roles (ceilings), the scopes OAuth
-tokens may never hold, and the token issuers. Any section it does not know is an error, so a file written for a
-later version (tool rules, say) is refused rather than half-enforced.
+Identity: the scopes that exist, the superscope, roles (ceilings), the scopes OAuth tokens may never hold, the
+token issuers. Authorization: rules for tools (exact name or glob), prompts and resources (URI patterns), each with
+the scopes it needs (all of them), its effect (read | write), whether a write needs confirmation, and how the
+workspace argument is handled. What no rule names gets `default`: `deny`, or `annotations` (the upstream's
+`readOnlyHint` picks the read or the write scope; annotations never override a rule). Any section this version
+does not know is an error, so a file written for a later version is refused rather than half-enforced.
 """
 
 from __future__ import annotations
@@ -45,14 +48,41 @@ class Issuer(Strict):
         return self
 
 
+class Rule(Strict):
+    match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
+    scopes: tuple[Scope, ...] = ()
+    effect: Literal["read", "write"] = "read"
+    confirm: bool | None = None  # None: on for writes, off for reads
+    workspace: Literal["none", "inject", "require", "verify"] = "none"
+    description: str = ""
+
+    @property
+    def needs_confirmation(self) -> bool:
+        return self.effect == "write" if self.confirm is None else self.confirm
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
+    description: str = ""
     scopes: tuple[Scope, ...] = ()
     superscope: Scope | None = None
+    read_scope: Scope | None = None  # what `default: annotations` asks of a read-only tool
+    write_scope: Scope | None = None  # ... and of any other tool
     oauth_excluded_scopes: tuple[Scope, ...] = ()
     roles: dict[str, tuple[Scope, ...]] = Field(default_factory=dict)
     issuers: tuple[Issuer, ...] = ()
+    upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
+    default: Literal["deny", "annotations"] = "deny"
+    tools: tuple[Rule, ...] = ()
+    prompts: tuple[Rule, ...] = ()
+    resources: tuple[Rule, ...] = ()
+
+    @model_validator(mode="after")
+    def _annotations_need_scopes(self) -> Policy:
+        if self.default == "annotations" and (self.read_scope is None or self.write_scope is None):
+            raise ValueError("`default: annotations` needs `read_scope` and `write_scope`")
+        return self
 
     def ceiling(self, role: str | None) -> tuple[str, ...] | None:
         """The most a member of `role` may hold; None when the policy has no roles. Unknown or missing role: nothing."""
@@ -86,10 +116,26 @@ def load_policy(path: str | Path) -> Policy:
         lines = [f"{path}: {_where(err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise PolicyError("\n".join(lines)) from None
     problems = []
+    known = set(policy.scopes)
     for role, scopes in policy.roles.items():
         for scope in scopes:
-            if "*" not in scope and policy.scopes and scope not in policy.scopes:
+            if "*" not in scope and known and scope not in known:
                 problems.append(f"{path}: roles.{role}: scope {scope!r} is not in `scopes`")
+    for section in ("tools", "prompts", "resources"):
+        seen: set[str] = set()
+        for index, rule in enumerate(getattr(policy, section)):
+            where = f"{path}: {section}.{index}"
+            if rule.match in seen:
+                problems.append(f"{where}.match: {rule.match!r} is matched by an earlier rule already")
+            seen.add(rule.match)
+            problems += [f"{where}.scopes: scope {scope!r} is not in `scopes`"
+                         for scope in rule.scopes if known and scope not in known]
+            if section != "tools" and (rule.effect != "read" or rule.confirm or rule.workspace != "none"):
+                problems.append(f"{where}: effect, confirm and workspace apply to tools only")
+    for name in ("superscope", "read_scope", "write_scope"):
+        value = getattr(policy, name)
+        if value is not None and known and value not in known:
+            problems.append(f"{path}: {name}: scope {value!r} is not in `scopes`")
     if problems:
         raise PolicyError("\n".join(problems))
     return policy

@@ -18,7 +18,7 @@ from proxy.replies import rpc_error
 from proxy.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from proxy.pipeline import Exchange
+    from proxy.exchange import Exchange
     from proxy.principal import Principal
 
 KEY = "scopegate:session:"

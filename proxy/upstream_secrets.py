@@ -20,7 +20,7 @@ from proxy.jsonrpc import INVALID_REQUEST
 from proxy.replies import rpc_error
 
 if TYPE_CHECKING:
-    from proxy.pipeline import Exchange
+    from proxy.exchange import Exchange
 
 ENV_PREFIX = "SCOPEGATE_UPSTREAM_HEADER_"
 _NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 9110 token

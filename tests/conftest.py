@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -54,6 +55,7 @@ def _make_credentials() -> tuple[list[Record], dict[str, str]]:
 
 
 RECORDS, TOKENS = _make_credentials()
+POLICIES = Path(__file__).resolve().parent.parent / "policies"
 AUTH = {"Authorization": f"Bearer {TOKENS['writer']}"}
 
 
@@ -178,6 +180,7 @@ async def start_proxy(pat_file: str) -> AsyncIterator[Callable[..., Any]]:
     async def _start(upstream_url: str, pipeline: Pipeline | None = None, env: dict[str, str] | None = None,
                      **settings: Any) -> str:
         settings.setdefault("pat_file", pat_file)
+        settings.setdefault("policy", str(POLICIES / "pat-workspaces.yaml"))
         config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", 0), **settings)
         identity: Identity = load_identity(config, env or {})
         runner, port = await start(config, identity, pipeline)

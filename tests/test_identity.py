@@ -101,6 +101,8 @@ def write_policy(folder: Path, jwks_url: str, **extra: Any) -> str:
         "oauth_excluded_scopes": ["config:*", "admin"],
         "issuers": [{"issuer": ISSUER, "jwks_url": jwks_url, "audience": AUDIENCE,
                      "jwks_min_refetch_seconds": 0.5}],
+        "tools": [{"match": "*", "scopes": ["journal:read"]}],
+        "prompts": [{"match": "*", "scopes": ["journal:read"]}],
         **extra,
     }
     path = folder / "policy.yaml"
@@ -131,7 +133,7 @@ async def test_valid_tokens_pass_and_never_reach_the_upstream(
 ) -> None:
     token = sign(keys[alg], alg, kid=f"k-{alg}")
     async with sdk_client(jwt_proxy, mode, token=token) as client:
-        assert len((await client.list_tools()).tools) == 11
+        assert len((await client.list_tools()).tools) == 14  # the test policy allows every tool to journal:read
     assert recorder.received
     for received in recorder.received:
         assert "authorization" not in received.headers and token not in str(received.headers)

@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from proxy.config import Config
-from tests.conftest import AUTH, MODES, Recorder, free_port, sdk_client
+from tests.conftest import AUTH, MODES, POLICIES, Recorder, free_port, sdk_client
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,9 @@ async def test_mtls_requires_a_client_certificate(pki: dict, start_proxy: Any, u
         assert len((await client.list_prompts()).prompts) == 4
 
 
+POLICY = POLICIES / "pat-workspaces.yaml"
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     return subprocess.run(
@@ -113,9 +116,12 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_MAX_DEPTH": "-3"}, "SCOPEGATE_MAX_DEPTH"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_TLS_CERT": "/nonexistent.pem"},
          "SCOPEGATE_TLS_CERT: no readable file"),
-        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_TOOL_PREFIX": "list_"},
-         "SCOPEGATE_TOOL_PREFIX: not a setting this version"),
-        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp"}, "no credential source"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_AUDIT_SINK": "stdout"},
+         "SCOPEGATE_AUDIT_SINK: not a setting this version"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp"}, "SCOPEGATE_POLICY (or --policy) is required"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY": str(POLICY)}, "no credential source"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY": str(POLICY.parent / "app-token.yaml"),
+              "SCOPEGATE_PAT_FILE": __file__}, "SCOPEGATE_PAT_FILE: "),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(args: tuple, env: dict, words: str) -> None:
@@ -149,7 +155,7 @@ async def test_sigterm_with_open_streams_exits_within_seconds(upstream: Any, rec
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
-         "--pat-file", pat_file],
+         "--pat-file", pat_file, "--policy", str(POLICY)],
         env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/mcp"

@@ -161,6 +161,28 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
                 await ctx.report_progress(step, steps, f"step {step} of {steps}")
         return {"workspaceId": workspaceId, "period": period, "entries": len(ledger.books[workspaceId].entries)}
 
+    # Organisation-level tools (the workspace app's org capabilities gate these in the ceiling-style policy).
+    @server.tool(annotations=WRITE)
+    def invite_member(email: str, role: str = "member") -> dict[str, Any]:
+        """Invite a person into the organisation."""
+        return {"invited": email, "role": role}
+
+    @server.tool(annotations=WRITE)
+    def change_billing_plan(plan: str, dry_run: bool = False) -> dict[str, Any]:
+        """Change the subscription plan; with dry_run, estimate the cost change first."""
+        prices = {"starter": 19, "team": 49, "enterprise": 199}
+        if plan not in prices:
+            raise ValueError(f"unknown plan {plan!r}; choose one of {', '.join(prices)}")
+        if dry_run:
+            return {"dry_run": True, "plan": plan, "monthly_price": prices[plan]}
+        return {"plan": plan, "monthly_price": prices[plan], "charged": True}
+
+    @server.tool(annotations=WRITE)
+    def rebuild_knowledge_graph(workspaceId: str) -> dict[str, Any]:
+        """Rebuild the workspace's knowledge graph of accounts, vendors and entries."""
+        books = ledger.books[workspaceId]
+        return {"workspaceId": workspaceId, "nodes": len(books.accounts) + len(books.vendors) + len(books.entries)}
+
     @server.resource("ledger://{workspaceId}/chart-of-accounts", mime_type="application/json")
     def chart_of_accounts(workspaceId: str) -> dict[str, str]:
         """The chart of accounts as a resource."""

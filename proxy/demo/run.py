@@ -56,6 +56,7 @@ def _port_free(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+DEMO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "pat-workspaces.yaml"
 DEMO_CREDENTIALS = (
     # (label, scopes, bound workspace)
     ("Month-end review script (read-only, bound to acme)", ["mcp:read"], "acme"),
@@ -116,7 +117,7 @@ Ctrl-C stops both.
             flush=True,
         )
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
-                        pat_file=str(registry))
+                        pat_file=str(registry), policy=str(DEMO_POLICY))
         from proxy.app import run
         from proxy.cli import _logging
         from proxy.identity import load_identity

@@ -1,0 +1,53 @@
+"""Rewriter: list results show only what the caller may use, decided by the same function that gates calls.
+
+Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
+are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
+`cacheScope: "private"`: it was made for this caller. Tool annotations seen here feed the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxy.catalog import Catalog
+from proxy.decide import Kind, Rules, decide
+from proxy.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+
+LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item key)
+    "tools/list": ("tools", "tool", "name"),
+    "prompts/list": ("prompts", "prompt", "name"),
+    "resources/list": ("resources", "resource", "uri"),
+    "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
+}
+MODERN = "2026-07-28"
+
+
+class ListFilter:
+    methods = frozenset(LISTS)
+
+    def __init__(self, rules: Rules, catalog: Catalog) -> None:
+        self.rules = rules
+        self.catalog = catalog
+
+    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
+        result = response.get("result")
+        key, kind, item_key = LISTS[method]
+        if not isinstance(result, dict) or not isinstance(result.get(key), list):
+            return response
+        items: list[Any] = result[key]
+        if kind == "tool":
+            self.catalog.learn(items)
+        held = exchange.principal.scopes if exchange.principal is not None else frozenset()
+        rules, catalog = self.rules, self.catalog
+        result[key] = [
+            item for item in items
+            if isinstance(item, dict) and isinstance(item.get(item_key), str)
+            and decide(rules, held, kind, item[item_key],
+                       catalog.read_only_hint(item[item_key]) if kind == "tool" else None).allowed
+        ]
+        if (exchange.protocol_version or "") >= MODERN:
+            result["cacheScope"] = "private"
+        return response
