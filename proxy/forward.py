@@ -187,7 +187,8 @@ class Forwarder:
             # The upstream accepted the notifications; the client still needs the guards' answers.
             status, body = 200, dumps(answers if is_batch else answers[0])
             headers["Content-Type"] = JSON
-        elif upstream.status == 200 and (rewrite.active or answers) and body:
+        elif body and (answers or (rewrite.active and upstream.status == 200)):
+            # Local answers exist only for batches: they join the upstream's reply, whatever its status.
             body = rewrite_json(body, rewrite, answers)
         return web.Response(status=status, body=body, headers=headers)
 

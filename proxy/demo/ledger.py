@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,12 +215,33 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
     return server
 
 
+def require_app_token(app: Any, token: str) -> Any:
+    """ASGI wrapper: the commerce-app style upstream answers 401 unless `x-app-token` is exactly `token`."""
+    import hmac
+
+    expected = token.encode()
+
+    async def guarded(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"x-app-token", b"")
+            if not hmac.compare_digest(given, expected):
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": b'{"error":"invalid app token"}'})
+                return
+        await app(scope, receive, send)
+
+    return guarded
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the demo ledger MCP server (Streamable HTTP).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--stateless", action="store_true", help="no sessions (stateless HTTP)")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
+    parser.add_argument("--app-token-env", metavar="VAR",
+                        help="require the x-app-token header to equal this environment variable's value")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -229,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         event_store=None if args.stateless else MemoryEventStore(),
         host=args.host,
     )
+    if args.app_token_env:
+        app = require_app_token(app, os.environ[args.app_token_env])
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
