@@ -11,16 +11,19 @@ from aiohttp import web
 
 from proxy import pipeline as pipeline_module
 from proxy.config import Config
+from proxy.decide import Rules
 from proxy.forward import Forwarder
 from proxy.identity import Identity
 from proxy.metadata import add_routes
 from proxy.pipeline import Pipeline
+from proxy.policy_reload import LivePolicy, PolicyReloader
 from proxy.store import open_store
 from proxy.tls import server_context
 
 log = logging.getLogger("scopegate")
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
+RELOADER = web.AppKey("policy_reloader", PolicyReloader)
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -44,10 +47,17 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
         store = open_store(config.redis_url)
         try:
             async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
-                chosen = pipeline or pipeline_module.build(config, identity, store, identity.verifier(config,
-                                                                                                      key_session))
+                verifier = identity.verifier(config, key_session)
+                live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
+                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live)
                 app[FORWARDER] = Forwarder(config, chosen, session)
-                yield
+                reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix)
+                app[RELOADER] = reloader
+                watcher = asyncio.get_running_loop().create_task(reloader.watch())
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
         finally:
             await store.close()
 
@@ -100,8 +110,16 @@ def run(config: Config, identity: Identity) -> None:
     if pending:
         log.warning("this build does not yet enforce workspace handling or confirmation; rules that ask for them are "
                     "enforced for scopes only: %s", ", ".join(pending))
+    app = build_app(config, identity)
+
+    async def on_sighup(app: web.Application) -> None:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
+
+    app.on_startup.append(on_sighup)
     web.run_app(
-        build_app(config, identity),
+        app,
         host=host,
         port=port,
         ssl_context=ssl_context,

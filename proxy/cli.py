@@ -8,7 +8,7 @@ import os
 import sys
 
 from proxy import config as config_module
-from proxy import pat_cli
+from proxy import pat_cli, policy_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> None:
     _serve_parser(sub)
     _demo_parser(sub)
     pat_cli.add_parser(sub)
+    policy_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "policy":
+        policy_cli.main(args)
+        return
     if args.command == "pat":
         pat_cli.main(args)
         return

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.catalog import Catalog
-from proxy.decide import Kind, Rules, decide
+from proxy.decide import Kind, decide
 from proxy.jsonrpc import Message
+from proxy.policy_reload import LivePolicy
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -28,8 +29,8 @@ MODERN = "2026-07-28"
 class ListFilter:
     methods = frozenset(LISTS)
 
-    def __init__(self, rules: Rules, catalog: Catalog) -> None:
-        self.rules = rules
+    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+        self.live = live
         self.catalog = catalog
 
     def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
@@ -41,7 +42,7 @@ class ListFilter:
         if kind == "tool":
             self.catalog.learn(items)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        rules, catalog = self.rules, self.catalog
+        rules, catalog = self.live.rules, self.catalog
         result[key] = [
             item for item in items
             if isinstance(item, dict) and isinstance(item.get(item_key), str)

@@ -168,6 +168,13 @@ class Registry:
         self._stamp = stamp
         self.reload_error = None
 
+    def principals_for(self, policy: Policy) -> dict[str, tuple[Record, Principal]]:
+        """The registry's records read now and seen through another policy (for a policy reload). May raise."""
+        return {r.id: (r, r.principal(policy)) for r in read_records(self.path)}
+
+    def adopt(self, policy: Policy, records: dict[str, tuple[Record, Principal]]) -> None:
+        self.policy, self._records, self._stamp = policy, records, self._file_stamp()
+
     def maybe_refresh(self) -> None:
         """Re-read a changed file; a broken new version keeps the old one in force (and says so in reload_error)."""
         try:

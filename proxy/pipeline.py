@@ -24,7 +24,6 @@ from multidict import CIMultiDict
 from proxy.authenticate import Authenticate, Challenge
 from proxy.catalog import Catalog
 from proxy.config import Config
-from proxy.decide import Rules
 from proxy.exchange import Answer, Exchange
 from proxy.jsonrpc import Message
 from proxy.list_filter import ListFilter
@@ -37,6 +36,7 @@ from proxy.upstream_secrets import RefuseSecretHeaders, ScrubSecretHeaders
 if TYPE_CHECKING:
     from proxy.identity import Identity
     from proxy.jwt_auth import JwtVerifier
+    from proxy.policy_reload import LivePolicy
     from proxy.store import Store
 
 
@@ -97,7 +97,8 @@ class Pipeline:
         return response
 
 
-def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None) -> Pipeline:
+def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
+          live: LivePolicy) -> Pipeline:
     """The whole pipeline, in order. Workspace and confirmation guards join after the scope guard."""
     metadata_url = None
     if config.public_url is not None:
@@ -105,7 +106,6 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     challenge = Challenge(metadata_url, identity.policy.scopes)
     sessions = SessionBinding(store)
     secrets = identity.secret_headers
-    rules = Rules(identity.policy, config.tool_prefix)
     catalog = Catalog()
     return Pipeline(
         admission=(
@@ -115,14 +115,14 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(
-            ScopeGuard(rules, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
+            ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
         ),
         rewriters=(
-            ListFilter(rules, catalog),  # lists show what the same decision allows, nothing more
+            ListFilter(live, catalog),  # lists show what the same decision allows, nothing more
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
     )

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.decide import Decision, Kind, Rules, decide
+from proxy.decide import Decision, Kind, decide
 from proxy.exchange import Answer, Exchange
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
+from proxy.policy_reload import LivePolicy
 
 FORBIDDEN = -32003
 
@@ -58,8 +59,8 @@ def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
 
 
 class ScopeGuard:
-    def __init__(self, rules: Rules, catalog: Catalog) -> None:
-        self.rules = rules
+    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+        self.live = live
         self.catalog = catalog
 
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
@@ -74,7 +75,7 @@ class ScopeGuard:
                           http_status=400)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         hint = self.catalog.read_only_hint(name) if kind == "tool" else None
-        decision = decide(self.rules, held, kind, name, hint)
+        decision = decide(self.live.rules, held, kind, name, hint)
         if not decision.allowed:
             return refusal(exchange, msg_id, decision)
         exchange.facts.setdefault("decisions", []).append(decision)

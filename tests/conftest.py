@@ -188,6 +188,7 @@ async def start_proxy(pat_file: str) -> AsyncIterator[Callable[..., Any]]:
         scheme = "https" if config.tls else "http"
         return f"{scheme}://127.0.0.1:{port}{URL(upstream_url).path}"
 
+    _start.runners = runners  # type: ignore[attr-defined]  # tests that need the app itself look here
     yield _start
     for runner in runners:
         await runner.cleanup()

@@ -3,6 +3,7 @@ both protocol modes, raw HTTP for the refusals), asserting on what the upstream 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -302,3 +303,85 @@ async def test_task_augmented_call_is_gated(proxy_url: str, recorder: Recorder) 
         name="create_vendor")
     assert_refused(status, headers, answer, "create_vendor", ["mcp:write"])
     assert recorder.received == []
+
+
+# --- policy check / explain / hot reload -----------------------------------------------------------------------
+
+
+def _cli(*args: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    return subprocess.run([sys.executable, "-m", "proxy", *args], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_policy_check(tmp_path: Path) -> None:
+    for path in sorted(POLICIES.glob("*.yaml")):
+        done = _cli("policy", "check", str(path))
+        assert done.returncode == 0 and ": ok (" in done.stdout, done.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nscopes: [a]\ntools:\n  - {match: x, scopes: [b], effect: maybe}\n"
+                   "  - {match: y, scopes: [a], confirm: sometimes}\nprompts: nope\n")
+    done = _cli("policy", "check", str(bad))
+    assert done.returncode == 2
+    errors = done.stderr.strip().splitlines()
+    assert f"{bad}: tools.0.effect: Input should be 'read' or 'write'" in errors
+    assert any(line.startswith(f"{bad}: tools.1.confirm:") for line in errors)
+    assert any(line.startswith(f"{bad}: prompts:") for line in errors)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("version: 1\nscopes: [a]\ntools:\n  - {match: x, scopes: [b]}\n  - {match: x, scopes: [a]}\n")
+    done = _cli("policy", "check", str(unknown))
+    assert done.returncode == 2
+    assert f"{unknown}: tools.0.scopes: scope 'b' is not in `scopes`" in done.stderr
+    assert "tools.1.match: 'x' is matched by an earlier rule already" in done.stderr
+
+
+def test_policy_explain(issue: Any) -> None:
+    ledger = str(POLICIES / "ledger-scopes.yaml")
+    done = _cli("policy", "explain", "--policy", ledger, "--scopes", "journal:read payables:write",
+                "--tool", "reconcile_bank_transaction")
+    assert done.returncode == 1
+    assert done.stdout.startswith("DENY tool reconcile_bank_transaction")
+    assert 'rule:      tools[8] match "reconcile_bank_transaction"' in done.stdout
+    assert "missing:   bank:write" in done.stdout
+    done = _cli("policy", "explain", "--policy", ledger, "--scopes", "admin", "--kind", "oauth",
+                "--prompt", "tenant_setup_migration")
+    assert done.returncode == 1 and "effective: (no scopes)" in done.stdout
+    token = issue("explained", ["payables:read", "payables:write", "journal:read", "journal:write"],
+                  workspace="acme")
+    done = _cli("policy", "explain", "--policy", ledger, "--token", token, "--pat-file", issue.path,
+                "--prompt", "process_incoming_invoice", "--workspace", "globex")
+    assert done.returncode == 0 and done.stdout.startswith("ALLOW prompt process_incoming_invoice")
+    assert "workspace: globex is NOT one the credential holds" in done.stdout
+    assert token not in done.stdout
+
+
+async def test_hot_reload(start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any, tmp_path: Path) -> None:
+    from proxy.app import RELOADER
+
+    writer = issue("writer", ["mcp:read", "mcp:write"])
+    path = tmp_path / "live-policy.yaml"
+    original = (POLICIES / "pat-workspaces.yaml").read_text()
+    path.write_text(original)
+    url = await start_proxy(upstream.url, policy=str(path), pat_file=issue.path)
+    assert "delete_journal_entry" in (await visible(url, writer, "auto"))[0]
+
+    path.write_text(original.replace("  - {match: delete_journal_entry", "  # - {match: delete_journal_entry"))
+    deadline = time.monotonic() + 5
+    while "delete_journal_entry" in (await visible(url, writer, "auto"))[0]:
+        assert time.monotonic() < deadline, "the changed policy was not picked up"
+        await asyncio.sleep(0.2)
+    status, _, _ = await raw(url, writer, "tools/call", {"name": "delete_journal_entry", "arguments": {
+        "workspaceId": "acme", "entry_id": "je-1"}}, name="delete_journal_entry")
+    assert status == 403  # lists and calls changed together
+
+    path.write_text("version: 1\ntools: [{match: '*', effect: everything}]\n")  # invalid: refused
+    reloader = start_proxy.runners[-1].app[RELOADER]
+    await asyncio.sleep(1.5)
+    assert reloader.results["failure"] >= 1
+    tools = (await visible(url, writer, "auto"))[0]
+    assert "list_accounts" in tools and "delete_journal_entry" not in tools  # the last good policy stays
+
