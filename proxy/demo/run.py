@@ -96,12 +96,16 @@ scopegate demo
   proxy     {url}
   upstream  http://127.0.0.1:{upstream_port}/mcp   (the demo ledger, direct, for comparison)
 
+Policy: {DEMO_POLICY.relative_to(DEMO_POLICY.parents[1])} (mcp:read for reads, mcp:write for writes; nothing else)
 Sample credentials (PATs valid for a day; registry {registry}):
 {credentials}
 
 Every request must carry one; the upstream never sees it. Try, in another terminal (from this checkout):
 
   .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[0][1]}
+
+(the read-only token sees 6 of the ledger's 14 tools, and its write is refused with 403; the second token
+sees the 11 tools the policy names, and its write goes through)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
 
@@ -110,7 +114,7 @@ or with curl, one stateless (2026-07-28) request (drop the Authorization header 
     -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\
     -d '{_LIST_BODY}'
 
-Scope policies (a list filtered, a write held for confirmation) are not enforced yet by this build.
+Preview-first writes (a write held for confirmation) are not built yet: writes allowed by scope go through.
 
 Ctrl-C stops both.
 """,

@@ -12,6 +12,7 @@ import json
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 
 async def _run(url: str, token: str | None, legacy: bool) -> None:
@@ -35,7 +36,11 @@ async def _run(url: str, token: str | None, legacy: bool) -> None:
             "lines": [{"account": "6000", "debit": 120}, {"account": "1000", "credit": 120}],
         }
         print(f"\ntools/call create_journal_entry {json.dumps(args)}")
-        result = await client.call_tool("create_journal_entry", args)
+        try:
+            result = await client.call_tool("create_journal_entry", args)
+        except MCPError as exc:  # refused by scopegate (HTTP 403): nothing reached the upstream
+            print(f"  refused: {exc}")
+            return
         print(f"  isError={result.is_error}")
         print(f"  {json.dumps(result.structured_content, indent=2).replace(chr(10), chr(10) + '  ')}")
 
