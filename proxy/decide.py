@@ -6,9 +6,8 @@ Pure over plain data. The same function filters `tools/list`, `prompts/list`, `r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from proxy.policy import Policy, Rule
 from proxy.principal import satisfies
@@ -18,8 +17,7 @@ _SECTION = {"tool": "tools", "prompt": "prompts", "resource": "resources"}
 _CACHE_LIMIT = 20_000
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a frozen dataclass costs 4x as much
     allowed: bool
     kind: Kind
     name: str
@@ -43,20 +41,41 @@ class Rules:
             rules = list(enumerate(getattr(policy, section)))
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
             self._globs[kind] = [(i, r) for i, r in rules if _is_glob(r.match)]
-        self._found: dict[tuple[Kind, str], tuple[int, Rule] | None] = {}
+        self._found: dict[tuple[Kind, str], Outcome | None] = {}
+        # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
+        # this Rules object, which a policy reload replaces, so no answer outlives its policy.
+        self.listing_memo: dict[tuple[frozenset[str], Kind, str, bool | None], bool] = {}
 
     def find(self, kind: Kind, name: str) -> tuple[int, Rule] | None:
+        found = self._exact[kind].get(name)
+        if found is None:
+            found = next(((i, r) for i, r in self._globs[kind] if fnmatchcase(name, r.match)), None)
+        return found
+
+    def outcome(self, kind: Kind, name: str) -> Outcome | None:
+        """What the rule for this name asks, worked out once per name."""
         key = (kind, name)
         try:
             return self._found[key]
         except KeyError:
             pass
-        found = self._exact[kind].get(name)
-        if found is None:
-            found = next(((i, r) for i, r in self._globs[kind] if fnmatchcase(name, r.match)), None)
+        found = self.find(kind, name)
+        result = None
+        if found is not None:
+            index, rule = found
+            because = f'{_SECTION[kind]}[{index}] match "{rule.match}"'
+            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because)
         if len(self._found) < _CACHE_LIMIT:  # names come from clients too: never let them grow this unbounded
-            self._found[key] = found
-        return found
+            self._found[key] = result
+        return result
+
+
+class Outcome(NamedTuple):
+    required: tuple[str, ...]
+    effect: Literal["read", "write"]
+    confirm: bool
+    workspace: str
+    because: str
 
 
 def _is_glob(pattern: str) -> bool:
@@ -67,11 +86,9 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     policy = rules.policy
     if kind == "tool" and rules.tool_prefixes and not name.startswith(rules.tool_prefixes):
         return Decision(False, kind, name, (), (), "write", False, "none", "outside SCOPEGATE_TOOL_PREFIX")
-    found = rules.find(kind, name)
+    found = rules.outcome(kind, name)
     if found is not None:
-        index, rule = found
-        required, effect, confirm, workspace = rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace
-        because = f'{_SECTION[kind]}[{index}] match "{rule.match}"'
+        required, effect, confirm, workspace, because = found
     elif policy.default == "annotations":
         # Delegated to the upstream's hint, and only where no rule speaks: a missing hint counts as a write.
         read = kind != "tool" or read_only_hint is True
@@ -85,3 +102,16 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
         return Decision(True, kind, name, required, (), effect, confirm, workspace, because)
     missing = tuple(s for s in required if s not in held)
     return Decision(False, kind, name, required, missing, effect, confirm, workspace, because)
+
+
+def allowed(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_hint: bool | None = None) -> bool:
+    """decide(...).allowed, remembered: what list filtering asks of every item of every list."""
+    key = (held, kind, name, read_only_hint)
+    memo = rules.listing_memo
+    try:
+        return memo[key]
+    except KeyError:
+        verdict = decide(rules, held, kind, name, read_only_hint).allowed
+        if len(memo) < _CACHE_LIMIT * 5:
+            memo[key] = verdict
+        return verdict

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.catalog import Catalog
-from proxy.decide import Kind, decide
+from proxy.decide import Kind, allowed
 from proxy.jsonrpc import Message
 from proxy.policy_reload import LivePolicy
 
@@ -39,15 +39,16 @@ class ListFilter:
         if not isinstance(result, dict) or not isinstance(result.get(key), list):
             return response
         items: list[Any] = result[key]
-        if kind == "tool":
+        rules = self.live.rules
+        hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
+        if hints:
             self.catalog.learn(items)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        rules, catalog = self.live.rules, self.catalog
+        hint = self.catalog.read_only_hint
         result[key] = [
             item for item in items
-            if isinstance(item, dict) and isinstance(item.get(item_key), str)
-            and decide(rules, held, kind, item[item_key],
-                       catalog.read_only_hint(item[item_key]) if kind == "tool" else None).allowed
+            if isinstance(item, dict) and isinstance(name := item.get(item_key), str)
+            and allowed(rules, held, kind, name, hint(name) if hints else None)
         ]
         if (exchange.protocol_version or "") >= MODERN:
             result["cacheScope"] = "private"

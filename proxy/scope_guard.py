@@ -74,7 +74,7 @@ class ScopeGuard:
             return Answer(error(msg_id, INVALID_PARAMS, f"params.{field} must be a non-empty string"),
                           http_status=400)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        hint = self.catalog.read_only_hint(name) if kind == "tool" else None
+        hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # used under `default: annotations`
         decision = decide(self.live.rules, held, kind, name, hint)
         if not decision.allowed:
             return refusal(exchange, msg_id, decision)
