@@ -229,7 +229,8 @@ def test_app_token_policy_refuses_to_start_without_the_token(tmp_path: Path) -> 
         load_identity(config, {})
 
 
-async def test_org_ceiling(start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any) -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_org_ceiling(mode: str, start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any) -> None:
     viewer = issue("viewer", role="viewer", permissions={"acme": "write"})
     member = issue("member", role="member", permissions={"acme": "write"},
                    org_capabilities={"can_manage_kg": True, "can_manage_billing": True})
@@ -239,9 +240,9 @@ async def test_org_ceiling(start_proxy: Any, upstream: Any, recorder: Recorder, 
     reads = {"list_accounts", "list_journal_entries", "get_trial_balance", "list_bank_transactions",
              "get_period_status", "run_month_end_report"}
     writes = {"create_journal_entry", "reconcile_bank_transaction", "create_vendor"}
-    assert (await visible(url, viewer, "auto"))[0] == reads  # the grant says write; the role says read
-    assert (await visible(url, member, "auto"))[0] == reads | writes | {"rebuild_knowledge_graph"}
-    assert (await visible(url, owner, "auto"))[0] == reads | writes | {
+    assert (await visible(url, viewer, mode))[0] == reads  # the grant says write; the role says read
+    assert (await visible(url, member, mode))[0] == reads | writes | {"rebuild_knowledge_graph"}
+    assert (await visible(url, owner, mode))[0] == reads | writes | {
         "delete_journal_entry", "lock_period", "change_billing_plan"}
     recorder.received.clear()
     # The member's credential carries the billing flag, but members lack it: accessDenied, and no self-escalation.
