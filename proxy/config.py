@@ -118,6 +118,7 @@ SETTINGS = (
     Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
+    Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -147,6 +148,7 @@ class Config:
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     upstream_headers_file: str | None = None
     tool_prefix: tuple[str, ...] = ()
+    default_workspace: str | None = None
 
     @property
     def tls(self) -> bool:

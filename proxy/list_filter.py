@@ -41,7 +41,7 @@ class ListFilter:
         items: list[Any] = result[key]
         rules = self.live.rules
         hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
-        if hints:
+        if kind == "tool":
             self.catalog.learn(items)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         hint = self.catalog.read_only_hint
@@ -50,6 +50,24 @@ class ListFilter:
             if isinstance(item, dict) and isinstance(name := item.get(item_key), str)
             and allowed(rules, held, kind, name, hint(name) if hints else None)
         ]
+        principal = exchange.principal
+        if kind == "tool" and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
+            self._hide_workspace(result[key], rules.policy.workspace_property)
         if (exchange.protocol_version or "") >= MODERN:
             result["cacheScope"] = "private"
         return response
+
+    def _hide_workspace(self, tools: list[dict[str, Any]], prop: str) -> None:
+        """A bound credential need not (and should not guess to) name its workspace: the proxy supplies it."""
+        for tool in tools:
+            schema = tool.get("inputSchema")
+            if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+                continue
+            if prop in schema["properties"] and self.workspace_injected(tool["name"]):
+                schema["properties"] = {k: v for k, v in schema["properties"].items() if k != prop}
+                if isinstance(schema.get("required"), list):
+                    schema["required"] = [r for r in schema["required"] if r != prop]
+
+    def workspace_injected(self, tool: str) -> bool:
+        outcome = self.live.rules.outcome("tool", tool)
+        return outcome is None or outcome.workspace in ("inject", "none")

@@ -32,6 +32,7 @@ from proxy.origin_check import OriginCheck
 from proxy.scope_guard import ScopeGuard
 from proxy.session_binding import SessionBinding
 from proxy.upstream_secrets import RefuseSecretHeaders, ScrubSecretHeaders
+from proxy.workspace_guard import WorkspaceGuard
 
 if TYPE_CHECKING:
     from proxy.identity import Identity
@@ -99,7 +100,7 @@ class Pipeline:
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy) -> Pipeline:
-    """The whole pipeline, in order. Workspace and confirmation guards join after the scope guard."""
+    """The whole pipeline, in order. The confirmation guard joins after the workspace guard."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -116,6 +117,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         ),
         guards=(
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
+            WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header

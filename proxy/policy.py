@@ -74,6 +74,10 @@ class Policy(Strict):
     issuers: tuple[Issuer, ...] = ()
     upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
     default: Literal["deny", "annotations"] = "deny"
+    workspace_property: str = Field("workspaceId", min_length=1)  # the argument that names the workspace
+    project_property: str = Field("projectId", min_length=1)
+    check_projects: bool = False  # verify the project argument against the credential's projects
+    hide_bound_workspace: bool = False  # a bound credential's lists do not show the workspace argument at all
     tools: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()

@@ -98,7 +98,8 @@ async def test_duplicate_keys_upstream_acts_on_what_the_proxy_checked(
         b'"name":"get_period_status","arguments":{"workspaceId":"acme","period":"2026-10"},'
         b'"_meta":' + orjson.dumps(MODERN_META) + b"}}"
     )
-    status, answer = await post(url, body, modern_headers("tools/call", "get_period_status"))
+    status, answer = await post(url, body, {**modern_headers("tools/call", "get_period_status"),
+                                            "Mcp-Param-Workspace": "acme"})
     assert status == 200 and answer["result"]["structuredContent"]["status"] == "open"
     (received,) = recorder.posts()
     assert received.body.count(b'"name"') == 1  # re-serialised: one key, not the client's two

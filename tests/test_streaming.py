@@ -110,6 +110,7 @@ async def test_headers_crossing_both_ways(proxy_url: str, recorder: Recorder) ->
     client_headers = {
         **modern_headers("tools/call", "get_period_status"),
         "Mcp-Param-Region": "eu",
+        "Mcp-Param-Workspace": "acme",  # get_period_status mirrors workspaceId into this header (x-mcp-header)
         "Connection": "keep-alive, x-client-hop",
         "X-Client-Hop": "1",
         "Proxy-Authorization": "Basic c2VjcmV0",

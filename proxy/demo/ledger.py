@@ -14,10 +14,11 @@ import itertools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
+from pydantic import Field
 
 from proxy.demo.event_store import MemoryEventStore
 
@@ -96,7 +97,9 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
         return {"workspaceId": workspaceId, "transactions": txs}
 
     @server.tool(annotations=READ)
-    def get_period_status(workspaceId: str, period: str) -> dict[str, Any]:
+    def get_period_status(
+        workspaceId: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Workspace"})], period: str
+    ) -> dict[str, Any]:
         """Tell whether an accounting period (YYYY-MM) is open or locked."""
         locked = period in ledger.books[workspaceId].locked_periods
         return {"workspaceId": workspaceId, "period": period, "status": "locked" if locked else "open"}
@@ -179,10 +182,11 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
         return {"plan": plan, "monthly_price": prices[plan], "charged": True}
 
     @server.tool(annotations=WRITE)
-    def rebuild_knowledge_graph(workspaceId: str) -> dict[str, Any]:
-        """Rebuild the workspace's knowledge graph of accounts, vendors and entries."""
+    def rebuild_knowledge_graph(workspaceId: str, projectId: str = "") -> dict[str, Any]:
+        """Rebuild the knowledge graph of a workspace (or of one project in it)."""
         books = ledger.books[workspaceId]
-        return {"workspaceId": workspaceId, "nodes": len(books.accounts) + len(books.vendors) + len(books.entries)}
+        nodes = len(books.accounts) + len(books.vendors) + len(books.entries)
+        return {"workspaceId": workspaceId, "projectId": projectId or None, "nodes": nodes}
 
     @server.resource("ledger://{workspaceId}/chart-of-accounts", mime_type="application/json")
     def chart_of_accounts(workspaceId: str) -> dict[str, str]:
