@@ -116,7 +116,9 @@ class WorkspaceGuard:
         exchange.facts.setdefault("workspace", []).append(record)
         principal = exchange.principal
         prop = policy.workspace_property
-        if mode != "none":
+        if mode == "verify" and prop not in args:
+            record["action"] = "absent"  # verify checks a workspace that is named; the upstream judges its absence
+        elif mode != "none":
             if prop not in args:
                 value = None
                 if mode == "inject":

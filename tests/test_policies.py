@@ -77,9 +77,9 @@ def issue(tmp_path: Path) -> Any:
     path = tmp_path / "policy-pats.yaml"
 
     def _issue(name: str, scopes: list[str] | None = None, kind: str = "pat", workspace: str | None = None,
-               role: str | None = None, **extra: Any) -> str:
+               role: str | None = None, workspaces: list[str] | None = None, **extra: Any) -> str:
         record, token = create_record(kind=kind, label=name, subject=f"user-{name}", scopes=scopes or [],
-                                      workspace=workspace, workspaces=None, role=role, expires_in=3600,
+                                      workspace=workspace, workspaces=workspaces, role=role, expires_in=3600,
                                       extra=extra)
         records.append(record)
         write_records(path, records)
