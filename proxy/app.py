@@ -106,10 +106,10 @@ def run(config: Config, identity: Identity) -> None:
     path = config.upstream.path or "/"
     log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
              config.upstream, identity.policy.name or config.policy)
-    pending = sorted({r.match for r in identity.policy.tools if r.workspace != "none" or r.needs_confirmation})
+    pending = sorted({r.match for r in identity.policy.tools if r.needs_confirmation})
     if pending:
-        log.warning("this build does not yet enforce workspace handling or confirmation; rules that ask for them are "
-                    "enforced for scopes only: %s", ", ".join(pending))
+        log.warning("this build does not yet hold writes for confirmation; these rules are enforced for scopes and "
+                    "workspaces only: %s", ", ".join(pending))
     app = build_app(config, identity)
 
     async def on_sighup(app: web.Application) -> None:
