@@ -177,3 +177,19 @@ async def test_learned_from_the_list_and_hidden_for_bound_credentials(
         tools = {t.name: t for t in (await client.list_tools()).tools}
         assert "workspaceId" in tools["list_accounts"].input_schema["properties"]
     assert received_arguments(recorder, "list_accounts")[-1] == {"workspaceId": "acme"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_org_ceiling_verifies_workspaces_with_the_sdk(mode: str, start_proxy: Any, upstream: Any,
+                                                            recorder: Recorder, issue: Any) -> None:  # noqa: F811
+    member = issue("member", role="member", workspaces=["acme", "globex"],
+                   permissions={"acme": "write", "globex": "none"})
+    url = await start_proxy(upstream.url, policy=str(POLICIES / "org-ceiling.yaml"), pat_file=issue.path)
+    async with sdk_client(url, mode, token=member) as client:
+        await client.list_tools()
+        ok = await client.call_tool("list_accounts", {"workspaceId": "acme"})
+        assert not ok.is_error and ok.structured_content["workspaceId"] == "acme"
+        for workspace in ("globex", "initech"):  # explicitly denied; not held
+            refused = await client.call_tool("list_accounts", {"workspaceId": workspace})
+            assert refused.is_error and "refused" in refused.content[0].text
+    assert received_arguments(recorder, "list_accounts") == [{"workspaceId": "acme"}]
