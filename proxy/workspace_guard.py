@@ -73,9 +73,12 @@ def decode_header(value: str) -> str:
         return "\0invalid"  # matches no argument
 
 
-def tool_error(msg_id: Any, text: str) -> Answer:
-    return Answer({"jsonrpc": "2.0", "id": msg_id,
-                   "result": {"content": [{"type": "text", "text": text}], "isError": True}})
+def tool_error(exchange: Exchange, msg_id: Any, text: str) -> Answer:
+    """A tool result the model can read, not a protocol error: the call was understood and refused."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
+    if (exchange.protocol_version or "") >= "2026-07-28":
+        result["resultType"] = "complete"  # required on every 2026-07-28 result
+    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})
 
 
 class WorkspaceGuard:
@@ -125,8 +128,8 @@ class WorkspaceGuard:
                     value = principal.bound_workspace or principal.default_workspace or self.default_workspace
                 if value is None:
                     record.update(action="refused", reason="missing")
-                    return tool_error(msg_id, f"{tool} needs the {prop} argument: this credential is not bound to "
-                                              f"a workspace, so name the workspace to act in")
+                    return tool_error(exchange, msg_id, f"{tool} needs the {prop} argument: this credential is not "
+                                                        "bound to a workspace, so name the workspace to act in")
                 args = {**args, prop: value}
                 params["arguments"] = args
                 record["action"] = "injected"
@@ -134,13 +137,13 @@ class WorkspaceGuard:
             record.update(workspace=args[prop] if isinstance(args[prop], str) else None)
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_error(msg_id, f"{tool} refused: {problem}")
+                return tool_error(exchange, msg_id, f"{tool} refused: {problem}")
             record.setdefault("action", "verified")
         if policy.check_projects and policy.project_property in args:
             problem = project_problem(principal, args[policy.project_property])
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_error(msg_id, f"{tool} refused: {problem}")
+                return tool_error(exchange, msg_id, f"{tool} refused: {problem}")
         if modern:
             for name in (prop, policy.project_property):
                 token = mirrored.get(name)
