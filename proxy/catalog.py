@@ -4,7 +4,9 @@
   list was seen, a tool has no hint and counts as a write;
 - the top-level input properties, and the `x-mcp-header` token of each, tell which tools take a workspace
   argument and which header mirrors it (2026-07-28).
-Every list overwrites what an earlier one said about its tools. Bounded: a misbehaving upstream cannot grow it.
+Every list overwrites what an earlier one said about its tools, and `notifications/tools/list_changed` from the
+upstream forgets it all until the next list (then the policy alone decides, as before any list was seen).
+Bounded: a misbehaving upstream cannot grow it.
 """
 
 from __future__ import annotations
@@ -37,3 +39,7 @@ class Catalog:
 
     def read_only_hint(self, name: str) -> bool | None:
         return self.read_only.get(name)
+
+    def forget(self) -> None:
+        self.read_only = {}
+        self.properties = {}

@@ -206,7 +206,7 @@ class Forwarder:
         try:
             for answer in answers:
                 await response.write(sse_event(answer))
-            await relay_sse(upstream, response, rewrite)
+            await relay_sse(upstream, response, rewrite, self.pipeline.stream_watches)
         except (ConnectionResetError, aiohttp.ClientError):
             # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
             # the upstream response.

@@ -62,6 +62,7 @@ class Pipeline:
     response_hooks: tuple[ResponseHook, ...] = ()
     rewriters: tuple[Rewriter, ...] = ()
     upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
+    stream_watches: tuple[tuple[bytes, Callable[[], None]], ...] = ()  # byte strings to notice in SSE streams
 
     def __post_init__(self) -> None:
         by_method: dict[str, tuple[Rewriter, ...]] = {}
@@ -127,6 +128,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             ListFilter(live, catalog),  # lists show what the same decision allows, nothing more
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
+        # What the proxy learned from tool lists is forgotten when the upstream says its tools changed.
+        stream_watches=((b"notifications/tools/list_changed", catalog.forget),),
     )
 
 

@@ -133,7 +133,7 @@ async def test_valid_tokens_pass_and_never_reach_the_upstream(
 ) -> None:
     token = sign(keys[alg], alg, kid=f"k-{alg}")
     async with sdk_client(jwt_proxy, mode, token=token) as client:
-        assert len((await client.list_tools()).tools) == 14  # the test policy allows every tool to journal:read
+        assert len((await client.list_tools()).tools) == 15  # the test policy allows every tool to journal:read
     assert recorder.received
     for received in recorder.received:
         assert "authorization" not in received.headers and token not in str(received.headers)

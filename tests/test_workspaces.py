@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,41 @@ async def test_org_ceiling_verifies_workspaces_with_the_sdk(mode: str, start_pro
             refused = await client.call_tool("list_accounts", {"workspaceId": workspace})
             assert refused.is_error and "refused" in refused.content[0].text
     assert received_arguments(recorder, "list_accounts") == [{"workspaceId": "acme"}]
+
+
+async def test_list_changed_makes_the_proxy_forget_learned_schemas(start_proxy: Any, recorder: Recorder,
+                                                                   issue: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The upstream announces new tools: what the proxy learned from earlier lists no longer counts until the
+    next list, which it learns from again (including the new tool)."""
+    from proxy.app import FORWARDER
+    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.ledger import build_server
+    from tests.conftest import ThreadedServer, free_port
+
+    port = free_port()
+    own = ThreadedServer(build_server().streamable_http_app(event_store=MemoryEventStore()), port)
+    own.start()
+    try:
+        reader = issue("review script", ["mcp:read"], workspace="acme")
+        path = tmp_path / "learned.yaml"
+        path.write_text(json.dumps({"version": 1, "scopes": ["mcp:read"], "tools": [
+            {"match": "list_*", "scopes": ["mcp:read"]}, {"match": "enable_payroll_module", "scopes": ["mcp:read"]},
+        ]}))
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(path), pat_file=issue.path)
+        catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.stream_watches[0][1].__self__
+        async with sdk_client(url, "legacy", token=reader) as client:
+            await client.list_tools()
+            assert "list_accounts" in catalog.properties
+            assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
+            await client.call_tool("enable_payroll_module", {})
+            for _ in range(100):
+                if not catalog.properties:
+                    break
+                await asyncio.sleep(0.02)
+            assert catalog.properties == {}  # forgotten: the policy alone decides until the next list
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert "list_payslips" in tools and "workspaceId" in catalog.properties["list_payslips"]
+            result = await client.call_tool("list_payslips", {"month": "2026-10"})
+            assert result.structured_content["workspaceId"] == "acme"
+    finally:
+        own.stop()

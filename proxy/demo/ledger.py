@@ -188,6 +188,19 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
         nodes = len(books.accounts) + len(books.vendors) + len(books.entries)
         return {"workspaceId": workspaceId, "projectId": projectId or None, "nodes": nodes}
 
+    @server.tool(annotations=WRITE)
+    async def enable_payroll_module(ctx: Context) -> dict[str, Any]:
+        """Enable the payroll module: adds its tools and tells connected clients the tool list changed."""
+        if "list_payslips" not in {t.name for t in await server.list_tools()}:
+
+            def list_payslips(workspaceId: str, month: str) -> dict[str, Any]:
+                """List the payslips of a month."""
+                return {"workspaceId": workspaceId, "month": month, "payslips": []}
+
+            server.add_tool(list_payslips, annotations=READ)
+        await ctx.request_context.session.send_tool_list_changed()
+        return {"enabled": "payroll"}
+
     @server.resource("ledger://{workspaceId}/chart-of-accounts", mime_type="application/json")
     def chart_of_accounts(workspaceId: str) -> dict[str, str]:
         """The chart of accounts as a resource."""

@@ -104,7 +104,7 @@ Every request must carry one; the upstream never sees it. Try, in another termin
 
   .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[0][1]}
 
-(the read-only token sees 6 of the ledger's 14 tools, and its write is refused with 403; the second token
+(the read-only token sees 6 of the ledger's 15 tools, and its write is refused with 403; the second token
 sees the 11 tools the policy names, and its write goes through)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
