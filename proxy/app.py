@@ -12,8 +12,10 @@ from aiohttp import web
 from proxy import pipeline as pipeline_module
 from proxy.config import Config
 from proxy.decide import Rules
+from proxy.exchange import Exchange
 from proxy.forward import Forwarder
 from proxy.identity import Identity
+from proxy.jsonrpc import Message
 from proxy.metadata import add_routes
 from proxy.pipeline import Pipeline
 from proxy.policy_reload import LivePolicy, PolicyReloader
@@ -49,7 +51,11 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
                 verifier = identity.verifier(config, key_session)
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
-                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live)
+
+                async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
+                    return await app[FORWARDER].probe(exchange, message)
+
+                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
                 app[FORWARDER] = Forwarder(config, chosen, session)
                 reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix)
                 app[RELOADER] = reloader
@@ -106,10 +112,6 @@ def run(config: Config, identity: Identity) -> None:
     path = config.upstream.path or "/"
     log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
              config.upstream, identity.policy.name or config.policy)
-    pending = sorted({r.match for r in identity.policy.tools if r.needs_confirmation})
-    if pending:
-        log.warning("this build does not yet hold writes for confirmation; these rules are enforced for scopes and "
-                    "workspaces only: %s", ", ".join(pending))
     app = build_app(config, identity)
 
     async def on_sighup(app: web.Application) -> None:

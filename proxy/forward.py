@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import ClientResponse, web
 from yarl import URL
 
@@ -21,6 +22,7 @@ from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, 
 from proxy.pipeline import Answer, Exchange, Outstanding, Pipeline
 from proxy.relay import ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
 from proxy.replies import JSON, rpc_error
+from proxy.sse import event_data
 from proxy.store import StoreUnavailable
 
 log = logging.getLogger("scopegate.forward")
@@ -214,6 +216,28 @@ class Forwarder:
         finally:
             self.open_streams.discard(upstream)
         return response
+
+    async def probe(self, exchange: Exchange, message: Message) -> Message | None:
+        """Send one request upstream and return its response message (JSON or SSE), or None if there is none.
+        Used for a write's dry run: the upstream's own preview, made with the caller's server-side headers."""
+        try:
+            async with self.session.post(self.upstream, data=dumps(message),
+                                         headers=exchange.upstream_headers) as upstream:
+                body = await upstream.read()
+                if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    found = orjson.loads(body) if body else None
+                    return found if isinstance(found, dict) else None
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError):
+            return None
+        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = event_data(event)
+            try:
+                found = orjson.loads(data) if data else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(found, dict) and found.get("id") == message.get("id") and "method" not in found:
+                return found
+        return None
 
     async def close_streams(self) -> None:
         """On shutdown: end every open upstream stream so the handlers relaying them return at once."""

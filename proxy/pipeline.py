@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from proxy.authenticate import Authenticate, Challenge
 from proxy.catalog import Catalog
 from proxy.config import Config
+from proxy.confirm_guard import ConfirmGuard, UpstreamCall
 from proxy.exchange import Answer, Exchange
 from proxy.jsonrpc import Message
 from proxy.list_filter import ListFilter
@@ -100,8 +101,8 @@ class Pipeline:
 
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
-          live: LivePolicy) -> Pipeline:
-    """The whole pipeline, in order. The confirmation guard joins after the workspace guard."""
+          live: LivePolicy, upstream_call: UpstreamCall) -> Pipeline:
+    """The whole pipeline, in order."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -119,6 +120,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         guards=(
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
+            ConfirmGuard(live, catalog, store, upstream_call),  # writes: preview first, then one confirmed call
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header

@@ -48,11 +48,19 @@ class Issuer(Strict):
         return self
 
 
+class DryRun(Strict):
+    argument: str = Field(min_length=1)  # e.g. dry_run
+    value: bool | int | str = True
+
+
 class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
     effect: Literal["read", "write"] = "read"
     confirm: bool | None = None  # None: on for writes, off for reads
+    confirm_ttl_seconds: int | None = Field(None, ge=5, le=86400)  # default: the policy's
+    dry_run: DryRun | None = None  # the upstream's own preview: the call is made once with this argument set
+    redact: tuple[str, ...] = ()  # argument names masked in previews (and never stored)
     workspace: Literal["none", "inject", "require", "verify"] = "none"
     description: str = ""
 
@@ -78,6 +86,7 @@ class Policy(Strict):
     project_property: str = Field("projectId", min_length=1)
     check_projects: bool = False  # verify the project argument against the credential's projects
     hide_bound_workspace: bool = False  # a bound credential's lists do not show the workspace argument at all
+    confirm_ttl_seconds: int = Field(300, ge=5, le=86400)  # how long a confirmation token stays valid
     tools: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
@@ -134,8 +143,10 @@ def load_policy(path: str | Path) -> Policy:
             seen.add(rule.match)
             problems += [f"{where}.scopes: scope {scope!r} is not in `scopes`"
                          for scope in rule.scopes if known and scope not in known]
-            if section != "tools" and (rule.effect != "read" or rule.confirm or rule.workspace != "none"):
-                problems.append(f"{where}: effect, confirm and workspace apply to tools only")
+            tool_only = (rule.effect != "read" or rule.confirm or rule.workspace != "none" or rule.dry_run
+                         or rule.redact or rule.confirm_ttl_seconds)
+            if section != "tools" and tool_only:
+                problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")
     for name in ("superscope", "read_scope", "write_scope"):
         value = getattr(policy, name)
         if value is not None and known and value not in known:

@@ -24,6 +24,7 @@ class Store(Protocol):
     async def set(self, key: str, value: str, *, ttl: int | None = None) -> None: ...
     async def exists(self, key: str) -> bool: ...
     async def delete(self, key: str) -> None: ...
+    async def take(self, key: str) -> str | None: ...  # get and delete, atomically: a value is taken once only
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -62,6 +63,11 @@ class MemoryStore:
 
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
+
+    async def take(self, key: str) -> str | None:
+        value = self._live(key)  # no await in between: one event loop, so this is atomic
+        self._data.pop(key, None)
+        return value
 
     async def ping(self) -> None:
         return None
@@ -111,6 +117,9 @@ class RedisStore:
 
     async def delete(self, key: str) -> None:
         await self._run(self._redis.delete(key))
+
+    async def take(self, key: str) -> str | None:
+        return await self._run(self._redis.getdel(key))  # atomic on the server: one taker per value
 
     async def ping(self) -> None:
         await self._run(self._redis.ping())

@@ -26,7 +26,10 @@ async def test_list_call_prompt_resource(mode: str, proxy_url: str, recorder: Re
         read_only = {t.name for t in tools.tools if t.annotations and t.annotations.read_only_hint}
         assert "list_accounts" in read_only and "create_journal_entry" not in read_only
 
-        result = await client.call_tool("create_journal_entry", ENTRY)
+        preview = await client.call_tool("create_journal_entry", ENTRY)  # a write: held for confirmation
+        assert not preview.is_error and preview.structured_content["status"] == "confirmation_required"
+        token = preview.structured_content["confirmationToken"]
+        result = await client.call_tool("create_journal_entry", {**ENTRY, "confirmationToken": token})
         assert not result.is_error
         assert result.structured_content["posted"]["memo"] == "supplies"
 
@@ -41,7 +44,7 @@ async def test_list_call_prompt_resource(mode: str, proxy_url: str, recorder: Re
 
     calls = recorder.calls("tools/call")
     assert [c["params"]["name"] for c in calls] == ["create_journal_entry"]
-    assert calls[0]["params"]["arguments"] == ENTRY
+    assert calls[0]["params"]["arguments"] == ENTRY  # once, after confirmation, without the token
     for received in recorder.received:
         # No token passthrough, and the upstream saw its own Host, not the proxy's.
         assert "authorization" not in received.headers

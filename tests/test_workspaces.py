@@ -107,9 +107,13 @@ async def test_projects_checked_where_the_policy_says(start_proxy: Any, upstream
                    permissions={"acme": "write", "p-2": "none"}, org_capabilities={"can_manage_kg": True})
     url = await start_proxy(upstream.url, policy=str(path), pat_file=issue.path)
     for project, ok in (("p-1", True), ("p-2", False), ("p-9", False)):
-        status, answer = await call(url, member, "rebuild_knowledge_graph",
-                                    {"workspaceId": "acme", "projectId": project})
+        args = {"workspaceId": "acme", "projectId": project}
+        status, answer = await call(url, member, "rebuild_knowledge_graph", args)
         assert status == 200 and bool(answer["result"].get("isError")) is not ok, answer
+        if ok:  # a write: the preview came back; confirm it
+            token = answer["result"]["structuredContent"]["confirmationToken"]
+            status, answer = await call(url, member, "rebuild_knowledge_graph", {**args, "confirmationToken": token})
+            assert answer["result"]["structuredContent"]["projectId"] == "p-1"
     assert received_arguments(recorder, "rebuild_knowledge_graph") == [{"workspaceId": "acme", "projectId": "p-1"}]
     await call(url, member, "list_accounts", {})  # verify: nothing injected, nothing refused; the upstream decides
     assert recorder.calls("tools/call")[-1]["params"]["arguments"] == {}

@@ -1,0 +1,142 @@
+"""Guard: a write that needs confirmation is held. The first call gets a preview and a single-use token; the call
+that brings the token back, unchanged, is forwarded (token stripped), once.
+
+Refusals are tool errors and forward nothing: unknown, expired or already used token; another credential,
+session, tool, workspace or other arguments; and "confirmation store unavailable" when Redis does not answer
+(writes fail closed; reads, which never come here, keep flowing).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from proxy.catalog import Catalog
+from proxy.confirmation import (
+    TOKEN_ARGUMENT,
+    binding_problem,
+    describe,
+    digest,
+    new_token,
+    redacted,
+    store_key,
+    used_key,
+)
+from proxy.decide import decide
+from proxy.exchange import Answer, Exchange
+from proxy.jsonrpc import Message
+from proxy.policy_reload import LivePolicy
+from proxy.store import Store, StoreUnavailable
+
+log = logging.getLogger("scopegate.confirm")
+
+UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
+
+
+def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
+                structured: dict[str, Any] | None = None) -> Answer:
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if structured is not None:
+        result["structuredContent"] = structured
+    if (exchange.protocol_version or "") >= "2026-07-28":
+        result["resultType"] = "complete"
+    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})
+
+
+class ConfirmGuard:
+    def __init__(self, live: LivePolicy, catalog: Catalog, store: Store, upstream: UpstreamCall) -> None:
+        self.live = live
+        self.catalog = catalog
+        self.store = store
+        self.upstream = upstream
+
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
+        if message.get("method") != "tools/call" or exchange.principal is None:
+            return message
+        params = message["params"]
+        tool = params["name"]
+        decision = decide(self.live.rules, exchange.principal.scopes, "tool", tool,
+                          self.catalog.read_only_hint(tool))
+        if not decision.confirm:
+            return message
+        args = params.get("arguments") or {}
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        token = args.get(TOKEN_ARGUMENT, meta.get(TOKEN_ARGUMENT))
+        # The token is the proxy's business: the upstream never sees it, wherever it came.
+        args = {k: v for k, v in args.items() if k != TOKEN_ARGUMENT}
+        params["arguments"] = args
+        if TOKEN_ARGUMENT in meta:
+            params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
+        try:
+            if token is None:
+                return await self._preview(exchange, message, tool, args)
+            return await self._confirm(exchange, message, tool, args, token)
+        except StoreUnavailable:
+            exchange.facts["confirmation"] = {"action": "refused", "reason": "store unavailable"}
+            return tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
+                               "made; retry shortly", error=True)
+
+    def _bindings(self, exchange: Exchange, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        principal = exchange.principal
+        assert principal is not None
+        return {"credential_id": principal.credential_id, "subject": principal.subject, "kind": principal.kind,
+                "session": exchange.session_id or "", "tool": tool,
+                "workspace": args.get(self.live.policy.workspace_property), "digest": digest(args)}
+
+    async def _preview(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any]) -> Answer:
+        found = self.live.rules.find("tool", tool)
+        rule = found[1] if found else None
+        ttl = (rule.confirm_ttl_seconds if rule and rule.confirm_ttl_seconds else None) or \
+            self.live.policy.confirm_ttl_seconds
+        redact = rule.redact if rule else ()
+        upstream_preview = None
+        if rule is not None and rule.dry_run is not None:
+            probe = {**message, "params": {**message["params"],
+                                           "arguments": {**args, rule.dry_run.argument: rule.dry_run.value}}}
+            answer = await self.upstream(exchange, probe)
+            upstream_preview = (answer or {}).get("result", (answer or {}).get("error"))
+        token = new_token()
+        preview_id = secrets.token_hex(8)
+        expires = time.time() + ttl
+        record = {"id": preview_id, "expires": expires, **self._bindings(exchange, tool, args)}
+        # The store keeps the bindings and the digest, never the arguments themselves.
+        await self.store.set(store_key(token), orjson.dumps(record).decode(), ttl=ttl + 3600)
+        shown = redacted(args, redact)
+        workspace = record["workspace"]
+        structured = {
+            "status": "confirmation_required",
+            "preview": {"id": preview_id, "tool": tool, "workspace": workspace, "arguments": shown,
+                        **({"upstream_preview": upstream_preview} if rule and rule.dry_run else {})},
+            "confirmationToken": token,
+            "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+        }
+        exchange.facts["confirmation"] = {"action": "preview", "preview_id": preview_id, "tool": tool}
+        text = describe(tool, workspace, shown, ttl, upstream_preview)
+        return tool_result(exchange, message.get("id"), text, error=False, structured=structured)
+
+    async def _confirm(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
+                       token: Any) -> Message | Answer:
+        msg_id = message.get("id")
+        if not isinstance(token, str):
+            return tool_result(exchange, msg_id, f"{TOKEN_ARGUMENT} must be a string", error=True)
+        raw = await self.store.take(store_key(token))  # atomic: of concurrent confirmations, one gets it
+        if raw is None:
+            used = await self.store.exists(used_key(token))
+            reason = "already used" if used else "unknown"
+            exchange.facts["confirmation"] = {"action": "refused", "reason": reason}
+            return tool_result(exchange, msg_id, f"the confirmation token is {reason}: call {tool} without it for "
+                               "a new preview", error=True)
+        preview = orjson.loads(raw)
+        await self.store.set(used_key(token), "1", ttl=3600)
+        problem = binding_problem(preview, time.time(), **self._bindings(exchange, tool, args))
+        if problem:
+            exchange.facts["confirmation"] = {"action": "refused", "reason": problem, "preview_id": preview["id"]}
+            return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True)
+        exchange.facts["confirmation"] = {"action": "confirmed", "preview_id": preview["id"]}
+        log.info("confirmed %s (preview %s)", tool, preview["id"], extra={"request_id": exchange.request_id})
+        return message
