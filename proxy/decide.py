@@ -44,7 +44,7 @@ class Rules:
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
-        self.listing_memo: dict[tuple[frozenset[str], Kind, str, bool | None], bool] = {}
+        self.listing_memo: dict[tuple[frozenset[str], Kind, str, bool | None], Decision] = {}
 
     def find(self, kind: Kind, name: str) -> tuple[int, Rule] | None:
         found = self._exact[kind].get(name)
@@ -104,14 +104,15 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     return Decision(False, kind, name, required, missing, effect, confirm, workspace, because)
 
 
-def allowed(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_hint: bool | None = None) -> bool:
-    """decide(...).allowed, remembered: what list filtering asks of every item of every list."""
+def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
+               read_only_hint: bool | None = None) -> Decision:
+    """decide(...), remembered: what list filtering asks of every item of every list."""
     key = (held, kind, name, read_only_hint)
     memo = rules.listing_memo
     try:
         return memo[key]
     except KeyError:
-        verdict = decide(rules, held, kind, name, read_only_hint).allowed
+        verdict = decide(rules, held, kind, name, read_only_hint)
         if len(memo) < _CACHE_LIMIT * 5:
             memo[key] = verdict
         return verdict

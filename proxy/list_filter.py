@@ -2,7 +2,8 @@
 
 Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
 are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
-`cacheScope: "private"`: it was made for this caller. Tool annotations seen here feed the catalog.
+`cacheScope: "private"`: it was made for this caller. A write that needs confirmation says so in its description
+and offers an optional `confirmationToken` argument. Tool annotations and schemas seen here feed the catalog.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.catalog import Catalog
-from proxy.decide import Kind, allowed
+from proxy.confirmation import TOKEN_ARGUMENT
+from proxy.decide import Kind, remembered
 from proxy.jsonrpc import Message
 from proxy.policy_reload import LivePolicy
 
@@ -24,6 +26,23 @@ LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item
     "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
 }
 MODERN = "2026-07-28"
+CONFIRMATION_NOTE = (
+    " Changes data: the first call returns a preview and a confirmationToken without changing anything; call again "
+    "with the same arguments plus confirmationToken to apply."
+)
+_TOKEN_PROPERTY = {
+    "type": "string",
+    "description": "Leave out on the first call. To apply a previewed change, pass the confirmationToken the "
+                   "preview returned, with the same arguments.",
+}
+
+
+def advertise_confirmation(tool: dict[str, Any]) -> None:
+    """Tell agents how confirmation works, where they look: the description and the input schema."""
+    tool["description"] = (tool.get("description") or "").rstrip() + CONFIRMATION_NOTE
+    schema = tool.get("inputSchema")
+    if isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
+        schema["properties"] = {**schema.get("properties", {}), TOKEN_ARGUMENT: _TOKEN_PROPERTY}
 
 
 class ListFilter:
@@ -45,11 +64,16 @@ class ListFilter:
             self.catalog.learn(items)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         hint = self.catalog.read_only_hint
-        result[key] = [
-            item for item in items
-            if isinstance(item, dict) and isinstance(name := item.get(item_key), str)
-            and allowed(rules, held, kind, name, hint(name) if hints else None)
-        ]
+        kept = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
+                continue
+            decision = remembered(rules, held, kind, name, hint(name) if hints else None)
+            if decision.allowed:
+                kept.append(item)
+                if decision.confirm:
+                    advertise_confirmation(item)
+        result[key] = kept
         principal = exchange.principal
         if kind == "tool" and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
             self._hide_workspace(result[key], rules.policy.workspace_property)
