@@ -29,6 +29,9 @@ UNAUTHORIZED = -32001
 REVOKED_KEY = "scopegate:pat:revoked:"
 LAST_USED_KEY = "scopegate:pat:last_used:"
 LAST_USED_EVERY = 60.0
+# While Redis is unreachable, a credential Redis confirmed as not revoked this recently keeps working, so reads keep
+# flowing through an outage; any other credential is refused (503) until Redis answers again.
+STALE_OK_SECONDS = 600.0
 
 
 class Challenge:
@@ -61,6 +64,7 @@ class Authenticate:
         self.store = store
         self.challenge = challenge
         self._last_used: dict[str, float] = {}
+        self._not_revoked_at: dict[str, float] = {}
 
     async def __call__(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -90,13 +94,27 @@ class Authenticate:
             principal, reason = self.registry.lookup(token)
             if principal is None:
                 raise TokenRejected(f"PAT {reason}")
-            if await self.store.exists(REVOKED_KEY + principal.credential_id):
+            if await self._revoked(principal.credential_id):
                 raise TokenRejected("PAT revoked")
             self._stamp(principal.credential_id)
             return principal
         if token.count(".") == 2 and self.verifier is not None:
             return await self.verifier.verify(token)
         raise TokenRejected("unrecognised token")
+
+    async def _revoked(self, credential_id: str) -> bool:
+        try:
+            revoked = await self.store.exists(REVOKED_KEY + credential_id)
+        except StoreUnavailable:
+            seen = self._not_revoked_at.get(credential_id)
+            if seen is None or time.monotonic() - seen > STALE_OK_SECONDS:
+                raise
+            return False  # Redis is down; this credential was confirmed moments ago
+        if revoked:
+            self._not_revoked_at.pop(credential_id, None)
+        elif credential_id in self._not_revoked_at or len(self._not_revoked_at) < 100_000:
+            self._not_revoked_at[credential_id] = time.monotonic()
+        return revoked
 
     def _stamp(self, credential_id: str) -> None:
         """Last-used stamp in the shared store, at most once a minute per credential, off the request's path."""

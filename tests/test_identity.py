@@ -325,17 +325,19 @@ async def test_pat_revoked_in_redis_with_a_read_only_registry(
     assert row.split()[4].startswith("20")
 
 
-async def test_redis_down_fails_closed_for_pats(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                redis_server: Any) -> None:
+async def test_redis_down_reads_flow_for_confirmed_pats_others_fail_closed(
+    start_proxy: Any, upstream: Any, recorder: Recorder, redis_server: Any
+) -> None:
     url = await start_proxy(upstream.url, redis_url=redis_server.url)
-    assert (await call(url, TOKENS["writer"])).status == 200
+    assert (await call(url, TOKENS["writer"])).status == 200  # Redis confirms: not revoked
     redis_server.stop()
     started = time.monotonic()
-    resp = await call(url, TOKENS["writer"])
+    assert (await call(url, TOKENS["writer"])).status == 200  # confirmed moments ago: keeps working
+    resp = await call(url, TOKENS["other"])  # never confirmed: revocation status unknown
     assert resp.status == 503 and time.monotonic() - started < 2  # a quick, clear refusal, not a hang
     recorder.received.clear()
     redis_server.start()
-    assert (await call(url, TOKENS["writer"])).status == 200  # and it recovers by itself
+    assert (await call(url, TOKENS["other"])).status == 200  # and it recovers by itself
 
 
 @pytest.mark.parametrize("shared_redis", [False, True])
