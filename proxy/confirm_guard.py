@@ -49,11 +49,13 @@ def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
 
 
 class ConfirmGuard:
-    def __init__(self, live: LivePolicy, catalog: Catalog, store: Store, upstream: UpstreamCall) -> None:
+    def __init__(self, live: LivePolicy, catalog: Catalog, store: Store, upstream: UpstreamCall,
+                 clock: Callable[[], float] = time.time) -> None:
         self.live = live
         self.catalog = catalog
         self.store = store
         self.upstream = upstream
+        self.clock = clock
 
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
         if message.get("method") != "tools/call" or exchange.principal is None:
@@ -102,7 +104,7 @@ class ConfirmGuard:
             upstream_preview = (answer or {}).get("result", (answer or {}).get("error"))
         token = new_token()
         preview_id = secrets.token_hex(8)
-        expires = time.time() + ttl
+        expires = self.clock() + ttl
         record = {"id": preview_id, "expires": expires, **self._bindings(exchange, tool, args)}
         # The store keeps the bindings and the digest, never the arguments themselves.
         await self.store.set(store_key(token), orjson.dumps(record).decode(), ttl=ttl + 3600)
@@ -133,7 +135,7 @@ class ConfirmGuard:
                                "a new preview", error=True)
         preview = orjson.loads(raw)
         await self.store.set(used_key(token), "1", ttl=3600)
-        problem = binding_problem(preview, time.time(), **self._bindings(exchange, tool, args))
+        problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
         if problem:
             exchange.facts["confirmation"] = {"action": "refused", "reason": problem, "preview_id": preview["id"]}
             return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True)

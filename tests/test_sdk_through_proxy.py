@@ -43,8 +43,9 @@ async def test_list_call_prompt_resource(mode: str, proxy_url: str, recorder: Re
         assert isinstance(contents, TextResourceContents) and "Bank" in contents.text
 
     calls = recorder.calls("tools/call")
-    assert [c["params"]["name"] for c in calls] == ["create_journal_entry"]
-    assert calls[0]["params"]["arguments"] == ENTRY  # once, after confirmation, without the token
+    assert [c["params"]["name"] for c in calls] == ["create_journal_entry", "create_journal_entry"]
+    assert calls[0]["params"]["arguments"] == {**ENTRY, "dry_run": True}  # the preview's dry run (the policy's)
+    assert calls[1]["params"]["arguments"] == ENTRY  # the apply: once, after confirmation, without the token
     for received in recorder.received:
         # No token passthrough, and the upstream saw its own Host, not the proxy's.
         assert "authorization" not in received.headers

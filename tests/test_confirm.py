@@ -1,0 +1,191 @@
+"""Preview-first writes end to end: the preview, the confirmation, every refusal, concurrency, Redis failure and
+recovery, two proxies sharing one Redis, and the upstream's own dry run. Every assertion about an effect is made on
+what the upstream received."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.confirmation import digest
+from tests.conftest import MODERN_META, MODES, POLICIES, TOKENS, Recorder, sdk_client
+from tests.rawmcp import LegacySession
+
+VENDOR = {"workspaceId": "acme", "name": "Paper Co", "iban": "DE89370400440532013000"}
+
+
+def test_digest_is_canonical() -> None:
+    assert digest({"a": 1, "b": {"x": 2.0, "y": [1.0, "z"]}}) == digest({"b": {"y": [1, "z"], "x": 2}, "a": 1.0})
+    assert digest({"a": 1}) == digest({"a": 1, "confirmationToken": "sgc_x"})
+    assert digest({"a": 1}) != digest({"a": 2}) and digest({"a": "1"}) != digest({"a": 1})
+
+
+async def call(url: str, arguments: dict, token: str = TOKENS["writer"], tool: str = "create_vendor",
+               meta: dict | None = None, msg_id: int = 1) -> dict:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": msg_id, "method": "tools/call", "params": {
+        "name": tool, "arguments": arguments, "_meta": {**MODERN_META, **(meta or {})}}})
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": "tools/call", "Mcp-Name": tool}
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+        assert resp.status == 200
+        return orjson.loads(await resp.read())["result"]
+
+
+def upstream_calls(recorder: Recorder, tool: str) -> list[dict]:
+    return [c["params"] for c in recorder.calls("tools/call") if c["params"]["name"] == tool]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_round_trip_with_the_sdk(mode: str, proxy_url: str, recorder: Recorder) -> None:
+    async with sdk_client(proxy_url, mode) as client:
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        assert "confirmationToken" in listed["create_vendor"].input_schema["properties"]
+        assert "preview and a confirmationToken" in listed["create_vendor"].description
+        assert "confirmationToken" not in listed["list_accounts"].input_schema["properties"]
+
+        preview = await client.call_tool("create_vendor", VENDOR)
+        content = preview.structured_content
+        assert not preview.is_error and content["status"] == "confirmation_required"
+        assert content["preview"]["tool"] == "create_vendor" and content["preview"]["workspace"] == "acme"
+        assert content["preview"]["arguments"]["iban"] == "***"  # redacted by the policy
+        assert content["confirmationToken"].startswith("sgc_") and content["expiresAt"].endswith("Z")
+        text = preview.content[0].text
+        assert text.startswith("Nothing has changed yet.") and "confirmationToken" in text and "DE89" not in text
+        assert upstream_calls(recorder, "create_vendor") == []  # held: nothing reached the upstream
+
+        token = content["confirmationToken"]
+        done = await client.call_tool("create_vendor", {**VENDOR, "confirmationToken": token})
+        assert not done.is_error and done.structured_content["vendor"]["name"] == "Paper Co"
+        (applied,) = upstream_calls(recorder, "create_vendor")
+        assert applied["arguments"] == VENDOR  # forwarded once, token stripped
+
+        again = await client.call_tool("create_vendor", {**VENDOR, "confirmationToken": token})
+        assert again.is_error and "already used" in again.content[0].text
+    assert len(upstream_calls(recorder, "create_vendor")) == 1
+
+
+async def test_token_in_meta(proxy_url: str, recorder: Recorder) -> None:
+    preview = await call(proxy_url, VENDOR)
+    token = preview["structuredContent"]["confirmationToken"]
+    done = await call(proxy_url, VENDOR, meta={"confirmationToken": token})
+    assert done["isError"] is False
+    (applied,) = upstream_calls(recorder, "create_vendor")
+    assert "confirmationToken" not in applied["_meta"] and applied["arguments"] == VENDOR
+
+
+async def test_every_refusal_forwards_nothing(start_proxy: Any, upstream: Any, recorder: Recorder) -> None:
+    from proxy.app import FORWARDER
+    from proxy.confirm_guard import ConfirmGuard
+
+    proxy_url = await start_proxy(upstream.url)
+    guard = next(g for g in start_proxy.runners[-1].app[FORWARDER].pipeline.guards if isinstance(g, ConfirmGuard))
+
+    async def token_for(arguments: dict, tool: str = "create_vendor", who: str = "writer") -> str:
+        return (await call(proxy_url, arguments, TOKENS[who], tool))["structuredContent"]["confirmationToken"]
+
+    cases = [
+        ("unknown", VENDOR, "create_vendor", "writer", "sgc_" + "x" * 43, "is unknown"),
+        ("another credential", VENDOR, "create_vendor", "other", await token_for(VENDOR),
+         "issued to another credential"),
+        ("another tool", {"workspaceId": "acme", "period": "2026-09"}, "lock_period", "writer",
+         await token_for(VENDOR), "issued for create_vendor, not lock_period"),
+        ("other arguments", {**VENDOR, "name": "Ink Ltd"}, "create_vendor", "writer", await token_for(VENDOR),
+         "arguments differ"),
+        ("another workspace", {**VENDOR, "workspaceId": "globex"}, "create_vendor", "writer",
+         await token_for(VENDOR), "issued for workspace 'acme', not 'globex'"),
+        ("not a string", VENDOR, "create_vendor", "writer", 42, "must be a string"),
+    ]
+    for _, arguments, tool, who, token, words in cases:
+        refused = await call(proxy_url, {**arguments, "confirmationToken": token}, TOKENS[who], tool)
+        assert refused["isError"] is True and words in refused["content"][0]["text"], (words, refused)
+
+    expiring = await token_for(VENDOR)
+    later = guard.clock() + 3600
+    guard.clock = lambda: later  # an hour passes, for this guard only
+    refused = await call(proxy_url, {**VENDOR, "confirmationToken": expiring})
+    assert refused["isError"] is True and "has expired" in refused["content"][0]["text"]
+    assert upstream_calls(recorder, "create_vendor") == [] and upstream_calls(recorder, "lock_period") == []
+
+
+async def test_another_session(proxy_url: str, recorder: Recorder) -> None:
+    async with aiohttp.ClientSession() as http:
+        first, second = LegacySession(http, proxy_url), LegacySession(http, proxy_url)
+        await first.open()
+        await second.open()
+
+        async def result_of(session: LegacySession, arguments: dict) -> dict:
+            message = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                       "params": {"name": "create_vendor", "arguments": arguments}}
+            async with session.post(message) as resp:
+                body = await resp.read()  # the proxy's own answers are JSON, even in a session
+                assert resp.headers["Content-Type"].startswith("application/json")
+                return orjson.loads(body)["result"]
+
+        token = (await result_of(first, VENDOR))["structuredContent"]["confirmationToken"]
+        refused = await result_of(second, {**VENDOR, "confirmationToken": token})
+        assert refused["isError"] is True and "another session" in refused["content"][0]["text"]
+    assert upstream_calls(recorder, "create_vendor") == []
+
+
+async def test_twenty_concurrent_confirmations_forward_once(proxy_url: str, recorder: Recorder) -> None:
+    token = (await call(proxy_url, VENDOR))["structuredContent"]["confirmationToken"]
+    results = await asyncio.gather(*(call(proxy_url, {**VENDOR, "confirmationToken": token}, msg_id=i)
+                                     for i in range(20)))
+    assert sum(1 for r in results if r["isError"] is False) == 1
+    assert all("already used" in r["content"][0]["text"] for r in results if r["isError"])
+    assert len(upstream_calls(recorder, "create_vendor")) == 1
+
+
+async def test_redis_down_writes_refused_reads_flow_then_recovery(start_proxy: Any, upstream: Any,
+                                                                  recorder: Recorder, redis_server: Any) -> None:
+    url = await start_proxy(upstream.url, redis_url=redis_server.url)
+    read = {"workspaceId": "acme"}
+    assert (await call(url, read, tool="list_accounts"))["isError"] is False
+    token = (await call(url, VENDOR))["structuredContent"]["confirmationToken"]
+    redis_server.stop()
+    assert (await call(url, read, tool="list_accounts"))["isError"] is False  # reads keep flowing
+    refused = await call(url, VENDOR)
+    assert refused["isError"] is True and "confirmation store unavailable" in refused["content"][0]["text"]
+    refused = await call(url, {**VENDOR, "confirmationToken": token})
+    assert "confirmation store unavailable" in refused["content"][0]["text"]
+    assert upstream_calls(recorder, "create_vendor") == []
+    redis_server.start()  # an empty Redis: the old preview is gone, and a new one works
+    refused = await call(url, {**VENDOR, "confirmationToken": token})
+    assert refused["isError"] is True and "is unknown" in refused["content"][0]["text"]
+    token = (await call(url, VENDOR))["structuredContent"]["confirmationToken"]
+    assert (await call(url, {**VENDOR, "confirmationToken": token}))["isError"] is False
+    assert len(upstream_calls(recorder, "create_vendor")) == 1
+
+
+async def test_preview_on_one_proxy_confirm_on_another(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                       redis_server: Any) -> None:
+    first = await start_proxy(upstream.url, redis_url=redis_server.url)
+    second = await start_proxy(upstream.url, redis_url=redis_server.url)
+    token = (await call(first, VENDOR))["structuredContent"]["confirmationToken"]
+    assert (await call(second, {**VENDOR, "confirmationToken": token}))["isError"] is False
+    assert (await call(first, {**VENDOR, "confirmationToken": token}))["isError"] is True  # single use, shared
+    assert len(upstream_calls(recorder, "create_vendor")) == 1
+
+
+async def test_dry_run_preview_carries_the_upstreams_own_answer(start_proxy: Any, upstream: Any,
+                                                                recorder: Recorder) -> None:
+    url = await start_proxy(upstream.url, policy=str(POLICIES / "pat-workspaces.yaml"))
+    entry = {"workspaceId": "acme", "date": "2026-10-31", "memo": "supplies",
+             "lines": [{"account": "6000", "debit": 120}, {"account": "1000", "credit": 120}]}
+    preview = await call(url, entry, tool="create_journal_entry")
+    upstream_preview = preview["structuredContent"]["preview"]["upstream_preview"]
+    assert upstream_preview["structuredContent"]["dry_run"] is True
+    assert upstream_preview["structuredContent"]["would_post"]["memo"] == "supplies"
+    assert "The service's own dry run says:" in preview["content"][0]["text"]
+    (probe,) = upstream_calls(recorder, "create_journal_entry")
+    assert probe["arguments"]["dry_run"] is True  # only the dry run reached the upstream so far
+    token = preview["structuredContent"]["confirmationToken"]
+    done = await call(url, {**entry, "confirmationToken": token}, tool="create_journal_entry")
+    assert done["structuredContent"]["posted"]["memo"] == "supplies"
+    applied = upstream_calls(recorder, "create_journal_entry")[-1]
+    assert applied["arguments"] == entry  # the apply is exactly what was previewed, without dry_run
