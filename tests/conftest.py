@@ -290,3 +290,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def issue(tmp_path: Path) -> Any:
+    """issue(name, **record fields) -> token; the registry file is at issue.path."""
+    records = []
+    path = tmp_path / "policy-pats.yaml"
+
+    def _issue(name: str, scopes: list[str] | None = None, kind: str = "pat", workspace: str | None = None,
+               role: str | None = None, workspaces: list[str] | None = None, **extra: Any) -> str:
+        record, token = create_record(kind=kind, label=name, subject=f"user-{name}", scopes=scopes or [],
+                                      workspace=workspace, workspaces=workspaces, role=role, expires_in=3600,
+                                      extra=extra)
+        records.append(record)
+        write_records(path, records)
+        return token
+
+    _issue.path = str(path)  # type: ignore[attr-defined]
+    return _issue
+
+
+@pytest.fixture
+def app_token_upstream() -> Any:
+    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.ledger import build_server, require_app_token
+
+    port = free_port()
+    app = build_server().streamable_http_app(event_store=MemoryEventStore())
+    server = ThreadedServer(require_app_token(app, "commerce-app-token-42"), port)
+    server.start()
+    yield f"http://127.0.0.1:{port}/mcp"
+    server.stop()

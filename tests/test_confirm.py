@@ -189,3 +189,33 @@ async def test_dry_run_preview_carries_the_upstreams_own_answer(start_proxy: Any
     assert done["structuredContent"]["posted"]["memo"] == "supplies"
     applied = upstream_calls(recorder, "create_journal_entry")[-1]
     assert applied["arguments"] == entry  # the apply is exactly what was previewed, without dry_run
+
+
+@pytest.mark.parametrize("policy_name", ["pat-workspaces", "ledger-scopes", "org-ceiling", "app-token"])
+async def test_every_write_of_every_example_policy_is_held(policy_name: str, start_proxy: Any, upstream: Any,
+                                                           recorder: Recorder, issue: Any,
+                                                           app_token_upstream: str) -> None:
+    from proxy.policy import load_policy
+
+    path = POLICIES / f"{policy_name}.yaml"
+    policy = load_policy(path)
+    everything = list(policy.scopes)
+    token = issue("operator", everything, kind="admin_key", role="owner" if policy.roles else None,
+                  permissions={"acme": "admin"} if policy.roles else {},
+                  org_capabilities={flag: True for flag in everything if flag.startswith("can_")})
+    settings: dict[str, Any] = {"policy": str(path), "pat_file": issue.path}
+    target = upstream.url
+    if policy.upstream_headers:
+        target = app_token_upstream
+        settings["env"] = {"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": "commerce-app-token-42"}
+    url = await start_proxy(target, **settings)
+    writes = [r for r in policy.tools if r.effect == "write"]
+    assert writes
+    for rule in writes:
+        names = [rule.match] if "*" not in rule.match else ["create_vendor", "create_journal_entry"]
+        for name in names:
+            preview = await call(url, {"workspaceId": "acme"}, token, tool=name)
+            assert preview["isError"] is False, (name, preview)
+            assert preview["structuredContent"]["status"] == "confirmation_required"
+            for sent in upstream_calls(recorder, name):  # only ever a dry run, never the write itself
+                assert rule.dry_run is not None and sent["arguments"][rule.dry_run.argument] == rule.dry_run.value

@@ -17,7 +17,7 @@ from yarl import URL
 from proxy.decide import Rules, decide
 from proxy.pats import create_record, write_records
 from proxy.policy import Policy, Rule, load_policy
-from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, ThreadedServer, free_port, sdk_client
+from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
 
 # --- the decision, pure ------------------------------------------------------------------------------------------
 
@@ -68,25 +68,6 @@ def test_example_policies_load_and_the_skills_table_holds() -> None:
 
 
 # --- end to end ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def issue(tmp_path: Path) -> Any:
-    """issue(name, **record fields) -> token; the registry file is at issue.path."""
-    records = []
-    path = tmp_path / "policy-pats.yaml"
-
-    def _issue(name: str, scopes: list[str] | None = None, kind: str = "pat", workspace: str | None = None,
-               role: str | None = None, workspaces: list[str] | None = None, **extra: Any) -> str:
-        record, token = create_record(kind=kind, label=name, subject=f"user-{name}", scopes=scopes or [],
-                                      workspace=workspace, workspaces=workspaces, role=role, expires_in=3600,
-                                      extra=extra)
-        records.append(record)
-        write_records(path, records)
-        return token
-
-    _issue.path = str(path)  # type: ignore[attr-defined]
-    return _issue
 
 
 def _headers(token: str, method: str, name: str | None = None) -> dict[str, str]:
@@ -186,19 +167,6 @@ async def test_pat_workspaces(mode: str, start_proxy: Any, upstream: Any, record
         "email": "x@example.com"}}, name="invite_member")
     assert_refused(status, headers, answer, "invite_member", [])  # unknown to the policy: no step-up offered
     assert recorder.received == []
-
-
-@pytest.fixture
-def app_token_upstream() -> Any:
-    from proxy.demo.event_store import MemoryEventStore
-    from proxy.demo.ledger import build_server, require_app_token
-
-    port = free_port()
-    app = build_server().streamable_http_app(event_store=MemoryEventStore())
-    server = ThreadedServer(require_app_token(app, "commerce-app-token-42"), port)
-    server.start()
-    yield f"http://127.0.0.1:{port}/mcp"
-    server.stop()
 
 
 @pytest.mark.parametrize("mode", MODES)

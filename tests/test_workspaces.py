@@ -14,7 +14,6 @@ import pytest
 from proxy.principal import Principal
 from proxy.workspace_guard import decode_header, encode_header, project_problem, workspace_problem
 from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
-from tests.test_policies import issue  # noqa: F401  (the fixture)
 
 PERIOD = {"period": "2026-10"}
 
@@ -50,7 +49,7 @@ def received_arguments(recorder: Recorder, tool: str) -> list[dict]:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_bound_pat_gets_its_workspace_injected(mode: str, start_proxy: Any, upstream: Any,
-                                                     recorder: Recorder, issue: Any) -> None:  # noqa: F811
+                                                     recorder: Recorder, issue: Any) -> None:
     reader = issue("review script", ["mcp:read"], workspace="acme")
     url = await start_proxy(upstream.url, pat_file=issue.path)
     async with sdk_client(url, mode, token=reader) as client:
@@ -68,7 +67,7 @@ async def test_bound_pat_gets_its_workspace_injected(mode: str, start_proxy: Any
 
 
 async def test_default_workspace_and_missing_workspace(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                       issue: Any) -> None:  # noqa: F811
+                                                       issue: Any) -> None:
     agent = issue("agent", ["mcp:read", "mcp:write"])  # user-scoped: every workspace, none bound
     plain = await start_proxy(upstream.url, pat_file=issue.path)
     status, answer = await call(plain, agent, "list_accounts", {})
@@ -82,7 +81,7 @@ async def test_default_workspace_and_missing_workspace(start_proxy: Any, upstrea
 
 
 async def test_other_workspace_and_explicit_deny(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                 issue: Any) -> None:  # noqa: F811
+                                                 issue: Any) -> None:
     reader = issue("review script", ["mcp:read"], workspace="acme")
     limited = issue("limited", ["mcp:read"], workspaces=["acme", "globex"], permissions={"globex": "none"})
     url = await start_proxy(upstream.url, pat_file=issue.path)
@@ -99,7 +98,7 @@ async def test_other_workspace_and_explicit_deny(start_proxy: Any, upstream: Any
 
 
 async def test_projects_checked_where_the_policy_says(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                      issue: Any, tmp_path: Path) -> None:  # noqa: F811
+                                                      issue: Any, tmp_path: Path) -> None:
     policy = (POLICIES / "org-ceiling.yaml").read_text().replace("default: deny", "default: deny\ncheck_projects: true")
     path = tmp_path / "org.yaml"
     path.write_text(policy)
@@ -120,7 +119,7 @@ async def test_projects_checked_where_the_policy_says(start_proxy: Any, upstream
 
 
 async def test_header_and_body_must_agree(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                          issue: Any) -> None:  # noqa: F811
+                                          issue: Any) -> None:
     agent = issue("agent", ["mcp:read"])
     url = await start_proxy(upstream.url, pat_file=issue.path)
     async with sdk_client(url, "auto", token=agent) as client:
@@ -138,7 +137,7 @@ async def test_header_and_body_must_agree(start_proxy: Any, upstream: Any, recor
 
 
 async def test_batches_and_task_augmented_calls(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                issue: Any) -> None:  # noqa: F811
+                                                issue: Any) -> None:
     reader = issue("review script", ["mcp:read"], workspace="acme")
     url = await start_proxy(upstream.url, pat_file=issue.path)
     batch = [
@@ -160,7 +159,7 @@ async def test_batches_and_task_augmented_calls(start_proxy: Any, upstream: Any,
 
 
 async def test_learned_from_the_list_and_hidden_for_bound_credentials(
-    start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any, tmp_path: Path  # noqa: F811
+    start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any, tmp_path: Path
 ) -> None:
     reader = issue("review script", ["mcp:read"], workspace="acme")
     agent = issue("agent", ["mcp:read"])
@@ -186,7 +185,7 @@ async def test_learned_from_the_list_and_hidden_for_bound_credentials(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_org_ceiling_verifies_workspaces_with_the_sdk(mode: str, start_proxy: Any, upstream: Any,
-                                                            recorder: Recorder, issue: Any) -> None:  # noqa: F811
+                                                            recorder: Recorder, issue: Any) -> None:
     member = issue("member", role="member", workspaces=["acme", "globex"],
                    permissions={"acme": "write", "globex": "none"})
     url = await start_proxy(upstream.url, policy=str(POLICIES / "org-ceiling.yaml"), pat_file=issue.path)
@@ -201,7 +200,7 @@ async def test_org_ceiling_verifies_workspaces_with_the_sdk(mode: str, start_pro
 
 
 async def test_list_changed_makes_the_proxy_forget_learned_schemas(start_proxy: Any, recorder: Recorder,
-                                                                   issue: Any, tmp_path: Path) -> None:  # noqa: F811
+                                                                   issue: Any, tmp_path: Path) -> None:
     """The upstream announces new tools: what the proxy learned from earlier lists no longer counts until the
     next list, which it learns from again (including the new tool)."""
     from proxy.app import FORWARDER
