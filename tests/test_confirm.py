@@ -219,3 +219,33 @@ async def test_every_write_of_every_example_policy_is_held(policy_name: str, sta
             assert preview["structuredContent"]["status"] == "confirmation_required"
             for sent in upstream_calls(recorder, name):  # only ever a dry run, never the write itself
                 assert rule.dry_run is not None and sent["arguments"][rule.dry_run.argument] == rule.dry_run.value
+
+
+async def test_two_processes_share_one_redis(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                             redis_server: Any, pat_file: str) -> None:
+    """A preview issued by one proxy process is confirmed through another: nothing but Redis is shared."""
+    import os
+    import subprocess
+    import sys
+
+    from proxy.demo.run import free_port, wait_for_port
+
+    here = await start_proxy(upstream.url, redis_url=redis_server.url)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    other = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
+         "--redis-url", redis_server.url, "--pat-file", pat_file, "--policy", str(POLICIES / "pat-workspaces.yaml")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, wait_for_port, port, other, "second proxy")
+        there = f"http://127.0.0.1:{port}/mcp"
+        token = (await call(there, VENDOR))["structuredContent"]["confirmationToken"]
+        assert (await call(here, {**VENDOR, "confirmationToken": token}))["isError"] is False
+        refused = await call(there, {**VENDOR, "confirmationToken": token})
+        assert refused["isError"] is True and "already used" in refused["content"][0]["text"]
+    finally:
+        other.terminate()
+        other.wait(timeout=10)
+    assert len(upstream_calls(recorder, "create_vendor")) == 1
