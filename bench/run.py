@@ -50,6 +50,7 @@ tools:
   - {match: tick, scopes: [mcp:read]}
   - {match: "module0*", scopes: [mcp:read]}
   - {match: "module1*", scopes: [mcp:write], effect: write}
+  - {match: create_thing, scopes: [mcp:read], effect: write}
 """
 )
 
@@ -166,6 +167,59 @@ async def sse_delays(url: str, streams: int, events: int) -> tuple[float, float,
     return statistics.median(delays), delays[int(len(delays) * 0.99) - 1], statistics.median(firsts)
 
 
+async def confirmation_cost(url: str, count: int = 300) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms, one at a time: a plain read call, a write's preview, and its confirmation (forwarded)."""
+    read = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "get_period_status", "arguments": {}, "_meta": META}})
+    samples: dict[str, list[float]] = {"read call": [], "write: preview": [], "write: confirm": []}
+
+    def body(arguments: dict) -> bytes:
+        return orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                             "params": {"name": "create_thing", "arguments": arguments, "_meta": META}})
+
+    async with aiohttp.ClientSession() as http:
+        for i in range(count + 10):
+            timings = []
+            started = time.perf_counter()
+            async with http.post(url, data=read, headers=headers("tools/call", "get_period_status")) as resp:
+                await resp.read()
+            timings.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            async with http.post(url, data=body({"n": i}), headers=headers("tools/call", "create_thing")) as resp:
+                token = orjson.loads(await resp.read())["result"]["structuredContent"]["confirmationToken"]
+            timings.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            async with http.post(url, data=body({"n": i, "confirmationToken": token}),
+                                 headers=headers("tools/call", "create_thing")) as resp:
+                answer = orjson.loads(await resp.read())["result"]
+                if answer.get("structuredContent") != {"status": "open"}:
+                    raise SystemExit(f"bench: the confirmation did not go through: {answer}")
+            timings.append(time.perf_counter() - started)
+            if i >= 10:
+                for name, took in zip(samples, timings, strict=True):
+                    samples[name].append(took * 1000)
+    out = {}
+    for name, values in samples.items():
+        values.sort()
+        out[name] = (statistics.median(values), values[int(len(values) * 0.99) - 1])
+    return out
+
+
+def start_redis() -> subprocess.Popen[bytes] | None:
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    sock = BENCH_FOLDER / "redis.sock"
+    process = subprocess.Popen([binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                                "--dir", str(BENCH_FOLDER)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return process
+
+
 def filter_cost(rounds: int = 50) -> tuple[float, float, int]:
     """In-process: ms to parse the 1,000-tool list once, ms to filter it for the bench caller, tools kept."""
     from multidict import CIMultiDict
@@ -256,6 +310,23 @@ async def run(seconds: float, concurrency: int, rounds: int) -> None:
             p50, p99, first = await sse_delays(url, streams=10, events=40)
             base = p50 if base is None else base
             print(f"{'(40 events, 5 ms apart)':<26}{name:<11}{p50:9.3f}{p99:9.3f}{first:13.2f}{p50 - base:16.3f}")
+        redis = start_redis()
+        if redis is None:
+            print("\npreview + confirm: skipped (no redis-server; apt-get install redis-server)")
+        else:
+            processes.append(redis)
+            confirm_port = free_port()
+            confirm_gate = subprocess.Popen(
+                [py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen", f"127.0.0.1:{confirm_port}",
+                 "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--policy",
+                 str(BENCH_POLICY), "--redis-url", f"unix://{BENCH_FOLDER / 'redis.sock'}"], env=env, cwd=ROOT)
+            processes.append(confirm_gate)
+            wait_for_port(confirm_port, confirm_gate, "bench: scopegate with Redis")
+            costs = await confirmation_cost(f"http://127.0.0.1:{confirm_port}/mcp")
+            base = costs["read call"][0]
+            print(f"\n{'scopegate with Redis':<26}{'call':<17}{'p50 ms':>9}{'p99 ms':>9}{'p50 / read':>12}")
+            for name, (p50, p99) in costs.items():
+                print(f"{'(one at a time, 300 each)':<26}{name:<17}{p50:9.2f}{p99:9.2f}{p50 / base:11.2f}x")
         parse_ms, filter_ms, kept = filter_cost()
         print(f"\nlist filtering, in process: parsing the 1,000-tool list takes {parse_ms:.2f} ms, filtering it "
               f"{filter_ms:.2f} ms ({filter_ms / parse_ms:.2f}x parsing; {kept} tools kept)")
