@@ -105,7 +105,8 @@ Every request must carry one; the upstream never sees it. Try, in another termin
   .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[0][1]}
 
 (the read-only token sees 6 of the ledger's 15 tools, and its write is refused with 403; the second token
-sees the 11 tools the policy names, and its write goes through)
+sees the 11 tools the policy names, and its write is held: a preview, with the ledger's own dry run, and a
+confirmationToken to send back with the same arguments)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
 
@@ -114,7 +115,6 @@ or with curl, one stateless (2026-07-28) request (drop the Authorization header 
     -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \\
     -d '{_LIST_BODY}'
 
-Preview-first writes (a write held for confirmation) are not built yet: writes allowed by scope go through.
 
 Ctrl-C stops both.
 """,
