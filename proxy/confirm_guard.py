@@ -100,8 +100,11 @@ class ConfirmGuard:
         if rule is not None and rule.dry_run is not None:
             probe = {**message, "params": {**message["params"],
                                            "arguments": {**args, rule.dry_run.argument: rule.dry_run.value}}}
-            answer = await self.upstream(exchange, probe)
-            upstream_preview = (answer or {}).get("result", (answer or {}).get("error"))
+            answer = await self.upstream(exchange, probe) or {}
+            result = answer.get("result")
+            # Its structured answer where it gives one; else its whole result (or error): what it said, unedited.
+            upstream_preview = result.get("structuredContent", result) if isinstance(result, dict) \
+                else answer.get("error")
         token = new_token()
         preview_id = secrets.token_hex(8)
         expires = self.clock() + ttl

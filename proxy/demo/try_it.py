@@ -1,6 +1,6 @@
 """Talk to scopegate (or any MCP endpoint) with the official SDK client, the way an agent would.
 
-    python -m proxy.demo.try_it http://127.0.0.1:8000/mcp [--token TOKEN] [--legacy]
+    python -m proxy.demo.try_it http://127.0.0.1:8000/mcp [--token TOKEN] [--legacy] [--confirm]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
-async def _run(url: str, token: str | None, legacy: bool) -> None:
+async def _run(url: str, token: str | None, legacy: bool, confirm: bool) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
         httpx2.AsyncClient(headers=headers, timeout=30) as http,
@@ -43,6 +43,15 @@ async def _run(url: str, token: str | None, legacy: bool) -> None:
             return
         print(f"  isError={result.is_error}")
         print(f"  {json.dumps(result.structured_content, indent=2).replace(chr(10), chr(10) + '  ')}")
+        held = (result.structured_content or {}).get("status") == "confirmation_required"
+        if held and not confirm:
+            print("\n  held for confirmation: nothing changed. Run again with --confirm to send the token back.")
+        elif held:
+            confirmation = {**args, "confirmationToken": result.structured_content["confirmationToken"]}
+            print("\ntools/call create_journal_entry (same arguments + confirmationToken)")
+            applied = await client.call_tool("create_journal_entry", confirmation)
+            print(f"  isError={applied.is_error}")
+            print(f"  {json.dumps(applied.structured_content, indent=2).replace(chr(10), chr(10) + '  ')}")
 
 
 def main() -> None:
@@ -50,8 +59,9 @@ def main() -> None:
     parser.add_argument("url")
     parser.add_argument("--token", help="bearer token to present")
     parser.add_argument("--legacy", action="store_true", help="2025-11-25 initialize/session handshake")
+    parser.add_argument("--confirm", action="store_true", help="send a write's confirmation token back to apply it")
     args = parser.parse_args()
-    asyncio.run(_run(args.url, args.token, args.legacy))
+    asyncio.run(_run(args.url, args.token, args.legacy, args.confirm))
 
 
 if __name__ == "__main__":
