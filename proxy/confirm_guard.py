@@ -28,7 +28,7 @@ from proxy.confirmation import (
     used_key,
 )
 from proxy.decide import decide
-from proxy.exchange import Answer, Exchange
+from proxy.exchange import Answer, Exchange, tool_result
 from proxy.jsonrpc import Message
 from proxy.policy_reload import LivePolicy
 from proxy.store import Store, StoreUnavailable
@@ -36,16 +36,6 @@ from proxy.store import Store, StoreUnavailable
 log = logging.getLogger("scopegate.confirm")
 
 UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
-
-
-def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
-                structured: dict[str, Any] | None = None) -> Answer:
-    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
-    if structured is not None:
-        result["structuredContent"] = structured
-    if (exchange.protocol_version or "") >= "2026-07-28":
-        result["resultType"] = "complete"
-    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})
 
 
 class ConfirmGuard:

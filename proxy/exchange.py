@@ -35,3 +35,15 @@ class Answer:
     response: Message | None
     http_status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
+                structured: dict[str, Any] | None = None) -> Answer:
+    """A guard's answer as a tool result the model reads (a refusal with `error`, or a preview), not a protocol
+    error: the call was understood. 2026-07-28 results carry `resultType`."""
+    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": error}
+    if structured is not None:
+        result["structuredContent"] = structured
+    if (exchange.protocol_version or "") >= "2026-07-28":
+        result["resultType"] = "complete"
+    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from proxy.files import file_stamp
 from proxy.policy import Policy
 from proxy.principal import Principal, ceiling_scopes, effective_scopes, problem_in_permissions
 
@@ -152,15 +153,8 @@ class Registry:
         self.reload_error: str | None = None
         self.refresh()  # the first read must succeed: a broken file at start is a configuration error
 
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
     def refresh(self) -> None:
-        stamp = self._file_stamp()
+        stamp = file_stamp(self.path)
         if stamp == self._stamp and self._stamp is not None:
             return
         records = read_records(self.path)
@@ -173,7 +167,7 @@ class Registry:
         return {r.id: (r, r.principal(policy)) for r in read_records(self.path)}
 
     def adopt(self, policy: Policy, records: dict[str, tuple[Record, Principal]]) -> None:
-        self.policy, self._records, self._stamp = policy, records, self._file_stamp()
+        self.policy, self._records, self._stamp = policy, records, file_stamp(self.path)
 
     def maybe_refresh(self) -> None:
         """Re-read a changed file; a broken new version keeps the old one in force (and says so in reload_error)."""
@@ -181,7 +175,7 @@ class Registry:
             self.refresh()
         except RegistryError as exc:
             self.reload_error = str(exc)
-            self._stamp = self._file_stamp()  # do not re-parse the same broken file on every request
+            self._stamp = file_stamp(self.path)  # do not re-parse the same broken file on every request
 
     def lookup(self, token: str, now: float | None = None) -> tuple[Principal | None, str]:
         """(principal, "") for a valid token, else (None, reason). Pure apart from the file check above."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from dataclasses import dataclass, field
 
 from proxy.decide import Rules
+from proxy.files import file_stamp
 from proxy.jwt_auth import JwtVerifier
 from proxy.pats import Registry, RegistryError
 from proxy.policy import Policy, PolicyError, load_policy
@@ -39,17 +39,10 @@ class PolicyReloader:
     _stamp: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        self._stamp = self._file_stamp()
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+        self._stamp = file_stamp(self.path)
 
     def reload(self) -> bool:
-        self._stamp = self._file_stamp()
+        self._stamp = file_stamp(self.path)
         old = self.live.policy
         try:
             new = load_policy(self.path)
@@ -73,5 +66,5 @@ class PolicyReloader:
     async def watch(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self._file_stamp() != self._stamp:
+            if file_stamp(self.path) != self._stamp:
                 self.reload()

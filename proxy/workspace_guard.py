@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from proxy.catalog import Catalog
-from proxy.exchange import Answer, Exchange
+from proxy.exchange import Answer, Exchange, tool_result
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
 from proxy.policy_reload import LivePolicy
 from proxy.principal import Principal
@@ -73,14 +73,6 @@ def decode_header(value: str) -> str:
         return "\0invalid"  # matches no argument
 
 
-def tool_error(exchange: Exchange, msg_id: Any, text: str) -> Answer:
-    """A tool result the model can read, not a protocol error: the call was understood and refused."""
-    result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": True}
-    if (exchange.protocol_version or "") >= "2026-07-28":
-        result["resultType"] = "complete"  # required on every 2026-07-28 result
-    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})
-
-
 class WorkspaceGuard:
     def __init__(self, live: LivePolicy, catalog: Catalog, default_workspace: str | None) -> None:
         self.live = live
@@ -128,8 +120,9 @@ class WorkspaceGuard:
                     value = principal.bound_workspace or principal.default_workspace or self.default_workspace
                 if value is None:
                     record.update(action="refused", reason="missing")
-                    return tool_error(exchange, msg_id, f"{tool} needs the {prop} argument: this credential is not "
-                                                        "bound to a workspace, so name the workspace to act in")
+                    text = (f"{tool} needs the {prop} argument: this credential is not bound to a workspace, so "
+                            "name the workspace to act in")
+                    return tool_result(exchange, msg_id, text, error=True)
                 args = {**args, prop: value}
                 params["arguments"] = args
                 record["action"] = "injected"
@@ -137,13 +130,13 @@ class WorkspaceGuard:
             record.update(workspace=args[prop] if isinstance(args[prop], str) else None)
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_error(exchange, msg_id, f"{tool} refused: {problem}")
+                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True)
             record.setdefault("action", "verified")
         if policy.check_projects and policy.project_property in args:
             problem = project_problem(principal, args[policy.project_property])
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_error(exchange, msg_id, f"{tool} refused: {problem}")
+                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True)
         if modern:
             for name in (prop, policy.project_property):
                 token = mirrored.get(name)
