@@ -103,7 +103,12 @@ class Forwarder:
         forward: list[Message] = []
         pending: dict[tuple[str, Any], str] = {}
         for message in frame.messages:
-            outcome = await self.pipeline.guard(exchange, message)
+            try:
+                outcome = await self.pipeline.guard(exchange, message)
+            except Exception:
+                # A guard that fails must not let the message through: answer it, forward nothing of this request.
+                log.exception("guard failed", extra={"request_id": rid})
+                return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)
             if isinstance(outcome, Answer):
                 last_answer = outcome
                 if outcome.response is not None:

@@ -71,8 +71,11 @@ class ScopeGuard:
         msg_id = message.get("id")
         if not isinstance(name, str) or not name:
             field = "uri" if kind == "resource" else "name"
-            return Answer(error(msg_id, INVALID_PARAMS, f"params.{field} must be a non-empty string"),
-                          http_status=400)
+            return Answer(error(msg_id, INVALID_PARAMS, f"params.{field} must be a non-empty string",
+                                {"requestId": exchange.request_id}), http_status=400)
+        if kind == "tool" and not isinstance(message["params"].get("arguments", {}), dict):
+            return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object",
+                                {"requestId": exchange.request_id}), http_status=400)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # used under `default: annotations`
         decision = decide(self.live.rules, held, kind, name, hint)

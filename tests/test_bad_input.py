@@ -38,6 +38,9 @@ def deep(levels: int) -> bytes:
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1,2]}', -32600, "params"),
         (b'{"jsonrpc":"2.0","id":1}', -32600, "result"),
         (b'{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"x"}}', -32600, "exactly one"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_accounts","arguments":[1]}}',
+         -32602, "arguments must be an object"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":17}}', -32602, "name must be"),
         (deep(80), -32600, "nests deeper than 64"),
         (deep(5000), -32600, "nests deeper than 64"),  # past orjson's own recursion limit
     ],
