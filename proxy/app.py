@@ -14,9 +14,11 @@ from proxy.config import Config
 from proxy.decide import Rules
 from proxy.exchange import Exchange
 from proxy.forward import Forwarder
+from proxy.health import ops_app, store_check, upstream_check
 from proxy.identity import Identity
 from proxy.jsonrpc import Message
 from proxy.metadata import add_routes
+from proxy.metrics import Metrics
 from proxy.pipeline import Pipeline
 from proxy.policy_reload import LivePolicy, PolicyReloader
 from proxy.store import open_store
@@ -26,6 +28,7 @@ log = logging.getLogger("scopegate")
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 RELOADER = web.AppKey("policy_reloader", PolicyReloader)
+OPS_PORT = web.AppKey("ops_port", int)
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -46,7 +49,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     app = web.Application(client_max_size=config.max_body_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = open_store(config.redis_url)
+        metrics = Metrics()
+        store = open_store(config.redis_url, metrics.store_errors.inc)
+        ops: web.AppRunner | None = None
         try:
             async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
                 verifier = identity.verifier(config, key_session)
@@ -56,15 +61,32 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
-                app[FORWARDER] = Forwarder(config, chosen, session)
-                reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix)
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics)
+                reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix,
+                                          on_result=lambda result: metrics.policy_reloads.labels(result).inc())
                 app[RELOADER] = reloader
+                if config.metrics_listen is not None:
+                    checks = {"upstream": upstream_check(config.upstream)}
+                    if config.redis_url:
+                        checks["redis"] = store_check(store)
+
+                    def details() -> dict[str, object]:
+                        return {"policy": live.policy.name or str(config.policy),
+                                "policy_reloads": dict(reloader.results)}
+
+                    ops = web.AppRunner(ops_app(metrics, checks, details), access_log=None)
+                    await ops.setup()
+                    site = web.TCPSite(ops, *config.metrics_listen)
+                    await site.start()
+                    app[OPS_PORT] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
                 watcher = asyncio.get_running_loop().create_task(reloader.watch())
                 try:
                     yield
                 finally:
                     watcher.cancel()
         finally:
+            if ops is not None:
+                await ops.cleanup()
             await store.close()
 
     async def close_streams(app: web.Application) -> None:

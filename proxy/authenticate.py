@@ -71,13 +71,16 @@ class Authenticate:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             log.info("unauthenticated request", extra={"request_id": exchange.request_id, "reason": "no bearer"})
+            exchange.facts["auth_failure"] = "no bearer"
             return self.challenge.unauthorized(request, exchange, token_given=False)
         try:
             principal = await self._principal(token)
         except TokenRejected as exc:
             log.info("token rejected: %s", exc, extra={"request_id": exchange.request_id})
+            exchange.facts["auth_failure"] = exc.code
             return self.challenge.unauthorized(request, exchange, token_given=True)
         except StoreUnavailable:
+            exchange.facts["auth_failure"] = "store unavailable"
             # Whether the credential was revoked cannot be known: refuse rather than guess.
             log.warning("credential status unavailable", extra={"request_id": exchange.request_id})
             return rpc_error(503, UNAUTHORIZED, "credential status unavailable, retry shortly",
@@ -89,18 +92,18 @@ class Authenticate:
     async def _principal(self, token: str) -> Principal:
         if looks_like_pat(token):
             if self.registry is None:
-                raise TokenRejected("no PAT registry configured")
+                raise TokenRejected("no PAT registry configured", "unknown")
             self.registry.maybe_refresh()
             principal, reason = self.registry.lookup(token)
             if principal is None:
-                raise TokenRejected(f"PAT {reason}")
+                raise TokenRejected(f"PAT {reason}", reason)
             if await self._revoked(principal.credential_id):
-                raise TokenRejected("PAT revoked")
+                raise TokenRejected("PAT revoked", "revoked")
             self._stamp(principal.credential_id)
             return principal
         if token.count(".") == 2 and self.verifier is not None:
             return await self.verifier.verify(token)
-        raise TokenRejected("unrecognised token")
+        raise TokenRejected("unrecognised token", "malformed")
 
     async def _revoked(self, credential_id: str) -> bool:
         try:

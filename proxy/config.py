@@ -119,6 +119,7 @@ SETTINGS = (
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
     Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
+    Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -149,6 +150,7 @@ class Config:
     upstream_headers_file: str | None = None
     tool_prefix: tuple[str, ...] = ()
     default_workspace: str | None = None
+    metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
 
     @property
     def tls(self) -> bool:

@@ -71,7 +71,7 @@ class ConfirmGuard:
         except StoreUnavailable:
             exchange.facts["confirmation"] = {"action": "refused", "reason": "store unavailable"}
             return tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
-                               "made; retry shortly", error=True)
+                               "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
 
     def _bindings(self, exchange: Exchange, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         principal = exchange.principal
@@ -112,26 +112,30 @@ class ConfirmGuard:
         }
         exchange.facts["confirmation"] = {"action": "preview", "preview_id": preview_id, "tool": tool}
         text = describe(tool, workspace, shown, ttl, upstream_preview)
-        return tool_result(exchange, message.get("id"), text, error=False, structured=structured)
+        return tool_result(exchange, message.get("id"), text, error=False, structured=structured,
+                           decision="preview", reason=preview_id)
 
     async def _confirm(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
                        token: Any) -> Message | Answer:
         msg_id = message.get("id")
         if not isinstance(token, str):
-            return tool_result(exchange, msg_id, f"{TOKEN_ARGUMENT} must be a string", error=True)
+            return tool_result(exchange, msg_id, f"{TOKEN_ARGUMENT} must be a string", error=True,
+                               decision="refuse", reason="not a string")
         raw = await self.store.take(store_key(token))  # atomic: of concurrent confirmations, one gets it
         if raw is None:
             used = await self.store.exists(used_key(token))
             reason = "already used" if used else "unknown"
             exchange.facts["confirmation"] = {"action": "refused", "reason": reason}
             return tool_result(exchange, msg_id, f"the confirmation token is {reason}: call {tool} without it for "
-                               "a new preview", error=True)
+                               "a new preview", error=True, decision="refuse", reason=reason)
         preview = orjson.loads(raw)
         await self.store.set(used_key(token), "1", ttl=3600)
-        problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
+        code, problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
         if problem:
             exchange.facts["confirmation"] = {"action": "refused", "reason": problem, "preview_id": preview["id"]}
-            return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True)
+            return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True, decision="refuse",
+                               reason=code)
+        exchange.facts.setdefault("confirmed", {})[str(msg_id)] = preview["id"]
         exchange.facts["confirmation"] = {"action": "confirmed", "preview_id": preview["id"]}
         log.info("confirmed %s (preview %s)", tool, preview["id"], extra={"request_id": exchange.request_id})
         return message

@@ -51,21 +51,23 @@ def redacted(arguments: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any
 
 
 def binding_problem(preview: dict[str, Any], now: float, *, credential_id: str, subject: str, kind: str,
-                    session: str, tool: str, workspace: Any, digest: str) -> str | None:
-    """Why this call may not use this preview; None when every binding holds. Pure."""
+                    session: str, tool: str, workspace: Any, digest: str) -> tuple[str, str | None]:
+    """(code, why) this call may not use this preview; ("", None) when every binding holds. Pure."""
     if preview["expires"] <= now:
-        return "the confirmation token has expired: call the tool again without it for a new preview"
+        return "expired", "the confirmation token has expired: call the tool again without it for a new preview"
     if (preview["credential_id"], preview["subject"], preview["kind"]) != (credential_id, subject, kind):
-        return "the confirmation token was issued to another credential"
+        return "credential", "the confirmation token was issued to another credential"
     if preview["session"] != session:
-        return "the confirmation token was issued in another session"
+        return "session", "the confirmation token was issued in another session"
     if preview["tool"] != tool:
-        return f"the confirmation token was issued for {preview['tool']}, not {tool}"
+        return "tool", f"the confirmation token was issued for {preview['tool']}, not {tool}"
     if preview["workspace"] != workspace:
-        return f"the confirmation token was issued for workspace {preview['workspace']!r}, not {workspace!r}"
+        return "workspace", (f"the confirmation token was issued for workspace {preview['workspace']!r}, "
+                             f"not {workspace!r}")
     if preview["digest"] != digest:
-        return "the arguments differ from the previewed ones: call again without the token for a new preview"
-    return None
+        return "arguments", ("the arguments differ from the previewed ones: call again without the token for a "
+                             "new preview")
+    return "", None
 
 
 def describe(tool: str, workspace: Any, shown: dict[str, Any], expires_in: int, upstream_preview: Any) -> str:

@@ -35,9 +35,11 @@ class Answer:
     response: Message | None
     http_status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
+    decision: str = "deny"  # deny | preview | refuse | invalid: for metrics and the audit trail
+    reason: str = ""  # a short, bounded code (scope, unlisted, workspace, unknown, already used, ...)
 
 
-def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
+def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool, decision: str, reason: str = "",
                 structured: dict[str, Any] | None = None) -> Answer:
     """A guard's answer as a tool result the model reads (a refusal with `error`, or a preview), not a protocol
     error: the call was understood. 2026-07-28 results carry `resultType`."""
@@ -46,4 +48,4 @@ def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool,
         result["structuredContent"] = structured
     if (exchange.protocol_version or "") >= "2026-07-28":
         result["resultType"] = "complete"
-    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result})
+    return Answer({"jsonrpc": "2.0", "id": msg_id, "result": result}, decision=decision, reason=reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from typing import Any
 
 import aiohttp
@@ -19,6 +20,7 @@ from yarl import URL
 from proxy.config import Config
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, dumps, is_request, parse_body
+from proxy.metrics import AUTH_REASONS, Metrics, bounded
 from proxy.pipeline import Answer, Exchange, Outstanding, Pipeline
 from proxy.relay import ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
 from proxy.replies import JSON, rpc_error
@@ -49,11 +51,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 class Forwarder:
-    def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
+                 metrics: Metrics | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
         self.session = session
+        self.metrics = metrics or Metrics()
         self.outstanding = Outstanding()
         self.open_streams: set[ClientResponse] = set()
 
@@ -72,14 +76,33 @@ class Forwarder:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
         exchange = self._exchange(request)
-        refusal = await self.pipeline.admit(request, exchange)
-        if refusal is not None:
-            return refusal
-        if request.method == "POST":
-            return await self._post(request, exchange)
-        rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
-        return await self._forward(request, exchange, None, rewrite, [], None)
+        try:
+            refusal = await self.pipeline.admit(request, exchange)
+            if refusal is not None:
+                if "auth_failure" in exchange.facts:
+                    self.metrics.auth_failures.labels(bounded(exchange.facts["auth_failure"], AUTH_REASONS)).inc()
+                return refusal
+            if request.method == "POST":
+                return await self._post(request, exchange)
+            self.metrics.message(request.method, "allow")
+            rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
+            return await self._forward(request, exchange, None, rewrite, [], None)
+        finally:
+            self.metrics.duration.labels(request.method).observe(time.perf_counter() - started)
+
+    def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
+        method = message.get("method", "response")
+        if isinstance(outcome, Answer):
+            decision, reason = outcome.decision, outcome.reason
+        elif str(message.get("id")) in exchange.facts.get("confirmed", {}):
+            decision, reason = "confirm", ""
+        else:
+            decision, reason = "allow", ""
+        self.metrics.message(method, decision)
+        if decision in ("preview", "confirm", "refuse"):
+            self.metrics.confirmation(decision, reason)
 
     async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         rid = exchange.request_id
@@ -108,7 +131,9 @@ class Forwarder:
             except Exception:
                 # A guard that fails must not let the message through: answer it, forward nothing of this request.
                 log.exception("guard failed", extra={"request_id": rid})
+                self.metrics.message(message.get("method", "response"), "error")
                 return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)
+            self._count(exchange, message, outcome)
             if isinstance(outcome, Answer):
                 last_answer = outcome
                 if outcome.response is not None:
@@ -172,6 +197,7 @@ class Forwarder:
             # The upstream failed after it had started answering.
             log.warning("upstream failed mid-response: %s", type(exc).__name__,
                         extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("response").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream failed", request_id=exchange.request_id)
         finally:
             rewrite.park_unanswered()
@@ -210,6 +236,7 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status, headers=headers)
         await response.prepare(request)
         self.open_streams.add(upstream)
+        self.metrics.open_streams.inc()
         try:
             for answer in answers:
                 await response.write(sse_event(answer))
@@ -220,6 +247,7 @@ class Forwarder:
             pass
         finally:
             self.open_streams.discard(upstream)
+            self.metrics.open_streams.dec()
         return response
 
     async def probe(self, exchange: Exchange, message: Message) -> Message | None:

@@ -22,7 +22,11 @@ LEEWAY_SECONDS = 30
 
 
 class TokenRejected(Exception):
-    """The reason is for logs and metrics only; the client learns nothing but 401."""
+    """The reason is for logs, the code for metrics (a small fixed set); the client learns nothing but 401."""
+
+    def __init__(self, reason: str, code: str = "invalid jwt") -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,7 @@ class JwtVerifier:
             raise TokenRejected("malformed") from None
         trusted = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
         if trusted is None:
-            raise TokenRejected("unknown issuer")
+            raise TokenRejected("unknown issuer", "unknown issuer")
         alg = header.get("alg")
         if alg not in trusted.config.algorithms:
             raise TokenRejected(f"algorithm {alg!r} not allowed")

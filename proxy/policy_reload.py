@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.decide import Rules
@@ -36,6 +37,7 @@ class PolicyReloader:
     verifier: JwtVerifier | None
     tool_prefix: tuple[str, ...]
     results: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
+    on_result: Callable[[str], None] | None = None
     _stamp: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
@@ -50,7 +52,7 @@ class PolicyReloader:
                 raise PolicyError(f"{self.path}: issuers and upstream_headers change only with a restart")
             principals = self.registry.principals_for(new) if self.registry is not None else None
         except (PolicyError, RegistryError) as exc:
-            self.results["failure"] += 1
+            self._result("failure")
             log.error("policy reload refused; the policy in force stays: %s", exc)
             return False
         # The swap: no await from here to the end, so every request sees one policy or the other.
@@ -59,9 +61,14 @@ class PolicyReloader:
             self.registry.adopt(new, principals)
         if self.verifier is not None:
             self.verifier.policy = new
-        self.results["success"] += 1
+        self._result("success")
         log.info("policy reloaded: %s (%d tool rules)", new.name or self.path, len(new.tools))
         return True
+
+    def _result(self, result: str) -> None:
+        self.results[result] += 1
+        if self.on_result is not None:
+            self.on_result(result)
 
     async def watch(self, interval: float = 1.0) -> None:
         while True:

@@ -55,7 +55,8 @@ def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
                  f'resource_metadata="{exchange.facts.get("resource_metadata", "")}"')
         headers = (("WWW-Authenticate", value),)
     exchange.facts.setdefault("decisions", []).append(decision)
-    return Answer(error(msg_id, FORBIDDEN, text, data), http_status=403, headers=headers)
+    return Answer(error(msg_id, FORBIDDEN, text, data), http_status=403, headers=headers, decision="deny",
+                  reason="scope" if decision.missing else "unlisted")
 
 
 class ScopeGuard:
@@ -72,10 +73,10 @@ class ScopeGuard:
         if not isinstance(name, str) or not name:
             field = "uri" if kind == "resource" else "name"
             return Answer(error(msg_id, INVALID_PARAMS, f"params.{field} must be a non-empty string",
-                                {"requestId": exchange.request_id}), http_status=400)
+                                {"requestId": exchange.request_id}), http_status=400, decision="invalid")
         if kind == "tool" and not isinstance(message["params"].get("arguments", {}), dict):
             return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object",
-                                {"requestId": exchange.request_id}), http_status=400)
+                                {"requestId": exchange.request_id}), http_status=400, decision="invalid")
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # used under `default: annotations`
         decision = decide(self.live.rules, held, kind, name, hint)

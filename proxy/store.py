@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 BUDGET_SECONDS = 0.5
@@ -79,7 +80,7 @@ class MemoryStore:
 class RedisStore:
     """redis.asyncio with sub-second timeouts, one retry, and an overall budget per operation (library-notes.md)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, on_error: Callable[[], None] | None = None) -> None:
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -94,6 +95,7 @@ class RedisStore:
             decode_responses=True,
         )
         self._redis = Redis.from_pool(pool)
+        self.on_error = on_error
 
     async def _run(self, operation):  # type: ignore[no-untyped-def]
         from redis.exceptions import RedisError
@@ -102,6 +104,8 @@ class RedisStore:
             async with asyncio.timeout(BUDGET_SECONDS):
                 return await operation
         except (RedisError, OSError, TimeoutError) as exc:
+            if self.on_error is not None:
+                self.on_error()
             raise StoreUnavailable(type(exc).__name__) from None
 
     async def get(self, key: str, *, refresh_ttl: int | None = None) -> str | None:
@@ -128,5 +132,5 @@ class RedisStore:
         await self._redis.aclose()
 
 
-def open_store(url: str | None) -> Store:
-    return RedisStore(url) if url else MemoryStore()
+def open_store(url: str | None, on_error: Callable[[], None] | None = None) -> Store:
+    return RedisStore(url, on_error) if url else MemoryStore()

@@ -97,7 +97,8 @@ class WorkspaceGuard:
             return message
         args = params.get("arguments", {})
         if not isinstance(args, dict):
-            return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object"), http_status=400)
+            return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object"), http_status=400,
+                          decision="invalid")
         mirrored = self.catalog.properties.get(tool, {})
         modern = (exchange.protocol_version or "") >= "2026-07-28"
         if modern:
@@ -106,7 +107,8 @@ class WorkspaceGuard:
                 sent = exchange.upstream_headers.get(f"Mcp-Param-{token}") if token else None
                 if sent is not None and decode_header(sent) != header_text(args.get(prop)):
                     return Answer(error(msg_id, HEADER_MISMATCH, f"header Mcp-Param-{token} disagrees with "
-                                        f"arguments.{prop}"), http_status=400)
+                                        f"arguments.{prop}"), http_status=400, decision="invalid",
+                                  reason="header mismatch")
         record: dict[str, Any] = {"tool": tool, "mode": mode}
         exchange.facts.setdefault("workspace", []).append(record)
         principal = exchange.principal
@@ -122,7 +124,7 @@ class WorkspaceGuard:
                     record.update(action="refused", reason="missing")
                     text = (f"{tool} needs the {prop} argument: this credential is not bound to a workspace, so "
                             "name the workspace to act in")
-                    return tool_result(exchange, msg_id, text, error=True)
+                    return tool_result(exchange, msg_id, text, error=True, decision="deny", reason="workspace")
                 args = {**args, prop: value}
                 params["arguments"] = args
                 record["action"] = "injected"
@@ -130,13 +132,15 @@ class WorkspaceGuard:
             record.update(workspace=args[prop] if isinstance(args[prop], str) else None)
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True)
+                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True, decision="deny",
+                                   reason="workspace")
             record.setdefault("action", "verified")
         if policy.check_projects and policy.project_property in args:
             problem = project_problem(principal, args[policy.project_property])
             if problem:
                 record.update(action="refused", reason=problem)
-                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True)
+                return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True, decision="deny",
+                                   reason="workspace")
         if modern:
             for name in (prop, policy.project_property):
                 token = mirrored.get(name)

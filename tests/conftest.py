@@ -181,6 +181,7 @@ async def start_proxy(pat_file: str) -> AsyncIterator[Callable[..., Any]]:
                      **settings: Any) -> str:
         settings.setdefault("pat_file", pat_file)
         settings.setdefault("policy", str(POLICIES / "pat-workspaces.yaml"))
+        settings.setdefault("metrics_listen", ("127.0.0.1", 0))  # several proxies at once: each its own port
         config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", 0), **settings)
         identity: Identity = load_identity(config, env or {})
         runner, port = await start(config, identity, pipeline)

@@ -234,7 +234,8 @@ async def test_two_processes_share_one_redis(start_proxy: Any, upstream: Any, re
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     other = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
-         "--redis-url", redis_server.url, "--pat-file", pat_file, "--policy", str(POLICIES / "pat-workspaces.yaml")],
+         "--redis-url", redis_server.url, "--pat-file", pat_file, "--policy", str(POLICIES / "pat-workspaces.yaml"),
+         "--metrics-listen", "127.0.0.1:0"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

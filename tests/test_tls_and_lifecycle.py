@@ -155,7 +155,7 @@ async def test_sigterm_with_open_streams_exits_within_seconds(upstream: Any, rec
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
-         "--pat-file", pat_file, "--policy", str(POLICY)],
+         "--pat-file", pat_file, "--policy", str(POLICY), "--metrics-listen", "127.0.0.1:0"],
         env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/mcp"

@@ -1,0 +1,63 @@
+"""Prometheus metrics, one registry per proxy (several proxies in one process, as in tests, never collide).
+
+Label values stay bounded: methods are MCP's own (anything else is `other`), decisions and reasons come from small
+fixed sets, and no credential id, argument or free text ever becomes a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from proxy import __version__
+
+KNOWN_METHODS = frozenset({
+    "initialize", "ping", "server/discover", "tools/list", "tools/call", "prompts/list", "prompts/get",
+    "resources/list", "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "completion/complete", "logging/setLevel", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "notifications/roots/list_changed", "subscriptions/listen", "response", "GET", "DELETE",
+})
+AUTH_REASONS = frozenset({"no bearer", "malformed", "unknown", "revoked", "expired", "invalid jwt",
+                          "unknown issuer", "store unavailable"})
+CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential", "session", "tool", "workspace",
+                             "arguments", "store unavailable", "not a string"})
+
+
+def bounded(value: str, allowed: frozenset[str]) -> str:
+    return value if value in allowed else "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("scopegate_requests", "MCP messages handled, by method and decision",
+                                ["method", "decision"], registry=r)
+        self.duration = Histogram("scopegate_request_duration_seconds", "Time to answer a request, by HTTP method",
+                                  ["http_method"], registry=r)
+        self.upstream_duration = Histogram("scopegate_upstream_duration_seconds",
+                                           "Time to the upstream's response headers", registry=r)
+        self.upstream_errors = Counter("scopegate_upstream_errors", "Upstream failures, by kind", ["kind"],
+                                       registry=r)
+        self.auth_failures = Counter("scopegate_auth_failures", "Refused credentials, by reason", ["reason"],
+                                     registry=r)
+        self.confirmations = Counter("scopegate_confirmations", "Previews issued, confirmed and refused",
+                                     ["outcome", "reason"], registry=r)
+        self.open_streams = Gauge("scopegate_open_streams", "SSE streams being relayed now", registry=r)
+        self.store_errors = Counter("scopegate_store_errors", "Shared store (Redis) operations that failed",
+                                    registry=r)
+        self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
+                                      registry=r)
+        Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
+
+    def message(self, method: str, decision: str) -> None:
+        self.requests.labels(bounded(method, KNOWN_METHODS), decision).inc()
+
+    def confirmation(self, decision: str, reason: str) -> None:
+        if decision == "preview":
+            self.confirmations.labels("issued", "").inc()
+        elif decision == "confirm":
+            self.confirmations.labels("confirmed", "").inc()
+        elif decision == "refuse":
+            self.confirmations.labels("expired" if reason == "expired" else "refused",
+                                      bounded(reason, CONFIRM_REASONS)).inc()
