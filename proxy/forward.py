@@ -169,13 +169,17 @@ class Forwarder:
         answers: list[Message],
         is_batch: bool | None,
     ) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
             upstream = await self.session.request(
                 request.method, self.upstream, data=payload, headers=exchange.upstream_headers
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("connect").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
+        self.metrics.upstream_duration.observe(time.perf_counter() - started)
+        exchange.facts["upstream_status"] = upstream.status
 
         headers = client_response_headers(upstream.headers)
         headers["X-Request-Id"] = exchange.request_id
