@@ -269,7 +269,7 @@ async def run(seconds: float, concurrency: int, rounds: int) -> None:
         subprocess.Popen([py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen",
                           f"127.0.0.1:{gate_port}", "--log-level", "warning", "--pat-file",
                           str(BENCH_FOLDER / "pats.yaml"), "--policy", str(BENCH_POLICY), "--metrics-listen",
-                          "127.0.0.1:0"], env=env, cwd=ROOT),
+                          "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),  # audit records
     ]
     try:
         for port, process in zip((up_port, floor_port, gate_port), processes, strict=True):
@@ -321,7 +321,7 @@ async def run(seconds: float, concurrency: int, rounds: int) -> None:
                 [py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen", f"127.0.0.1:{confirm_port}",
                  "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--policy",
                  str(BENCH_POLICY), "--redis-url", f"unix://{BENCH_FOLDER / 'redis.sock'}", "--metrics-listen",
-                 "127.0.0.1:0"], env=env, cwd=ROOT)
+                 "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
             processes.append(confirm_gate)
             wait_for_port(confirm_port, confirm_gate, "bench: scopegate with Redis")
             costs = await confirmation_cost(f"http://127.0.0.1:{confirm_port}/mcp")

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import pipeline as pipeline_module
+from proxy.audit import RedisStreamSink, Sink, StreamSink
 from proxy.config import Config
 from proxy.decide import Rules
 from proxy.exchange import Exchange
@@ -44,6 +45,14 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
+def audit_sink(config: Config) -> Sink:
+    if config.audit_sink == "redis" and config.redis_url:
+        return RedisStreamSink(config.redis_url)
+    if config.audit_sink.startswith("file:"):
+        return StreamSink(open(config.audit_sink[5:], "a", encoding="utf-8"))
+    return StreamSink()
+
+
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     app = web.Application(client_max_size=config.max_body_bytes)
@@ -61,7 +70,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
-                app[FORWARDER] = Forwarder(config, chosen, session, metrics)
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit_sink(config))
                 reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())
                 app[RELOADER] = reloader

@@ -6,9 +6,10 @@ import argparse
 import logging
 import os
 import sys
+import time
 
+from proxy import audit_cli, pat_cli, policy_cli
 from proxy import config as config_module
-from proxy import pat_cli, policy_cli
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +24,32 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--upstream-port", type=int, default=8080, help="port of the demo upstream (default 8080)")
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line on stderr (stdout carries the audit trail). Messages never hold tokens or secrets:
+    the code logs reasons and ids only."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if getattr(record, "request_id", None):
+            entry["request_id"] = record.request_id
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = JsonLogFormatter()
+    formatter.converter = time.gmtime  # type: ignore[assignment]
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     _demo_parser(sub)
     pat_cli.add_parser(sub)
     policy_cli.add_parser(sub)
+    audit_cli.add_parser(sub)
     args = parser.parse_args(argv)
 
+    if args.command == "audit":
+        audit_cli.main(args)
+        return
     if args.command == "policy":
         policy_cli.main(args)
         return

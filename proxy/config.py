@@ -70,6 +70,12 @@ def _redis_url(name: str, value: str) -> str:
     return value
 
 
+def _audit_sink(name: str, value: str) -> str:
+    if value not in ("stdout", "redis") and not (value.startswith("file:") and len(value) > 5):
+        raise ConfigError(f"{name}: expected stdout, file:PATH or redis, got {value!r}")
+    return value
+
+
 def _text(name: str, value: str) -> str:
     return value
 
@@ -120,6 +126,7 @@ SETTINGS = (
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
     Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
     Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
+    Setting("audit_sink", _audit_sink, "where audit records go: stdout (default), file:PATH, or redis (a Stream)"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -151,6 +158,7 @@ class Config:
     tool_prefix: tuple[str, ...] = ()
     default_workspace: str | None = None
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
+    audit_sink: str = "stdout"
 
     @property
     def tls(self) -> bool:
@@ -182,6 +190,8 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
     if "tls_client_ca" in values and "tls_cert" not in values:
         raise ConfigError("SCOPEGATE_TLS_CLIENT_CA needs SCOPEGATE_TLS_CERT and SCOPEGATE_TLS_KEY (mTLS is TLS)")
     values.setdefault("listen", ("127.0.0.1", 8443 if "tls_cert" in values else 8000))
+    if values.get("audit_sink") == "redis" and "redis_url" not in values:
+        raise ConfigError("SCOPEGATE_AUDIT_SINK=redis needs SCOPEGATE_REDIS_URL")
     jwt_sources = [k for k in ("jwks_url", "jwt_public_key_file", "jwt_dev_hs256_secret") if k in values]
     if ("jwt_issuer" in values) != bool(jwt_sources) or len(jwt_sources) > 1:
         raise ConfigError("SCOPEGATE_JWT_ISSUER needs exactly one of SCOPEGATE_JWKS_URL, SCOPEGATE_JWT_PUBLIC_KEY_FILE "

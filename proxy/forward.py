@@ -17,6 +17,7 @@ import orjson
 from aiohttp import ClientResponse, web
 from yarl import URL
 
+from proxy.audit import Sink, decision_record, outcome_of
 from proxy.config import Config
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, dumps, is_request, parse_body
@@ -52,12 +53,13 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class Forwarder:
     def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, audit: Sink | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
         self.session = session
         self.metrics = metrics or Metrics()
+        self.audit = audit
         self.outstanding = Outstanding()
         self.open_streams: set[ClientResponse] = set()
 
@@ -82,15 +84,26 @@ class Forwarder:
             refusal = await self.pipeline.admit(request, exchange)
             if refusal is not None:
                 if "auth_failure" in exchange.facts:
-                    self.metrics.auth_failures.labels(bounded(exchange.facts["auth_failure"], AUTH_REASONS)).inc()
+                    reason = bounded(exchange.facts["auth_failure"], AUTH_REASONS)
+                    self.metrics.auth_failures.labels(reason).inc()
+                    self._outcome(exchange, {"method": request.method}, "unauthenticated", reason)
                 return refusal
             if request.method == "POST":
                 return await self._post(request, exchange)
             self.metrics.message(request.method, "allow")
+            self._outcome(exchange, {"method": request.method}, "allow", "")
             rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
             return await self._forward(request, exchange, None, rewrite, [], None)
         finally:
-            self.metrics.duration.labels(request.method).observe(time.perf_counter() - started)
+            latency = time.perf_counter() - started
+            self.metrics.duration.labels(request.method).observe(latency)
+            outcomes = exchange.facts.get("outcomes")
+            if outcomes and self.audit is not None:
+                await self.audit.write([decision_record(exchange, o, latency) for o in outcomes])
+
+    @staticmethod
+    def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
+        exchange.facts.setdefault("outcomes", []).append(outcome_of(message, decision, reason, exchange))
 
     def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
         method = message.get("method", "response")
@@ -103,6 +116,7 @@ class Forwarder:
         self.metrics.message(method, decision)
         if decision in ("preview", "confirm", "refuse"):
             self.metrics.confirmation(decision, reason)
+        self._outcome(exchange, message, decision, reason)
 
     async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
         rid = exchange.request_id
@@ -132,6 +146,7 @@ class Forwarder:
                 # A guard that fails must not let the message through: answer it, forward nothing of this request.
                 log.exception("guard failed", extra={"request_id": rid})
                 self.metrics.message(message.get("method", "response"), "error")
+                self._outcome(exchange, message, "error", "guard failed")
                 return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)
             self._count(exchange, message, outcome)
             if isinstance(outcome, Answer):

@@ -116,8 +116,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_MAX_DEPTH": "-3"}, "SCOPEGATE_MAX_DEPTH"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_TLS_CERT": "/nonexistent.pem"},
          "SCOPEGATE_TLS_CERT: no readable file"),
-        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_AUDIT_SINK": "stdout"},
-         "SCOPEGATE_AUDIT_SINK: not a setting this version"),
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY_FILE": "p.yaml"},
+         "SCOPEGATE_POLICY_FILE: not a setting this version"),  # a typo must not leave the policy unset silently
+        ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_AUDIT_SINK": "syslog"},
+         "SCOPEGATE_AUDIT_SINK: expected stdout, file:PATH or redis"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp"}, "SCOPEGATE_POLICY (or --policy) is required"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY": str(POLICY)}, "no credential source"),
         ((), {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:1/mcp", "SCOPEGATE_POLICY": str(POLICY.parent / "app-token.yaml"),

@@ -116,12 +116,16 @@ or with curl, one stateless (2026-07-28) request (drop the Authorization header 
     -d '{_LIST_BODY}'
 
 
+Audit trail: {registry.parent / 'audit.jsonl'}   (check it: .venv/bin/scopegate audit verify FILE)
+Metrics:     http://127.0.0.1:9464/metrics   health: /healthz, /readyz
+
 Ctrl-C stops both.
 """,
             flush=True,
         )
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
-                        pat_file=str(registry), policy=str(DEMO_POLICY))
+                        pat_file=str(registry), policy=str(DEMO_POLICY),
+                        audit_sink=f"file:{registry.parent / 'audit.jsonl'}")
         from proxy.app import run
         from proxy.cli import _logging
         from proxy.identity import load_identity

@@ -1,0 +1,147 @@
+"""The audit trail: one JSON record per decision, each carrying the hash of the previous record of its chain.
+
+A record says who (subject, credential id, label, kind), what (method, tool/prompt/resource, workspace, a digest
+of the arguments: never the arguments or any token), the decision (allow, deny, preview, confirm, refuse, invalid,
+unauthenticated, error) and why, the preview it applies, the upstream's status and the latency. Editing, deleting
+or reordering any record breaks the chain at that point; `scopegate audit verify` names the first broken link.
+
+Each proxy process keeps its own chain (`chain` = a random id per process), so replicas never need to coordinate;
+verification follows every chain in a file or stream on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol, TextIO
+
+import orjson
+
+from proxy.confirmation import digest
+
+GENESIS = "0" * 64
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class Chain:
+    """Links records: each gets `chain`, `seq`, `prev` (the previous record's hash) and its own `hash`."""
+
+    def __init__(self, chain_id: str | None = None) -> None:
+        self.id = chain_id or secrets.token_hex(8)
+        self.seq = 0
+        self.prev = GENESIS
+
+    def link(self, record: dict[str, Any]) -> dict[str, Any]:
+        self.seq += 1
+        linked = {**record, "chain": self.id, "seq": self.seq, "prev": self.prev}
+        linked["hash"] = record_hash(linked)
+        self.prev = linked["hash"]
+        return linked
+
+
+def verify(records: Iterable[dict[str, Any]]) -> tuple[int, str | None]:
+    """(records checked, None) when every chain is whole, else (position of the first broken one, why). Pure."""
+    heads: dict[str, tuple[int, str]] = {}  # chain -> (last seq, last hash)
+    count = 0
+    for count, record in enumerate(records, start=1):
+        chain = record.get("chain")
+        if not isinstance(chain, str):
+            return count, "record has no chain id"
+        if record.get("hash") != record_hash(record):
+            return count, "record was altered (its hash does not match its content)"
+        seq, prev = heads.get(chain, (0, GENESIS))
+        if record.get("seq") != seq + 1:
+            return count, f"chain {chain}: expected record {seq + 1}, found {record.get('seq')} (deleted or reordered)"
+        if record.get("prev") != prev:
+            return count, f"chain {chain}: the link to the previous record is broken"
+        heads[chain] = (record["seq"], record["hash"])
+    return count, None
+
+
+def decision_record(exchange: Any, outcome: dict[str, Any], latency: float) -> dict[str, Any]:
+    """One audit record from an exchange and one message's outcome (see Forwarder). Pure."""
+    principal = exchange.principal
+    session = exchange.session_id
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        "request_id": exchange.request_id,
+        "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
+        **(principal.audit_fields() if principal is not None else
+           {"subject": None, "credential_id": None, "label": None, "kind": None}),
+        **outcome,
+        "upstream_status": exchange.facts.get("upstream_status"),
+        "latency_ms": round(latency * 1000, 3),
+    }
+
+
+def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Any) -> dict[str, Any]:
+    params = message.get("params") if isinstance(message.get("params"), dict) else {}
+    target = params.get("name") if isinstance(params.get("name"), str) else params.get("uri")
+    arguments = params.get("arguments")
+    workspace = None
+    for fact in exchange.facts.get("workspace", []):
+        if fact.get("tool") == target:
+            workspace = fact.get("workspace")
+    return {
+        "method": message.get("method", "response"),
+        "target": target if isinstance(target, str) else None,
+        "workspace": workspace if workspace is not None else
+        (arguments.get("workspaceId") if isinstance(arguments, dict) else None),
+        "decision": decision,
+        "reason": reason,
+        "arguments_digest": digest(arguments) if isinstance(arguments, dict) else None,
+        "preview_id": reason if decision == "preview" else
+        exchange.facts.get("confirmed", {}).get(str(message.get("id"))),
+    }
+
+
+class Sink(Protocol):
+    async def write(self, records: list[dict[str, Any]]) -> None: ...
+
+
+class StreamSink:
+    """JSON lines to stdout (the default: the platform's log pipeline keeps them) or to a file."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.chain = Chain()
+
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        lines = [orjson.dumps(self.chain.link(r)).decode() + "\n" for r in records]
+        self.out.write("".join(lines))
+        self.out.flush()
+
+
+class RedisStreamSink:
+    """XADD to a Redis Stream (`MAXLEN ~`): the trail outlives the pod, and every replica writes its own chain."""
+
+    KEY = "scopegate:audit"
+
+    def __init__(self, url: str, maxlen: int = 1_000_000) -> None:
+        from redis.asyncio import Redis
+
+        self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self.maxlen = maxlen
+        self.chain = Chain()
+
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        from redis.exceptions import RedisError
+
+        pipe = self.redis.pipeline(transaction=False)
+        for record in records:
+            pipe.xadd(self.KEY, {"record": orjson.dumps(self.chain.link(record))}, maxlen=self.maxlen,
+                      approximate=True)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:  # the chain shows the gap: the verifier will name it
+            import logging
+
+            logging.getLogger("scopegate.audit").error("audit records not written to Redis: %s",
+                                                       type(exc).__name__)
