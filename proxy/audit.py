@@ -81,7 +81,8 @@ def decision_record(exchange: Any, outcome: dict[str, Any], latency: float) -> d
     }
 
 
-def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Any) -> dict[str, Any]:
+def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Any,
+               raw_arguments: bool = False) -> dict[str, Any]:
     params = message.get("params") if isinstance(message.get("params"), dict) else {}
     target = params.get("name") if isinstance(params.get("name"), str) else params.get("uri")
     arguments = params.get("arguments")
@@ -99,6 +100,7 @@ def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: An
         "arguments_digest": digest(arguments) if isinstance(arguments, dict) else None,
         "preview_id": reason if decision == "preview" else
         exchange.facts.get("confirmed", {}).get(str(message.get("id"))),
+        **({"arguments": arguments} if raw_arguments and isinstance(arguments, dict) else {}),
     }
 
 

@@ -76,6 +76,12 @@ def _audit_sink(name: str, value: str) -> str:
     return value
 
 
+def _bool(name: str, value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 def _text(name: str, value: str) -> str:
     return value
 
@@ -127,6 +133,7 @@ SETTINGS = (
     Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
     Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
     Setting("audit_sink", _audit_sink, "where audit records go: stdout (default), file:PATH, or redis (a Stream)"),
+    Setting("audit_arguments", _bool, "true: audit records carry the raw tool arguments too (default false)"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -159,6 +166,7 @@ class Config:
     default_workspace: str | None = None
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     audit_sink: str = "stdout"
+    audit_arguments: bool = False
 
     @property
     def tls(self) -> bool:

@@ -101,9 +101,10 @@ class Forwarder:
             if outcomes and self.audit is not None:
                 await self.audit.write([decision_record(exchange, o, latency) for o in outcomes])
 
-    @staticmethod
-    def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
-        exchange.facts.setdefault("outcomes", []).append(outcome_of(message, decision, reason, exchange))
+    def _outcome(self, exchange: Exchange, message: Message, decision: str, reason: str) -> None:
+        exchange.facts.setdefault("outcomes", []).append(
+            outcome_of(message, decision, reason, exchange, self.config.audit_arguments)
+        )
 
     def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
         method = message.get("method", "response")

@@ -96,3 +96,14 @@ async def test_redis_stream_sink(start_proxy: Any, upstream: Any, recorder: Reco
     await call(second, "list_accounts", {"workspaceId": "acme"})
     done = cli("audit", "verify", "--redis", redis_server.url)
     assert done.returncode == 0 and "in 2 chains" in done.stdout, done.stdout + done.stderr
+
+
+async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                  tmp_path: Path) -> None:
+    plain, raw = tmp_path / "plain.jsonl", tmp_path / "raw.jsonl"
+    for path, setting in ((plain, False), (raw, True)):
+        url = await start_proxy(upstream.url, audit_sink=f"file:{path}", audit_arguments=setting)
+        await call(url, "list_accounts", {"workspaceId": "acme"})
+    assert "arguments\"" not in plain.read_text()
+    (record,) = [orjson.loads(line) for line in raw.read_text().splitlines()]
+    assert record["arguments"] == {"workspaceId": "acme"}
