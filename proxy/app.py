@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy import pipeline as pipeline_module
-from proxy.audit import RedisStreamSink, Sink, StreamSink
+from proxy.audit import AuditWriter, RedisStreamSink, Sink, StreamSink
 from proxy.config import Config
 from proxy.decide import Rules
 from proxy.exchange import Exchange
@@ -70,7 +70,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
-                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit_sink(config))
+                audit = AuditWriter(audit_sink(config))
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
                 reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())
                 app[RELOADER] = reloader
@@ -93,6 +94,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     yield
                 finally:
                     watcher.cancel()
+                    await audit.close()
         finally:
             if ops is not None:
                 await ops.cleanup()

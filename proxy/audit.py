@@ -11,6 +11,7 @@ verification follows every chain in a file or stream on its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import sys
@@ -65,12 +66,24 @@ def verify(records: Iterable[dict[str, Any]]) -> tuple[int, str | None]:
     return count, None
 
 
-def decision_record(exchange: Any, outcome: dict[str, Any], latency: float) -> dict[str, Any]:
-    """One audit record from an exchange and one message's outcome (see Forwarder). Pure."""
+_second: tuple[int, str] = (0, "")
+
+
+def timestamp(now: float) -> str:
+    """ISO 8601 with milliseconds; the formatted second is reused (it is what costs)."""
+    global _second
+    whole = int(now)
+    if _second[0] != whole:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
+
+
+def decision_record(exchange: Any, outcome: dict[str, Any], latency: float, now: float | None = None) -> dict[str, Any]:
+    """One audit record from an exchange and one message's outcome (see Forwarder). Pure but for the clock."""
     principal = exchange.principal
     session = exchange.session_id
     return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+        "time": timestamp(time.time() if now is None else now),
         "request_id": exchange.request_id,
         "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
         **(principal.audit_fields() if principal is not None else
@@ -106,6 +119,39 @@ def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: An
 
 class Sink(Protocol):
     async def write(self, records: list[dict[str, Any]]) -> None: ...
+
+
+class AuditWriter:
+    """Takes finished exchanges on the request path (an append), builds, chains and writes their records in the
+    background every `interval` seconds, in one batch; `close` writes what is left, so nothing is lost on a
+    clean shutdown."""
+
+    def __init__(self, sink: Sink, interval: float = 0.05) -> None:
+        self.sink = sink
+        self.interval = interval
+        self._pending: list[tuple[Any, list[dict[str, Any]], float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, exchange: Any, outcomes: list[dict[str, Any]], latency: float) -> None:
+        self._pending.append((exchange, outcomes, latency, time.time()))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain_soon())
+
+    async def _drain_soon(self) -> None:
+        await asyncio.sleep(self.interval)
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        records = [decision_record(exchange, outcome, latency, now)
+                   for exchange, outcomes, latency, now in pending for outcome in outcomes]
+        if records:
+            await self.sink.write(records)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.flush()
 
 
 class StreamSink:

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import ClientResponse, web
 from yarl import URL
 
-from proxy.audit import Sink, decision_record, outcome_of
+from proxy.audit import AuditWriter, outcome_of
 from proxy.config import Config
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, dumps, is_request, parse_body
@@ -53,7 +53,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class Forwarder:
     def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None, audit: Sink | None = None) -> None:
+                 metrics: Metrics | None = None, audit: AuditWriter | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
@@ -99,7 +99,7 @@ class Forwarder:
             self.metrics.duration.labels(request.method).observe(latency)
             outcomes = exchange.facts.get("outcomes")
             if outcomes and self.audit is not None:
-                await self.audit.write([decision_record(exchange, o, latency) for o in outcomes])
+                self.audit.add(exchange, outcomes, latency)
 
     def _outcome(self, exchange: Exchange, message: Message, decision: str, reason: str) -> None:
         exchange.facts.setdefault("outcomes", []).append(

@@ -39,6 +39,14 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]
                           capture_output=True, text=True, timeout=30)
 
 
+async def flush(start_proxy: Any) -> None:
+    """Records are written in the background, in batches: write what is pending before reading the trail."""
+    from proxy.app import FORWARDER
+
+    for runner in start_proxy.runners:
+        await runner.app[FORWARDER].audit.flush()
+
+
 async def scripted_session(url: str) -> None:
     await call(url, "list_accounts", {"workspaceId": "acme"}, token=None)  # unauthenticated
     await call(url, "list_accounts", {"workspaceId": "acme"})  # allow
@@ -56,6 +64,7 @@ async def test_a_record_for_each_decision_and_a_whole_chain(start_proxy: Any, up
     url = await start_proxy(upstream.url, audit_sink=f"file:{trail}",
                             env={"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": SECRET_APP_TOKEN})
     await scripted_session(url)
+    await flush(start_proxy)
     records = [orjson.loads(line) for line in trail.read_text().splitlines()]
     by_decision: dict[str, list[dict]] = {}
     for record in records:
@@ -94,6 +103,7 @@ async def test_redis_stream_sink(start_proxy: Any, upstream: Any, recorder: Reco
     second = await start_proxy(upstream.url, redis_url=redis_server.url, audit_sink="redis")
     await scripted_session(first)
     await call(second, "list_accounts", {"workspaceId": "acme"})
+    await flush(start_proxy)
     done = cli("audit", "verify", "--redis", redis_server.url)
     assert done.returncode == 0 and "in 2 chains" in done.stdout, done.stdout + done.stderr
 
@@ -104,6 +114,7 @@ async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: An
     for path, setting in ((plain, False), (raw, True)):
         url = await start_proxy(upstream.url, audit_sink=f"file:{path}", audit_arguments=setting)
         await call(url, "list_accounts", {"workspaceId": "acme"})
+    await flush(start_proxy)
     assert "arguments\"" not in plain.read_text()
     (record,) = [orjson.loads(line) for line in raw.read_text().splitlines()]
     assert record["arguments"] == {"workspaceId": "acme"}
