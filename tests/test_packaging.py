@@ -139,3 +139,23 @@ def test_dockerfile_lints_clean() -> None:
     assert "USER 10001" in text and 'ENTRYPOINT ["scopegate", "serve"]' in text
     assert text.count("FROM ") == 2  # multi-stage: no build tools in the final image
     assert (ROOT / ".dockerignore").exists()
+
+
+def test_the_readme_kubernetes_example_renders_and_validates() -> None:
+    """The README's sidecar values, as printed there, render into valid manifests: the docs match the chart."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Kubernetes", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    values = yaml.safe_load(block)
+    assert values["mode"] == "sidecar"
+    docs = render(values)
+    for doc in docs:
+        if not doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    (deployment,) = kinds(docs, "Deployment")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "ledger-app-token"
+    assert len(kinds(docs, "ServiceMonitor")) == 1
+    documented = set(yaml.safe_load((CHART / "values.yaml").read_text()))
+    listed = (CHART / "README.md").read_text()
+    assert all(f"`{key}" in listed for key in documented), documented  # every top-level value is documented
