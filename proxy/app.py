@@ -70,7 +70,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
-                audit = AuditWriter(audit_sink(config))
+                audit = AuditWriter(audit_sink(config), raw_arguments=config.audit_arguments)
                 app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
                 reloader = PolicyReloader(str(config.policy), live, identity.registry, verifier, config.tool_prefix,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())

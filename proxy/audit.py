@@ -126,13 +126,15 @@ class AuditWriter:
     background every `interval` seconds, in one batch; `close` writes what is left, so nothing is lost on a
     clean shutdown."""
 
-    def __init__(self, sink: Sink, interval: float = 0.05) -> None:
+    def __init__(self, sink: Sink, interval: float = 0.05, raw_arguments: bool = False) -> None:
         self.sink = sink
         self.interval = interval
-        self._pending: list[tuple[Any, list[dict[str, Any]], float, float]] = []
+        self.raw_arguments = raw_arguments
+        self._pending: list[tuple[Any, list[tuple[dict[str, Any], str, str]], float, float]] = []
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, exchange: Any, outcomes: list[dict[str, Any]], latency: float) -> None:
+    def add(self, exchange: Any, outcomes: list[tuple[dict[str, Any], str, str]], latency: float) -> None:
+        """outcomes: (message, decision, reason) per message; the records are made later, off the request path."""
         self._pending.append((exchange, outcomes, latency, time.time()))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain_soon())
@@ -143,8 +145,9 @@ class AuditWriter:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
-        records = [decision_record(exchange, outcome, latency, now)
-                   for exchange, outcomes, latency, now in pending for outcome in outcomes]
+        records = [decision_record(exchange, outcome_of(message, decision, reason, exchange, self.raw_arguments),
+                                   latency, now)
+                   for exchange, outcomes, latency, now in pending for message, decision, reason in outcomes]
         if records:
             await self.sink.write(records)
 

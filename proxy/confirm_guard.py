@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from proxy.catalog import Catalog
 from proxy.confirmation import (
     TOKEN_ARGUMENT,
     binding_problem,
@@ -27,7 +26,6 @@ from proxy.confirmation import (
     store_key,
     used_key,
 )
-from proxy.decide import decide
 from proxy.exchange import Answer, Exchange, tool_result
 from proxy.jsonrpc import Message
 from proxy.policy_reload import LivePolicy
@@ -39,10 +37,9 @@ UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
 
 
 class ConfirmGuard:
-    def __init__(self, live: LivePolicy, catalog: Catalog, store: Store, upstream: UpstreamCall,
+    def __init__(self, live: LivePolicy, store: Store, upstream: UpstreamCall,
                  clock: Callable[[], float] = time.time) -> None:
         self.live = live
-        self.catalog = catalog
         self.store = store
         self.upstream = upstream
         self.clock = clock
@@ -52,8 +49,8 @@ class ConfirmGuard:
             return message
         params = message["params"]
         tool = params["name"]
-        decision = decide(self.live.rules, exchange.principal.scopes, "tool", tool,
-                          self.catalog.read_only_hint(tool))
+        # The scope guard decided this very call a moment ago (it runs first, per message): reuse its decision.
+        decision = exchange.facts["decisions"][-1]
         if not decision.confirm:
             return message
         args = params.get("arguments") or {}

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import ClientResponse, web
 from yarl import URL
 
-from proxy.audit import AuditWriter, outcome_of
+from proxy.audit import AuditWriter
 from proxy.config import Config
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, FrameError, Message, dumps, is_request, parse_body
@@ -101,10 +101,9 @@ class Forwarder:
             if outcomes and self.audit is not None:
                 self.audit.add(exchange, outcomes, latency)
 
-    def _outcome(self, exchange: Exchange, message: Message, decision: str, reason: str) -> None:
-        exchange.facts.setdefault("outcomes", []).append(
-            outcome_of(message, decision, reason, exchange, self.config.audit_arguments)
-        )
+    @staticmethod
+    def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
+        exchange.facts.setdefault("outcomes", []).append((message, decision, reason))  # audited later, in a batch
 
     def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
         method = message.get("method", "response")

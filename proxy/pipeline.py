@@ -120,7 +120,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         guards=(
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
-            ConfirmGuard(live, catalog, store, upstream_call),  # writes: preview first, then one confirmed call
+            ConfirmGuard(live, store, upstream_call),  # writes: preview first, then one confirmed call
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
