@@ -106,7 +106,7 @@ Every request must carry one; the upstream never sees it. Try, in another termin
 
 (the read-only token sees 6 of the ledger's 15 tools, and its write is refused with 403; the second token
 sees the 11 tools the policy names, and its write is held: a preview, with the ledger's own dry run, and a
-confirmationToken to send back with the same arguments)
+confirmationToken to send back with the same arguments; add --confirm to have try_it send it back)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
 
