@@ -50,7 +50,7 @@ class ConfirmGuard:
         params = message["params"]
         tool = params["name"]
         # The scope guard decided this very call a moment ago (it runs first, per message): reuse its decision.
-        decision = exchange.facts["decisions"][-1]
+        decision = exchange.facts["decision"]
         if not decision.confirm:
             return message
         args = params.get("arguments") or {}
@@ -66,7 +66,6 @@ class ConfirmGuard:
                 return await self._preview(exchange, message, tool, args)
             return await self._confirm(exchange, message, tool, args, token)
         except StoreUnavailable:
-            exchange.facts["confirmation"] = {"action": "refused", "reason": "store unavailable"}
             return tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
                                "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
 
@@ -107,7 +106,6 @@ class ConfirmGuard:
             "confirmationToken": token,
             "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
         }
-        exchange.facts["confirmation"] = {"action": "preview", "preview_id": preview_id, "tool": tool}
         text = describe(tool, workspace, shown, ttl, upstream_preview)
         return tool_result(exchange, message.get("id"), text, error=False, structured=structured,
                            decision="preview", reason=preview_id)
@@ -122,17 +120,14 @@ class ConfirmGuard:
         if raw is None:
             used = await self.store.exists(used_key(token))
             reason = "already used" if used else "unknown"
-            exchange.facts["confirmation"] = {"action": "refused", "reason": reason}
             return tool_result(exchange, msg_id, f"the confirmation token is {reason}: call {tool} without it for "
                                "a new preview", error=True, decision="refuse", reason=reason)
         preview = orjson.loads(raw)
         await self.store.set(used_key(token), "1", ttl=3600)
         code, problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
         if problem:
-            exchange.facts["confirmation"] = {"action": "refused", "reason": problem, "preview_id": preview["id"]}
             return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True, decision="refuse",
                                reason=code)
         exchange.facts.setdefault("confirmed", {})[str(msg_id)] = preview["id"]
-        exchange.facts["confirmation"] = {"action": "confirmed", "preview_id": preview["id"]}
         log.info("confirmed %s (preview %s)", tool, preview["id"], extra={"request_id": exchange.request_id})
         return message

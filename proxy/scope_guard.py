@@ -54,7 +54,6 @@ def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
         value = (f'Bearer error="insufficient_scope", scope="{" ".join(decision.required)}", '
                  f'resource_metadata="{exchange.facts.get("resource_metadata", "")}"')
         headers = (("WWW-Authenticate", value),)
-    exchange.facts.setdefault("decisions", []).append(decision)
     return Answer(error(msg_id, FORBIDDEN, text, data), http_status=403, headers=headers, decision="deny",
                   reason="scope" if decision.missing else "unlisted")
 
@@ -82,5 +81,5 @@ class ScopeGuard:
         decision = decide(self.live.rules, held, kind, name, hint)
         if not decision.allowed:
             return refusal(exchange, msg_id, decision)
-        exchange.facts.setdefault("decisions", []).append(decision)
+        exchange.facts["decision"] = decision  # the current message's: later guards read it
         return message
