@@ -30,7 +30,7 @@ import aiohttp
 import orjson
 
 from proxy.demo.run import free_port, wait_for_port
-from proxy.pats import create_record, write_records
+from proxy.identity.pats import create_record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -225,13 +225,13 @@ def filter_cost(rounds: int = 50) -> tuple[float, float, int]:
     from multidict import CIMultiDict
     from upstream import TOOLS  # bench/ is on sys.path: this file runs as a script
 
-    from proxy.catalog import Catalog
-    from proxy.decide import Rules
     from proxy.exchange import Exchange
-    from proxy.list_filter import ListFilter
-    from proxy.pats import Registry
-    from proxy.policy import load_policy
-    from proxy.policy_reload import LivePolicy
+    from proxy.guards.catalog import Catalog
+    from proxy.guards.list_filter import ListFilter
+    from proxy.identity.pats import Registry
+    from proxy.policy.decide import Rules
+    from proxy.policy.model import load_policy
+    from proxy.policy.reload import LivePolicy
 
     policy = load_policy(BENCH_POLICY)
     principal, _ = Registry(BENCH_FOLDER / "pats.yaml", policy).lookup(TOKEN)

@@ -1,27 +1,58 @@
-"""The plain data one request carries through the pipeline: the Exchange, and a guard's own Answer."""
+"""The plain data one request carries through the pipeline: the Exchange, and a guard's own Answer.
+
+Each field after the request's own is written by one step (named beside it) and read by later ones.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from multidict import CIMultiDict
 
 from proxy.jsonrpc import Message
-from proxy.principal import Principal
+
+if TYPE_CHECKING:
+    from proxy.identity.principal import Principal
+    from proxy.policy.decide import Decision
+
+
+class Outcome(NamedTuple):
+    """What became of one message: for metrics and the audit trail."""
+
+    message: Message
+    decision: str  # allow | deny | preview | confirm | refuse | invalid | unauthenticated | error
+    reason: str
+
+
+@dataclass
+class WorkspaceFact:
+    """The workspace guard's record of one workspace-scoped call."""
+
+    tool: str
+    mode: str  # inject | require | verify | none
+    action: str = ""  # injected | verified | refused | absent
+    workspace: str | None = None
+    reason: str = ""
 
 
 @dataclass
 class Exchange:
-    """One HTTP request through the proxy: what the steps read, and the facts they leave for later steps."""
+    """One HTTP request through the proxy: what the steps read, and what they leave for later steps."""
 
     request_id: str
     session_id: str | None
     protocol_version: str | None
     upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
     http_method: str = "POST"
-    principal: Principal | None = None  # set by authentication; every later step may rely on it
-    facts: dict[str, Any] = field(default_factory=dict)
+    principal: Principal | None = None  # authentication: every later step may rely on it
+    auth_failure: str | None = None  # authentication: why it refused the request (a small fixed set)
+    resource_metadata: str = ""  # authentication: the RFC 9728 URL a later 403's challenge names
+    decision: Decision | None = None  # scope guard: the current message's decision, reused by later guards
+    workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
+    confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
+    upstream_status: int | None = None  # forwarder
+    outcomes: list[Outcome] = field(default_factory=list)  # forwarder: one per message, audited after the request
 
 
 @dataclass(frozen=True)

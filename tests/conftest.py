@@ -23,14 +23,14 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from yarl import URL
 
-from proxy.app import start
 from proxy.config import Config
 from proxy.demo.event_store import MemoryEventStore
 from proxy.demo.ledger import build_server
 from proxy.demo.run import free_port
-from proxy.identity import Identity, load_identity
-from proxy.pats import Record, create_record, write_records
-from proxy.pipeline import Pipeline
+from proxy.edge.app import start
+from proxy.guards.pipeline import Pipeline
+from proxy.identity.loader import Identity, load_identity
+from proxy.identity.pats import Record, create_record, write_records
 
 
 def _make_credentials() -> tuple[list[Record], dict[str, str]]:

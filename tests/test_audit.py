@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from proxy.audit import Chain, verify
+from proxy.ops.audit import Chain, verify
 from tests.conftest import TOKENS, Recorder
 from tests.test_operations import VENDOR, call
 
@@ -29,7 +29,7 @@ def test_chain_catches_edits_deletions_and_reordering() -> None:
     assert "deleted or reordered" in verify([records[0], records[1], records[3]])[1]
     assert "deleted or reordered" in verify([records[0], records[1], records[3], records[2]])[1]
     forged = dict(records[3], prev="f" * 64)
-    forged["hash"] = __import__("proxy.audit", fromlist=["record_hash"]).record_hash(forged)
+    forged["hash"] = __import__("proxy.ops.audit", fromlist=["record_hash"]).record_hash(forged)
     assert "link to the previous record is broken" in verify([*records[:3], forged])[1]
 
 
@@ -41,7 +41,7 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]
 
 async def flush(start_proxy: Any) -> None:
     """Records are written in the background, in batches: write what is pending before reading the trail."""
-    from proxy.app import FORWARDER
+    from proxy.edge.app import FORWARDER
 
     for runner in start_proxy.runners:
         await runner.app[FORWARDER].audit.flush()

@@ -86,7 +86,7 @@ async def test_duplicate_keys_upstream_acts_on_what_the_proxy_checked(
     start_proxy: Any, upstream: Any, recorder: Recorder
 ) -> None:
     """Two `name` keys: the guard and the upstream must see the same single tool name."""
-    from proxy.pipeline import Pipeline
+    from proxy.guards.pipeline import Pipeline
 
     seen: list[str] = []
 
@@ -136,7 +136,7 @@ async def test_batch_limits(start_proxy: Any, upstream: Any, recorder: Recorder)
 
 async def test_batch_elements_each_checked(start_proxy: Any, upstream: Any, recorder: Recorder) -> None:
     """A guard sees every element of an allowed batch; an invalid element is answered, the valid ones proceed."""
-    from proxy.pipeline import Pipeline
+    from proxy.guards.pipeline import Pipeline
 
     seen: list[str] = []
 

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.confirmation import digest
+from proxy.canonical import digest
 from tests.conftest import MODERN_META, MODES, POLICIES, TOKENS, Recorder, sdk_client
 from tests.rawmcp import LegacySession
 
@@ -79,8 +79,8 @@ async def test_token_in_meta(proxy_url: str, recorder: Recorder) -> None:
 
 
 async def test_every_refusal_forwards_nothing(start_proxy: Any, upstream: Any, recorder: Recorder) -> None:
-    from proxy.app import FORWARDER
-    from proxy.confirm_guard import ConfirmGuard
+    from proxy.edge.app import FORWARDER
+    from proxy.guards.confirm import ConfirmGuard
 
     proxy_url = await start_proxy(upstream.url)
     guard = next(g for g in start_proxy.runners[-1].app[FORWARDER].pipeline.guards if isinstance(g, ConfirmGuard))
@@ -194,7 +194,7 @@ async def test_dry_run_preview_carries_the_upstreams_own_answer(start_proxy: Any
 async def test_every_write_of_every_example_policy_is_held(policy_name: str, start_proxy: Any, upstream: Any,
                                                            recorder: Recorder, issue: Any,
                                                            app_token_upstream: str) -> None:
-    from proxy.policy import load_policy
+    from proxy.policy.model import load_policy
 
     path = POLICIES / f"{policy_name}.yaml"
     policy = load_policy(path)

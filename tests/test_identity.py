@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from yarl import URL
 
-from proxy.jwks import StaticKey
-from proxy.jwt_auth import JwtVerifier, TokenRejected, TrustedIssuer
-from proxy.pats import Registry
-from proxy.policy import Issuer, Policy
+from proxy.identity.jwks import StaticKey
+from proxy.identity.jwt_auth import JwtVerifier, TokenRejected, TrustedIssuer
+from proxy.identity.pats import Registry
+from proxy.policy.model import Issuer, Policy
 from tests.conftest import MODERN_META, MODES, TOKENS, Recorder, free_port, sdk_client
 from tests.rawmcp import LegacySession
 
@@ -266,7 +266,7 @@ async def test_ceiling_narrows_and_admin_is_cut_too(keys: dict) -> None:
 
 
 def test_ceiling_style_registry_record_normalised(tmp_path: Path) -> None:
-    from proxy.pats import create_record, write_records
+    from proxy.identity.pats import create_record, write_records
 
     record, token = create_record(
         kind="pat", label="KG sync", subject="u-7", scopes=[], workspace=None, workspaces=["ws-1", "ws-2"],

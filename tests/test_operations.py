@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.app import OPS_PORT
 from proxy.demo.event_store import MemoryEventStore
 from proxy.demo.ledger import build_server
+from proxy.edge.app import OPS_PORT
 from tests.conftest import MODERN_META, TOKENS, Recorder, ThreadedServer, free_port
 
 VENDOR = {"workspaceId": "acme", "name": "Paper Co"}

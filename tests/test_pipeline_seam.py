@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
+from proxy.guards.pipeline import Answer, Exchange, Pipeline
 from proxy.jsonrpc import error
-from proxy.pipeline import Answer, Exchange, Pipeline
 from tests.conftest import AUTH, MODES, Recorder, sdk_client
 from tests.rawmcp import LegacySession, interrupted_call_then_resume
 

@@ -14,9 +14,9 @@ import orjson
 import pytest
 from yarl import URL
 
-from proxy.decide import Rules, decide
-from proxy.pats import create_record, write_records
-from proxy.policy import Policy, Rule, load_policy
+from proxy.identity.pats import create_record, write_records
+from proxy.policy.decide import Rules, decide
+from proxy.policy.model import Policy, Rule, load_policy
 from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
 
 # --- the decision, pure ------------------------------------------------------------------------------------------
@@ -186,7 +186,7 @@ async def test_app_token_with_prefix_allow_list(mode: str, start_proxy: Any, app
 
 def test_app_token_policy_refuses_to_start_without_the_token(tmp_path: Path) -> None:
     from proxy.config import Config, ConfigError
-    from proxy.identity import load_identity
+    from proxy.identity.loader import load_identity
 
     record, _ = create_record(kind="pat", label="x", subject="x", scopes=[], workspace=None, workspaces=None,
                               role=None, expires_in=60)
@@ -329,7 +329,7 @@ def test_policy_explain(issue: Any) -> None:
 
 
 async def test_hot_reload(start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any, tmp_path: Path) -> None:
-    from proxy.app import RELOADER
+    from proxy.edge.app import RELOADER
 
     writer = issue("writer", ["mcp:read", "mcp:write"])
     path = tmp_path / "live-policy.yaml"

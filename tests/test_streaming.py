@@ -76,7 +76,7 @@ async def test_upstream_down_is_a_502_that_names_no_internals(start_proxy: Any) 
                 assert answer["error"] == {"code": -32603, "message": "upstream unavailable",
                                            "data": {"requestId": resp.headers["X-Request-Id"]}}
                 assert str(port) not in text and "127.0.0.1" not in text
-    from proxy.app import OPS_PORT
+    from proxy.edge.app import OPS_PORT
     from tests.test_operations import scrape, value
 
     samples = await scrape(start_proxy.runners[-1].app[OPS_PORT])

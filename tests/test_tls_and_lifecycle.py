@@ -72,7 +72,7 @@ async def test_tls_port_never_speaks_plain_http(pki: dict, start_proxy: Any, ups
 async def test_tls_floor_is_1_2(pki: dict, start_proxy: Any, upstream: Any, recorder: Recorder) -> None:
     from yarl import URL
 
-    from proxy.tls import server_context
+    from proxy.edge.tls import server_context
 
     config = Config(upstream=URL(upstream.url), tls_cert=pki["cert"], tls_key=pki["key"])
     assert server_context(config).minimum_version == ssl.TLSVersion.TLSv1_2

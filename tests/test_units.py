@@ -6,12 +6,13 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from proxy.headers import client_response_headers, upstream_request_headers
-from proxy.jsonrpc import FrameError, depth_exceeds, envelope_problem, parse_body
+from proxy.edge.framing import FrameError, depth_exceeds, envelope_problem, parse_body
+from proxy.edge.headers import client_response_headers, upstream_request_headers
+from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, rewrite_json
+from proxy.edge.sse import EventSplitter, EventTooLarge, event_data, replace_data
+from proxy.exchange import Exchange
+from proxy.guards.pipeline import Pipeline
 from proxy.origin import OriginPolicy, default_policy
-from proxy.pipeline import Exchange, Outstanding, Pipeline
-from proxy.relay import ResponseRewrite, id_key, rewrite_json
-from proxy.sse import EventSplitter, EventTooLarge, event_data, replace_data
 
 STREAM = (
     b": a comment\r\nretry: 100\r\n\r\n"
@@ -155,7 +156,7 @@ def test_outstanding_is_bounded() -> None:
 
 
 def test_watcher_sees_a_needle_split_across_chunks() -> None:
-    from proxy.relay import Watcher
+    from proxy.edge.relay import Watcher
 
     seen: list[int] = []
     watcher = Watcher(((b"notifications/tools/list_changed", lambda: seen.append(1)),))

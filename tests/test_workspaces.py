@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.principal import Principal
-from proxy.workspace_guard import decode_header, encode_header, project_problem, workspace_problem
+from proxy.guards.workspace import decode_header, encode_header, project_problem, workspace_problem
+from proxy.identity.principal import Principal
 from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
 
 PERIOD = {"period": "2026-10"}
@@ -203,9 +203,9 @@ async def test_list_changed_makes_the_proxy_forget_learned_schemas(start_proxy: 
                                                                    issue: Any, tmp_path: Path) -> None:
     """The upstream announces new tools: what the proxy learned from earlier lists no longer counts until the
     next list, which it learns from again (including the new tool)."""
-    from proxy.app import FORWARDER
     from proxy.demo.event_store import MemoryEventStore
     from proxy.demo.ledger import build_server
+    from proxy.edge.app import FORWARDER
     from tests.conftest import ThreadedServer, free_port
 
     port = free_port()

@@ -13,7 +13,7 @@ import orjson
 from yarl import URL
 
 from proxy.config import Config
-from proxy.pats import create_record, write_records
+from proxy.identity.pats import create_record, write_records
 
 _LIST_BODY = orjson.dumps(
     {
@@ -126,11 +126,11 @@ Ctrl-C stops both.
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
                         pat_file=str(registry), policy=str(DEMO_POLICY),
                         audit_sink=f"file:{registry.parent / 'audit.jsonl'}")
-        from proxy.app import run
-        from proxy.cli import _logging
-        from proxy.identity import load_identity
+        from proxy.edge.app import run
+        from proxy.identity.loader import load_identity
+        from proxy.ops.logs import setup_logging
 
-        _logging("INFO")
+        setup_logging("INFO")
         run(config, load_identity(config, {}))
     finally:
         upstream.terminate()

@@ -1,0 +1,80 @@
+"""`scopegate pat create|list|revoke`: the PAT registry file (and live revocations in Redis)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from proxy.identity import pat_admin
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    pat = sub.add_parser("pat", help="personal access tokens: create, list, revoke")
+    actions = pat.add_subparsers(dest="pat_command", required=True)
+    file_help = "registry file (default: $SCOPEGATE_PAT_FILE)"
+
+    create = actions.add_parser("create", help="create a token; it is printed once")
+    create.add_argument("--file", help=file_help)
+    create.add_argument("--label", required=True, help='what it is for, e.g. "Month-end review script"')
+    create.add_argument("--subject", default=os.environ.get("USER", "user"), help="the user it acts for")
+    create.add_argument("--scope", action="append", default=[], help="a scope (repeat, or space-separated)")
+    create.add_argument("--workspace", help="bind the token to this one workspace")
+    create.add_argument("--workspaces", help="comma-separated workspaces a user-scoped token may name")
+    create.add_argument("--role", help="the user's role (the policy's ceiling for it applies)")
+    create.add_argument("--expires", default="30d", help="lifetime: 30d, 12h, 45m, 90s, or never (default 30d)")
+    create.add_argument("--admin-key", action="store_true", help="a tenant admin key (may hold admin-only scopes)")
+
+    listing = actions.add_parser("list", help="list credentials (never their tokens)")
+    listing.add_argument("--file", help=file_help)
+
+    revoke = actions.add_parser("revoke", help="revoke a credential by id")
+    revoke.add_argument("id")
+    revoke.add_argument("--file", help=file_help)
+
+
+def _path(args: argparse.Namespace) -> Path:
+    value = args.file or os.environ.get("SCOPEGATE_PAT_FILE")
+    if not value:
+        raise SystemExit("scopegate pat: name the registry with --file or SCOPEGATE_PAT_FILE")
+    return Path(value)
+
+
+def main(args: argparse.Namespace) -> None:
+    path = _path(args)
+    redis_url = os.environ.get("SCOPEGATE_REDIS_URL")
+    try:
+        _run(args, path, redis_url)
+    except pat_admin.AdminError as exc:
+        raise SystemExit(f"scopegate pat {args.pat_command}: {exc}") from None
+
+
+def _run(args: argparse.Namespace, path: Path, redis_url: str | None) -> None:
+    if args.pat_command == "create":
+        record, token = pat_admin.create(
+            path, kind="admin_key" if args.admin_key else "pat", label=args.label, subject=args.subject,
+            scopes=[s for chunk in args.scope for s in chunk.replace(",", " ").split()],
+            workspace=args.workspace, role=args.role, expires=args.expires,
+            workspaces=[w.strip() for w in args.workspaces.split(",") if w.strip()] if args.workspaces else None,
+        )
+        print(f"created {record.kind} {record.id} ({record.label}); expires {record.expires or 'never'}",
+              file=sys.stderr)
+        print("the token is shown once; store it now:", file=sys.stderr)
+        print(token)
+    elif args.pat_command == "list":
+        print(f"{'id':<13}{'kind':<10}{'status':<9}{'expires':<27}{'last used':<27}{'scopes':<30}label")
+        for row in pat_admin.rows(path, redis_url):
+            r = row.record
+            used = row.last_used.isoformat() if row.last_used else "-"
+            expires = r.expires.isoformat() if r.expires else "never"
+            scopes = " ".join(r.scopes) or "-"
+            where = f" [workspace {r.workspace}]" if r.workspace else ""
+            print(f"{r.id:<13}{r.kind:<10}{row.status:<9}{expires:<27}{used:<27}{scopes:<30}{r.label}{where}")
+    elif args.pat_command == "revoke":
+        done, failed = pat_admin.revoke(path, args.id, redis_url)
+        for problem in failed:
+            print(f"scopegate pat revoke: {problem}", file=sys.stderr)
+        if not done:
+            raise SystemExit(1)
+        print(f"{args.id}: " + "; ".join(done))

@@ -1,0 +1,81 @@
+"""`scopegate policy check FILE` and `scopegate policy explain`: the policy engine, from the command line.
+
+`check` exits 0, or 2 with every error (file, path, what was expected). `explain` prints the decision for one
+tool (or prompt, or resource) and a set of scopes or a token, and the rule that made it: the same function the
+proxy runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from proxy.identity.offline import CredentialProblem, principal_for
+from proxy.identity.principal import effective_scopes
+from proxy.policy.decide import Kind
+from proxy.policy.explain import explain
+from proxy.policy.model import Policy, PolicyError, load_policy
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    policy = sub.add_parser("policy", help="check a policy file, or explain a decision")
+    actions = policy.add_subparsers(dest="policy_command", required=True)
+    check = actions.add_parser("check", help="validate a policy: exit 0, or 2 with every error")
+    check.add_argument("file")
+    explain = actions.add_parser("explain", help="the decision for a tool, prompt or resource, and why")
+    explain.add_argument("--policy", required=True, help="policy file")
+    who = explain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--scopes", help='the scopes held, space-separated ("journal:read bank:read")')
+    who.add_argument("--token", help="a PAT (with --pat-file or SCOPEGATE_PAT_FILE) or a JWT of a configured issuer")
+    explain.add_argument("--kind", choices=("pat", "jwt", "oauth", "admin_key"), default="pat",
+                         help="with --scopes: the credential kind (oauth tokens never hold excluded scopes)")
+    explain.add_argument("--role", help="with --scopes: the user's role, for the policy's ceiling")
+    what = explain.add_mutually_exclusive_group(required=True)
+    what.add_argument("--tool")
+    what.add_argument("--prompt")
+    what.add_argument("--resource")
+    explain.add_argument("--workspace", help="the workspace the call names")
+    explain.add_argument("--pat-file", default=os.environ.get("SCOPEGATE_PAT_FILE"))
+    explain.add_argument("--tool-prefix", default=os.environ.get("SCOPEGATE_TOOL_PREFIX", ""),
+                         help="comma-separated SCOPEGATE_TOOL_PREFIX to apply")
+
+
+def _load(path: str) -> Policy:
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.policy_command == "check":
+        policy = _load(args.file)
+        counts = f"{len(policy.tools)} tool, {len(policy.prompts)} prompt, {len(policy.resources)} resource rules"
+        print(f"{args.file}: ok ({policy.name or 'unnamed'}; {counts}; default {policy.default})")
+        return
+
+    policy = _load(args.policy)
+    if args.token:
+        try:
+            principal = principal_for(args.token, policy, args.pat_file)
+        except CredentialProblem as exc:
+            raise SystemExit(f"scopegate policy explain: {exc}") from None
+        held = principal.scopes
+        who = f"{principal.kind} {principal.credential_id} ({principal.label})"
+    else:
+        grant = args.scopes.split()
+        held = effective_scopes(grant, args.kind, ceiling=policy.ceiling(args.role),
+                                oauth_excluded=policy.oauth_excluded_scopes)
+        principal = None
+        who = f"{args.kind} holding {' '.join(grant) or '(nothing)'}" + (f", role {args.role}" if args.role else "")
+    kind: Kind = "tool" if args.tool else "prompt" if args.prompt else "resource"
+    name = args.tool or args.prompt or args.resource
+    prefixes = tuple(p.strip() for p in args.tool_prefix.split(",") if p.strip())
+    decision, lines = explain(policy, frozenset(held), kind, name, who, prefixes)
+    print("\n".join(lines))
+    if args.workspace and principal is not None and principal.workspaces is not None:
+        inside = args.workspace in principal.workspaces
+        print(f"  workspace: {args.workspace} is {'' if inside else 'NOT '}one the credential holds")
+    raise SystemExit(0 if decision.allowed else 1)

@@ -1,0 +1,167 @@
+"""The aiohttp application: one pooled upstream session, the MCP endpoint, and clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.edge.forward import Forwarder
+from proxy.edge.tls import server_context
+from proxy.exchange import Exchange
+from proxy.guards import pipeline as pipeline_module
+from proxy.guards.pipeline import Pipeline
+from proxy.identity.loader import Identity
+from proxy.identity.metadata import add_routes
+from proxy.jsonrpc import Message
+from proxy.ops.audit import AuditWriter, RedisStreamSink, Sink, StreamSink
+from proxy.ops.health import ops_app, store_check, upstream_check
+from proxy.ops.metrics import Metrics
+from proxy.policy.decide import Rules
+from proxy.policy.reload import LivePolicy, PolicyReloader
+from proxy.store import open_store
+
+log = logging.getLogger("scopegate")
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
+RELOADER = web.AppKey("policy_reloader", PolicyReloader)
+OPS_PORT = web.AppKey("ops_port", int)
+SHUTDOWN_TIMEOUT = 3.0
+
+
+def upstream_session(config: Config) -> aiohttp.ClientSession:
+    """One pooled session for every upstream request. No total timeout: SSE streams live as long as they must."""
+    connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bodies are relayed with the upstream's Content-Encoding intact
+        cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every client: it must never keep state
+        timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def audit_sink(config: Config) -> Sink:
+    if config.audit_sink == "redis" and config.redis_url:
+        return RedisStreamSink(config.redis_url)
+    if config.audit_sink.startswith("file:"):
+        return StreamSink(open(config.audit_sink[5:], "a", encoding="utf-8"))
+    return StreamSink()
+
+
+def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
+    """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
+    app = web.Application(client_max_size=config.max_body_bytes)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        metrics = Metrics()
+        store = open_store(config.redis_url, metrics.store_errors.inc)
+        ops: web.AppRunner | None = None
+        try:
+            async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
+                verifier = identity.verifier(config, key_session)
+                live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
+
+                async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
+                    return await app[FORWARDER].probe(exchange, message)
+
+                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
+                audit = AuditWriter(audit_sink(config), raw_arguments=config.audit_arguments)
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
+                followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
+                reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
+                                          on_result=lambda result: metrics.policy_reloads.labels(result).inc())
+                app[RELOADER] = reloader
+                if config.metrics_listen is not None:
+                    checks = {"upstream": upstream_check(config.upstream)}
+                    if config.redis_url:
+                        checks["redis"] = store_check(store)
+
+                    def details() -> dict[str, object]:
+                        return {"policy": live.policy.name or str(config.policy),
+                                "policy_reloads": dict(reloader.results)}
+
+                    ops = web.AppRunner(ops_app(metrics, checks, details), access_log=None)
+                    await ops.setup()
+                    site = web.TCPSite(ops, *config.metrics_listen)
+                    await site.start()
+                    app[OPS_PORT] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+                watcher = asyncio.get_running_loop().create_task(reloader.watch())
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
+                    await audit.close()
+        finally:
+            if ops is not None:
+                await ops.cleanup()
+            await store.close()
+
+    async def close_streams(app: web.Application) -> None:
+        await app[FORWARDER].close_streams()
+
+    async def mcp_endpoint(request: web.Request) -> web.StreamResponse:
+        return await request.app[FORWARDER].handle(request)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_streams)
+    path = config.upstream.path or "/"
+    add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
+               identity.policy.scopes)
+    for method in ("POST", "GET", "DELETE"):
+        app.router.add_route(method, path, mcp_endpoint)
+    return app
+
+
+async def start(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> tuple[web.AppRunner, int]:
+    """Start serving (for tests and embedding); returns the runner and the port actually bound."""
+    runner = web.AppRunner(
+        build_app(config, identity, pipeline), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT,
+        access_log=None,
+    )
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port, ssl_context=server_context(config))
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1] if site._server else port  # type: ignore[union-attr]
+    return runner, bound
+
+
+def run(config: Config, identity: Identity) -> None:
+    """Serve until SIGINT or SIGTERM; open streams are closed on the way out, so exit takes seconds at most."""
+    ssl_context = server_context(config)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # uvloop is a Linux/macOS speed-up, not a requirement
+        loop = asyncio.new_event_loop()
+    host, port = config.listen
+    scheme = "https" if ssl_context else "http"
+    path = config.upstream.path or "/"
+    log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
+             config.upstream, identity.policy.name or config.policy)
+    app = build_app(config, identity)
+
+    async def on_sighup(app: web.Application) -> None:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
+
+    app.on_startup.append(on_sighup)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        handler_cancellation=True,
+        access_log=None,
+        print=None,
+        loop=loop,
+    )

@@ -1,0 +1,297 @@
+"""The MCP endpoint: admit, parse, guard, forward, relay. The HTTP and upstream I/O edge of the proxy.
+
+Decisions live in the pipeline's steps; this module only moves bytes between the client and the one pooled
+upstream session, and merges the guards' own answers with the upstream's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import ClientResponse, web
+from yarl import URL
+
+from proxy.config import Config
+from proxy.edge.framing import FrameError, parse_body
+from proxy.edge.headers import client_response_headers, upstream_request_headers
+from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
+from proxy.edge.sse import event_data
+from proxy.exchange import Answer, Exchange, Outcome
+from proxy.guards.pipeline import Pipeline
+from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, is_request, rpc_error
+from proxy.ops.audit import AuditWriter
+from proxy.ops.metrics import AUTH_REASONS, Metrics, bounded
+from proxy.store import StoreUnavailable
+
+log = logging.getLogger("scopegate.forward")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused as soon as it passes `limit` bytes (client_max_size does not cover request.content)."""
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise BodyTooLarge
+        return await request.read()  # bounded by Content-Length, and by client_max_size (the same limit)
+    body = bytearray()
+    while chunk := await request.content.readany():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+class Forwarder:
+    def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
+                 metrics: Metrics | None = None, audit: AuditWriter | None = None) -> None:
+        self.upstream: URL = config.upstream
+        self.config = config
+        self.pipeline = pipeline
+        self.session = session
+        self.metrics = metrics or Metrics()
+        self.audit = audit
+        self.outstanding = Outstanding()
+        self.open_streams: set[ClientResponse] = set()
+
+    def _exchange(self, request: web.Request) -> Exchange:
+        rid = request.headers.get("X-Request-Id", "")
+        if not _REQUEST_ID.fullmatch(rid):
+            rid = os.urandom(16).hex()
+        return Exchange(
+            request_id=rid,
+            session_id=request.headers.get("Mcp-Session-Id"),
+            protocol_version=request.headers.get("MCP-Protocol-Version"),
+            upstream_headers=upstream_request_headers(
+                request.headers, (("X-Request-Id", rid), *self.pipeline.upstream_headers)
+            ),
+            http_method=request.method,
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        exchange = self._exchange(request)
+        try:
+            refusal = await self.pipeline.admit(request, exchange)
+            if refusal is not None:
+                if exchange.auth_failure is not None:
+                    reason = bounded(exchange.auth_failure, AUTH_REASONS)
+                    self.metrics.auth_failures.labels(reason).inc()
+                    self._outcome(exchange, {"method": request.method}, "unauthenticated", reason)
+                return refusal
+            if request.method == "POST":
+                return await self._post(request, exchange)
+            self.metrics.message(request.method, "allow")
+            self._outcome(exchange, {"method": request.method}, "allow", "")
+            rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
+            return await self._forward(request, exchange, None, rewrite, [], None)
+        finally:
+            latency = time.perf_counter() - started
+            self.metrics.duration.labels(request.method).observe(latency)
+            if exchange.outcomes and self.audit is not None:
+                self.audit.add(exchange, latency)
+
+    @staticmethod
+    def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
+        exchange.outcomes.append(Outcome(message, decision, reason))  # audited later, in a batch
+
+    def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
+        method = message.get("method", "response")
+        if isinstance(outcome, Answer):
+            decision, reason = outcome.decision, outcome.reason
+        elif str(message.get("id")) in exchange.confirmed:
+            decision, reason = "confirm", ""
+        else:
+            decision, reason = "allow", ""
+        self.metrics.message(method, decision)
+        if decision in ("preview", "confirm", "refuse"):
+            self.metrics.confirmation(decision, reason)
+        self._outcome(exchange, message, decision, reason)
+
+    async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+        rid = exchange.request_id
+        limit = self.config.max_body_bytes
+        try:
+            body = await read_body(request, limit)
+        except BodyTooLarge:
+            return rpc_error(413, INVALID_REQUEST, f"request body exceeds {limit} bytes", request_id=rid)
+        try:
+            frame = parse_body(
+                body,
+                max_depth=self.config.max_depth,
+                max_batch=self.config.max_batch,
+                protocol_version=exchange.protocol_version,
+            )
+        except FrameError as exc:
+            return rpc_error(exc.http_status, exc.code, exc.message, msg_id=exc.msg_id, request_id=rid)
+
+        answers: list[Message] = list(frame.answers)
+        last_answer: Answer | None = None
+        forward: list[Message] = []
+        pending: dict[tuple[str, Any], str] = {}
+        for message in frame.messages:
+            try:
+                outcome = await self.pipeline.guard(exchange, message)
+            except Exception:
+                # A guard that fails must not let the message through: answer it, forward nothing of this request.
+                log.exception("guard failed", extra={"request_id": rid})
+                self.metrics.message(message.get("method", "response"), "error")
+                self._outcome(exchange, message, "error", "guard failed")
+                return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)
+            self._count(exchange, message, outcome)
+            if isinstance(outcome, Answer):
+                last_answer = outcome
+                if outcome.response is not None:
+                    answers.append(outcome.response)
+                continue
+            forward.append(outcome)
+            if is_request(outcome) and self.pipeline.rewrites(outcome["method"]):
+                pending[id_key(outcome["id"])] = outcome["method"]
+
+        if not forward:
+            return self._answer_locally(frame.is_batch, answers, last_answer, rid)
+        payload = dumps(forward if frame.is_batch else forward[0])
+        rewrite = ResponseRewrite(self.pipeline, exchange, pending, self.outstanding)
+        return await self._forward(request, exchange, payload, rewrite, answers, frame.is_batch)
+
+    @staticmethod
+    def _answer_locally(is_batch: bool, answers: list[Message], last: Answer | None, rid: str) -> web.Response:
+        headers = {"X-Request-Id": rid}
+        if not answers:
+            return web.Response(status=202, headers=headers)
+        if is_batch:
+            return web.Response(body=dumps(answers), content_type=JSON, headers=headers)
+        status = last.http_status if last is not None else 200
+        headers.update(last.headers if last is not None else ())
+        return web.Response(status=status, body=dumps(answers[0]), content_type=JSON, headers=headers)
+
+    async def _forward(
+        self,
+        request: web.Request,
+        exchange: Exchange,
+        payload: bytes | None,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+        is_batch: bool | None,
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            upstream = await self.session.request(
+                request.method, self.upstream, data=payload, headers=exchange.upstream_headers
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("connect").inc()
+            return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
+        self.metrics.upstream_duration.observe(time.perf_counter() - started)
+        exchange.upstream_status = upstream.status
+
+        headers = client_response_headers(upstream.headers)
+        headers["X-Request-Id"] = exchange.request_id
+        finished = False
+        try:
+            await self.pipeline.on_response(exchange, upstream.status, headers)
+        except StoreUnavailable:
+            upstream.close()
+            return rpc_error(503, INTERNAL_ERROR, "session store unavailable, retry shortly",
+                             request_id=exchange.request_id, headers={"Retry-After": "1"})
+        try:
+            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                response = await self._stream(request, upstream, headers, rewrite, answers)
+            else:
+                response = await self._whole(upstream, headers, rewrite, answers, is_batch)
+            finished = True
+            return response
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            # The upstream failed after it had started answering.
+            log.warning("upstream failed mid-response: %s", type(exc).__name__,
+                        extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("response").inc()
+            return rpc_error(502, INTERNAL_ERROR, "upstream failed", request_id=exchange.request_id)
+        finally:
+            rewrite.park_unanswered()
+            if finished and upstream.content.at_eof():
+                upstream.release()
+            else:
+                upstream.close()
+
+    async def _whole(
+        self,
+        upstream: ClientResponse,
+        headers: Any,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+        is_batch: bool | None,
+    ) -> web.Response:
+        body = await upstream.read()
+        status = upstream.status
+        if upstream.status == 202 and answers:
+            # The upstream accepted the notifications; the client still needs the guards' answers.
+            status, body = 200, dumps(answers if is_batch else answers[0])
+            headers["Content-Type"] = JSON
+        elif body and (answers or (rewrite.active and upstream.status == 200)):
+            # Local answers exist only for batches: they join the upstream's reply, whatever its status.
+            body = rewrite_json(body, rewrite, answers)
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: ClientResponse,
+        headers: Any,
+        rewrite: ResponseRewrite,
+        answers: list[Message],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        self.open_streams.add(upstream)
+        self.metrics.open_streams.inc()
+        try:
+            for answer in answers:
+                await response.write(sse_event(answer))
+            await relay_sse(upstream, response, rewrite, self.pipeline.stream_watches)
+        except (ConnectionResetError, aiohttp.ClientError):
+            # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
+            # the upstream response.
+            pass
+        finally:
+            self.open_streams.discard(upstream)
+            self.metrics.open_streams.dec()
+        return response
+
+    async def probe(self, exchange: Exchange, message: Message) -> Message | None:
+        """Send one request upstream and return its response message (JSON or SSE), or None if there is none.
+        Used for a write's dry run: the upstream's own preview, made with the caller's server-side headers."""
+        try:
+            async with self.session.post(self.upstream, data=dumps(message),
+                                         headers=exchange.upstream_headers) as upstream:
+                body = await upstream.read()
+                if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+                    found = orjson.loads(body) if body else None
+                    return found if isinstance(found, dict) else None
+        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError):
+            return None
+        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = event_data(event)
+            try:
+                found = orjson.loads(data) if data else None
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(found, dict) and found.get("id") == message.get("id") and "method" not in found:
+                return found
+        return None
+
+    async def close_streams(self) -> None:
+        """On shutdown: end every open upstream stream so the handlers relaying them return at once."""
+        for upstream in list(self.open_streams):
+            upstream.close()

@@ -1,0 +1,133 @@
+"""Guard: a write that needs confirmation is held. The first call gets a preview and a single-use token; the call
+that brings the token back, unchanged, is forwarded (token stripped), once.
+
+Refusals are tool errors and forward nothing: unknown, expired or already used token; another credential,
+session, tool, workspace or other arguments; and "confirmation store unavailable" when Redis does not answer
+(writes fail closed; reads, which never come here, keep flowing).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from proxy.canonical import digest
+from proxy.exchange import Answer, Exchange, tool_result
+from proxy.guards.confirmation import (
+    TOKEN_ARGUMENT,
+    binding_problem,
+    describe,
+    new_token,
+    redacted,
+    store_key,
+    used_key,
+)
+from proxy.jsonrpc import Message
+from proxy.policy.reload import LivePolicy
+from proxy.store import Store, StoreUnavailable
+
+log = logging.getLogger("scopegate.confirm")
+
+UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
+
+
+class ConfirmGuard:
+    def __init__(self, live: LivePolicy, store: Store, upstream: UpstreamCall,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.live = live
+        self.store = store
+        self.upstream = upstream
+        self.clock = clock
+
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
+        if message.get("method") != "tools/call" or exchange.principal is None:
+            return message
+        params = message["params"]
+        tool = params["name"]
+        # The scope guard decided this very call a moment ago (it runs first, per message): reuse its decision.
+        decision = exchange.decision
+        if decision is None or not decision.confirm:
+            return message
+        args = params.get("arguments") or {}
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        token = args.get(TOKEN_ARGUMENT, meta.get(TOKEN_ARGUMENT))
+        # The token is the proxy's business: the upstream never sees it, wherever it came.
+        args = {k: v for k, v in args.items() if k != TOKEN_ARGUMENT}
+        params["arguments"] = args
+        if TOKEN_ARGUMENT in meta:
+            params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
+        try:
+            if token is None:
+                return await self._preview(exchange, message, tool, args)
+            return await self._confirm(exchange, message, tool, args, token)
+        except StoreUnavailable:
+            return tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
+                               "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
+
+    def _bindings(self, exchange: Exchange, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        principal = exchange.principal
+        assert principal is not None
+        return {"credential_id": principal.credential_id, "subject": principal.subject, "kind": principal.kind,
+                "session": exchange.session_id or "", "tool": tool,
+                "workspace": args.get(self.live.policy.workspace_property), "digest": digest(args)}
+
+    async def _preview(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any]) -> Answer:
+        found = self.live.rules.find("tool", tool)
+        rule = found[1] if found else None
+        ttl = (rule.confirm_ttl_seconds if rule and rule.confirm_ttl_seconds else None) or \
+            self.live.policy.confirm_ttl_seconds
+        redact = rule.redact if rule else ()
+        upstream_preview = None
+        if rule is not None and rule.dry_run is not None:
+            probe = {**message, "params": {**message["params"],
+                                           "arguments": {**args, rule.dry_run.argument: rule.dry_run.value}}}
+            answer = await self.upstream(exchange, probe) or {}
+            result = answer.get("result")
+            # Its structured answer where it gives one; else its whole result (or error): what it said, unedited.
+            upstream_preview = result.get("structuredContent", result) if isinstance(result, dict) \
+                else answer.get("error")
+        token = new_token()
+        preview_id = secrets.token_hex(8)
+        expires = self.clock() + ttl
+        record = {"id": preview_id, "expires": expires, **self._bindings(exchange, tool, args)}
+        # The store keeps the bindings and the digest, never the arguments themselves.
+        await self.store.set(store_key(token), orjson.dumps(record).decode(), ttl=ttl + 3600)
+        shown = redacted(args, redact)
+        workspace = record["workspace"]
+        structured = {
+            "status": "confirmation_required",
+            "preview": {"id": preview_id, "tool": tool, "workspace": workspace, "arguments": shown,
+                        **({"upstream_preview": upstream_preview} if rule and rule.dry_run else {})},
+            "confirmationToken": token,
+            "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+        }
+        text = describe(tool, workspace, shown, ttl, upstream_preview)
+        return tool_result(exchange, message.get("id"), text, error=False, structured=structured,
+                           decision="preview", reason=preview_id)
+
+    async def _confirm(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
+                       token: Any) -> Message | Answer:
+        msg_id = message.get("id")
+        if not isinstance(token, str):
+            return tool_result(exchange, msg_id, f"{TOKEN_ARGUMENT} must be a string", error=True,
+                               decision="refuse", reason="not a string")
+        raw = await self.store.take(store_key(token))  # atomic: of concurrent confirmations, one gets it
+        if raw is None:
+            used = await self.store.exists(used_key(token))
+            reason = "already used" if used else "unknown"
+            return tool_result(exchange, msg_id, f"the confirmation token is {reason}: call {tool} without it for "
+                               "a new preview", error=True, decision="refuse", reason=reason)
+        preview = orjson.loads(raw)
+        await self.store.set(used_key(token), "1", ttl=3600)
+        code, problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
+        if problem:
+            return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True, decision="refuse",
+                               reason=code)
+        exchange.confirmed[str(msg_id)] = preview["id"]
+        log.info("confirmed %s (preview %s)", tool, preview["id"], extra={"request_id": exchange.request_id})
+        return message

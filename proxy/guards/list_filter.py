@@ -1,0 +1,97 @@
+"""Rewriter: list results show only what the caller may use, decided by the same function that gates calls.
+
+Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
+are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
+`cacheScope: "private"`: it was made for this caller. A write that needs confirmation says so in its description
+and offers an optional `confirmationToken` argument. Tool annotations and schemas seen here feed the catalog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxy.guards.catalog import Catalog
+from proxy.guards.confirmation import TOKEN_ARGUMENT
+from proxy.jsonrpc import Message
+from proxy.policy.decide import Kind, remembered
+from proxy.policy.reload import LivePolicy
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+
+LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item key)
+    "tools/list": ("tools", "tool", "name"),
+    "prompts/list": ("prompts", "prompt", "name"),
+    "resources/list": ("resources", "resource", "uri"),
+    "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
+}
+MODERN = "2026-07-28"
+CONFIRMATION_NOTE = (
+    " Changes data: the first call returns a preview and a confirmationToken without changing anything; call again "
+    "with the same arguments plus confirmationToken to apply."
+)
+_TOKEN_PROPERTY = {
+    "type": "string",
+    "description": "Leave out on the first call. To apply a previewed change, pass the confirmationToken the "
+                   "preview returned, with the same arguments.",
+}
+
+
+def advertise_confirmation(tool: dict[str, Any]) -> None:
+    """Tell agents how confirmation works, where they look: the description and the input schema."""
+    tool["description"] = (tool.get("description") or "").rstrip() + CONFIRMATION_NOTE
+    schema = tool.get("inputSchema")
+    if isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
+        schema["properties"] = {**schema.get("properties", {}), TOKEN_ARGUMENT: _TOKEN_PROPERTY}
+
+
+class ListFilter:
+    methods = frozenset(LISTS)
+
+    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+        self.live = live
+        self.catalog = catalog
+
+    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
+        result = response.get("result")
+        key, kind, item_key = LISTS[method]
+        if not isinstance(result, dict) or not isinstance(result.get(key), list):
+            return response
+        items: list[Any] = result[key]
+        rules = self.live.rules
+        hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
+        if kind == "tool":
+            self.catalog.learn(items)
+        held = exchange.principal.scopes if exchange.principal is not None else frozenset()
+        hint = self.catalog.read_only_hint
+        kept = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
+                continue
+            decision = remembered(rules, held, kind, name, hint(name) if hints else None)
+            if decision.allowed:
+                kept.append(item)
+                if decision.confirm:
+                    advertise_confirmation(item)
+        result[key] = kept
+        principal = exchange.principal
+        if kind == "tool" and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
+            self._hide_workspace(result[key], rules.policy.workspace_property)
+        if (exchange.protocol_version or "") >= MODERN:
+            result["cacheScope"] = "private"
+        return response
+
+    def _hide_workspace(self, tools: list[dict[str, Any]], prop: str) -> None:
+        """A bound credential need not (and should not guess to) name its workspace: the proxy supplies it."""
+        for tool in tools:
+            schema = tool.get("inputSchema")
+            if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+                continue
+            if prop in schema["properties"] and self.workspace_injected(tool["name"]):
+                schema["properties"] = {k: v for k, v in schema["properties"].items() if k != prop}
+                if isinstance(schema.get("required"), list):
+                    schema["required"] = [r for r in schema["required"] if r != prop]
+
+    def workspace_injected(self, tool: str) -> bool:
+        outcome = self.live.rules.outcome("tool", tool)
+        return outcome is None or outcome.workspace in ("inject", "none")

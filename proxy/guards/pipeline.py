@@ -1,0 +1,134 @@
+"""The request path as one ordered list: what every request goes through, read top to bottom in `build`.
+
+Four kinds of step, each a small callable that owns its settings:
+
+- admission checks, once per HTTP request (POST, GET, DELETE), before the body is read: they refuse the whole
+  request with an HTTP response, or let it in (and may note facts on the Exchange, e.g. who the caller is);
+- guards, once per JSON-RPC message of a POST, in order: each passes the message on (possibly rewritten) or answers
+  it itself with an `Answer`, and then the message is not forwarded;
+- response hooks, once per upstream answer, on its status and headers, before anything reaches the client;
+- rewriters, once per JSON-RPC response coming back, chosen by the method of the request it answers: on JSON
+  bodies, on SSE streams event by event, and on resumed (GET) streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.config import Config
+from proxy.exchange import Answer, Exchange
+from proxy.guards.catalog import Catalog
+from proxy.guards.confirm import ConfirmGuard, UpstreamCall
+from proxy.guards.list_filter import ListFilter
+from proxy.guards.origin_check import OriginCheck
+from proxy.guards.scope import ScopeGuard
+from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
+from proxy.guards.session_binding import SessionBinding
+from proxy.guards.workspace import WorkspaceGuard
+from proxy.identity.authenticate import Authenticate, Challenge
+from proxy.identity.metadata import WELL_KNOWN
+from proxy.jsonrpc import Message
+
+if TYPE_CHECKING:
+    from proxy.identity.jwt_auth import JwtVerifier
+    from proxy.identity.loader import Identity
+    from proxy.policy.reload import LivePolicy
+    from proxy.store import Store
+
+
+AdmissionCheck = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse | None]]
+ResponseHook = Callable[[Exchange, int, CIMultiDict[str]], Awaitable[None]]
+
+
+class Guard(Protocol):
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer: ...
+
+
+class Rewriter(Protocol):
+    methods: frozenset[str]
+
+    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message: ...
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    admission: tuple[AdmissionCheck, ...] = ()
+    guards: tuple[Guard, ...] = ()
+    response_hooks: tuple[ResponseHook, ...] = ()
+    rewriters: tuple[Rewriter, ...] = ()
+    upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
+    stream_watches: tuple[tuple[bytes, Callable[[], None]], ...] = ()  # byte strings to notice in SSE streams
+
+    def __post_init__(self) -> None:
+        by_method: dict[str, tuple[Rewriter, ...]] = {}
+        for rewriter in self.rewriters:
+            for method in rewriter.methods:
+                by_method[method] = (*by_method.get(method, ()), rewriter)
+        object.__setattr__(self, "_by_method", by_method)
+
+    def rewrites(self, method: str) -> bool:
+        return method in self._by_method  # type: ignore[attr-defined]
+
+    async def admit(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
+        for check in self.admission:
+            refusal = await check(request, exchange)
+            if refusal is not None:
+                return refusal
+        return None
+
+    async def guard(self, exchange: Exchange, message: Message) -> Message | Answer:
+        for guard in self.guards:
+            outcome = await guard(exchange, message)
+            if isinstance(outcome, Answer):
+                return outcome
+            message = outcome
+        return message
+
+    async def on_response(self, exchange: Exchange, status: int, headers: CIMultiDict[str]) -> None:
+        for hook in self.response_hooks:
+            await hook(exchange, status, headers)
+
+    def rewrite(self, exchange: Exchange, method: str, response: Message) -> Message:
+        for rewriter in self._by_method.get(method, ()):  # type: ignore[attr-defined]
+            response = rewriter(exchange, method, response)
+        return response
+
+
+def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
+          live: LivePolicy, upstream_call: UpstreamCall) -> Pipeline:
+    """The whole pipeline, in order."""
+    metadata_url = None
+    if config.public_url is not None:
+        metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
+    challenge = Challenge(metadata_url, identity.policy.scopes)
+    sessions = SessionBinding(store)
+    secrets = identity.secret_headers
+    catalog = Catalog()
+    return Pipeline(
+        admission=(
+            OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
+            *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
+            Authenticate(identity.registry, verifier, store, challenge),  # a Principal, or 401
+            sessions.check,  # a session belongs to the credential that opened it
+        ),
+        guards=(
+            ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
+            WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
+            ConfirmGuard(live, store, upstream_call),  # writes: preview first, then one confirmed call
+        ),
+        response_hooks=(
+            *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
+            sessions.on_response,  # bind new sessions to their credential; forget deleted ones
+        ),
+        rewriters=(
+            ListFilter(live, catalog),  # lists show what the same decision allows, nothing more
+        ),
+        upstream_headers=tuple(identity.secret_headers.items()),
+        # What the proxy learned from tool lists is forgotten when the upstream says its tools changed.
+        stream_watches=((b"notifications/tools/list_changed", catalog.forget),),
+    )

@@ -1,0 +1,79 @@
+"""An `Mcp-Session-Id` belongs to the credential that opened it; another credential presenting it gets 404.
+
+Sessions are not authentication (mcp-protocol.md): a leaked session id must not let a second caller ride on the
+first one's session. The binding is made when the upstream hands out a session id, checked on every later request,
+and dropped when the session is deleted. Keys hold a hash of the session id, never the id itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.jsonrpc import INVALID_REQUEST, rpc_error
+from proxy.store import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.identity.principal import Principal
+
+KEY = "scopegate:session:"
+TTL_SECONDS = 7 * 86400  # refreshed on every use: an idle session is forgotten after a week
+STALE_OK_SECONDS = 600.0  # while the store is down, bindings it confirmed this recently still hold
+
+
+def session_key(session_id: str) -> str:
+    return KEY + hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def owner(principal: Principal) -> str:
+    return f"{principal.kind}:{principal.credential_id}"
+
+
+class SessionBinding:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._confirmed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (owner, when), bounded
+
+    def _remember(self, key: str, bound: str) -> None:
+        self._confirmed[key] = (bound, time.monotonic())
+        self._confirmed.move_to_end(key)
+        while len(self._confirmed) > 100_000:
+            self._confirmed.popitem(last=False)
+
+    async def check(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
+        """Admission check (after authentication)."""
+        if exchange.session_id is None or exchange.principal is None:
+            return None
+        key = session_key(exchange.session_id)
+        try:
+            bound = await self.store.get(key, refresh_ttl=TTL_SECONDS)
+        except StoreUnavailable:
+            bound, when = self._confirmed.get(key, (None, float("-inf")))
+            if time.monotonic() - when > STALE_OK_SECONDS:
+                return rpc_error(503, INVALID_REQUEST, "session store unavailable, retry shortly",
+                                 request_id=exchange.request_id, headers={"Retry-After": "1"})
+        else:
+            if bound is not None:
+                self._remember(key, bound)
+        if bound != owner(exchange.principal):
+            # Unknown, or someone else's: the same answer, so a probe learns nothing.
+            return rpc_error(404, INVALID_REQUEST, "Session not found", request_id=exchange.request_id)
+        return None
+
+    async def on_response(self, exchange: Exchange, status: int, headers: CIMultiDict[str]) -> None:
+        """Response hook: bind a session the upstream just created; forget one it just ended."""
+        if exchange.principal is None or status >= 400:
+            return
+        new_id = headers.get("Mcp-Session-Id")
+        if new_id and new_id != exchange.session_id:
+            await self.store.set(session_key(new_id), owner(exchange.principal), ttl=TTL_SECONDS)
+            self._remember(session_key(new_id), owner(exchange.principal))
+        elif exchange.http_method == "DELETE" and exchange.session_id:
+            self._confirmed.pop(session_key(exchange.session_id), None)
+            await self.store.delete(session_key(exchange.session_id))

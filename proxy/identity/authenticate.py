@@ -1,0 +1,140 @@
+"""Admission check: every request presents `Authorization: Bearer <token>` and becomes a Principal, or gets 401.
+
+PATs and admin keys are recognised by their prefix; anything shaped like a JWT goes to the issuers. The 401 says
+only that a valid token is needed, and where to learn how to get one (RFC 9728 `resource_metadata`); the reason
+goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from proxy.identity.jwt_auth import JwtVerifier, TokenRejected
+from proxy.identity.pats import Registry, looks_like_pat
+from proxy.jsonrpc import rpc_error
+from proxy.store import Store, StoreUnavailable
+
+if TYPE_CHECKING:
+    from proxy.exchange import Exchange
+    from proxy.identity.principal import Principal
+
+log = logging.getLogger("scopegate.auth")
+
+UNAUTHORIZED = -32001
+REVOKED_KEY = "scopegate:pat:revoked:"
+LAST_USED_KEY = "scopegate:pat:last_used:"
+LAST_USED_EVERY = 60.0
+# While Redis is unreachable, a credential Redis confirmed as not revoked this recently keeps working, so reads keep
+# flowing through an outage; any other credential is refused (503) until Redis answers again.
+STALE_OK_SECONDS = 600.0
+
+
+class Challenge:
+    """Builds 401 (and later 403) answers carrying the RFC 9728 pointer to the protected-resource metadata."""
+
+    def __init__(self, metadata_url: str | None, scopes: tuple[str, ...]) -> None:
+        self.metadata_url = metadata_url
+        self.scopes = scopes
+
+    def metadata_for(self, request: web.Request) -> str:
+        if self.metadata_url:
+            return self.metadata_url
+        return f"{request.scheme}://{request.host}/.well-known/oauth-protected-resource{request.path}"
+
+    def unauthorized(self, request: web.Request, exchange: Exchange, token_given: bool) -> web.Response:
+        value = f'Bearer resource_metadata="{self.metadata_for(request)}"'
+        if self.scopes:
+            value += f', scope="{" ".join(self.scopes)}"'
+        if token_given:
+            value += ', error="invalid_token"'
+        return rpc_error(401, UNAUTHORIZED, "Unauthorized: a valid bearer token is required",
+                         request_id=exchange.request_id, headers={"WWW-Authenticate": value})
+
+
+class Authenticate:
+    def __init__(self, registry: Registry | None, verifier: JwtVerifier | None, store: Store,
+                 challenge: Challenge) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.store = store
+        self.challenge = challenge
+        self._last_used: dict[str, float] = {}
+        self._not_revoked_at: dict[str, float] = {}
+
+    async def __call__(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            log.info("unauthenticated request", extra={"request_id": exchange.request_id, "reason": "no bearer"})
+            exchange.auth_failure = "no bearer"
+            return self.challenge.unauthorized(request, exchange, token_given=False)
+        try:
+            principal = await self._principal(token)
+        except TokenRejected as exc:
+            log.info("token rejected: %s", exc, extra={"request_id": exchange.request_id})
+            exchange.auth_failure = exc.code
+            return self.challenge.unauthorized(request, exchange, token_given=True)
+        except StoreUnavailable:
+            exchange.auth_failure = "store unavailable"
+            # Whether the credential was revoked cannot be known: refuse rather than guess.
+            log.warning("credential status unavailable", extra={"request_id": exchange.request_id})
+            return rpc_error(503, UNAUTHORIZED, "credential status unavailable, retry shortly",
+                             request_id=exchange.request_id, headers={"Retry-After": "1"})
+        exchange.principal = principal
+        exchange.resource_metadata = self.challenge.metadata_for(request)  # for a later 403's challenge
+        return None
+
+    async def _principal(self, token: str) -> Principal:
+        if looks_like_pat(token):
+            if self.registry is None:
+                raise TokenRejected("no PAT registry configured", "unknown")
+            self.registry.maybe_refresh()
+            principal, reason = self.registry.lookup(token)
+            if principal is None:
+                raise TokenRejected(f"PAT {reason}", reason)
+            if await self._revoked(principal.credential_id):
+                raise TokenRejected("PAT revoked", "revoked")
+            self._stamp(principal.credential_id)
+            return principal
+        if token.count(".") == 2 and self.verifier is not None:
+            return await self.verifier.verify(token)
+        raise TokenRejected("unrecognised token", "malformed")
+
+    async def _revoked(self, credential_id: str) -> bool:
+        try:
+            revoked = await self.store.exists(REVOKED_KEY + credential_id)
+        except StoreUnavailable:
+            seen = self._not_revoked_at.get(credential_id)
+            if seen is None or time.monotonic() - seen > STALE_OK_SECONDS:
+                raise
+            return False  # Redis is down; this credential was confirmed moments ago
+        if revoked:
+            self._not_revoked_at.pop(credential_id, None)
+        elif credential_id in self._not_revoked_at or len(self._not_revoked_at) < 100_000:
+            self._not_revoked_at[credential_id] = time.monotonic()
+        return revoked
+
+    def _stamp(self, credential_id: str) -> None:
+        """Last-used stamp in the shared store, at most once a minute per credential, off the request's path."""
+        now = time.monotonic()
+        if now - self._last_used.get(credential_id, float("-inf")) < LAST_USED_EVERY:
+            return
+        self._last_used[credential_id] = now
+
+        async def write() -> None:
+            try:
+                await self.store.set(LAST_USED_KEY + credential_id, str(int(time.time())))
+            except StoreUnavailable:
+                self._last_used.pop(credential_id, None)  # try again on the next request
+
+        task = asyncio.get_running_loop().create_task(write())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task[None]] = set()

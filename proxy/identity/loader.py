@@ -1,0 +1,99 @@
+"""Everything identity needs, loaded once before the proxy listens: policy, PAT registry, issuers, upstream secrets.
+
+`load_identity` is where a bad file or a missing piece becomes a ConfigError (exit 2), never a proxy that runs open.
+The asynchronous parts (JWKS fetching, the shared store) are made in the app's startup from what this returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from proxy.config import Config, ConfigError
+from proxy.identity.jwks import JwksKeys, KeySource, StaticKey
+from proxy.identity.jwt_auth import JwtVerifier, TrustedIssuer
+from proxy.identity.pats import Registry, RegistryError
+from proxy.identity.upstream_secrets import load_secret_headers
+from proxy.policy.model import Issuer, Policy, PolicyError, load_policy
+
+
+@dataclass(frozen=True)
+class Identity:
+    policy: Policy
+    registry: Registry | None
+    issuers: tuple[Issuer, ...]
+    dev_secret: str | None = field(default=None, repr=False)
+    secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def verifier(self, config: Config, session: aiohttp.ClientSession) -> JwtVerifier | None:
+        if not self.issuers:
+            return None
+        trusted = []
+        for issuer in self.issuers:
+            keys: KeySource
+            if issuer.jwks_url:
+                keys = JwksKeys(session, issuer.jwks_url, ttl=issuer.jwks_ttl_seconds,
+                                refetch_interval=issuer.jwks_min_refetch_seconds)
+            elif issuer.public_key_file:
+                keys = StaticKey.from_pem_file(issuer.public_key_file)
+            else:
+                keys = StaticKey((self.dev_secret or "").encode())
+            trusted.append(TrustedIssuer(issuer, keys, issuer.audience or str(config.public_url)))
+        return JwtVerifier(trusted, self.policy)
+
+    @property
+    def authorization_servers(self) -> list[str]:
+        return [i.issuer for i in self.issuers if i.kind == "oauth"]
+
+
+def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
+    if not config.policy:
+        raise ConfigError("SCOPEGATE_POLICY (or --policy) is required: without a policy nothing could be allowed "
+                          "(examples in policies/)")
+    try:
+        policy = load_policy(config.policy)
+    except PolicyError as exc:
+        raise ConfigError(f"SCOPEGATE_POLICY: {exc}") from None
+    try:
+        registry = Registry(config.pat_file, policy) if config.pat_file else None
+    except RegistryError as exc:
+        raise ConfigError(f"SCOPEGATE_PAT_FILE: {exc}") from None
+
+    issuers = list(policy.issuers)
+    if config.jwt_issuer:
+        if config.jwt_dev_hs256_secret:
+            # model_construct: HS256 is deliberately not an algorithm a policy file may name.
+            issuers.append(Issuer.model_construct(issuer=config.jwt_issuer, kind="oauth", jwks_url=None,
+                                                  public_key_file=None, algorithms=("HS256",), audience=None,
+                                                  role_claim="role", jwks_ttl_seconds=300.0,
+                                                  jwks_min_refetch_seconds=30.0))
+        else:
+            issuers.append(Issuer(issuer=config.jwt_issuer, jwks_url=str(config.jwks_url) if config.jwks_url else None,
+                                  public_key_file=config.jwt_public_key_file))
+    for issuer in issuers:
+        if issuer.audience is None and config.public_url is None:
+            raise ConfigError(f"issuer {issuer.issuer}: tokens must name this proxy as their audience; set "
+                              "SCOPEGATE_PUBLIC_URL (or the issuer's `audience`)")
+        if issuer.public_key_file:
+            try:
+                StaticKey.from_pem_file(issuer.public_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"issuer {issuer.issuer}: cannot load public key ({type(exc).__name__})") from None
+    secret_headers = load_secret_headers(config.upstream_headers_file, env)
+    missing = [name for name in policy.upstream_headers if name.lower() not in secret_headers]
+    if missing:
+        raise ConfigError(f"the policy needs server-side header {missing[0]} for the upstream: set "
+                          f"SCOPEGATE_UPSTREAM_HEADER_{missing[0].upper().replace('-', '_')} or "
+                          "SCOPEGATE_UPSTREAM_HEADERS_FILE")
+    if registry is None and not issuers:
+        raise ConfigError("no credential source: set SCOPEGATE_PAT_FILE, a JWT issuer (SCOPEGATE_JWT_ISSUER), or "
+                          "issuers in the policy; every request must authenticate")
+    return Identity(
+        policy=policy,
+        registry=registry,
+        issuers=tuple(issuers),
+        dev_secret=config.jwt_dev_hs256_secret,
+        secret_headers=secret_headers,
+    )

@@ -1,0 +1,125 @@
+"""The one authorization decision: may this principal use this tool, prompt or resource, and under which rule?
+
+Pure over plain data. The same function filters `tools/list`, `prompts/list`, `resources/list` results and gates
+`tools/call`, `prompts/get`, `resources/read`, so a caller can call exactly what it can see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from typing import Literal, NamedTuple
+
+from proxy.policy.model import Policy, Rule
+
+Kind = Literal["tool", "prompt", "resource"]
+_SECTION = {"tool": "tools", "prompt": "prompts", "resource": "resources"}
+_CACHE_LIMIT = 20_000
+
+
+def satisfies(held: frozenset[str], required: Iterable[str], superscope: str | None) -> bool:
+    """All of `required` are held, or the superscope is (which the ceiling has already had its say on)."""
+    if superscope is not None and superscope in held:
+        return True
+    return all(scope in held for scope in required)
+
+
+class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a frozen dataclass costs 4x as much
+    allowed: bool
+    kind: Kind
+    name: str
+    required: tuple[str, ...]
+    missing: tuple[str, ...]
+    effect: Literal["read", "write"]
+    confirm: bool
+    workspace: str
+    because: str  # the rule that decided, in words: `tools[3] match "create_*"`, `default: deny`, ...
+
+
+class Rules:
+    """A policy's rules, ready for lookups: exact names first, then globs in file order; answers remembered."""
+
+    def __init__(self, policy: Policy, tool_prefixes: tuple[str, ...] = ()) -> None:
+        self.policy = policy
+        self.tool_prefixes = tool_prefixes
+        self._exact: dict[Kind, dict[str, tuple[int, Rule]]] = {}
+        self._globs: dict[Kind, list[tuple[int, Rule]]] = {}
+        for kind, section in _SECTION.items():
+            rules = list(enumerate(getattr(policy, section)))
+            self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
+            self._globs[kind] = [(i, r) for i, r in rules if _is_glob(r.match)]
+        self._found: dict[tuple[Kind, str], Outcome | None] = {}
+        # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
+        # this Rules object, which a policy reload replaces, so no answer outlives its policy.
+        self.listing_memo: dict[tuple[frozenset[str], Kind, str, bool | None], Decision] = {}
+
+    def find(self, kind: Kind, name: str) -> tuple[int, Rule] | None:
+        found = self._exact[kind].get(name)
+        if found is None:
+            found = next(((i, r) for i, r in self._globs[kind] if fnmatchcase(name, r.match)), None)
+        return found
+
+    def outcome(self, kind: Kind, name: str) -> Outcome | None:
+        """What the rule for this name asks, worked out once per name."""
+        key = (kind, name)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
+        found = self.find(kind, name)
+        result = None
+        if found is not None:
+            index, rule = found
+            because = f'{_SECTION[kind]}[{index}] match "{rule.match}"'
+            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because)
+        if len(self._found) < _CACHE_LIMIT:  # names come from clients too: never let them grow this unbounded
+            self._found[key] = result
+        return result
+
+
+class Outcome(NamedTuple):
+    required: tuple[str, ...]
+    effect: Literal["read", "write"]
+    confirm: bool
+    workspace: str
+    because: str
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_hint: bool | None = None) -> Decision:
+    policy = rules.policy
+    if kind == "tool" and rules.tool_prefixes and not name.startswith(rules.tool_prefixes):
+        return Decision(False, kind, name, (), (), "write", False, "none", "outside SCOPEGATE_TOOL_PREFIX")
+    found = rules.outcome(kind, name)
+    if found is not None:
+        required, effect, confirm, workspace, because = found
+    elif policy.default == "annotations":
+        # Delegated to the upstream's hint, and only where no rule speaks: a missing hint counts as a write.
+        read = kind != "tool" or read_only_hint is True
+        required = (policy.read_scope if read else policy.write_scope,)  # type: ignore[assignment]
+        effect = "read" if read else "write"
+        confirm, workspace = not read, "none"
+        because = f"default: annotations (readOnlyHint {read_only_hint})" if kind == "tool" else "default: annotations"
+    else:
+        return Decision(False, kind, name, (), (), "write", False, "none", "default: deny (no rule names it)")
+    if satisfies(held, required, policy.superscope):
+        return Decision(True, kind, name, required, (), effect, confirm, workspace, because)
+    missing = tuple(s for s in required if s not in held)
+    return Decision(False, kind, name, required, missing, effect, confirm, workspace, because)
+
+
+def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
+               read_only_hint: bool | None = None) -> Decision:
+    """decide(...), remembered: what list filtering asks of every item of every list."""
+    key = (held, kind, name, read_only_hint)
+    memo = rules.listing_memo
+    try:
+        return memo[key]
+    except KeyError:
+        verdict = decide(rules, held, kind, name, read_only_hint)
+        if len(memo) < _CACHE_LIMIT * 5:
+            memo[key] = verdict
+        return verdict
