@@ -1,7 +1,6 @@
-"""`scopegate` command line: one module per command group, argument handling only; the work is the library's.
+"""`scopegate` command line: one module per command group (serve, demo, pat, policy, audit), argument handling only.
 
-`serve` runs the proxy, `demo` fronts the bundled demo ledger, `pat` manages tokens, `policy` checks and explains
-policies, `audit` verifies the audit trail.
+May import anything: it is the top. The work itself is the library's; these modules parse, call and print.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """A small ledger MCP server: the demo upstream that `make run` fronts and the end-to-end tests drive.
 
-It is an ordinary, unmodified MCP server written with the official SDK, in the module:action style of design.md:
-read tools, write tools (one with a dry-run argument), one destructive tool, workspace-scoped tools that take
-`workspaceId`, one tool that streams progress, honest annotations, and the four ledger skills as prompts.
+It is an ordinary, unmodified MCP server written with the official SDK, in the module:action style of
+policies/ledger-scopes.yaml: read tools, write tools (one with a dry-run argument), one destructive tool,
+workspace-scoped tools that take `workspaceId`, one tool that streams progress, honest annotations, and the four
+ledger skills as prompts.
 It knows nothing about scopegate; everything it trusts arrives as plain arguments.
 """
 
