@@ -27,6 +27,7 @@ from proxy.guards.confirmation import (
     store_key,
     used_key,
 )
+from proxy.guards.tasks import hold, wants_task
 from proxy.jsonrpc import Message
 from proxy.policy.reload import LivePolicy
 from proxy.store import Store, StoreUnavailable
@@ -63,11 +64,16 @@ class ConfirmGuard:
             params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
         try:
             if token is None:
-                return await self._preview(exchange, message, tool, args)
-            return await self._confirm(exchange, message, tool, args, token)
+                outcome = await self._preview(exchange, message, tool, args)
+            else:
+                outcome = await self._confirm(exchange, message, tool, args, token)
         except StoreUnavailable:
-            return tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
-                               "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
+            outcome = tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
+                                  "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
+        if isinstance(outcome, Answer) and wants_task(message):
+            # The caller asked for a task: it gets one, holding the proxy's answer (a preview or a refusal).
+            return await hold(self.store, exchange, outcome, self.live.policy.confirm_ttl_seconds)
+        return outcome
 
     def _bindings(self, exchange: Exchange, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         principal = exchange.principal
@@ -84,8 +90,9 @@ class ConfirmGuard:
         redact = rule.redact if rule else ()
         upstream_preview = None
         if rule is not None and rule.dry_run is not None:
-            probe = {**message, "params": {**message["params"],
-                                           "arguments": {**args, rule.dry_run.argument: rule.dry_run.value}}}
+            # The dry run is asked for plainly: never as a task the upstream would keep for nobody.
+            params = {k: v for k, v in message["params"].items() if k != "task"}
+            probe = {**message, "params": {**params, "arguments": {**args, rule.dry_run.argument: rule.dry_run.value}}}
             answer = await self.upstream(exchange, probe) or {}
             result = answer.get("result")
             # Its structured answer where it gives one; else its whole result (or error): what it said, unedited.

@@ -65,3 +65,55 @@ def describe(tool: str, workspace: Any, shown: dict[str, Any], expires_in: int, 
     lines.append(f"To apply exactly this, call {tool} again with the same arguments plus {TOKEN_ARGUMENT} (from "
                  f"structuredContent) within {expires_in} seconds. The token works once.")
     return "\n".join(lines)
+
+
+# What a held call's answer looks like, for clients that check structured results against the tool's outputSchema.
+PREVIEW_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Confirmation required (nothing changed yet)",
+    "properties": {
+        "status": {"const": "confirmation_required"},
+        "preview": {"type": "object"},
+        TOKEN_ARGUMENT: {"type": "string"},
+        "expiresAt": {"type": "string"},
+    },
+    "required": ["status", "preview"],
+}
+_LITERALS = frozenset({"const", "enum", "default", "examples"})  # values, not schemas: their "$ref" keys are data
+
+
+def _rebase(node: Any, base: str) -> Any:
+    """Local `$ref`s ("#/$defs/X", "#") re-pointed at the schema's new place under `base`."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+                out[key] = base + value[1:]
+            else:
+                out[key] = value if key in _LITERALS else _rebase(value, base)
+        return out
+    if isinstance(node, list):
+        return [_rebase(v, base) for v in node]
+    return node
+
+
+def with_preview(schema: Any) -> Any:
+    """The tool's outputSchema widened to accept a preview too: `{type: object, anyOf: [own, preview]}`.
+
+    MCP wants `type: object` at the top, so the choice goes one level down; local `$ref`s follow the own schema there
+    (unless it names its own `$id`, which keeps them relative to itself). The own top-level `properties` are repeated
+    at the top (minus the preview's own names), so clients that read them there (fastmcp unwraps `result`) still can.
+    A tool without an outputSchema needs nothing: any structured content is acceptable then.
+    """
+    if not isinstance(schema, dict):
+        return schema
+    own = {k: v for k, v in schema.items() if k != "$schema"}
+    rebased = "$id" not in own
+    if rebased:
+        own = _rebase(own, "#/anyOf/0")
+    widened: dict[str, Any] = {"type": "object", "anyOf": [own, PREVIEW_SCHEMA]}
+    if "$schema" in schema:
+        widened["$schema"] = schema["$schema"]
+    if rebased and isinstance(own.get("properties"), dict):  # (under an own $id, their $refs would not resolve here)
+        widened["properties"] = {k: v for k, v in own["properties"].items() if k not in PREVIEW_SCHEMA["properties"]}
+    return widened

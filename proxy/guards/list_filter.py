@@ -3,7 +3,8 @@
 Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
 are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
 `cacheScope: "private"`: it was made for this caller. A write that needs confirmation says so in its description
-and offers an optional `confirmationToken` argument. Tool annotations and schemas seen here feed the catalog.
+and offers an optional `confirmationToken` argument; its `outputSchema` (if any) accepts the preview too. Tool
+annotations and schemas seen here feed the catalog.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.guards.catalog import Catalog
-from proxy.guards.confirmation import TOKEN_ARGUMENT
+from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
 from proxy.jsonrpc import Message
 from proxy.policy.decide import Kind, remembered
 from proxy.policy.reload import LivePolicy
@@ -27,8 +28,9 @@ LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item
 }
 MODERN = "2026-07-28"
 CONFIRMATION_NOTE = (
-    " Changes data: the first call returns a preview and a confirmationToken without changing anything; call again "
-    "with the same arguments plus confirmationToken to apply."
+    " Changes data: the first call returns a preview and a confirmationToken without changing anything (a result "
+    "with status confirmation_required, which the output schema allows); call again with the same arguments plus "
+    "confirmationToken to apply."
 )
 _TOKEN_PROPERTY = {
     "type": "string",
@@ -43,6 +45,8 @@ def advertise_confirmation(tool: dict[str, Any]) -> None:
     schema = tool.get("inputSchema")
     if isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
         schema["properties"] = {**schema.get("properties", {}), TOKEN_ARGUMENT: _TOKEN_PROPERTY}
+    if isinstance(tool.get("outputSchema"), dict):  # strict clients check the preview against it
+        tool["outputSchema"] = with_preview(tool["outputSchema"])
 
 
 class ListFilter:

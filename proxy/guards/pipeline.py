@@ -29,6 +29,7 @@ from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
+from proxy.guards.tasks import TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
 from proxy.identity.authenticate import Authenticate, Challenge
 from proxy.identity.metadata import WELL_KNOWN
@@ -120,6 +121,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             ConfirmGuard(live, store, upstream_call),  # writes: preview first, then one confirmed call
+            TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the confirm guard holds, for their owner
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
