@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from typing import Any
 
 import orjson
@@ -54,16 +55,41 @@ def binding_problem(preview: dict[str, Any], now: float, *, credential_id: str, 
     return "", None
 
 
+# What changes how text reads without being read: controls, format characters (bidi embeddings, overrides and
+# isolates, zero-width characters), line and paragraph separators, spaces other than the plain one, and code points
+# that are private, lone surrogates or unassigned. Shown escaped, a caller's value cannot reorder, hide or forge text.
+_HIDDEN = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp", "Zs"})
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if code > 0xFFFF:  # as a JSON surrogate pair, so escaped JSON stays JSON
+        high, low = divmod(code - 0x10000, 0x400)
+        return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+    return f"\\u{code:04x}"
+
+
+def visible(text: str, keep: str = " ") -> str:
+    """`text` with every character that is not plainly visible written as a `\\uXXXX` escape. Pure."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(ch if ch in keep or unicodedata.category(ch) not in _HIDDEN else _escaped(ch) for ch in text)
+
+
+def _shown(value: Any) -> str:
+    """A value as JSON, every string in it escaped: newlines stay layout, never content."""
+    return visible(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(), keep=" \n")
+
+
 def describe(tool: str, workspace: Any, shown: dict[str, Any], expires_in: int, upstream_preview: Any) -> str:
-    """The preview in plain words: what would change, and how to confirm."""
-    where = f" in workspace {workspace}" if workspace else ""
-    lines = [f"Nothing has changed yet. {tool} would run{where} with these arguments:",
-             orjson.dumps(shown, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()]
+    """The preview in plain words: what would change, and how to confirm. Every value a caller (or the upstream's
+    dry run) chose is quoted as escaped JSON, so the text says exactly what the write will do and nothing else."""
+    where = f" in workspace {_shown(workspace)}" if workspace else ""
+    lines = [f"Nothing has changed yet. {visible(tool)} would run{where} with these arguments:", _shown(shown)]
     if upstream_preview is not None:
-        lines += ["The service's own dry run says:",
-                  orjson.dumps(upstream_preview, option=orjson.OPT_INDENT_2).decode()]
-    lines.append(f"To apply exactly this, call {tool} again with the same arguments plus {TOKEN_ARGUMENT} (from "
-                 f"structuredContent) within {expires_in} seconds. The token works once.")
+        lines += ["The service's own dry run says:", _shown(upstream_preview)]
+    lines.append(f"To apply exactly this, call {visible(tool)} again with the same arguments plus {TOKEN_ARGUMENT} "
+                 f"(from structuredContent) within {expires_in} seconds. The token works once.")
     return "\n".join(lines)
 
 
