@@ -3,13 +3,21 @@ Assertions are made on what the upstream received (the Recorder) and on what the
 
 from __future__ import annotations
 
+import base64
 import unicodedata
+from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
+import pytest
+from cryptography.hazmat.primitives import serialization
 
 from proxy.guards.confirmation import visible
-from tests.conftest import Recorder
+from tests.conftest import MODERN_META, TOKENS, Recorder, modern_headers
 from tests.test_confirm import call, upstream_calls
+from tests.test_identity import AUDIENCE, ISSUER, JwksServer, jwk_of, new_keys, sign, write_policy
+from tests.test_identity import call as identity_call
 
 # Values that try to make the preview say something other than the write: a forged line, a right-to-left override
 # that reverses what follows, isolates, zero-width characters, a C1 control and a line separator.
@@ -54,3 +62,133 @@ def test_escaped_workspace_and_tool_names() -> None:
     assert text.count("\n") == describe("create_vendor", "acme", {"a": 1}, 60, {"note": "ok"}).count("\n")
 
 
+
+
+# --- 5. authentication never crashes -------------------------------------------------------------------------------
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _crafted(header: Any, payload: Any, signature: bytes = b"\0" * 64) -> str:
+    return f"{_b64(orjson.dumps(header))}.{_b64(orjson.dumps(payload))}.{_b64(signature)}"
+
+
+CLAIMS = {"iss": ISSUER, "aud": AUDIENCE, "sub": "mallory", "exp": 9_999_999_999, "scope": "journal:read"}
+CRAFTED = {
+    "ES256 header, RSA key": _crafted({"alg": "ES256"}, CLAIMS),
+    "EdDSA header, RSA key": _crafted({"alg": "EdDSA"}, CLAIMS),
+    "RS256 header, wrong length signature": _crafted({"alg": "RS256"}, CLAIMS, b"\1" * 7),
+    "kid is an object": _crafted({"alg": "RS256", "kid": {"a": 1}}, CLAIMS),
+    "kid is a list": _crafted({"alg": "RS256", "kid": [1]}, CLAIMS),
+    "alg is a list": _crafted({"alg": ["RS256"]}, CLAIMS),
+    "payload is a list": _crafted({"alg": "RS256"}, [CLAIMS]),
+    "header is a list": f"{_b64(b'[1]')}.{_b64(orjson.dumps(CLAIMS))}.AAAA",
+    "not base64": "@@@.###.$$$",
+    "not JSON": f"{_b64(b'nope')}.{_b64(b'nope')}.AAAA",
+    "sub is an object": _crafted({"alg": "RS256"}, {**CLAIMS, "sub": {"x": 1}}),
+    "exp is a string": _crafted({"alg": "RS256"}, {**CLAIMS, "exp": "soon"}),
+    "scope is a number": _crafted({"alg": "RS256"}, {**CLAIMS, "scope": 7}),
+    "huge header": _crafted({"alg": "RS256", "x": "a" * 5000}, CLAIMS),
+    "non-ASCII": "sgp_\u00e9\u00e9\u00e9_" + "A" * 40,
+    "spaces inside": "abc def.ghi",
+}
+
+
+@pytest.mark.parametrize("key_alg", ["RS256", "ES256", "EdDSA"])
+async def test_crafted_credentials_are_401_never_500(key_alg: str, start_proxy: Any, upstream: Any,
+                                                     recorder: Recorder, tmp_path: Path) -> None:
+    """A PEM key file (no JWKS: nothing binds the token's `alg` to the key but the proxy) of each key type, and
+    tokens whose header names another key type's algorithm, or that are malformed in every other way."""
+    private = new_keys()[key_alg]
+    pem = tmp_path / "issuer.pem"
+    pem.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    policy = write_policy(tmp_path, "", issuers=[{"issuer": ISSUER, "public_key_file": str(pem), "audience": AUDIENCE,
+                                                  "algorithms": ["RS256", "ES256", "EdDSA"]}])
+    url = await start_proxy(upstream.url, policy=policy)
+    others = {alg: _crafted({"alg": alg}, CLAIMS) for alg in ("RS256", "ES256", "EdDSA") if alg != key_alg}
+    for case, token in {**CRAFTED, **others}.items():
+        resp = await identity_call(url, token)
+        assert resp.status == 401, (case, resp.status)
+        assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"], case
+    good = sign(private, key_alg, kid=None)
+    assert (await identity_call(url, good)).status == 200  # the key works for its own algorithm
+    assert [r for r in recorder.received if r.method == "POST"] and all(
+        "mallory" not in r.body.decode() for r in recorder.received)
+
+
+async def test_crafted_kids_against_a_jwks_are_401(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                   tmp_path: Path) -> None:
+    keys = new_keys()
+    server = JwksServer()
+    server.keys = [jwk_of(keys[alg], f"k-{alg}", alg) for alg in keys]
+    await server.start()
+    try:
+        url = await start_proxy(upstream.url, policy=write_policy(tmp_path, server.url))
+        for case, token in CRAFTED.items():
+            assert (await identity_call(url, token)).status == 401, case
+        mismatched = _crafted({"alg": "EdDSA", "kid": "k-ES256"}, CLAIMS)
+        assert (await identity_call(url, mismatched)).status == 401
+    finally:
+        assert server.runner is not None
+        await server.runner.cleanup()
+    assert recorder.received == []
+
+
+# --- 5. no exception reaches aiohttp's default 500 page; nothing from the request in the log ---------------------
+
+SECRET_TOKEN = TOKENS["writer"]
+
+
+async def explode_in_admission(request: Any, exchange: Any) -> None:
+    raise ValueError(f"admission exploded on {request.headers['Authorization']}")
+
+
+async def explode_in_guard(exchange: Any, message: dict) -> dict:
+    raise ValueError(f"guard exploded on {message} with {SECRET_TOKEN}")
+
+
+async def explode_in_hook(exchange: Any, status: int, headers: Any) -> None:
+    raise RuntimeError(f"hook exploded with {SECRET_TOKEN}")
+
+
+def _everything_logged(caplog: pytest.LogCaptureFixture) -> str:
+    import logging
+
+    formatter = logging.Formatter()
+    out = []
+    for record in caplog.records:
+        out.append(record.getMessage())
+        if record.exc_info:
+            out.append(formatter.formatException(record.exc_info))
+        if record.exc_text:
+            out.append(record.exc_text)
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("step", ["admission", "guard", "hook"])
+async def test_an_exception_in_any_step_is_a_json_rpc_500_and_logs_no_request_data(
+        step: str, start_proxy: Any, upstream: Any, recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.guards.pipeline import Pipeline
+
+    pipeline = {"admission": Pipeline(admission=(explode_in_admission,)),
+                "guard": Pipeline(guards=(explode_in_guard,)),
+                "hook": Pipeline(response_hooks=(explode_in_hook,))}[step]
+    url = await start_proxy(upstream.url, pipeline=pipeline)
+    marker = "arg-" + "7" * 20
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": "list_accounts", "arguments": {"workspaceId": marker}, "_meta": MODERN_META}})
+    headers = {**modern_headers("tools/call", "list_accounts"), "X-Request-Id": "req-explode-1"}
+    with caplog.at_level("DEBUG"):
+        async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+            answer = await resp.read()
+            assert resp.status == 500 and resp.headers["Content-Type"].startswith("application/json")
+    payload = orjson.loads(answer)
+    assert payload["error"]["code"] == -32603 and payload["error"]["data"] == {"requestId": "req-explode-1"}
+    assert "Traceback" not in answer.decode() and "exploded" not in answer.decode()
+    logged = _everything_logged(caplog)
+    assert "req-explode-1" in str([getattr(r, "request_id", "") for r in caplog.records])  # it was logged...
+    assert SECRET_TOKEN not in logged and marker not in logged and "exploded" not in logged  # ...without data
+    if step != "hook":
+        assert recorder.calls("tools/call") == []  # and nothing of it was forwarded

@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
 from proxy.exchange import Exchange
@@ -55,7 +56,8 @@ def audit_sink(config: Config) -> Sink:
 
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
-    app = web.Application(client_max_size=config.max_body_bytes)
+    scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[catch_all])
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()

@@ -18,6 +18,7 @@ from aiohttp import ClientResponse, web
 from yarl import URL
 
 from proxy.config import Config
+from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
@@ -68,6 +69,7 @@ class Forwarder:
         rid = request.headers.get("X-Request-Id", "")
         if not _REQUEST_ID.fullmatch(rid):
             rid = os.urandom(16).hex()
+        request[REQUEST_ID] = rid  # for the edge's last-resort error answer
         return Exchange(
             request_id=rid,
             session_id=request.headers.get("Mcp-Session-Id"),
@@ -142,9 +144,9 @@ class Forwarder:
         for message in frame.messages:
             try:
                 outcome = await self.pipeline.guard(exchange, message)
-            except Exception:
+            except Exception as exc:
                 # A guard that fails must not let the message through: answer it, forward nothing of this request.
-                log.exception("guard failed", extra={"request_id": rid})
+                log_failure(log, "guard failed", exc, rid)
                 self.metrics.message(message.get("method", "response"), "error")
                 self._outcome(exchange, message, "error", "guard failed")
                 return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,9 @@ LAST_USED_EVERY = 60.0
 # While Redis is unreachable, a credential Redis confirmed as not revoked this recently keeps working, so reads keep
 # flowing through an outage; any other credential is refused (503) until Redis answers again.
 STALE_OK_SECONDS = 600.0
+# RFC 6750 b64token: every token we issue or verify (PATs, JWTs) is made of these; anything else is refused before
+# any parser sees it.
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,8192}=*")
 
 
 class Challenge:
@@ -74,6 +78,8 @@ class Authenticate:
             exchange.auth_failure = "no bearer"
             return self.challenge.unauthorized(request, exchange, token_given=False)
         try:
+            if not _TOKEN.fullmatch(token):
+                raise TokenRejected("token has characters a bearer token never has", "malformed")
             principal = await self._principal(token)
         except TokenRejected as exc:
             log.info("token rejected: %s", exc, extra={"request_id": exchange.request_id})
@@ -85,6 +91,10 @@ class Authenticate:
             log.warning("credential status unavailable", extra={"request_id": exchange.request_id})
             return rpc_error(503, UNAUTHORIZED, "credential status unavailable, retry shortly",
                              request_id=exchange.request_id, headers={"Retry-After": "1"})
+        except Exception as exc:  # no credential, however crafted, may turn into a 500
+            log.warning("token unusable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+            exchange.auth_failure = "malformed"
+            return self.challenge.unauthorized(request, exchange, token_given=True)
         exchange.principal = principal
         exchange.resource_metadata = self.challenge.metadata_for(request)  # for a later 403's challenge
         return None

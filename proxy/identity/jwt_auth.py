@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from proxy.identity.jwks import KeyError_, KeySource
 from proxy.identity.principal import Principal, ceiling_scopes, effective_scopes, problem_in_permissions
@@ -85,6 +86,25 @@ def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Pol
     )
 
 
+_CURVE_ALGORITHM = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+
+
+def key_fits(key: Any, alg: str) -> bool:
+    """Whether `alg` is an algorithm for this kind of key. Pure. A token names its own algorithm; only the key's
+    type may decide which one applies, or a mismatched pair reaches code that was never meant to see it."""
+    if isinstance(key, jwt.PyJWK):
+        key = key.key
+    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        return alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        return _CURVE_ALGORITHM.get(key.curve.name) == alg
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return alg == "EdDSA"
+    if isinstance(key, bytes):  # the development HS256 secret
+        return alg == "HS256"
+    return False
+
+
 class JwtVerifier:
     def __init__(self, issuers: list[TrustedIssuer], policy: Policy) -> None:
         self.issuers = {i.config.issuer: i for i in issuers}
@@ -95,27 +115,41 @@ class JwtVerifier:
         return lambda: setattr(self, "policy", policy)
 
     async def verify(self, token: str) -> Principal:
+        """A Principal, or TokenRejected: whatever a token holds, nothing else escapes (a crafted token is a 401,
+        never a 500)."""
+        try:
+            return await self._verify(token)
+        except TokenRejected:
+            raise
+        except Exception as exc:  # a library's surprise about a hostile token is still a bad token
+            raise TokenRejected(f"unverifiable token ({type(exc).__name__})", "malformed") from None
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
             # Read unverified only to pick the issuer's keys; everything is verified below with those keys.
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError:
-            raise TokenRejected("malformed") from None
+            raise TokenRejected("malformed", "malformed") from None
         trusted = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
         if trusted is None:
             raise TokenRejected("unknown issuer", "unknown issuer")
-        alg = header.get("alg")
-        if alg not in trusted.config.algorithms:
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in trusted.config.algorithms:
             raise TokenRejected(f"algorithm {alg!r} not allowed")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenRejected("kid is not a string", "malformed")
         try:
-            key = await trusted.keys.key(header.get("kid"), alg)
+            key = await trusted.keys.key(kid, alg)
         except KeyError_ as exc:
             raise TokenRejected(str(exc)) from None
+        if not key_fits(key, alg):
+            raise TokenRejected(f"algorithm {alg!r} does not fit the issuer's key")
         try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=list(trusted.config.algorithms),
+                algorithms=[alg],
                 audience=trusted.audience,
                 issuer=trusted.config.issuer,
                 leeway=LEEWAY_SECONDS,

@@ -1,0 +1,76 @@
+"""The last line of defence at the edge: no exception reaches aiohttp's default 500 page, and no log line carries
+request data.
+
+- `catch_all` (a middleware around every route) answers any exception a step did not handle with a JSON-RPC 500
+  and logs only where it happened (exception type, file and line): an exception's message may quote a header, an
+  argument or a token, so it is never logged.
+- `scrub_aiohttp_logs` does the same for aiohttp's own loggers: a malformed request line or header (a token with a
+  control character, a header past the size limit) makes aiohttp log an error whose text quotes the raw bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+
+from aiohttp import web
+
+from proxy.jsonrpc import INTERNAL_ERROR, rpc_error
+
+log = logging.getLogger("scopegate.edge")
+
+REQUEST_ID = web.RequestKey("scopegate.request_id", str)  # the request id the forwarder chose
+_AIOHTTP_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.internal", "aiohttp.client")
+
+
+def where(exc: BaseException) -> str:
+    """`Type at file:line` of the innermost frame: enough to find the bug, nothing from the request."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {os.path.basename(last.filename)}:{last.lineno}"
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException, request_id: str | None) -> None:
+    logger.error("%s: %s", what, where(exc), extra={"request_id": request_id})
+
+
+@web.middleware
+async def catch_all(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404, 405): no request data in them
+    except Exception as exc:  # this is the one place every unexpected failure ends
+        request_id = request.get(REQUEST_ID)
+        log_failure(log, "request failed", exc, request_id)
+        if request.writer is not None and request.writer.output_size > 0:
+            # A stream had started: no second response can be sent; end the connection quietly.
+            raise ConnectionResetError("response already started") from None
+        return rpc_error(500, INTERNAL_ERROR, "internal error", request_id=request_id or "")
+
+
+class _Scrub(logging.Filter):
+    """Keeps the first words of an aiohttp log message and the exception's type; drops its arguments and text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        template = str(record.msg).split("%", 1)[0].strip().rstrip(":") or "aiohttp"
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = f"{template} ({type(exc).__name__})" if exc is not None else template
+        record.args = ()
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
+
+
+_SCRUB = _Scrub()
+
+
+def scrub_aiohttp_logs() -> None:
+    for name in _AIOHTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _SCRUB not in logger.filters:
+            logger.addFilter(_SCRUB)
