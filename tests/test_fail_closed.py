@@ -192,3 +192,81 @@ async def test_an_exception_in_any_step_is_a_json_rpc_500_and_logs_no_request_da
     assert SECRET_TOKEN not in logged and marker not in logged and "exploded" not in logged  # ...without data
     if step != "hook":
         assert recorder.calls("tools/call") == []  # and nothing of it was forwarded
+
+
+# --- 6. headers ----------------------------------------------------------------------------------------------------
+
+async def test_forwarding_claims_never_reach_the_upstream(proxy_url: str, recorder: Recorder) -> None:
+    claims = {"Forwarded": "for=10.0.0.1;host=admin.internal", "X-Forwarded-For": "10.0.0.1",
+              "X-Forwarded-Host": "admin.internal", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/admin",
+              "X-Real-IP": "10.0.0.1", "X-Fine": "kept"}
+    async with aiohttp.ClientSession() as http, http.post(
+            proxy_url, data=orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list",
+                                          "params": {"_meta": MODERN_META}}),
+            headers={**modern_headers("tools/list"), **claims}) as resp:
+        assert resp.status == 200
+    (received,) = recorder.posts()
+    assert received.headers["x-fine"] == "kept"
+    leaked = [name for name in received.headers if name in ("forwarded", "x-real-ip") or name.startswith("x-forwarded")]
+    assert leaked == []
+
+
+@pytest.mark.parametrize("spelling", ["X-App-Token", "x-app-token", "X_App_Token", "x_app-token", "X-APP_TOKEN"])
+async def test_lookalikes_of_a_secret_header_are_refused(spelling: str, start_proxy: Any, upstream: Any,
+                                                         recorder: Recorder) -> None:
+    secret = "app-token-5e4d3c2b"
+    url = await start_proxy(upstream.url, env={"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": secret})
+    resp = await identity_call(url, TOKENS["writer"], {spelling: "attacker-chosen"})
+    assert resp.status == 400
+    assert recorder.received == []  # refused before anything was forwarded
+    assert (await identity_call(url, TOKENS["writer"])).status == 200
+    (received,) = recorder.received
+    assert [(k, v) for k, v in received.headers.items() if k.replace("_", "-") == "x-app-token"] == [
+        ("x-app-token", secret)]
+
+
+async def test_metadata_only_for_allowed_hosts(proxy_url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp"):
+            base = proxy_url.rsplit("/mcp", 1)[0]
+            async with http.get(base + path, headers={"Host": "evil.example"}) as resp:
+                assert resp.status == 403 and b"evil.example" not in await resp.read()
+            async with http.get(base + path) as resp:
+                assert resp.status == 200 and (await resp.json())["resource"].startswith("http://127.0.0.1:")
+
+
+RAW_SECRET = "sgp_0123456789ab_" + "S" * 43  # looks like a PAT: it must never appear in a log
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + RAW_SECRET.encode() + b"\x01x\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + RAW_SECRET.encode() + b"\x00\r\n\r\n",
+    b"POST /mcp?" + RAW_SECRET.encode() + b" HTTP/1.1 trailing\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /mcp " + RAW_SECRET.encode() + b"\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization Bearer " + RAW_SECRET.encode() + b"\r\n\r\n",
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + RAW_SECRET.encode() + b"A" * 9000
+    + b"\r\n\r\n",
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + RAW_SECRET.encode() + b"\xff\xfe\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
+    b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: " + RAW_SECRET.encode() + b"\r\n Folded: " + RAW_SECRET.encode()
+    + b"\r\n\r\n",
+], ids=["control char", "NUL", "bad request line", "no version", "no colon", "oversized", "not UTF-8", "folded"])
+async def test_malformed_requests_put_no_header_in_any_log(raw: bytes, proxy_url: str, recorder: Recorder,
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    port = int(proxy_url.split(":")[2].split("/")[0])
+    with caplog.at_level("DEBUG"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+        await asyncio.sleep(0.05)  # let the server finish logging
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 401", b"HTTP/1.0 400")), answer[:80]
+    out, err = capfd.readouterr()
+    logged = _everything_logged(caplog) + out + err
+    assert RAW_SECRET not in logged and "SSSSSSSS" not in logged
+    assert recorder.received == []

@@ -113,7 +113,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     app.on_shutdown.append(close_streams)
     path = config.upstream.path or "/"
     add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
-               identity.policy.scopes)
+               identity.policy.scopes, config.origin_policy.host_allowed)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, mcp_endpoint)
     return app

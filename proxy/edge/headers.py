@@ -26,8 +26,11 @@ HOP_BY_HOP = frozenset(
 # - authorization / cookie: the client's credential is for the proxy only (no token passthrough);
 # - origin: checked by the proxy against its own allow-list; the upstream would judge it against the wrong host;
 # - content-length: the body is re-serialised;
-# - accept-encoding: the proxy reads what it relays, so the upstream answers uncompressed (it is on a local link).
-_NOT_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "cookie", "origin", "content-length", "accept-encoding"}
+# - accept-encoding: the proxy reads what it relays, so the upstream answers uncompressed (it is on a local link);
+# - forwarded, x-forwarded-*, x-real-ip: a client's claim about where it is or which host it asked for; an upstream
+#   that trusts its proxy would believe it.
+_NOT_UPSTREAM = HOP_BY_HOP | {"host", "authorization", "cookie", "origin", "content-length", "accept-encoding",
+                              "forwarded", "x-real-ip"}
 
 # Never relayed to the client: framing is the proxy's own, and so are these.
 _NOT_DOWNSTREAM = HOP_BY_HOP | {"content-length", "date", "server", "set-cookie"}
@@ -44,7 +47,7 @@ def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[s
         drop = drop | _connection_listed(headers)
     return CIMultiDict(
         [(name, value) for name, value in headers.items() if (lower := name.lower()) not in drop
-         and not lower.startswith("proxy-")]
+         and not lower.startswith(("proxy-", "x-forwarded-"))]
     )
 
 

@@ -18,17 +18,23 @@ if TYPE_CHECKING:
     from proxy.exchange import Exchange
 
 
+def normalised(name: str) -> str:
+    """A header name as servers that map `_` to `-` (CGI, WSGI, many frameworks) see it. Pure."""
+    return name.lower().replace("_", "-")
+
+
 class RefuseSecretHeaders:
-    """Admission check: a client may not send a header the proxy holds for the upstream."""
+    """Admission check: a client may not send a header the proxy holds for the upstream, nor any spelling of its
+    name that an upstream could read as the same header (`X_App_Token`, `x-app_token`)."""
 
     def __init__(self, secret_headers: Mapping[str, str]) -> None:
-        self.names = frozenset(secret_headers)
+        self.names = frozenset(normalised(name) for name in secret_headers)
 
     async def __call__(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
-        for name in self.names:
-            if name in request.headers:
-                return rpc_error(400, INVALID_REQUEST, f"header {name} is set by the proxy; clients may not send it",
-                                 request_id=exchange.request_id)
+        for name in request.headers:
+            if normalised(name) in self.names:
+                return rpc_error(400, INVALID_REQUEST, f"header {normalised(name)} is set by the proxy; clients may "
+                                 "not send it", request_id=exchange.request_id)
         return None
 
 
