@@ -57,6 +57,10 @@ def _file(name: str, value: str) -> str:
     return value
 
 
+def _files(name: str, value: str) -> tuple[str, ...]:
+    return tuple(_file(name, item) for item in _csv(name, value))
+
+
 def _csv(name: str, value: str) -> tuple[str, ...]:
     items = tuple(item.strip() for item in value.split(",") if item.strip())
     if not items:
@@ -127,6 +131,8 @@ SETTINGS = (
     Setting("jwks_url", _url, "JWKS URL of that issuer"),
     Setting("jwt_public_key_file", _file, "PEM public key of that issuer (instead of a JWKS URL)"),
     Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
+    Setting("oauth_signing_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) of the built-in "
+            "OAuth server: the first signs, all are published (rotation)"),
     Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
@@ -160,6 +166,7 @@ class Config:
     jwks_url: URL | None = None
     jwt_public_key_file: str | None = None
     jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
+    oauth_signing_keys: tuple[str, ...] = ()
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     upstream_headers_file: str | None = None
     tool_prefix: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ from proxy.guards import pipeline as pipeline_module
 from proxy.guards.pipeline import Pipeline
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
+from proxy.identity.oauth.server import OAuthServer
 from proxy.jsonrpc import Message
 from proxy.ops.audit import AuditWriter, RedisStreamSink, Sink, StreamSink
 from proxy.ops.health import ops_app, store_check, upstream_check
@@ -58,10 +59,13 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[catch_all])
+    oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(config.redis_url, metrics.store_errors.inc)
+        if oauth is not None:
+            oauth.attach(store)
         ops: web.AppRunner | None = None
         try:
             async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
@@ -114,6 +118,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     path = config.upstream.path or "/"
     add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
                identity.policy.scopes, config.origin_policy.host_allowed)
+    if oauth is not None:
+        oauth.add_routes(app)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, mcp_endpoint)
     return app

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy.identity.jwt_auth import JwtVerifier, TokenRejected
 from proxy.identity.pats import Registry, looks_like_pat
+from proxy.identity.principal import OAUTH_GRANT_PREFIX
 from proxy.jsonrpc import rpc_error
 from proxy.store import Store, StoreUnavailable
 
@@ -112,7 +113,12 @@ class Authenticate:
             self._stamp(principal.credential_id)
             return principal
         if token.count(".") == 2 and self.verifier is not None:
-            return await self.verifier.verify(token)
+            principal = await self.verifier.verify(token)
+            if principal.credential_id.startswith(OAUTH_GRANT_PREFIX):  # our own OAuth grants revoke like PATs
+                if await self._revoked(principal.credential_id):
+                    raise TokenRejected("OAuth grant revoked", "revoked")
+                self._stamp(principal.credential_id)
+            return principal
         raise TokenRejected("unrecognised token", "malformed")
 
     async def _revoked(self, credential_id: str) -> bool:

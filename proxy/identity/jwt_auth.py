@@ -16,7 +16,13 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from proxy.identity.jwks import KeyError_, KeySource
-from proxy.identity.principal import Principal, ceiling_scopes, effective_scopes, problem_in_permissions
+from proxy.identity.principal import (
+    OAUTH_GRANT_PREFIX,
+    Principal,
+    ceiling_scopes,
+    effective_scopes,
+    problem_in_permissions,
+)
 from proxy.policy.model import Issuer, Policy
 
 LEEWAY_SECONDS = 30
@@ -35,6 +41,9 @@ class TrustedIssuer:
     config: Issuer
     keys: KeySource
     audience: str
+    # scopegate's own OAuth server names the grant (the refresh-token family) in this claim: the credential id
+    # then is that grant's, so revoking the grant refuses its access tokens on the next request (Authenticate).
+    grant_claim: str | None = None
 
 
 def _strings(value: Any) -> list[str] | None:
@@ -51,7 +60,8 @@ def claim_scopes(claims: Mapping[str, Any]) -> set[str]:
     return set(_strings(claims.get("scp")) or [])
 
 
-def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Policy) -> Principal:
+def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Policy,
+                          credential_id: str | None = None) -> Principal:
     """Pure: verified claims in, Principal out."""
     permissions = claims.get("permissions") or {}
     problem = problem_in_permissions(permissions)
@@ -70,7 +80,7 @@ def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Pol
     digest = hashlib.sha256(f"{claims['iss']}\0{claims['sub']}\0{client or ''}".encode()).hexdigest()[:16]
     return Principal(
         subject=str(claims["sub"]),
-        credential_id=f"{issuer.kind}-{digest}",
+        credential_id=credential_id or f"{issuer.kind}-{digest}",
         label=str(client or claims["sub"]),
         kind=issuer.kind,
         scopes=effective_scopes(grant, issuer.kind, ceiling=policy.ceiling(role if isinstance(role, str) else None),
@@ -157,4 +167,10 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise TokenRejected(type(exc).__name__) from None
-        return principal_from_claims(claims, trusted.config, self.policy)
+        credential_id = None
+        if trusted.grant_claim is not None:
+            grant = claims.get(trusted.grant_claim)
+            if not isinstance(grant, str) or not grant.isalnum() or len(grant) > 64:
+                raise TokenRejected("no grant id")
+            credential_id = OAUTH_GRANT_PREFIX + grant
+        return principal_from_claims(claims, trusted.config, self.policy, credential_id)

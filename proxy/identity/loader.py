@@ -14,6 +14,8 @@ import aiohttp
 from proxy.config import Config, ConfigError
 from proxy.identity.jwks import JwksKeys, KeySource, StaticKey
 from proxy.identity.jwt_auth import JwtVerifier, TrustedIssuer
+from proxy.identity.oauth.server import Settings
+from proxy.identity.oauth.setup import own_issuer, settings_from
 from proxy.identity.pats import Registry, RegistryError
 from proxy.identity.upstream_secrets import load_secret_headers
 from proxy.policy.model import Issuer, Policy, PolicyError, load_policy
@@ -26,11 +28,15 @@ class Identity:
     issuers: tuple[Issuer, ...]
     dev_secret: str | None = field(default=None, repr=False)
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    oauth: Settings | None = None  # scopegate's own authorization server, when the policy has `oauth:`
 
     def verifier(self, config: Config, session: aiohttp.ClientSession) -> JwtVerifier | None:
-        if not self.issuers:
+        if not self.issuers and self.oauth is None:
             return None
         trusted = []
+        if self.oauth is not None:
+            trusted.append(TrustedIssuer(own_issuer(self.oauth), self.oauth.keys, self.oauth.resource,
+                                         grant_claim="gid"))
         for issuer in self.issuers:
             keys: KeySource
             if issuer.jwks_url:
@@ -45,7 +51,8 @@ class Identity:
 
     @property
     def authorization_servers(self) -> list[str]:
-        return [i.issuer for i in self.issuers if i.kind == "oauth"]
+        own = [self.oauth.issuer] if self.oauth is not None else []
+        return own + [i.issuer for i in self.issuers if i.kind == "oauth"]
 
 
 def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
@@ -96,4 +103,5 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
         issuers=tuple(issuers),
         dev_secret=config.jwt_dev_hs256_secret,
         secret_headers=secret_headers,
+        oauth=settings_from(config, policy, registry),
     )

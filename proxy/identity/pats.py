@@ -175,6 +175,10 @@ class Registry:
         records = self.principals_for(policy)
         return lambda: self.adopt(policy, records)
 
+    def records(self) -> list[Record]:
+        """Every record as last read (for the Connected apps page; never a token, only hashes)."""
+        return [record for record, _ in self._records.values()]
+
     def maybe_refresh(self) -> None:
         """Re-read a changed file; a broken new version keeps the old one in force (and says so in reload_error)."""
         try:

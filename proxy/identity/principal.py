@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
+# Credential ids of grants made by scopegate's own OAuth server; no other credential id starts like this.
+OAUTH_GRANT_PREFIX = "sgo_"
+
 Kind = Literal["pat", "jwt", "oauth", "admin_key"]
 KINDS: tuple[Kind, ...] = ("pat", "jwt", "oauth", "admin_key")
 

@@ -10,6 +10,7 @@ does not know is an error, so a file written for a later version is refused rath
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,6 +49,25 @@ class Issuer(Strict):
         return self
 
 
+class OAuthClient(Strict):
+    """A client known in advance (no registration needed): public, PKCE, these redirect URIs exactly."""
+
+    client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    client_name: str = Field(min_length=1, max_length=200)
+    redirect_uris: tuple[str, ...] = Field(min_length=1, max_length=10)
+
+
+class OAuth(Strict):
+    """scopegate's own OAuth 2.1 authorization server; on when the policy has this section."""
+
+    scopes: tuple[Scope, ...] = ()  # what clients may be granted; default: `scopes` less `oauth_excluded_scopes`
+    sign_in: tuple[Literal["pat", "admin_key"], ...] = ("pat",)  # credentials a person may sign in with
+    access_token_ttl_seconds: int = Field(1800, ge=60, le=3600)
+    refresh_token_ttl_seconds: int = Field(30 * 86400, ge=3600, le=90 * 86400)
+    dynamic_registration: bool = True  # RFC 7591 /register
+    clients: tuple[OAuthClient, ...] = ()
+
+
 class DryRun(Strict):
     argument: str = Field(min_length=1)  # e.g. dry_run
     value: bool | int | str = True
@@ -80,6 +100,7 @@ class Policy(Strict):
     oauth_excluded_scopes: tuple[Scope, ...] = ()
     roles: dict[str, tuple[Scope, ...]] = Field(default_factory=dict)
     issuers: tuple[Issuer, ...] = ()
+    oauth: OAuth | None = None
     upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
     default: Literal["deny", "annotations"] = "deny"
     workspace_property: str = Field("workspaceId", min_length=1)  # the argument that names the workspace
@@ -147,6 +168,12 @@ def load_policy(path: str | Path) -> Policy:
                          or rule.redact or rule.confirm_ttl_seconds)
             if section != "tools" and tool_only:
                 problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")
+    if policy.oauth is not None:
+        for scope in policy.oauth.scopes:
+            if known and scope not in known:
+                problems.append(f"{path}: oauth.scopes: scope {scope!r} is not in `scopes`")
+            if any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in policy.oauth_excluded_scopes):
+                problems.append(f"{path}: oauth.scopes: {scope!r} is in `oauth_excluded_scopes`")
     for name in ("superscope", "read_scope", "write_scope"):
         value = getattr(policy, name)
         if value is not None and known and value not in known:

@@ -52,8 +52,8 @@ class PolicyReloader:
         old = self.live.policy
         try:
             new = load_policy(self.path)
-            if new.issuers != old.issuers or new.upstream_headers != old.upstream_headers:
-                raise PolicyError(f"{self.path}: issuers and upstream_headers change only with a restart")
+            if (new.issuers, new.oauth, new.upstream_headers) != (old.issuers, old.oauth, old.upstream_headers):
+                raise PolicyError(f"{self.path}: issuers, oauth and upstream_headers change only with a restart")
             commits = [follow(new) for follow in self.followers]
         except (PolicyError, ValueError) as exc:
             self._result("failure")

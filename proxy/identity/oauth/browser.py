@@ -1,0 +1,302 @@
+"""The pages a person sees: /authorize (checks, then sign-in or consent), sign-in, consent, Connected apps.
+
+Sign-in here is with a credential the person already holds (a PAT or an admin key): what it holds caps what they
+can grant. Every POST must come from our own origin (when the browser says where it comes from) and carry the
+session's CSRF token; the consent form also carries the id of a pending request that is taken exactly once.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
+
+import orjson
+from aiohttp import web
+
+from proxy.identity.authenticate import LAST_USED_KEY, REVOKED_KEY
+from proxy.identity.oauth.authorization import (
+    AuthorizationRequest,
+    RedirectError,
+    ShowError,
+    Toggle,
+    check_authorization,
+)
+from proxy.identity.oauth.clients import Client
+from proxy.identity.oauth.grants import GRANT_PREFIX, Grant, PendingCode, new_grant_id, now
+from proxy.identity.oauth.pages import render, stylesheet
+from proxy.identity.oauth.sessions import Session
+from proxy.identity.pats import looks_like_pat
+from proxy.identity.principal import Principal
+from proxy.store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from proxy.identity.oauth.server import OAuthServer
+
+log = logging.getLogger("scopegate.oauth")
+
+
+def _redirect(uri: str, params: dict[str, str | None]) -> web.Response:
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    return web.Response(status=303, headers={"Location": f"{uri}{'&' if '?' in uri else '?'}{query}",
+                                             "Cache-Control": "no-store"})
+
+
+def _encode(req: AuthorizationRequest) -> bytes:
+    return orjson.dumps({"client": orjson.loads(req.client.to_json()), "redirect_uri": req.redirect_uri,
+                         "state": req.state, "code_challenge": req.code_challenge, "scopes": list(req.scopes)})
+
+
+def _decode(raw: bytes) -> AuthorizationRequest:
+    data = orjson.loads(raw)
+    return AuthorizationRequest(Client.from_json(orjson.dumps(data["client"])), data["redirect_uri"],
+                                data["state"], data["code_challenge"], tuple(data["scopes"]))
+
+
+class Pages:
+    def __init__(self, server: OAuthServer) -> None:
+        self.server = server
+        self.base = server.settings.issuer.rstrip("/")
+        self.path = urlsplit(self.base).path
+
+    @property
+    def origin(self) -> str:
+        parts = urlsplit(self.server.settings.issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    def page(self, name: str, **context: Any) -> web.Response:
+        return render(name, base=self.path, resource=self.server.settings.resource, **context)
+
+    def error(self, message: str, status: int = 400) -> web.Response:
+        return self.page("error.html", message=message, status=status)
+
+    def same_origin(self, request: web.Request) -> bool:
+        """Browsers send Origin on every form POST; one from elsewhere is cross-site request forgery."""
+        origin = request.headers.get("Origin")
+        return origin is None or hmac.compare_digest(origin.encode(), self.origin.encode())
+
+    # --- /authorize -------------------------------------------------------------------------------------------
+    async def authorize(self, request: web.Request) -> web.StreamResponse:
+        s = self.server.settings
+        params: dict[str, list[str]] = {}
+        for key, value in request.query.items():
+            params.setdefault(key, []).append(value)
+        client_ids = params.get("client_id") or []
+        client = await self.server.clients.find(client_ids[0]) if len(client_ids) == 1 else None
+        try:
+            req = check_authorization(params, client, s.resource, s.offered)
+        except ShowError as exc:
+            return self.error(str(exc))
+        except RedirectError as exc:
+            return _redirect(exc.redirect_uri, {"error": exc.error, "error_description": exc.description,
+                                                "state": exc.state, "iss": s.issuer})
+        request_id = await self.server.sessions.park(_encode(req))
+        session = await self.server.sessions.current(request)
+        if session is None:
+            return self.page("signin.html", client=req.client, request_id=request_id, error=None)
+        return self.consent_page(req, request_id, session)
+
+    # --- sign-in ----------------------------------------------------------------------------------------------
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        if not self.same_origin(request):
+            return self.error("This form must be sent from this site.", 403)
+        data = await request.post()
+        request_id = data.get("request")
+        token = data.get("token")
+        raw = await self.server.sessions.pending(request_id if isinstance(request_id, str) else None)
+        req = _decode(raw) if raw else None
+        principal = await self._principal(token if isinstance(token, str) else "")
+        if principal is None:
+            log.info("OAuth sign-in refused")
+            if req is None:
+                return self.page("signin.html", client=None, request_id="", error="That credential was not accepted.",
+                                 status=401)
+            return self.page("signin.html", client=req.client, request_id=request_id,
+                             error="That credential was not accepted.", status=401)
+        response = web.Response(status=303, headers={"Cache-Control": "no-store"})
+        await self.server.sessions.start(response, principal)
+        response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if req
+                                        else f"{self.path}/apps")
+        return response
+
+    async def _principal(self, token: str) -> Principal | None:
+        registry = self.server.registry
+        if registry is None or not looks_like_pat(token) or len(token) > 200:
+            return None
+        registry.maybe_refresh()
+        principal, _ = registry.lookup(token)
+        if principal is None or principal.kind not in self.server.settings.sign_in:
+            return None
+        if await self.server.store.exists(REVOKED_KEY + principal.credential_id):  # type: ignore[union-attr]
+            return None
+        return principal
+
+    # --- consent ----------------------------------------------------------------------------------------------
+    def workspace_choice(self, session: Session) -> dict[str, Any]:
+        return {"bound": session.workspace, "options": list(session.workspaces or ()),
+                "projects": list(session.projects or ()), "workspaces": None}
+
+    def consent_page(self, req: AuthorizationRequest, request_id: str, session: Session) -> web.Response:
+        return self.page(
+            "consent.html", client=req.client, redirect_uri=req.redirect_uri, request_id=request_id,
+            subject=session.subject, csrf=session.csrf,
+            toggles=self.server.consent_toggles(req.scopes, session.scopes),
+            workspaces=self.workspace_choice(session), form_target=req.redirect_uri,
+        )
+
+    async def consent_get(self, request: web.Request) -> web.StreamResponse:
+        request_id = request.query.get("request")
+        raw = await self.server.sessions.pending(request_id)
+        if raw is None or request_id is None:
+            return self.error("This authorization request has expired; start again from the app.")
+        session = await self.server.sessions.current(request)
+        req = _decode(raw)
+        if session is None:
+            return self.page("signin.html", client=req.client, request_id=request_id, error=None)
+        return self.consent_page(req, request_id, session)
+
+    async def consent_post(self, request: web.Request) -> web.StreamResponse:
+        s = self.server.settings
+        if not self.same_origin(request):
+            return self.error("This form must be sent from this site.", 403)
+        session = await self.server.sessions.current(request)
+        data = await request.post()
+        csrf = data.get("csrf")
+        if session is None or not session.csrf_ok(csrf if isinstance(csrf, str) else None):
+            log.warning("consent refused: missing or wrong CSRF token")
+            return self.error("This form has expired or did not come from this site; start again from the app.",
+                              403)
+        request_id = data.get("request")
+        raw = await self.server.sessions.pending(request_id if isinstance(request_id, str) else None, take=True)
+        if raw is None:
+            return self.error("This authorization request has expired or was already answered.")
+        req = _decode(raw)
+        if data.get("decision") != "allow":
+            return _redirect(req.redirect_uri, {"error": "access_denied", "error_description": "the user said no",
+                                                "state": req.state, "iss": s.issuer})
+        offered = self.server.consent_toggles(req.scopes, session.scopes)
+        scopes = self.server.granted([v for v in data.getall("scope", []) if isinstance(v, str)], offered)
+        workspace, workspaces, projects = self._resource_scope(session, data)
+        grant = Grant(
+            grant_id=new_grant_id(), subject=session.subject, client_id=req.client.client_id,
+            client_name=req.client.name, scopes=scopes, signed_in_with=session.credential_id, role=session.role,
+            workspace=workspace, workspaces=workspaces, projects=projects, permissions=dict(session.permissions),
+            created=now(),
+        )
+        code = await self.server.grants.issue_code(PendingCode(grant, req.redirect_uri, req.code_challenge))
+        log.info("OAuth consent given", extra={"credential_id": grant.credential_id, "client_id": grant.client_id})
+        return _redirect(req.redirect_uri, {"code": code, "state": req.state, "iss": s.issuer})
+
+    @staticmethod
+    def _resource_scope(session: Session, data: Any) -> tuple[str | None, tuple[str, ...] | None,
+                                                             tuple[str, ...] | None]:
+        """The workspace and projects chosen, never wider than the sign-in credential's (a forged form narrows
+        at most)."""
+        if session.workspace is not None:
+            workspace, workspaces = session.workspace, None
+        else:
+            picked = data.get("workspace") or data.get("workspace_name") or ""
+            picked = picked.strip() if isinstance(picked, str) else ""
+            if picked and (session.workspaces is None or picked in session.workspaces) and len(picked) <= 128:
+                workspace, workspaces = picked, None
+            else:
+                workspace, workspaces = None, session.workspaces
+        projects = session.projects
+        if projects is not None:
+            chosen = {v for v in data.getall("project", []) if isinstance(v, str)}
+            projects = tuple(p for p in projects if p in chosen)
+        return workspace, workspaces, projects
+
+    # --- Connected apps ---------------------------------------------------------------------------------------
+    async def apps(self, request: web.Request) -> web.StreamResponse:
+        session = await self.server.sessions.current(request)
+        if session is None:
+            return self.page("signin.html", client=None, request_id="", error=None)
+        return await self.apps_page(session, notice=request.query.get("notice"))
+
+    async def apps_page(self, session: Session, notice: str | None = None) -> web.Response:
+        store = self.server.store
+        items = []
+        for grant in await self.server.grants.of_subject(session.subject):
+            items.append({
+                "id": grant.credential_id, "name": grant.client_name, "kind": "OAuth app",
+                "created": _when(grant.created),
+                "last_used": _when(await store.get(LAST_USED_KEY + grant.credential_id)),
+                "toggles": [Toggle(s, True) for s in grant.scopes], "revocable": True,
+                "workspaces": {"bound": grant.workspace, "workspaces": list(grant.workspaces or ()) or None},
+            })
+        for record in self._records(session.subject):
+            if await store.exists(REVOKED_KEY + record.id):
+                continue
+            items.append({
+                "id": record.id, "name": record.label, "kind": "Admin key" if record.kind == "admin_key" else "PAT",
+                "created": record.created.strftime("%Y-%m-%d %H:%M UTC"),
+                "last_used": _when(await store.get(LAST_USED_KEY + record.id)),
+                "toggles": [Toggle(s, True) for s in record.scopes], "revocable": True,
+                "workspaces": {"bound": record.workspace, "workspaces": record.workspaces},
+            })
+        return self.page("apps.html", subject=session.subject, csrf=session.csrf, items=items,
+                         notice=notice if notice in ("Revoked.",) else None)
+
+    def _records(self, subject: str) -> list[Any]:
+        registry = self.server.registry
+        if registry is None:
+            return []
+        registry.maybe_refresh()
+        return [r for r in registry.records() if r.subject == subject and not r.revoked]
+
+    async def revoke(self, request: web.Request) -> web.StreamResponse:
+        if not self.same_origin(request):
+            return self.error("This form must be sent from this site.", 403)
+        session = await self.server.sessions.current(request)
+        data = await request.post()
+        csrf = data.get("csrf")
+        if session is None or not session.csrf_ok(csrf if isinstance(csrf, str) else None):
+            return self.error("This form has expired or did not come from this site.", 403)
+        target = data.get("id")
+        if isinstance(target, str) and target.startswith(GRANT_PREFIX):
+            grant = await self.server.grants.find(target[len(GRANT_PREFIX):])
+            if grant is None or grant.subject != session.subject:
+                return self.error("No such app.", 404)
+            await self.server.grants.revoke(grant.grant_id)
+        elif isinstance(target, str) and any(r.id == target for r in self._records(session.subject)):
+            await self.server.store.set(REVOKED_KEY + target, "1")  # type: ignore[union-attr]
+            log.info("credential revoked on Connected apps", extra={"credential_id": target})
+        else:
+            return self.error("No such credential.", 404)
+        return web.Response(status=303, headers={"Location": f"{self.path}/apps?notice=Revoked.",
+                                                 "Cache-Control": "no-store"})
+
+
+def _when(value: Any) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def add_routes(app: web.Application, server: OAuthServer) -> None:
+    pages = Pages(server)
+
+    def guarded(handler: Any) -> Any:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except StoreUnavailable:
+                return pages.error("The service cannot check this right now; try again shortly.", 503)
+
+        return run
+
+    base = pages.path
+    app.router.add_get(base + "/authorize", guarded(pages.authorize))
+    app.router.add_post(base + "/signin", guarded(pages.signin))
+    app.router.add_get(base + "/consent", guarded(pages.consent_get))
+    app.router.add_post(base + "/consent", guarded(pages.consent_post))
+    app.router.add_get(base + "/apps", guarded(pages.apps))
+    app.router.add_post(base + "/apps/revoke", guarded(pages.revoke))
+
+    async def style(request: web.Request) -> web.Response:
+        return stylesheet()
+
+    app.router.add_get(base + "/style.css", style)

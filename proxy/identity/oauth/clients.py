@@ -1,0 +1,127 @@
+"""OAuth clients: who may ask for a grant, with which redirect URIs, and where we learned that.
+
+Three sources: clients pre-registered in the policy, clients registered through RFC 7591 (kept in the shared store
+so every replica knows them), and, later, Client ID Metadata Documents. Every client is public (no secret): PKCE
+S256 is what binds a code to the client that asked for it, so a registration that asks for a secret method is
+registered as `none` (RFC 7591 §3.2.1 lets the server say so in its answer).
+
+Registration metadata is validated with Authlib's RFC 7591 claims (URIs, scope, grant and response types against
+our metadata), then with our own rules for redirect URIs (https, http on loopback only, or a native app's private
+scheme; never a fragment).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from proxy.store import Store
+
+CLIENT_KEY = "scopegate:oauth:client:"
+MAX_REDIRECT_URIS = 10
+MAX_NAME = 200
+
+
+class RegistrationRefused(Exception):
+    """RFC 7591 §3.2.2: `error` is invalid_redirect_uri or invalid_client_metadata; the text is for the client."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    name: str
+    redirect_uris: tuple[str, ...]
+    source: str  # shown on the consent page: where this client's name and redirect URIs came from
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"client_id": self.client_id, "name": self.name,
+                             "redirect_uris": list(self.redirect_uris), "source": self.source})
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Client:
+        data = orjson.loads(raw)
+        return cls(data["client_id"], data["name"], tuple(data["redirect_uris"]), data["source"])
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def redirect_uri_problem(uri: Any) -> str | None:
+    """None for an acceptable redirect URI, else why not (OAuth 2.1 §2.3.1, RFC 8252 for native apps)."""
+    if not isinstance(uri, str) or not uri or len(uri) > 2000:
+        return "a redirect URI must be a non-empty string"
+    parts = urlsplit(uri)
+    if parts.fragment or "#" in uri:
+        return "a redirect URI must not have a fragment"
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http":
+        return None if parts.hostname and _loopback(parts.hostname) else "http redirect URIs must be loopback"
+    if parts.scheme and "." in parts.scheme and parts.scheme not in ("javascript", "data", "file", "vbscript"):
+        return None  # a native app's private-use scheme, reverse-DNS style (RFC 8252 §7.1)
+    return f"redirect URI scheme {parts.scheme or '(none)'!r} is not allowed"
+
+
+def check_metadata(body: Any, server_metadata: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """Validate RFC 7591 client metadata; returns (client name, redirect URIs). Raises RegistrationRefused."""
+    from authlib.oauth2.rfc7591 import ClientMetadataClaims
+    from joserfc.errors import JoseError
+
+    if not isinstance(body, dict):
+        raise RegistrationRefused("invalid_client_metadata", "the body must be a JSON object")
+    uris = body.get("redirect_uris")
+    if not isinstance(uris, list) or not uris or len(uris) > MAX_REDIRECT_URIS:
+        raise RegistrationRefused("invalid_redirect_uri", f"redirect_uris: 1 to {MAX_REDIRECT_URIS} URIs")
+    for uri in uris:
+        problem = redirect_uri_problem(uri)
+        if problem:
+            raise RegistrationRefused("invalid_redirect_uri", problem)
+    options = ClientMetadataClaims.get_claims_options(server_metadata)
+    options.pop("token_endpoint_auth_method", None)  # any method is accepted and registered as `none`
+    options.pop("scope", None)  # unknown scopes are not refused here: the consent page offers only what exists
+    claims = ClientMetadataClaims(body, {}, options=options)
+    try:
+        claims.validate()
+    except (JoseError, ValueError, TypeError) as exc:
+        raise RegistrationRefused("invalid_client_metadata", str(getattr(exc, "description", "") or exc)) from None
+    name = body.get("client_name")
+    if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME):
+        raise RegistrationRefused("invalid_client_metadata", f"client_name: at most {MAX_NAME} characters")
+    return (name or "unnamed client").strip() or "unnamed client", tuple(uris)
+
+
+class Clients:
+    def __init__(self, store: Store, preregistered: tuple[Client, ...], ttl: int) -> None:
+        self.store = store
+        self.preregistered = {c.client_id: c for c in preregistered}
+        self.ttl = ttl
+
+    async def register(self, body: Any, server_metadata: dict[str, Any]) -> Client:
+        name, uris = check_metadata(body, server_metadata)
+        client = Client("sgc_" + secrets.token_hex(16), name, uris, "registered itself (RFC 7591)")
+        await self.store.set(CLIENT_KEY + client.client_id, client.to_json().decode(), ttl=self.ttl)
+        return client
+
+    async def find(self, client_id: str) -> Client | None:
+        if client_id in self.preregistered:
+            return self.preregistered[client_id]
+        if not client_id.startswith("sgc_") or len(client_id) > 40:
+            return None
+        raw = await self.store.get(CLIENT_KEY + client_id, refresh_ttl=self.ttl)
+        return Client.from_json(raw) if raw else None

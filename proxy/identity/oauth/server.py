@@ -1,0 +1,266 @@
+"""The authorization server's machine endpoints: RFC 8414 metadata, JWKS, /token, /register (RFC 7591), /revoke.
+
+Thin aiohttp handlers over the pure checks in `authorization` and the store-backed `grants` and `clients`.
+Authlib has no aiohttp integration and its AuthorizationServer calls its storage hooks synchronously, which does not
+fit an async Redis store; so the flows are these small handlers, and Authlib supplies the RFC pieces that are easy
+to get subtly wrong (RFC 7591 metadata validation, RFC 7636 S256, RFC 8414 metadata validation in the tests).
+Every answer carries `Cache-Control: no-store`; errors are RFC 6749 §5.2 JSON and say nothing about other clients.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
+from proxy.identity.oauth.clients import Client, Clients, RegistrationRefused
+from proxy.identity.oauth.grants import Grant, Grants, Replayed, access_claims, now
+from proxy.identity.oauth.keys import KeyRing
+from proxy.identity.oauth.sessions import Sessions
+from proxy.identity.pats import Registry
+from proxy.store import Store, StoreUnavailable
+
+log = logging.getLogger("scopegate.oauth")
+
+BASE = "/oauth"
+METADATA_PATH = "/.well-known/oauth-authorization-server" + BASE  # RFC 8414 §3.1: well-known before the issuer's path
+MAX_FORM = 16 * 1024
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    issuer: str  # <public origin>/oauth: a path, so no client argues about a root issuer's trailing slash
+    resource: str  # the proxy's public URL: the only audience and the only `resource` accepted
+    keys: KeyRing
+    offered: tuple[str, ...]  # scopes a client may be granted (the policy's, less those withheld from OAuth)
+    known: tuple[str, ...]
+    excluded: tuple[str, ...]
+    clients: tuple[Client, ...]
+    dynamic_registration: bool
+    sign_in: tuple[str, ...]
+    access_ttl: int = 1800
+    refresh_ttl: int = 30 * 86400
+
+    @property
+    def secure(self) -> bool:
+        return self.issuer.startswith("https://")
+
+    def metadata(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + "/authorize",
+            "token_endpoint": self.issuer + "/token",
+            "revocation_endpoint": self.issuer + "/revoke",
+            "jwks_uri": self.issuer + "/jwks.json",
+            "scopes_supported": list(self.offered),
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["none"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": True,
+            "client_id_metadata_document_supported": False,
+        }
+        if self.dynamic_registration:
+            doc["registration_endpoint"] = self.issuer + "/register"
+        return doc
+
+
+def oauth_error(error: str, description: str, status: int = 400) -> web.Response:
+    return web.Response(body=orjson.dumps({"error": error, "error_description": description}), status=status,
+                        content_type="application/json", headers=NO_STORE)
+
+
+async def form(request: web.Request) -> dict[str, str] | None:
+    """The urlencoded body as single values; None when a parameter repeats (RFC 6749 §3.2) or the body is odd."""
+    if request.content_type != "application/x-www-form-urlencoded" or (request.content_length or 0) > MAX_FORM:
+        return None
+    data = await request.post()
+    out: dict[str, str] = {}
+    for key in data:
+        values = data.getall(key)
+        if len(values) != 1 or not isinstance(values[0], str):
+            return None
+        out[key] = values[0]
+    return out
+
+
+class OAuthServer:
+    def __init__(self, settings: Settings, registry: Registry | None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store: Store | None = None
+
+    def attach(self, store: Store) -> None:
+        """Bind to the shared store once the app has opened it."""
+        s = self.settings
+        self.store = store
+        self.grants = Grants(store, s.refresh_ttl, s.access_ttl)
+        self.clients = Clients(store, s.clients, s.refresh_ttl)
+        self.sessions = Sessions(store, s.secure, BASE)
+
+    def add_routes(self, app: web.Application) -> None:
+        from proxy.identity.oauth import browser
+
+        app.router.add_get(METADATA_PATH, self.metadata)
+        app.router.add_get(BASE + "/jwks.json", self.jwks)
+        app.router.add_post(BASE + "/token", self.guarded(self.token))
+        app.router.add_post(BASE + "/revoke", self.guarded(self.revoke))
+        if self.settings.dynamic_registration:
+            app.router.add_post(BASE + "/register", self.guarded(self.register))
+        browser.add_routes(app, self)
+
+    def guarded(self, handler: Any) -> Any:
+        """The store is where codes and grants live: when it cannot answer, refuse (503), never guess."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except StoreUnavailable:
+                log.warning("OAuth request refused: store unavailable")
+                return oauth_error("temporarily_unavailable", "try again shortly", 503)
+
+        return run
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.settings.metadata()), content_type="application/json",
+                            headers={"Cache-Control": "max-age=300"})
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.settings.keys.jwks()), content_type="application/json",
+                            headers={"Cache-Control": "max-age=300"})
+
+    def _tokens(self, grant: Grant, scopes: tuple[str, ...], refresh_token: str) -> web.Response:
+        s = self.settings
+        claims = access_claims(grant, scopes, issuer=s.issuer, audience=s.resource, now=now(), ttl=s.access_ttl)
+        body = {"access_token": s.keys.sign(claims), "token_type": "Bearer", "expires_in": s.access_ttl,
+                "refresh_token": refresh_token, "scope": " ".join(scopes)}
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=NO_STORE)
+
+    async def token(self, request: web.Request) -> web.Response:
+        params = await form(request)
+        if params is None:
+            return oauth_error("invalid_request", "expected one application/x-www-form-urlencoded value per name")
+        client_id = params.get("client_id")
+        if not client_id:
+            return oauth_error("invalid_client", "client_id is required (public clients)", 401)
+        if params.get("resource") not in (None, self.settings.resource):
+            return oauth_error("invalid_target", f"resource must be {self.settings.resource}")
+        grant_type = params.get("grant_type")
+        if grant_type == "authorization_code":
+            return await self._code(params, client_id)
+        if grant_type == "refresh_token":
+            return await self._refresh(params, client_id)
+        return oauth_error("unsupported_grant_type", "authorization_code or refresh_token")
+
+    async def _code(self, params: dict[str, str], client_id: str) -> web.Response:
+        code = params.get("code")
+        if not code or len(code) > 100:
+            return oauth_error("invalid_request", "code is required")
+        try:
+            pending = await self.grants.take_code(code)
+        except Replayed:
+            log.warning("authorization code replayed; its grant is revoked", extra={"client_id": client_id})
+            return oauth_error("invalid_grant", "code already used")
+        if pending is None:
+            return oauth_error("invalid_grant", "unknown or expired code")
+        # The code is consumed whatever happens next: a wrong verifier burns it, so it cannot be guessed at.
+        if pending.grant.client_id != client_id:
+            return oauth_error("invalid_grant", "code was issued to another client")
+        if params.get("redirect_uri") != pending.redirect_uri:
+            return oauth_error("invalid_grant", "redirect_uri differs from the authorization request")
+        if not pkce_matches(params.get("code_verifier"), pending.code_challenge):
+            return oauth_error("invalid_grant", "PKCE verification failed")
+        refresh_token = await self.grants.start(pending.grant)
+        log.info("OAuth grant issued", extra={"credential_id": pending.grant.credential_id, "client_id": client_id})
+        return self._tokens(pending.grant, pending.grant.scopes, refresh_token)
+
+    async def _refresh(self, params: dict[str, str], client_id: str) -> web.Response:
+        token = params.get("refresh_token")
+        if not token or len(token) > 100:
+            return oauth_error("invalid_request", "refresh_token is required")
+        try:
+            rotated = await self.grants.rotate(token)
+        except Replayed as exc:
+            log.warning("refresh token replayed; the whole family is revoked",
+                        extra={"credential_id": "sgo_" + str(exc), "client_id": client_id})
+            return oauth_error("invalid_grant", "refresh token already used")
+        if rotated is None:
+            return oauth_error("invalid_grant", "unknown, expired or revoked refresh token")
+        grant, next_token = rotated
+        if grant.client_id != client_id:
+            await self.grants.revoke(grant.grant_id)  # a stolen refresh token in the wrong hands: end the family
+            return oauth_error("invalid_grant", "refresh token was issued to another client")
+        scopes = grant.scopes
+        if params.get("scope") is not None:
+            asked = tuple(dict.fromkeys(params["scope"].split()))
+            if not set(asked) <= set(grant.scopes):
+                return oauth_error("invalid_scope", "a refresh can only narrow the granted scopes")
+            scopes = asked
+        return self._tokens(grant, scopes, next_token)
+
+    async def register(self, request: web.Request) -> web.Response:
+        if request.content_type != "application/json" or (request.content_length or 0) > MAX_FORM:
+            return oauth_error("invalid_client_metadata", "expected a JSON body")
+        try:
+            body = orjson.loads(await request.read())
+            client = await self.clients.register(body, self.settings.metadata())
+        except orjson.JSONDecodeError:
+            return oauth_error("invalid_client_metadata", "not JSON")
+        except RegistrationRefused as exc:
+            return oauth_error(exc.error, exc.description)
+        log.info("OAuth client registered", extra={"client_id": client.client_id})
+        answer = {"client_id": client.client_id, "client_id_issued_at": now(), "client_name": client.name,
+                  "redirect_uris": list(client.redirect_uris), "token_endpoint_auth_method": "none",
+                  "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]}
+        if isinstance(body.get("scope"), str):
+            answer["scope"] = body["scope"]
+        return web.Response(body=orjson.dumps(answer), status=201, content_type="application/json",
+                            headers=NO_STORE)
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """RFC 7009: a refresh token or an access token ends its grant (the whole family). Unknown tokens get 200
+        too, so the endpoint does not tell an attacker which tokens exist."""
+        params = await form(request)
+        if params is None or not params.get("token"):
+            return oauth_error("invalid_request", "token is required")
+        token, client_id = params["token"], params.get("client_id")
+        grant_id = await self._grant_of(token)
+        if grant_id is not None:
+            grant = await self.grants.find(grant_id)
+            if grant is not None and (client_id is None or client_id == grant.client_id):
+                await self.grants.revoke(grant_id)
+        return web.Response(status=200, headers=NO_STORE)
+
+    async def _grant_of(self, token: str) -> str | None:
+        if token.startswith("sgr_"):
+            from proxy.identity.oauth.grants import KEY, digest
+
+            return await self.grants.store.get(KEY + "refresh:" + digest(token))
+        if token.count(".") == 2:
+            import jwt
+
+            try:
+                kid = jwt.get_unverified_header(token).get("kid")
+                key = await self.settings.keys.key(kid, "")
+                claims = jwt.decode(token, key, algorithms=["ES256", "EdDSA"], audience=self.settings.resource,
+                                    issuer=self.settings.issuer, options={"verify_exp": False})
+            except Exception:  # any bad token is "not ours": RFC 7009 answers 200 all the same
+                return None
+            gid = claims.get("gid")
+            return gid if isinstance(gid, str) else None
+        return None
+
+    def consent_toggles(self, requested: tuple[str, ...], held: tuple[str, ...]) -> Any:
+        s = self.settings
+        return toggles(requested, known=s.offered, excluded=s.excluded, held=frozenset(held))
+
+    @staticmethod
+    def granted(chosen: list[str], offered: Any) -> tuple[str, ...]:
+        return granted(chosen, offered)

@@ -1,0 +1,54 @@
+"""From configuration to the OAuth server's Settings, once, before anything listens; every problem a ConfigError."""
+
+from __future__ import annotations
+
+from proxy.config import Config, ConfigError
+from proxy.identity.oauth.clients import Client, redirect_uri_problem
+from proxy.identity.oauth.keys import ALGORITHMS, KeyFileError, KeyRing, load_keys
+from proxy.identity.oauth.server import BASE, Settings
+from proxy.identity.pats import Registry
+from proxy.identity.principal import matches_any
+from proxy.policy.model import Issuer, Policy
+
+
+def settings_from(config: Config, policy: Policy, registry: Registry | None) -> Settings | None:
+    oauth = policy.oauth
+    if oauth is None:
+        return None
+    if config.public_url is None:
+        raise ConfigError("the policy's `oauth:` section needs SCOPEGATE_PUBLIC_URL: it is the tokens' audience "
+                          "and the authorization server's address")
+    if not config.oauth_signing_keys:
+        raise ConfigError("the policy's `oauth:` section needs SCOPEGATE_OAUTH_SIGNING_KEYS (a PEM EC P-256 or "
+                          "Ed25519 private key file, e.g. a mounted Secret)")
+    try:
+        keys = load_keys(config.oauth_signing_keys)
+    except KeyFileError as exc:
+        raise ConfigError(f"SCOPEGATE_OAUTH_SIGNING_KEYS: {exc}") from None
+    if registry is None:
+        raise ConfigError("the policy's `oauth:` section signs people in with their PAT or admin key: set "
+                          "SCOPEGATE_PAT_FILE")
+    clients = []
+    for index, client in enumerate(oauth.clients):
+        for uri in client.redirect_uris:
+            problem = redirect_uri_problem(uri)
+            if problem:
+                raise ConfigError(f"{config.policy}: oauth.clients.{index}.redirect_uris: {problem}")
+        clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
+                              "pre-registered in this server's policy"))
+    offered = oauth.scopes or tuple(s for s in policy.scopes if not matches_any(s, policy.oauth_excluded_scopes))
+    public = config.public_url
+    return Settings(
+        issuer=f"{public.origin()}{BASE}", resource=str(public), keys=KeyRing(keys), offered=offered,
+        known=policy.scopes, excluded=policy.oauth_excluded_scopes, clients=tuple(clients),
+        dynamic_registration=oauth.dynamic_registration, sign_in=oauth.sign_in,
+        access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
+    )
+
+
+def own_issuer(settings: Settings) -> Issuer:
+    """The verifier's view of this server: an issuer of kind oauth, so exclusions and role ceilings apply."""
+    # model_construct: no key file or JWKS URL; the keys are in memory (Settings.keys is the KeySource).
+    return Issuer.model_construct(issuer=settings.issuer, kind="oauth", jwks_url=None, public_key_file=None,
+                                  algorithms=ALGORITHMS, audience=settings.resource, role_claim="role",
+                                  jwks_ttl_seconds=300.0, jwks_min_refetch_seconds=30.0)

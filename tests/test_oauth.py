@@ -1,0 +1,599 @@
+"""scopegate's own OAuth 2.1 server, end to end: the official SDK's OAuth client discovers it from the 401, registers
+(RFC 7591), goes through sign-in and consent (a person simulated over HTTP with a cookie jar), exchanges the code
+with PKCE, calls tools through the proxy within exactly the consented scopes, refreshes (rotation), and is cut off
+when a replayed refresh token kills the family. Then each attack an authorization server must refuse."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx2
+import jwt
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from yarl import URL
+
+from proxy.config import Config
+from proxy.demo.run import free_port
+from proxy.edge.app import start
+from proxy.identity.loader import load_identity
+from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, Upstream, modern_headers
+
+REDIRECT = "http://127.0.0.1:1/callback"  # never contacted: the test reads the Location header
+
+
+def pem(private: Any) -> bytes:
+    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+
+def oauth_policy(tmp_path: Path, base: str = "pat-workspaces.yaml", **oauth: Any) -> str:
+    policy = yaml.safe_load((POLICIES / base).read_text())
+    policy["oauth"] = {"sign_in": ["pat", "admin_key"], **oauth}
+    path = tmp_path / f"oauth-{base}"
+    path.write_text(yaml.safe_dump(policy))
+    return str(path)
+
+
+@dataclass
+class OAuthProxy:
+    url: str  # the MCP endpoint = the tokens' audience
+    issuer: str
+    signing_key: Any
+    runners: list[Any] = field(default_factory=list)
+
+    def endpoint(self, name: str) -> str:
+        return f"{self.issuer}/{name}"
+
+
+@pytest.fixture
+async def oauth_proxy(tmp_path: Path, upstream: Upstream, recorder: Recorder, issue: Any) -> Any:
+    """A proxy with the OAuth server on (ES256 key made here), a registry with a writer and a reader PAT."""
+    issue.tokens = {  # type: ignore[attr-defined]
+        "writer": issue("writer", scopes=["mcp:read", "mcp:write"]),
+        "reader": issue("reader", scopes=["mcp:read"], workspace="acme"),
+    }
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "signing.pem"
+    key_file.write_bytes(pem(key))
+    started = OAuthProxy("", "", key)
+
+    async def _start(policy: str | None = None, public: str | None = None, **settings: Any) -> OAuthProxy:
+        """`public`: another replica's public URL (replicas share it; each listens on its own port here)."""
+        port = free_port()
+        started.local = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+        public = public or f"http://127.0.0.1:{port}/mcp"
+        settings.setdefault("oauth_signing_keys", (str(key_file),))
+        config = Config(upstream=URL(upstream.url), listen=("127.0.0.1", port), public_url=URL(public),
+                        policy=policy or oauth_policy(tmp_path), pat_file=issue.path,
+                        metrics_listen=("127.0.0.1", 0), **settings)
+        runner, _ = await start(config, load_identity(config, {}))
+        started.runners.append(runner)
+        started.url, started.issuer = public, public.removesuffix("/mcp") + "/oauth"
+        return started
+
+    started.start = _start  # type: ignore[attr-defined]
+    started.tokens = issue.tokens  # type: ignore[attr-defined]
+    yield started
+    for runner in started.runners:
+        await runner.cleanup()
+
+
+def fields(pairs: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Form data with repeated names (httpx takes a dict of lists)."""
+    out: dict[str, list[str]] = {}
+    for key, value in pairs:
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def hidden(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]*)"', html)
+    assert found, f"no {name} field on the page"
+    return found.group(1)
+
+
+class Person:
+    """A person at a browser, over plain HTTP with a cookie jar: signs in with a PAT, ticks, approves."""
+
+    def __init__(self, token: str, untick: tuple[str, ...] = (), workspace: str = "", decision: str = "allow"):
+        self.http = httpx2.AsyncClient(follow_redirects=False, timeout=10)
+        self.token, self.untick, self.workspace, self.decision = token, untick, workspace, decision
+        self.consent_html = ""
+        self.origin: str | None = None  # the Origin the browser shows (the public one, behind a load balancer)
+
+    async def authorize(self, url: str) -> httpx2.Response:
+        """From the authorization URL to the redirect back to the client (returned, not followed)."""
+        page = await self.http.get(url)
+        if page.status_code == 303:
+            return page  # an error redirect straight from /authorize
+        assert page.status_code == 200, page.text
+        origin = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
+        shown = {"Origin": self.origin or origin}
+        if 'name="token"' in page.text:
+            signed_in = await self.http.post(f"{origin}/oauth/signin", headers=shown, data={
+                "request": hidden(page.text, "request"), "token": self.token})
+            assert signed_in.status_code == 303, signed_in.text
+            page = await self.http.get(origin + signed_in.headers["location"])
+        assert page.status_code == 200 and "Allow" in page.text, page.text
+        self.consent_html = page.text
+        ticked = re.findall(r'name="scope" value="([^"]+)" checked', page.text)
+        form = [("request", hidden(page.text, "request")), ("csrf", hidden(page.text, "csrf")),
+                ("decision", self.decision), ("workspace", self.workspace)]
+        form += [("scope", s) for s in ticked if s not in self.untick]
+        return await self.http.post(f"{origin}/oauth/consent", headers=shown, data=fields(form))
+
+
+class MemoryTokens:
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info
+
+
+def sdk_oauth(url: str, person: Person, storage: MemoryTokens) -> OAuthClientProvider:
+    answer: dict[str, AuthorizationCodeResult] = {}
+
+    async def redirect_handler(authorization_url: str) -> None:
+        back = await person.authorize(authorization_url)
+        assert back.status_code == 303, back.text
+        query = parse_qs(urlsplit(back.headers["location"]).query)
+        assert "code" in query, query
+        answer["result"] = AuthorizationCodeResult(code=query["code"][0], state=query.get("state", [None])[0],
+                                                   iss=query.get("iss", [None])[0])
+
+    async def callback_handler() -> AuthorizationCodeResult:
+        return answer.pop("result")
+
+    metadata = OAuthClientMetadata(client_name="Test Assistant", redirect_uris=[REDIRECT],
+                                   grant_types=["authorization_code", "refresh_token"], response_types=["code"])
+    return OAuthClientProvider(url, metadata, storage, redirect_handler, callback_handler)
+
+
+def claims_of(access_token: str) -> dict[str, Any]:
+    return jwt.decode(access_token, options={"verify_signature": False})
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_sdk_oauth_client_discovers_registers_consents_refreshes_and_replay_kills_family(
+        mode: str, oauth_proxy: Any, recorder: Recorder) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"], untick=("mcp:write",))  # the person grants read only
+    storage = MemoryTokens()
+    auth = sdk_oauth(proxy.url, person, storage)
+    async with Client(streamable_http_client(proxy.url, http_client=httpx2.AsyncClient(auth=auth, timeout=30)),
+                      mode=mode) as client:
+        tools = await client.list_tools()
+        assert "list_accounts" in {t.name for t in tools.tools}
+        assert "create_journal_entry" not in {t.name for t in tools.tools}  # mcp:write was not consented
+        result = await client.call_tool("list_accounts", {"workspaceId": "acme"})
+        assert not result.is_error
+
+        first = storage.tokens
+        assert first is not None and first.refresh_token and first.refresh_token.startswith("sgr_")
+        claims = claims_of(first.access_token)
+        assert claims["aud"] == proxy.url and claims["iss"] == proxy.issuer and claims["scope"] == "mcp:read"
+        assert claims["exp"] - claims["iat"] == 1800 and first.expires_in == 1800
+        assert storage.client is not None and storage.client.client_id.startswith("sgc_")
+        assert "Test Assistant" in person.consent_html and "registered itself (RFC 7591)" in person.consent_html
+
+        auth.context.token_expiry_time = time.time() - 1  # the access token is due: the next call refreshes
+        assert not (await client.call_tool("list_accounts", {"workspaceId": "acme"})).is_error
+        second = storage.tokens
+        assert second is not None and second.refresh_token != first.refresh_token  # rotated
+        assert second.access_token != first.access_token and claims_of(second.access_token)["gid"] == claims["gid"]
+
+    for received in recorder.received:  # no token passthrough
+        assert "authorization" not in received.headers
+
+    # The first refresh token was consumed; presenting it again is a replay: the whole family dies.
+    async with httpx2.AsyncClient() as http:
+        replay = await http.post(proxy.endpoint("token"), data={
+            "grant_type": "refresh_token", "refresh_token": first.refresh_token,
+            "client_id": storage.client.client_id})
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        current = await http.post(proxy.url, headers=mcp_headers(second.access_token), json=LIST)
+        assert current.status_code == 401  # the live access token of that family is refused on its next request
+        renewed = await http.post(proxy.endpoint("token"), data={
+            "grant_type": "refresh_token", "refresh_token": second.refresh_token,
+            "client_id": storage.client.client_id})
+        assert renewed.status_code == 400  # and so is its live refresh token
+
+
+LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}}
+
+
+def mcp_headers(token: str) -> dict[str, str]:
+    return {**modern_headers("tools/list"), "Authorization": f"Bearer {token}"}
+
+
+# --- the flow by hand, for the attacks --------------------------------------------------------------------------
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+async def register(http: httpx2.AsyncClient, proxy: Any, redirect: str = REDIRECT) -> str:
+    answer = await http.post(proxy.endpoint("register"), json={"client_name": "Attack Test",
+                                                               "redirect_uris": [redirect]})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["token_endpoint_auth_method"] == "none"
+    return answer.json()["client_id"]
+
+
+def authorization_url(proxy: Any, client_id: str, challenge: str | None, **extra: str) -> str:
+    params = {"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "state": "st-1",
+              "code_challenge_method": "S256", "resource": proxy.url, "scope": "mcp:read mcp:write"}
+    if challenge is not None:
+        params["code_challenge"] = challenge
+    params.update(extra)
+    return f"{proxy.endpoint('authorize')}?{urlencode({k: v for k, v in params.items() if v != '-'})}"
+
+
+async def code_for(proxy: Any, person: Person, client_id: str, challenge: str, **extra: str) -> str:
+    back = await person.authorize(authorization_url(proxy, client_id, challenge, **extra))
+    assert back.status_code == 303, back.text
+    query = parse_qs(urlsplit(back.headers["location"]).query)
+    assert query["state"] == ["st-1"] and query["iss"] == [proxy.issuer]
+    return query["code"][0]
+
+
+async def exchange(http: httpx2.AsyncClient, proxy: Any, client_id: str, code: str, verifier: str | None,
+                   redirect: str = REDIRECT) -> httpx2.Response:
+    data = {"grant_type": "authorization_code", "code": code, "client_id": client_id, "redirect_uri": redirect}
+    if verifier is not None:
+        data["code_verifier"] = verifier
+    return await http.post(proxy.endpoint("token"), data=data)
+
+
+async def test_metadata_documents_and_jwks(oauth_proxy: Any) -> None:
+    from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+
+    proxy = await oauth_proxy.start()
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient() as http:
+        prm = (await http.get(f"{origin}/.well-known/oauth-protected-resource/mcp")).json()
+        assert prm["authorization_servers"][0] == proxy.issuer and prm["resource"] == proxy.url
+        meta = (await http.get(f"{origin}/.well-known/oauth-authorization-server/oauth")).json()
+        jwks = (await http.get(meta["jwks_uri"])).json()
+        unauthenticated = await http.post(proxy.url, json=LIST, headers={"Accept": "application/json"})
+    assert meta["issuer"] == proxy.issuer and meta["code_challenge_methods_supported"] == ["S256"]
+    assert meta["grant_types_supported"] == ["authorization_code", "refresh_token"]
+    assert meta["scopes_supported"] == ["mcp:read", "mcp:write"]
+    # Authlib's RFC 8414 validation (it insists on https, so check the same document under an https issuer).
+    https = {k: v.replace("http://", "https://") if isinstance(v, str) else v for k, v in meta.items()}
+    AuthorizationServerMetadata(https).validate()
+    public = serialization.load_pem_public_key(
+        oauth_proxy.signing_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert [k["alg"] for k in jwks["keys"]] == ["ES256"] and "d" not in jwks["keys"][0]
+    assert jwt.PyJWK.from_dict(jwks["keys"][0]).key.public_numbers() == public.public_numbers()
+    assert 'resource_metadata="' in unauthenticated.headers["www-authenticate"]
+
+
+async def test_two_keys_published_first_signs(oauth_proxy: Any, tmp_path: Path) -> None:
+    second = tmp_path / "next.pem"
+    second.write_bytes(pem(ed25519.Ed25519PrivateKey.generate()))
+    proxy = await oauth_proxy.start(oauth_signing_keys=(str(second), str(tmp_path / "signing.pem")))
+    async with httpx2.AsyncClient() as http:
+        jwks = (await http.get(proxy.endpoint("jwks.json"))).json()
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"]), client_id, challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        ok = await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)
+    assert [k["alg"] for k in jwks["keys"]] == ["EdDSA", "ES256"]
+    assert jwt.get_unverified_header(tokens["access_token"])["kid"] == jwks["keys"][0]["kid"]
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("attack", ["missing", "plain", "wrong verifier", "no verifier"])
+async def test_pkce_is_required_and_checked(attack: str, oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"])
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        if attack in ("missing", "plain"):
+            extra = {"code_challenge_method": "plain"} if attack == "plain" else {}
+            back = await person.authorize(authorization_url(proxy, client_id, None if attack == "missing"
+                                                            else verifier, **extra))
+            query = parse_qs(urlsplit(back.headers["location"]).query)
+            assert back.status_code == 303 and query["error"] == ["invalid_request"] and "code" not in query
+            return
+        code = await code_for(proxy, person, client_id, challenge)
+        wrong = pkce()[0] if attack == "wrong verifier" else None
+        refused = await exchange(http, proxy, client_id, code, wrong)
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+        # The code is burnt by the failed attempt: the right verifier no longer helps an attacker who guesses.
+        late = await exchange(http, proxy, client_id, code, verifier)
+        assert late.status_code == 400
+
+
+async def test_redirect_uri_must_match_exactly_and_errors_never_redirect_there(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"])
+    _, challenge = pkce()
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        for evil in ("http://127.0.0.1:1/callback/../evil", "http://127.0.0.1:1/callback?x=1", "https://evil.test/cb",
+                     "http://127.0.0.1:1/Callback"):
+            page = await http.get(authorization_url(proxy, client_id, challenge, redirect_uri=evil))
+            assert page.status_code == 400 and "location" not in page.headers
+            assert "redirect_uri does not match" in page.text
+        unknown = await http.get(authorization_url(proxy, "sgc_" + "0" * 32, challenge))
+        assert unknown.status_code == 400 and "location" not in unknown.headers
+        # Exchange with another redirect_uri than the one authorized: refused.
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge)
+        refused = await exchange(http, proxy, client_id, code, verifier, redirect="http://127.0.0.1:1/other")
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+        # Registration refuses redirect URIs that are not https or loopback, and fragments.
+        for bad in ("http://evil.test/cb", "https://ok.test/cb#frag", "javascript:alert(1)"):
+            answer = await http.post(proxy.endpoint("register"), json={"redirect_uris": [bad]})
+            assert answer.status_code == 400 and answer.json()["error"] == "invalid_redirect_uri"
+
+
+async def test_code_is_single_use_and_replay_revokes_its_grant(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"]), client_id, challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+        replay = await exchange(http, proxy, client_id, code, verifier)
+        assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
+        after = await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)
+        assert after.status_code == 401  # RFC 6749 §4.1.2: what the twice-used code gave is revoked
+
+
+async def test_code_of_another_client_and_resource_of_another_server_refused(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"])
+    async with httpx2.AsyncClient() as http:
+        client_id, thief = await register(http, proxy), await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge)
+        stolen = await exchange(http, proxy, thief, code, verifier)
+        assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
+        back = await person.authorize(authorization_url(proxy, client_id, challenge,
+                                                        resource="https://other.test/mcp"))
+        assert parse_qs(urlsplit(back.headers["location"]).query)["error"] == ["invalid_target"]
+
+
+async def test_token_for_another_audience_or_issuer_key_is_refused(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"]), client_id, challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        claims = claims_of(tokens["access_token"])
+        kid = jwt.get_unverified_header(tokens["access_token"])["kid"]
+        key = oauth_proxy.signing_key
+        other_audience = jwt.encode({**claims, "aud": "https://other.test/mcp"}, key, algorithm="ES256",
+                                    headers={"kid": kid})
+        forged = jwt.encode({**claims, "scope": "mcp:read mcp:write"}, ec.generate_private_key(ec.SECP256R1()),
+                            algorithm="ES256", headers={"kid": kid})
+        no_grant = jwt.encode({k: v for k, v in claims.items() if k != "gid"}, key, algorithm="ES256",
+                              headers={"kid": kid})
+        for bad in (other_audience, forged, no_grant):
+            answer = await http.post(proxy.url, headers=mcp_headers(bad), json=LIST)
+            assert answer.status_code == 401
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+
+
+async def test_excluded_scopes_are_never_granted_and_ceiling_holds(oauth_proxy: Any, issue: Any,
+                                                                   tmp_path: Path) -> None:
+    admin = issue("tenant admin", kind="admin_key", scopes=["admin", "config:read", "journal:read", "bank:read"])
+    proxy = await oauth_proxy.start(oauth_policy(tmp_path, "ledger-scopes.yaml"))
+    person = Person(admin)
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge,
+                              scope="admin config:read journal:read journal:write bank:read")
+        # The consent page shows what cannot be granted, and why, without a checkbox that could submit it.
+        assert "withheld from OAuth clients" in person.consent_html
+        assert "your credential does not hold it" in person.consent_html  # journal:write
+        assert 'value="admin"' not in person.consent_html and 'value="config:read"' not in person.consent_html
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+    assert set(tokens["scope"].split()) == {"journal:read", "bank:read"}
+
+
+async def test_forged_consent_form_cannot_add_scopes_or_widen_workspace(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    reader = Person(oauth_proxy.tokens["reader"])  # mcp:read, bound to workspace acme
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        page = await reader.http.get(authorization_url(proxy, client_id, challenge))
+        origin = proxy.issuer.removesuffix("/oauth")
+        signed = await reader.http.post(f"{origin}/oauth/signin", headers={"Origin": origin}, data={
+            "request": hidden(page.text, "request"), "token": reader.token})
+        consent = await reader.http.get(origin + signed.headers["location"])
+        back = await reader.http.post(f"{origin}/oauth/consent", headers={"Origin": origin}, data=fields([
+            ("request", hidden(consent.text, "request")), ("csrf", hidden(consent.text, "csrf")),
+            ("decision", "allow"), ("scope", "mcp:read"), ("scope", "mcp:write"), ("workspace", "globex")]))
+        code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+    claims = claims_of(tokens["access_token"])
+    assert claims["scope"] == "mcp:read" and claims["workspace"] == "acme"
+
+
+async def test_consent_csrf_and_cross_origin_posts_refused(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"])
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        _, challenge = pkce()
+        page = await person.http.get(authorization_url(proxy, client_id, challenge))
+        assert page.headers["x-frame-options"] == "DENY"
+        csp = page.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp and "script-src" not in csp
+        signed = await person.http.post(f"{origin}/oauth/signin", headers={"Origin": origin}, data={
+            "request": hidden(page.text, "request"), "token": person.token})
+        consent = await person.http.get(origin + signed.headers["location"])
+        request_id = hidden(consent.text, "request")
+        base = [("request", request_id), ("decision", "allow"), ("scope", "mcp:read")]
+        no_token = await person.http.post(f"{origin}/oauth/consent", headers={"Origin": origin}, data=fields(base))
+        wrong = await person.http.post(f"{origin}/oauth/consent", headers={"Origin": origin},
+                                       data=fields([*base, ("csrf", "x" * 43)]))
+        cross = await person.http.post(f"{origin}/oauth/consent", headers={"Origin": "https://evil.test"},
+                                       data=fields([*base, ("csrf", hidden(consent.text, "csrf"))]))
+        # Another browser (no session cookie) with the right CSRF token is refused too: the token is the session's.
+        stranger = await http.post(f"{origin}/oauth/consent", headers={"Origin": origin},
+                                   data=fields([*base, ("csrf", hidden(consent.text, "csrf"))]))
+        for answer in (no_token, wrong, cross, stranger):
+            assert answer.status_code == 403 and "location" not in answer.headers
+        bad_signin = await person.http.post(f"{origin}/oauth/signin", headers={"Origin": origin}, data={
+            "request": request_id, "token": "sgp_000000000000_" + "A" * 43})
+        assert bad_signin.status_code == 401 and "set-cookie" not in bad_signin.headers
+
+
+async def test_revoke_endpoint_ends_the_family(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"]), client_id, challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        unknown = await http.post(proxy.endpoint("revoke"), data={"token": "sgr_nothing", "client_id": client_id})
+        assert unknown.status_code == 200
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+        revoked = await http.post(proxy.endpoint("revoke"), data={"token": tokens["refresh_token"],
+                                                                  "client_id": client_id})
+        assert revoked.status_code == 200
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 401
+        refresh = await http.post(proxy.endpoint("token"), data={"grant_type": "refresh_token",
+                                                                 "refresh_token": tokens["refresh_token"],
+                                                                 "client_id": client_id})
+        assert refresh.status_code == 400
+
+
+async def test_revocation_reaches_every_replica_through_redis(oauth_proxy: Any, redis_server: Any) -> None:
+    one = await oauth_proxy.start(redis_url=redis_server.url)
+    one_local = one.local
+    await oauth_proxy.start(public=one.url, redis_url=redis_server.url)
+    # Replica two, reached on its own port, serving the same public URL and issuer as replica one.
+    two = OAuthProxy(one.url, one.issuer.replace(one_local, oauth_proxy.local), one.signing_key)
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, two)  # registered on replica two, known to replica one through Redis
+        verifier, challenge = pkce()
+        person = Person(oauth_proxy.tokens["writer"])
+        person.origin = one_local
+        back = await person.authorize(authorization_url(two, client_id, challenge))
+        code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+        tokens = (await exchange(http, one, client_id, code, verifier)).json()  # redeemed on replica one
+        on_two = f"{oauth_proxy.local}/mcp"
+        assert (await http.post(on_two, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+        revoke = await http.post(f"{one_local}/oauth/revoke", data={"token": tokens["access_token"]})
+        assert revoke.status_code == 200
+        refused = await http.post(on_two, headers=mcp_headers(tokens["access_token"]), json=LIST)
+    assert refused.status_code == 401
+
+
+async def test_oauth_section_needs_public_url_and_a_usable_key(tmp_path: Path, issue: Any) -> None:
+    from proxy.config import ConfigError
+
+    issue("someone", scopes=["mcp:read"])
+    policy = oauth_policy(tmp_path)
+    rsa_free = tmp_path / "bad.pem"
+    rsa_free.write_text("not a key")
+    cases = [
+        ({}, "SCOPEGATE_PUBLIC_URL"),
+        ({"public_url": URL("http://127.0.0.1:9/mcp")}, "SCOPEGATE_OAUTH_SIGNING_KEYS"),
+        ({"public_url": URL("http://127.0.0.1:9/mcp"), "oauth_signing_keys": (str(rsa_free),)}, "PEM"),
+    ]
+    for settings, expected in cases:
+        config = Config(upstream=URL("http://127.0.0.1:9/mcp"), policy=policy, pat_file=issue.path, **settings)
+        with pytest.raises(ConfigError, match=expected):
+            load_identity(config, {})
+
+
+async def test_connected_apps_lists_pats_and_grants_and_revoking_cuts_the_client_off(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"], untick=("mcp:write",))
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+
+        apps = await person.http.get(f"{origin}/oauth/apps")  # the same browser session
+        assert apps.status_code == 200 and "Attack Test" in apps.text and "Revoke writer" in apps.text
+        assert "frame-ancestors 'none'" in apps.headers["content-security-policy"]
+        assert "last used 20" in apps.text  # the OAuth grant was just used; stamped like a PAT
+        grant_id = "sgo_" + claims_of(tokens["access_token"])["gid"]
+        stranger = await http.get(f"{origin}/oauth/apps")  # no session: the sign-in form, no one's apps
+        assert "Attack Test" not in stranger.text and 'name="token"' in stranger.text
+
+        forged = await person.http.post(f"{origin}/oauth/apps/revoke", headers={"Origin": origin},
+                                        data={"id": grant_id, "csrf": "nope"})
+        assert forged.status_code == 403
+        assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
+        revoked = await person.http.post(f"{origin}/oauth/apps/revoke", headers={"Origin": origin},
+                                         data={"id": grant_id, "csrf": hidden(apps.text, "csrf")})
+        assert revoked.status_code == 303
+        cut = await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)
+        assert cut.status_code == 401
+        refresh = await http.post(proxy.endpoint("token"), data={
+            "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": client_id})
+        assert refresh.status_code == 400
+        after = await person.http.get(f"{origin}/oauth/apps")
+        assert "Attack Test" not in after.text and "Revoke writer" in after.text
+
+
+async def test_revoking_the_sign_in_pat_ends_its_oauth_grants_at_refresh(oauth_proxy: Any) -> None:
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"])
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        tokens = (await exchange(http, proxy, client_id, await code_for(proxy, person, client_id, challenge),
+                                 verifier)).json()
+        apps = await person.http.get(f"{origin}/oauth/apps")
+        pat_id = oauth_proxy.tokens["writer"].split("_")[1]
+        revoked = await person.http.post(f"{origin}/oauth/apps/revoke", headers={"Origin": origin},
+                                         data={"id": pat_id, "csrf": hidden(apps.text, "csrf")})
+        assert revoked.status_code == 303
+        pat_call = await http.post(proxy.url, headers=mcp_headers(oauth_proxy.tokens["writer"]), json=LIST)
+        assert pat_call.status_code == 401
+        refresh = await http.post(proxy.endpoint("token"), data={
+            "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": client_id})
+        assert refresh.status_code == 400  # the grant the PAT capped dies with it
+        # ... and the browser session that PAT opened is over.
+        assert 'name="token"' in (await person.http.get(f"{origin}/oauth/apps")).text
