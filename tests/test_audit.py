@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -118,3 +119,34 @@ async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: An
     assert "arguments\"" not in plain.read_text()
     (record,) = [orjson.loads(line) for line in raw.read_text().splitlines()]
     assert record["arguments"] == {"workspaceId": "acme"}
+
+
+async def test_every_refusal_is_a_record(start_proxy: Any, upstream: Any, recorder: Recorder, tmp_path: Path) -> None:
+    """Refusals before any message is read (Host, a secret header, no credential, a malformed or oversized body)
+    are decisions too: each leaves a record with what is known at that point."""
+    trail = tmp_path / "audit.jsonl"
+    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}", max_body_bytes=1000,
+                            env={"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": SECRET_APP_TOKEN})
+    writer = {"Authorization": f"Bearer {TOKENS['writer']}", "Content-Type": "application/json",
+              "Accept": "application/json, text/event-stream"}
+    attempts = [
+        ({"Host": "evil.example"}, b"{}", 403),
+        ({**writer, "x-app-token": "guess"}, b"{}", 400),
+        ({"Content-Type": "application/json"}, b"{}", 401),
+        (writer, b"{not json", 400),
+        (writer, b"[" * 100 + b"]" * 100, 400),
+        (writer, b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "' + b"x" * 2000 + b'"}}', 413),
+    ]
+    async with aiohttp.ClientSession() as http:
+        for headers, body, status in attempts:
+            async with http.post(url, data=body, headers=headers) as resp:
+                assert resp.status == status
+    await flush(start_proxy)
+    records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if r.get("decision")]
+    assert [(r["decision"], r["method"]) for r in records] == [
+        ("deny", "POST"), ("deny", "POST"), ("unauthenticated", "POST"), ("invalid", "POST"), ("invalid", "POST"),
+        ("invalid", "POST")]
+    assert records[0]["reason"] == "Host not allowed" and "x-app-token" in records[1]["reason"]
+    assert records[1]["credential_id"] is None  # refused before authentication: who it was is not known yet
+    assert records[5]["reason"] == "body too large" and all(r["request_id"] for r in records)
+    assert "guess" not in trail.read_text()

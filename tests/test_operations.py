@@ -58,13 +58,22 @@ async def test_a_scripted_session_moves_the_counters(start_proxy: Any, upstream:
     token = preview["result"]["structuredContent"]["confirmationToken"]
     await call(url, "create_vendor", {**VENDOR, "confirmationToken": token})
     await call(url, "create_vendor", {**VENDOR, "confirmationToken": token})  # already used
+    async with aiohttp.ClientSession() as http:  # refused before any message is read: counted all the same
+        async with http.post(url, data=b"{not json", headers={"Authorization": f"Bearer {TOKENS['writer']}",
+                                                               "Content-Type": "application/json"}) as resp:
+            assert resp.status == 400
+        async with http.post(url, data=b"{}", headers={"Host": "evil.example"}) as resp:
+            assert resp.status == 403
     policy.write_text("version: 1\ntools: nonsense\n")  # a reload that must fail
     await asyncio.sleep(1.5)
 
     after = await scrape(port)
     expected = {
-        ("scopegate_auth_failures_total", (("reason", "no bearer"),)): 1,
+        ("scopegate_auth_failures_total", (("reason", "no_bearer"),)): 1,
         ("scopegate_auth_failures_total", (("reason", "malformed"),)): 1,
+        ("scopegate_requests_total", (("decision", "unauthenticated"), ("method", "POST"))): 2,
+        ("scopegate_requests_total", (("decision", "invalid"), ("method", "POST"))): 1,
+        ("scopegate_requests_total", (("decision", "deny"), ("method", "POST"))): 1,
         ("scopegate_requests_total", (("decision", "allow"), ("method", "tools/call"))): 1,
         ("scopegate_requests_total", (("decision", "deny"), ("method", "tools/call"))): 1,
         ("scopegate_requests_total", (("decision", "preview"), ("method", "tools/call"))): 1,
@@ -72,7 +81,7 @@ async def test_a_scripted_session_moves_the_counters(start_proxy: Any, upstream:
         ("scopegate_requests_total", (("decision", "refuse"), ("method", "tools/call"))): 1,
         ("scopegate_confirmations_total", (("outcome", "issued"), ("reason", ""))): 1,
         ("scopegate_confirmations_total", (("outcome", "confirmed"), ("reason", ""))): 1,
-        ("scopegate_confirmations_total", (("outcome", "refused"), ("reason", "already used"))): 1,
+        ("scopegate_confirmations_total", (("outcome", "refused"), ("reason", "already_used"))): 1,
         ("scopegate_policy_reloads_total", (("result", "failure"),)): 1,
     }
     for key, delta in expected.items():
@@ -80,8 +89,10 @@ async def test_a_scripted_session_moves_the_counters(start_proxy: Any, upstream:
     assert value(after, "scopegate_request_duration_seconds_count", http_method="POST") >= 7
     assert value(after, "scopegate_upstream_duration_seconds_count") >= 2
     assert value(after, "scopegate_open_streams") == 0
+    assert value(after, "process_resident_memory_bytes") > 0  # process metrics are on, in the proxy's own registry
     for (name, labels), _ in after.items():  # bounded labels: no token, credential id or argument in any of them
         assert not any(TOKENS["writer"] in v or "Paper Co" in v or "sgp_" in v for _, v in labels), (name, labels)
+        assert not any(" " in v for _, v in labels), (name, labels)  # label values are single words
 
 
 async def test_healthz_and_readyz_follow_upstream_and_redis(start_proxy: Any, redis_server: Any) -> None:

@@ -35,6 +35,15 @@ log = logging.getLogger("scopegate.forward")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
+def error_message(response: web.StreamResponse) -> str:
+    """The JSON-RPC error message of one of our own refusals: the refusing check's words, for the audit record."""
+    try:
+        message = orjson.loads(response.body)["error"]["message"]  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, KeyError, orjson.JSONDecodeError):
+        message = None
+    return message if isinstance(message, str) else f"HTTP {response.status}"
+
+
 class BodyTooLarge(Exception):
     pass
 
@@ -83,21 +92,28 @@ class Forwarder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = self._exchange(request)
+        response: web.StreamResponse | None = None
         try:
-            refusal = await self.pipeline.admit(request, exchange)
+            refusal = response = await self.pipeline.admit(request, exchange)
             if refusal is not None:
                 if exchange.auth_failure is not None:
-                    reason = bounded(exchange.auth_failure, AUTH_REASONS)
-                    self.metrics.auth_failures.labels(reason).inc()
-                    self._outcome(exchange, {"method": request.method}, "unauthenticated", reason)
+                    self.metrics.auth_failures.labels(bounded(exchange.auth_failure, AUTH_REASONS)).inc()
+                    self._refused(exchange, "unauthenticated", exchange.auth_failure)
+                else:  # Host/Origin, a secret header, another credential's session: the check's own words
+                    self._refused(exchange, "deny", error_message(refusal))
                 return refusal
             if request.method == "POST":
-                return await self._post(request, exchange)
+                response = await self._post(request, exchange)
+                return response
             self.metrics.message(request.method, "allow")
             self._outcome(exchange, {"method": request.method}, "allow", "")
             rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
-            return await self._forward(request, exchange, None, rewrite, [], None)
+            response = await self._forward(request, exchange, None, rewrite, [], None)
+            return response
         finally:
+            if not exchange.outcomes:  # every request leaves a record, whichever way it ended
+                status = response.status if response is not None else None
+                self._refused(exchange, "error", f"HTTP {status}" if status else "no answer")
             latency = time.perf_counter() - started
             self.metrics.duration.labels(request.method).observe(latency)
             if exchange.outcomes and self.audit is not None:
@@ -106,6 +122,11 @@ class Forwarder:
     @staticmethod
     def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
         exchange.outcomes.append(Outcome(message, decision, reason))  # audited later, in a batch
+
+    def _refused(self, exchange: Exchange, decision: str, reason: str) -> None:
+        """A request refused before any message was read: counted and audited like every decision."""
+        self.metrics.message(exchange.http_method, decision)
+        self._outcome(exchange, {"method": exchange.http_method}, decision, reason)
 
     def _count(self, exchange: Exchange, message: Message, outcome: Message | Answer) -> None:
         method = message.get("method", "response")
@@ -126,6 +147,7 @@ class Forwarder:
         try:
             body = await read_body(request, limit)
         except BodyTooLarge:
+            self._refused(exchange, "invalid", "body too large")
             return rpc_error(413, INVALID_REQUEST, f"request body exceeds {limit} bytes", request_id=rid)
         try:
             frame = parse_body(
@@ -135,6 +157,7 @@ class Forwarder:
                 protocol_version=exchange.protocol_version,
             )
         except FrameError as exc:
+            self._refused(exchange, "invalid", exc.message)
             return rpc_error(exc.http_status, exc.code, exc.message, msg_id=exc.msg_id, request_id=rid)
 
         answers: list[Message] = list(frame.answers)

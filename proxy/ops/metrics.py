@@ -1,12 +1,14 @@
 """Prometheus metrics, one registry per proxy (several proxies in one process, as in tests, never collide).
 
 Label values stay bounded: methods are MCP's own (anything else is `other`), decisions and reasons come from small
-fixed sets, and no credential id, argument or free text ever becomes a label.
+fixed sets, and no credential id, argument or free text ever becomes a label. Label values are single words
+(`no_bearer`, not `no bearer`): PromQL matchers and dashboards stay simple. Every metric is described, with its
+labels and purpose, in docs/metrics.md (a test holds the two together).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector, ProcessCollector
 
 from proxy import __version__
 
@@ -15,7 +17,7 @@ KNOWN_METHODS = frozenset({
     "resources/list", "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
     "completion/complete", "logging/setLevel", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel",
     "notifications/initialized", "notifications/cancelled", "notifications/progress",
-    "notifications/roots/list_changed", "subscriptions/listen", "response", "GET", "DELETE",
+    "notifications/roots/list_changed", "subscriptions/listen", "response", "POST", "GET", "DELETE",
 })
 AUTH_REASONS = frozenset({"no bearer", "malformed", "unknown", "revoked", "expired", "invalid jwt",
                           "unknown issuer", "store unavailable"})
@@ -24,7 +26,8 @@ CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential",
 
 
 def bounded(value: str, allowed: frozenset[str]) -> str:
-    return value if value in allowed else "other"
+    """A label value: one of `allowed` (spaces become `_`), else `other`."""
+    return value.replace(" ", "_") if value in allowed else "other"
 
 
 class Metrics:
@@ -48,7 +51,21 @@ class Metrics:
                                     registry=r)
         self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
+        self.audit_records = Counter("scopegate_audit_records", "Audit records written, by type", ["type"],
+                                     registry=r)
+        self.audit_incomplete = Counter("scopegate_audit_incomplete_records",
+                                        "Audit records written with an error field (a part could not be built)",
+                                        registry=r)
+        self.audit_write_failures = Counter("scopegate_audit_write_failures",
+                                            "Audit sink writes that failed after their retries", registry=r)
+        self.audit_dropped = Counter("scopegate_audit_dropped_records",
+                                     "Audit records given up on: the sink failed for longer than the buffer lasts",
+                                     registry=r)
+        self.audit_pending = Gauge("scopegate_audit_pending_records", "Audit records not yet written to the sink",
+                                   registry=r)
         Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
+        PlatformCollector(registry=r)  # python_info
 
     def message(self, method: str, decision: str) -> None:
         self.requests.labels(bounded(method, KNOWN_METHODS), decision).inc()
