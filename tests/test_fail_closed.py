@@ -3,6 +3,7 @@ Assertions are made on what the upstream received (the Recorder) and on what the
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import unicodedata
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from proxy.guards.confirmation import visible
-from tests.conftest import MODERN_META, TOKENS, Recorder, modern_headers
+from tests.conftest import MODERN_META, POLICIES, TOKENS, Recorder, modern_headers
 from tests.test_confirm import call, upstream_calls
 from tests.test_identity import AUDIENCE, ISSUER, JwksServer, jwk_of, new_keys, sign, write_policy
 from tests.test_identity import call as identity_call
@@ -270,3 +271,109 @@ async def test_malformed_requests_put_no_header_in_any_log(raw: bytes, proxy_url
     logged = _everything_logged(caplog) + out + err
     assert RAW_SECRET not in logged and "SSSSSSSS" not in logged
     assert recorder.received == []
+
+
+# --- 2. every method that names a tool, prompt or resource is gated; resources carry workspaces -----------------
+
+async def rpc(url: str, token: str, method: str, params: dict, name: str | None = None) -> tuple[int, Any]:
+    """One 2026-07-28 request; a stream (a listen) is read up to its first event and closed."""
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 41, "method": method, "params": {**params, "_meta": MODERN_META}})
+    headers = {**modern_headers(method, name), "Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as resp:
+        if resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            first = await asyncio.wait_for(resp.content.readany(), 10)
+            return resp.status, first.decode()
+        raw = await resp.read()
+        return resp.status, orjson.loads(raw) if raw else None
+
+
+ACME, GLOBEX = "ledger://acme/chart-of-accounts", "ledger://globex/chart-of-accounts"
+# method -> [(who, params, Mcp-Name, expected: "forwarded" | HTTP status of the refusal)]
+GATE_CASES: dict[str, list[tuple[str, dict, str | None, Any]]] = {
+    "tools/call": [
+        ("none", {"name": "list_accounts", "arguments": {"workspaceId": "acme"}}, "list_accounts", 403),
+        ("bound", {"name": "list_accounts", "arguments": {"workspaceId": "globex"}}, "list_accounts", "tool error"),
+        ("bound", {"name": "list_accounts", "arguments": {}}, "list_accounts", "forwarded"),
+    ],
+    "prompts/get": [
+        ("none", {"name": "reconcile_bank_transactions"}, "reconcile_bank_transactions", 403),
+        ("bound", {"name": "reconcile_bank_transactions"}, "reconcile_bank_transactions", "forwarded"),
+    ],
+    "resources/read": [
+        ("none", {"uri": ACME}, ACME, 403),
+        ("bound", {"uri": GLOBEX}, GLOBEX, 403),
+        ("bound", {"uri": "ledger://glob%65x/chart-of-accounts"}, "ledger://glob%65x/chart-of-accounts", 403),
+        ("bound", {"uri": "ledger://%ff/chart-of-accounts"}, "ledger://%ff/chart-of-accounts", 403),
+        ("bound", {"uri": ACME}, ACME, "forwarded"),
+        ("bound", {"uri": 7}, None, 400),
+    ],
+    "resources/subscribe": [
+        ("none", {"uri": ACME}, None, 403),
+        ("bound", {"uri": GLOBEX}, None, 403),
+        ("bound", {"uri": ACME}, None, "forwarded"),
+    ],
+    "resources/unsubscribe": [
+        ("bound", {"uri": GLOBEX}, None, 403),
+        ("bound", {"uri": ACME}, None, "forwarded"),
+    ],
+    "subscriptions/listen": [
+        ("none", {"notifications": {"resourceSubscriptions": [ACME]}}, None, 403),
+        ("bound", {"notifications": {"resourceSubscriptions": [ACME, GLOBEX]}}, None, 403),
+        ("bound", {"notifications": {"toolsListChanged": True, "taskIds": ["t-1"]}}, None, 400),
+        ("bound", {"notifications": {"resourceSubscriptions": "not a list"}}, None, 400),
+        ("bound", {"notifications": {"resourceSubscriptions": [ACME], "toolsListChanged": True}}, None, "forwarded"),
+    ],
+    "completion/complete": [
+        ("none", {"ref": {"type": "ref/prompt", "name": "reconcile_bank_transactions"},
+                  "argument": {"name": "x", "value": ""}}, None, 403),
+        ("none", {"ref": {"type": "ref/resource", "uri": "ledger://{workspaceId}/chart-of-accounts"},
+                  "argument": {"name": "workspaceId", "value": ""}}, None, 403),
+        ("bound", {"ref": {"type": "ref/other"}, "argument": {"name": "x", "value": ""}}, None, 400),
+        ("bound", {"ref": {"type": "ref/resource", "uri": "ledger://{workspaceId}/chart-of-accounts"},
+                   "argument": {"name": "workspaceId", "value": ""}}, None, "forwarded"),
+    ],
+}
+
+
+def test_every_gated_method_has_its_cases() -> None:
+    from proxy.guards.scope import GATED
+
+    assert set(GATE_CASES) == set(GATED)
+
+
+@pytest.mark.parametrize("method", sorted(GATE_CASES))
+async def test_gated_method(method: str, start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any) -> None:
+    tokens = {"none": issue("nothing", scopes=[]), "bound": issue("bound", scopes=["mcp:read"], workspace="acme")}
+    url = await start_proxy(upstream.url, pat_file=issue.path)
+    for who, params, name, expected in GATE_CASES[method]:
+        recorder.received.clear()
+        status, answer = await rpc(url, tokens[who], method, params, name)
+        reached = recorder.calls(method)
+        if expected == "forwarded":
+            assert len(reached) == 1, (method, params, status, answer)
+            if method == "tools/call":
+                assert reached[0]["params"]["arguments"]["workspaceId"] == "acme"  # injected
+        elif expected == "tool error":
+            assert status == 200 and answer["result"]["isError"] is True and reached == [], (params, answer)
+        else:
+            assert (status, reached) == (expected, []), (method, who, params, status, answer)
+            assert answer["error"]["code"] in (-32003, -32602)
+
+
+def test_workspace_segment_in_resource_rules(tmp_path: Path) -> None:
+    from proxy.policy.decide import Rules
+    from proxy.policy.model import PolicyError, load_policy
+
+    rules = Rules(load_policy(POLICIES / "pat-workspaces.yaml"))
+    assert rules.resource_workspace(ACME) == (True, "acme")
+    assert rules.resource_workspace("ledger://glob%65x/chart-of-accounts") == (True, "globex")  # as the SDK reads it
+    assert rules.resource_workspace("ledger://%ff/chart-of-accounts") == (True, None)  # undecodable: refused
+    assert rules.resource_workspace("ledger://a/b/chart-of-accounts") == (False, None)  # one segment only: no rule
+    for bad in ('{match: "ledger://{workspace}/{workspace}", scopes: []}', '{match: "ledger://{ws}/x", scopes: []}'):
+        path = tmp_path / "p.yaml"
+        path.write_text(f"version: 1\nresources:\n  - {bad}\n")
+        with pytest.raises(PolicyError, match="braces"):
+            load_policy(path)
+    path.write_text('version: 1\ntools:\n  - {match: "x_{workspace}", scopes: []}\n')
+    with pytest.raises(PolicyError, match="braces"):
+        load_policy(path)

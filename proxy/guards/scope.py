@@ -6,7 +6,7 @@ naming what was refused and which scopes are missing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
 from proxy.guards.catalog import Catalog
@@ -16,30 +16,69 @@ from proxy.policy.reload import LivePolicy
 
 FORBIDDEN = -32003
 
-# method -> (what it touches, where the name is in params)
-GATED: dict[str, tuple[Kind, str]] = {
-    "tools/call": ("tool", "name"),
-    "prompts/get": ("prompt", "name"),
-    "resources/read": ("resource", "uri"),
-    "resources/subscribe": ("resource", "uri"),
-    "resources/unsubscribe": ("resource", "uri"),
+
+class Gate(NamedTuple):
+    kind: Kind | None  # None: the message says (a completion's `ref.type`)
+    where: str  # where in params the names are: a dotted path; `[]` means every element of a list
+
+
+# Every method that names a tool, prompt or resource: the one table. Each name is decided like a call of it; a
+# message whose names cannot be found where this says is refused (400), never passed on unchecked.
+GATED: dict[str, Gate] = {
+    "tools/call": Gate("tool", "name"),  # task-augmented calls too: the same method
+    "prompts/get": Gate("prompt", "name"),
+    "resources/read": Gate("resource", "uri"),
+    "resources/subscribe": Gate("resource", "uri"),
+    "resources/unsubscribe": Gate("resource", "uri"),
+    "subscriptions/listen": Gate("resource", "notifications.resourceSubscriptions[]"),  # 2026-07-28
+    "completion/complete": Gate(None, "ref"),  # ref/prompt: ref.name; ref/resource: ref.uri
 }
+_COMPLETION_REFS: dict[str, tuple[Kind, str]] = {"ref/prompt": ("prompt", "name"), "ref/resource": ("resource", "uri")}
+# What a listen filter may ask for through the proxy: anything else (an extension's `taskIds`, say) cannot be judged
+# by the policy, so it is refused rather than passed on.
+LISTEN_FILTER = frozenset({"toolsListChanged", "promptsListChanged", "resourcesListChanged", "resourceSubscriptions"})
 
 
-def _target(message: Message) -> tuple[Kind, Any] | None:
-    method = message.get("method")
-    params = message.get("params") or {}
-    if method in GATED:
-        kind, field = GATED[method]
-        return kind, params.get(field)
-    if method == "completion/complete":
-        ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
-        if ref.get("type") == "ref/prompt":
-            return "prompt", ref.get("name")
-        if ref.get("type") == "ref/resource":
-            return "resource", ref.get("uri")
-        return "resource", None
-    return None
+class Malformed(Exception):
+    pass
+
+
+def targets(method: str, params: Any) -> list[tuple[Kind, str]]:
+    """Every (kind, name) a message of `method` names, from the GATED table; Malformed when they are not where the
+    table says, or are not non-empty strings. Pure."""
+    gate = GATED[method]
+    if not isinstance(params, dict):
+        raise Malformed("params must be an object")
+    if gate.kind is None:
+        ref = params.get("ref")
+        if not isinstance(ref, dict) or ref.get("type") not in _COMPLETION_REFS:
+            raise Malformed("params.ref must be a ref/prompt or ref/resource")
+        kind, field = _COMPLETION_REFS[ref["type"]]
+        values: list[Any] = [ref.get(field)]
+        where = f"ref.{field}"
+    else:
+        kind, where = gate.kind, gate.where
+        if method == "subscriptions/listen":
+            wanted = params.get("notifications")
+            if not isinstance(wanted, dict):
+                raise Malformed("params.notifications must be an object")
+            if unknown := sorted(set(wanted) - LISTEN_FILTER):
+                raise Malformed(f"params.notifications.{unknown[0]} is not something this proxy can authorize")
+        values = [params]
+        for step in where.split("."):
+            many = step.endswith("[]")
+            step = step.removesuffix("[]")
+            found = [value.get(step) if isinstance(value, dict) else None for value in values]
+            if many:
+                if any(item is not None and not isinstance(item, list) for item in found):
+                    raise Malformed(f"params.{where.replace('[]', '')} must be a list")
+                found = [element for item in found if item is not None for element in item]
+            values = found
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise Malformed(f"params.{where.replace('[]', '')} must be a non-empty string"
+                            + (" (each of them)" if where.endswith("[]") else ""))
+    return [(kind, value) for value in values]
 
 
 def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
@@ -64,22 +103,25 @@ class ScopeGuard:
         self.catalog = catalog
 
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
-        target = _target(message)
-        if target is None:
+        method = message.get("method")
+        if method not in GATED:
             return message
-        kind, name = target
         msg_id = message.get("id")
-        if not isinstance(name, str) or not name:
-            field = "uri" if kind == "resource" else "name"
-            return Answer(error(msg_id, INVALID_PARAMS, f"params.{field} must be a non-empty string",
-                                {"requestId": exchange.request_id}), http_status=400, decision="invalid")
-        if kind == "tool" and not isinstance(message["params"].get("arguments", {}), dict):
+        params = message.get("params")
+        try:
+            named = targets(method, params)
+        except Malformed as exc:
+            return Answer(error(msg_id, INVALID_PARAMS, str(exc), {"requestId": exchange.request_id}),
+                          http_status=400, decision="invalid")
+        if method == "tools/call" and not isinstance(params.get("arguments", {}), dict):
             return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object",
                                 {"requestId": exchange.request_id}), http_status=400, decision="invalid")
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # used under `default: annotations`
-        decision = decide(self.live.rules, held, kind, name, hint)
-        if not decision.allowed:
-            return refusal(exchange, msg_id, decision)
-        exchange.decision = decision  # the current message's: later guards read it
+        decision = None
+        for kind, name in named:
+            hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # under `default: annotations`
+            decision = decide(self.live.rules, held, kind, name, hint)
+            if not decision.allowed:
+                return refusal(exchange, msg_id, decision)
+        exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
         return message

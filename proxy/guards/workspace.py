@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy.exchange import Answer, Exchange, WorkspaceFact, tool_result
 from proxy.guards.catalog import Catalog
+from proxy.guards.scope import FORBIDDEN, GATED, targets
 from proxy.identity.principal import Principal
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
 from proxy.policy.reload import LivePolicy
@@ -86,9 +87,34 @@ class WorkspaceGuard:
         learned = self.catalog.properties.get(tool)
         return "inject" if learned is not None and self.live.policy.workspace_property in learned else "none"
 
+    def resources(self, exchange: Exchange, message: Message) -> Answer | None:
+        """A resource URI whose rule names a workspace segment (`ledger://{workspace}/…`) is checked like a
+        workspace argument, in every method that names resources (reads, subscriptions, listen streams)."""
+        assert exchange.principal is not None
+        for kind, uri in targets(message["method"], message["params"]):  # the scope guard has checked them
+            if kind != "resource":
+                continue
+            named, workspace = self.live.rules.resource_workspace(uri)
+            if not named:
+                continue
+            problem = (workspace_problem(exchange.principal, workspace) if workspace is not None
+                       else "the workspace segment is not valid percent-encoded UTF-8")
+            exchange.workspaces.append(WorkspaceFact(uri, "verify", "refused" if problem else "verified",
+                                                     workspace, problem or ""))
+            if problem:
+                return Answer(error(message.get("id"), FORBIDDEN, f"resource refused: {problem}",
+                                    {"uri": uri, "requestId": exchange.request_id}),
+                              http_status=403, decision="deny", reason="workspace")
+        return None
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
-        if message.get("method") != "tools/call" or exchange.principal is None:
+        method = message.get("method")
+        if exchange.principal is None or method not in GATED:
             return message
+        if method != "tools/call":
+            # A completion's ref/resource is a template (`ledger://{workspaceId}/…`), not a resource in a workspace.
+            refused = self.resources(exchange, message) if method != "completion/complete" else None
+            return refused or message
         params = message["params"]
         tool, msg_id = params["name"], message.get("id")  # the scope guard has checked the name already
         policy = self.live.policy

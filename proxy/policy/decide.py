@@ -6,15 +6,33 @@ Pure over plain data. The same function filters `tools/list`, `prompts/list`, `r
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from fnmatch import fnmatchcase
+from fnmatch import translate
 from typing import Literal, NamedTuple
+from urllib.parse import unquote_to_bytes
 
-from proxy.policy.model import Policy, Rule
+from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
 
 Kind = Literal["tool", "prompt", "resource"]
 _SECTION = {"tool": "tools", "prompt": "prompts", "resource": "resources"}
 _CACHE_LIMIT = 20_000
+
+
+def pattern(match: str) -> re.Pattern[str]:
+    """A rule's `match` as a regular expression: a glob (`*`, `?`, `[...]`), where `{workspace}` stands for one URI
+    segment (no `/`, `?` or `#`), captured."""
+    parts = [translate(part)[4:-3] for part in match.split(WORKSPACE_SEGMENT)]  # "(?s:" ... ")\\Z"
+    return re.compile("(?s:" + "(?P<workspace>[^/?#]+)".join(parts) + r")\Z")
+
+
+def segment_workspace(segment: str) -> str | None:
+    """The workspace a URI segment names, percent-decoded as an upstream decodes it (`glob%65x` is `globex`); None
+    when it cannot be decoded, so it is refused rather than read two ways. Pure."""
+    try:
+        return unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def satisfies(held: frozenset[str], required: Iterable[str], superscope: str | None) -> bool:
@@ -43,11 +61,11 @@ class Rules:
         self.policy = policy
         self.tool_prefixes = tool_prefixes
         self._exact: dict[Kind, dict[str, tuple[int, Rule]]] = {}
-        self._globs: dict[Kind, list[tuple[int, Rule]]] = {}
+        self._globs: dict[Kind, list[tuple[int, Rule, re.Pattern[str]]]] = {}
         for kind, section in _SECTION.items():
             rules = list(enumerate(getattr(policy, section)))
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
-            self._globs[kind] = [(i, r) for i, r in rules if _is_glob(r.match)]
+            self._globs[kind] = [(i, r, pattern(r.match)) for i, r in rules if _is_glob(r.match)]
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
@@ -56,8 +74,20 @@ class Rules:
     def find(self, kind: Kind, name: str) -> tuple[int, Rule] | None:
         found = self._exact[kind].get(name)
         if found is None:
-            found = next(((i, r) for i, r in self._globs[kind] if fnmatchcase(name, r.match)), None)
+            found = next(((i, r) for i, r, regex in self._globs[kind] if regex.match(name)), None)
         return found
+
+    def resource_workspace(self, uri: str) -> tuple[bool, str | None]:
+        """(whether the rule for this URI names a workspace segment, the workspace it names there). Pure."""
+        if self._exact["resource"].get(uri) is not None:
+            return False, None
+        for _, rule, regex in self._globs["resource"]:
+            found = regex.match(uri)
+            if found is not None:
+                if WORKSPACE_SEGMENT not in rule.match:
+                    return False, None
+                return True, segment_workspace(found.group("workspace"))
+        return False, None
 
     def outcome(self, kind: Kind, name: str) -> Outcome | None:
         """What the rule for this name asks, worked out once per name."""
@@ -85,8 +115,8 @@ class Outcome(NamedTuple):
     because: str
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(ch in pattern for ch in "*?[")
+def _is_glob(match: str) -> bool:
+    return any(ch in match for ch in "*?[") or WORKSPACE_SEGMENT in match
 
 
 def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_hint: bool | None = None) -> Decision:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 Scope = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:*\-]+$")]
 
@@ -168,6 +169,10 @@ def load_policy(path: str | Path) -> Policy:
                          or rule.redact or rule.confirm_ttl_seconds)
             if section != "tools" and tool_only:
                 problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")
+            rest = rule.match.replace(WORKSPACE_SEGMENT, "", 1 if section == "resources" else 0)
+            if "{" in rest or "}" in rest:
+                problems.append(f"{where}.match: only a resource URI may hold {WORKSPACE_SEGMENT}, once, and no "
+                                "other braces")
     if policy.oauth is not None:
         for scope in policy.oauth.scopes:
             if known and scope not in known:
