@@ -5,6 +5,7 @@ Each field after the request's own is written by one step (named beside it) and 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -51,6 +52,7 @@ class Exchange:
     decision: Decision | None = None  # scope guard: the current message's decision, reused by later guards
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
+    client_capabilities: dict[str, Any] | None = None  # client capabilities guard: what `initialize` declared
     upstream_status: int | None = None  # forwarder
     outcomes: list[Outcome] = field(default_factory=list)  # forwarder: one per message, audited after the request
 
@@ -68,6 +70,23 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
     decision: str = "deny"  # deny | preview | refuse | invalid: for metrics and the audit trail
     reason: str = ""  # a short, bounded code (scope, unlisted, workspace, unknown, already used, ...)
+
+
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A guard's reply that needs the client first: a question to ask on the request's own SSE stream (2025-11-25,
+    e.g. `elicitation/create`), whose answer decides what becomes of the message.
+
+    The edge answers the POST as an SSE stream at once and awaits `run(send)`, which may send messages on it; `run`
+    returns the message to forward (the upstream's answer is then relayed on the same stream) or an `Answer` (written
+    on the stream instead). Only a message alone in its POST can converse: in a batch, the edge answers `alone`.
+    """
+
+    run: Callable[[Send], Awaitable[Message | Answer]]
+    alone: Answer
 
 
 def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool, decision: str, reason: str = "",

@@ -26,6 +26,9 @@ class Store(Protocol):
     async def exists(self, key: str) -> bool: ...
     async def delete(self, key: str) -> None: ...
     async def take(self, key: str) -> str | None: ...  # get and delete, atomically: a value is taken once only
+    # A hand-over between replicas: one pushes a value, whichever replica waits on the key gets it (once).
+    async def push(self, key: str, value: str, *, ttl: int) -> None: ...
+    async def pop_wait(self, key: str, seconds: float) -> str | None: ...  # None when nothing came in time
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -36,6 +39,8 @@ class MemoryStore:
     def __init__(self, limit: int = 100_000) -> None:
         self._data: OrderedDict[str, tuple[str, float | None]] = OrderedDict()
         self._limit = limit
+        self._lists: dict[str, list[str]] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
@@ -69,6 +74,26 @@ class MemoryStore:
         value = self._live(key)  # no await in between: one event loop, so this is atomic
         self._data.pop(key, None)
         return value
+
+    async def push(self, key: str, value: str, *, ttl: int) -> None:
+        # Kept only while someone waits: pop_wait drops what arrives after it gave up, so nothing piles up.
+        self._lists.setdefault(key, []).append(value)
+        if key in self._arrived:
+            self._arrived[key].set()
+
+    async def pop_wait(self, key: str, seconds: float) -> str | None:
+        arrived = self._arrived.setdefault(key, asyncio.Event())
+        try:
+            async with asyncio.timeout(seconds):
+                while not self._lists.get(key):
+                    arrived.clear()
+                    await arrived.wait()
+        except TimeoutError:
+            return None
+        finally:
+            self._arrived.pop(key, None)
+        values = self._lists.pop(key)
+        return values[0]
 
     async def ping(self) -> None:
         return None
@@ -124,6 +149,28 @@ class RedisStore:
 
     async def take(self, key: str) -> str | None:
         return await self._run(self._redis.getdel(key))  # atomic on the server: one taker per value
+
+    async def push(self, key: str, value: str, *, ttl: int) -> None:
+        async def both() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                await pipe.rpush(key, value).expire(key, ttl).execute()
+
+        await self._run(both())
+
+    async def pop_wait(self, key: str, seconds: float) -> str | None:
+        """BLPOP in short slices (each well inside the socket timeout and the per-operation budget), until a value
+        comes or `seconds` pass. A slice Redis fails to answer counts as an empty one: a waiting person is not
+        refused for one slow round trip; if Redis stays away, the wait simply ends empty."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                found = await self._run(self._redis.blpop([key], timeout=min(0.1, max(left, 0.01))))
+            except StoreUnavailable:
+                await asyncio.sleep(min(0.1, max(left, 0)))
+                continue
+            if found:
+                return found[1]
+        return None
 
     async def ping(self) -> None:
         await self._run(self._redis.ping())

@@ -18,12 +18,13 @@ from aiohttp import ClientResponse, web
 from yarl import URL
 
 from proxy.config import Config
+from proxy.edge.converse import converse
 from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
 from proxy.edge.sse import event_data
-from proxy.exchange import Answer, Exchange, Outcome
+from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.pipeline import Pipeline
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, is_request, rpc_error
 from proxy.ops.audit import AuditWriter
@@ -173,6 +174,10 @@ class Forwarder:
                 self.metrics.message(message.get("method", "response"), "error")
                 self._outcome(exchange, message, "error", "guard failed")
                 return rpc_error(500, INTERNAL_ERROR, "internal error", msg_id=message.get("id"), request_id=rid)
+            if isinstance(outcome, Conversation):  # the guard must ask the client first, on this request's stream
+                if not frame.is_batch:
+                    return await converse(self, request, exchange, message, outcome)
+                outcome = outcome.alone
             self._count(exchange, message, outcome)
             if isinstance(outcome, Answer):
                 last_answer = outcome

@@ -1,9 +1,13 @@
-"""Guard: a write that needs confirmation is held. The first call gets a preview and a single-use token; the call
-that brings the token back, unchanged, is forwarded (token stripped), once.
+"""Guard: a write that needs confirmation is held. Who confirms is the rule's choice (`confirm: token | human`).
+
+`token`: the first call gets a preview and a single-use token; the call that brings the token back, unchanged, is
+forwarded (token stripped), once. `human`: the person at the client approves the preview through MCP elicitation
+(`guards/human.py`), and only then is the call forwarded, once.
 
 Refusals are tool errors and forward nothing: unknown, expired or already used token; another credential,
 session, tool, workspace or other arguments; and "confirmation store unavailable" when Redis does not answer
-(writes fail closed; reads, which never come here, keep flowing).
+(writes fail closed; reads, which never come here, keep flowing). A task-augmented call the guard answers itself
+gets a proxy-held task (`guards/tasks.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import orjson
 
 from proxy.canonical import digest
-from proxy.exchange import Answer, Exchange, tool_result
+from proxy.exchange import Answer, Conversation, Exchange, tool_result
 from proxy.guards.confirmation import (
     TOKEN_ARGUMENT,
     binding_problem,
@@ -27,8 +31,10 @@ from proxy.guards.confirmation import (
     store_key,
     used_key,
 )
+from proxy.guards.human import Held, HumanApproval
 from proxy.guards.tasks import hold, wants_task
 from proxy.jsonrpc import Message
+from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
 from proxy.store import Store, StoreUnavailable
 
@@ -38,14 +44,15 @@ UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
 
 
 class ConfirmGuard:
-    def __init__(self, live: LivePolicy, store: Store, upstream: UpstreamCall,
+    def __init__(self, live: LivePolicy, store: Store, upstream: UpstreamCall, human: HumanApproval,
                  clock: Callable[[], float] = time.time) -> None:
         self.live = live
         self.store = store
         self.upstream = upstream
+        self.human = human
         self.clock = clock
 
-    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
         if message.get("method") != "tools/call" or exchange.principal is None:
             return message
         params = message["params"]
@@ -62,14 +69,27 @@ class ConfirmGuard:
         params["arguments"] = args
         if TOKEN_ARGUMENT in meta:
             params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
+        found = self.live.rules.find("tool", tool)
+        rule = found[1] if found else None
+        outcome: Message | Answer | Conversation
         try:
+            if rule is not None and rule.confirmer == "human":
+                outcome = await self.human.approve(exchange, message, rule, token is not None,
+                                                   self._bindings(exchange, tool, args),
+                                                   lambda: self._held(exchange, message, tool, args, rule))
+                if outcome is not HumanApproval.USE_TOKEN:
+                    return await self._as_task(exchange, message, outcome)
             if token is None:
-                outcome = await self._preview(exchange, message, tool, args)
+                outcome = await self._preview(await self._held(exchange, message, tool, args, rule))
             else:
                 outcome = await self._confirm(exchange, message, tool, args, token)
         except StoreUnavailable:
             outcome = tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
                                   "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
+        return await self._as_task(exchange, message, outcome)
+
+    async def _as_task(self, exchange: Exchange, message: Message,
+                       outcome: Message | Answer | Conversation) -> Message | Answer | Conversation:
         if isinstance(outcome, Answer) and wants_task(message):
             # The caller asked for a task: it gets one, holding the proxy's answer (a preview or a refusal).
             return await hold(self.store, exchange, outcome, self.live.policy.confirm_ttl_seconds)
@@ -82,12 +102,11 @@ class ConfirmGuard:
                 "session": exchange.session_id or "", "tool": tool,
                 "workspace": args.get(self.live.policy.workspace_property), "digest": digest(args)}
 
-    async def _preview(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any]) -> Answer:
-        found = self.live.rules.find("tool", tool)
-        rule = found[1] if found else None
+    async def _held(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
+                    rule: Rule | None) -> Held:
+        """What is held, as shown to whoever confirms: bindings, redacted arguments, the upstream's own dry run."""
         ttl = (rule.confirm_ttl_seconds if rule and rule.confirm_ttl_seconds else None) or \
             self.live.policy.confirm_ttl_seconds
-        redact = rule.redact if rule else ()
         upstream_preview = None
         if rule is not None and rule.dry_run is not None:
             # The dry run is asked for plainly: never as a task the upstream would keep for nobody.
@@ -98,24 +117,27 @@ class ConfirmGuard:
             # Its structured answer where it gives one; else its whole result (or error): what it said, unedited.
             upstream_preview = result.get("structuredContent", result) if isinstance(result, dict) \
                 else answer.get("error")
+        return Held(exchange=exchange, message=message, tool=tool, ttl=ttl, preview_id=secrets.token_hex(8),
+                    expires=self.clock() + ttl, bindings=self._bindings(exchange, tool, args),
+                    shown=redacted(args, rule.redact if rule else ()),
+                    dry_run=rule is not None and rule.dry_run is not None, upstream_preview=upstream_preview)
+
+    async def _preview(self, held: Held) -> Answer:
         token = new_token()
-        preview_id = secrets.token_hex(8)
-        expires = self.clock() + ttl
-        record = {"id": preview_id, "expires": expires, **self._bindings(exchange, tool, args)}
+        record = {"id": held.preview_id, "expires": held.expires, **held.bindings}
         # The store keeps the bindings and the digest, never the arguments themselves.
-        await self.store.set(store_key(token), orjson.dumps(record).decode(), ttl=ttl + 3600)
-        shown = redacted(args, redact)
-        workspace = record["workspace"]
+        await self.store.set(store_key(token), orjson.dumps(record).decode(), ttl=held.ttl + 3600)
+        workspace = held.bindings["workspace"]
         structured = {
             "status": "confirmation_required",
-            "preview": {"id": preview_id, "tool": tool, "workspace": workspace, "arguments": shown,
-                        **({"upstream_preview": upstream_preview} if rule and rule.dry_run else {})},
+            "preview": {"id": held.preview_id, "tool": held.tool, "workspace": workspace, "arguments": held.shown,
+                        **({"upstream_preview": held.upstream_preview} if held.dry_run else {})},
             "confirmationToken": token,
-            "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)),
+            "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.expires)),
         }
-        text = describe(tool, workspace, shown, ttl, upstream_preview)
-        return tool_result(exchange, message.get("id"), text, error=False, structured=structured,
-                           decision="preview", reason=preview_id)
+        text = describe(held.tool, workspace, held.shown, held.ttl, held.upstream_preview)
+        return tool_result(held.exchange, held.message.get("id"), text, error=False, structured=structured,
+                           decision="preview", reason=held.preview_id)
 
     async def _confirm(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
                        token: Any) -> Message | Answer:

@@ -76,7 +76,7 @@ def visible(text: str, keep: str = " ") -> str:
     return "".join(ch if ch in keep or unicodedata.category(ch) not in _HIDDEN else _escaped(ch) for ch in text)
 
 
-def _shown(value: Any) -> str:
+def shown_as_json(value: Any) -> str:
     """A value as JSON, every string in it escaped: newlines stay layout, never content."""
     return visible(orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode(), keep=" \n")
 
@@ -84,10 +84,10 @@ def _shown(value: Any) -> str:
 def describe(tool: str, workspace: Any, shown: dict[str, Any], expires_in: int, upstream_preview: Any) -> str:
     """The preview in plain words: what would change, and how to confirm. Every value a caller (or the upstream's
     dry run) chose is quoted as escaped JSON, so the text says exactly what the write will do and nothing else."""
-    where = f" in workspace {_shown(workspace)}" if workspace else ""
-    lines = [f"Nothing has changed yet. {visible(tool)} would run{where} with these arguments:", _shown(shown)]
+    where = f" in workspace {shown_as_json(workspace)}" if workspace else ""
+    lines = [f"Nothing has changed yet. {visible(tool)} would run{where} with these arguments:", shown_as_json(shown)]
     if upstream_preview is not None:
-        lines += ["The service's own dry run says:", _shown(upstream_preview)]
+        lines += ["The service's own dry run says:", shown_as_json(upstream_preview)]
     lines.append(f"To apply exactly this, call {visible(tool)} again with the same arguments plus {TOKEN_ARGUMENT} "
                  f"(from structuredContent) within {expires_in} seconds. The token works once.")
     return "\n".join(lines)

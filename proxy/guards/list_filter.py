@@ -15,6 +15,7 @@ from proxy.guards.catalog import Catalog
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
 from proxy.jsonrpc import Message
 from proxy.policy.decide import Kind, remembered
+from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
 
 if TYPE_CHECKING:
@@ -39,11 +40,19 @@ _TOKEN_PROPERTY = {
 }
 
 
-def advertise_confirmation(tool: dict[str, Any]) -> None:
+HUMAN_NOTE = (
+    " Changes data only after a person approves: the client shows them the exact change (an approval form) first; "
+    "if they decline, nothing changes."
+)
+
+
+def advertise_confirmation(tool: dict[str, Any], rule: Rule | None = None) -> None:
     """Tell agents how confirmation works, where they look: the description and the input schema."""
-    tool["description"] = (tool.get("description") or "").rstrip() + CONFIRMATION_NOTE
+    human = rule is not None and rule.confirmer == "human"
+    tool["description"] = (tool.get("description") or "").rstrip() + (HUMAN_NOTE if human else CONFIRMATION_NOTE)
     schema = tool.get("inputSchema")
-    if isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
+    tokens = not human or (rule is not None and rule.fallback == "token")
+    if tokens and isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
         schema["properties"] = {**schema.get("properties", {}), TOKEN_ARGUMENT: _TOKEN_PROPERTY}
     if isinstance(tool.get("outputSchema"), dict):  # strict clients check the preview against it
         tool["outputSchema"] = with_preview(tool["outputSchema"])
@@ -76,7 +85,8 @@ class ListFilter:
             if decision.allowed:
                 kept.append(item)
                 if decision.confirm:
-                    advertise_confirmation(item)
+                    found = rules.find("tool", name)
+                    advertise_confirmation(item, found[1] if found else None)
         result[key] = kept
         principal = exchange.principal
         if kind == "tool" and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:

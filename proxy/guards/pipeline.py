@@ -5,7 +5,8 @@ Four kinds of step, each a small callable that owns its settings:
 - admission checks, once per HTTP request (POST, GET, DELETE), before the body is read: they refuse the whole
   request with an HTTP response, or let it in (and may note facts on the Exchange, e.g. who the caller is);
 - guards, once per JSON-RPC message of a POST, in order: each passes the message on (possibly rewritten) or answers
-  it itself with an `Answer`, and then the message is not forwarded;
+  it itself with an `Answer`, and then the message is not forwarded (or, when it must ask the client first, with a
+  `Conversation` the edge holds on the request's own SSE stream: `edge/converse.py`);
 - response hooks, once per upstream answer, on its status and headers, before anything reaches the client;
 - rewriters, once per JSON-RPC response coming back, chosen by the method of the request it answers: on JSON
   bodies, on SSE streams event by event, and on resumed (GET) streams.
@@ -21,9 +22,11 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import Config
-from proxy.exchange import Answer, Exchange
+from proxy.exchange import Answer, Conversation, Exchange
 from proxy.guards.catalog import Catalog
+from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
+from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
@@ -47,7 +50,7 @@ ResponseHook = Callable[[Exchange, int, CIMultiDict[str]], Awaitable[None]]
 
 
 class Guard(Protocol):
-    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer: ...
+    async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation: ...
 
 
 class Rewriter(Protocol):
@@ -82,10 +85,10 @@ class Pipeline:
                 return refusal
         return None
 
-    async def guard(self, exchange: Exchange, message: Message) -> Message | Answer:
+    async def guard(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
         for guard in self.guards:
             outcome = await guard(exchange, message)
-            if isinstance(outcome, Answer):
+            if isinstance(outcome, Answer | Conversation):
                 return outcome
             message = outcome
         return message
@@ -110,6 +113,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     sessions = SessionBinding(store)
     secrets = identity.secret_headers
     catalog = Catalog()
+    clients = ClientCapabilities(store)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -118,14 +122,18 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(
+            clients,  # note what an `initialize` declares (can this client ask its person?)
+            ApprovalAnswers(store),  # answers to the proxy's own approval questions: never the upstream's business
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
-            ConfirmGuard(live, store, upstream_call),  # writes: preview first, then one confirmed call
+            # writes: a preview and a token first, or a person's approval; then one confirmed call
+            ConfirmGuard(live, store, upstream_call, HumanApproval(store, clients)),
             TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the confirm guard holds, for their owner
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
+            clients.on_response,  # and remember whether their client can show an approval form
         ),
         rewriters=(
             ListFilter(live, catalog),  # lists show what the same decision allows, nothing more

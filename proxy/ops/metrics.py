@@ -22,7 +22,10 @@ KNOWN_METHODS = frozenset({
 AUTH_REASONS = frozenset({"no bearer", "malformed", "unknown", "revoked", "expired", "invalid jwt",
                           "unknown issuer", "store unavailable"})
 CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential", "session", "tool", "workspace",
-                             "arguments", "store unavailable", "not a string"})
+                             "arguments", "store unavailable", "not a string",
+                             # confirm: human (guards/human.py)
+                             "rejected", "cancelled", "timeout", "unanswered", "no elicitation", "human required",
+                             "unknown approval", "batch"})
 
 
 def bounded(value: str, allowed: frozenset[str]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
@@ -78,16 +78,28 @@ class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
     effect: Literal["read", "write"] = "read"
-    confirm: bool | None = None  # None: on for writes, off for reads
+    # Who confirms a write: `token` (the agent brings the preview's token back), `human` (the person at the client
+    # approves through MCP elicitation), `none`. `true` means `token`, `false` means `none`; unset: token for writes.
+    confirm: Literal["token", "human", "none"] | None = None
+    fallback: Literal["refuse", "token"] = "refuse"  # `confirm: human` and a client that cannot show a form
     confirm_ttl_seconds: int | None = Field(None, ge=5, le=86400)  # default: the policy's
     dry_run: DryRun | None = None  # the upstream's own preview: the call is made once with this argument set
     redact: tuple[str, ...] = ()  # argument names masked in previews (and never stored)
     workspace: Literal["none", "inject", "require", "verify"] = "none"
     description: str = ""
 
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_bool(cls, value: object) -> object:
+        return {True: "token", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
     @property
     def needs_confirmation(self) -> bool:
-        return self.effect == "write" if self.confirm is None else self.confirm
+        return self.effect == "write" if self.confirm is None else self.confirm != "none"
+
+    @property
+    def confirmer(self) -> Literal["token", "human"]:
+        return "human" if self.confirm == "human" else "token"
 
 
 class Policy(Strict):
@@ -165,10 +177,13 @@ def load_policy(path: str | Path) -> Policy:
             seen.add(rule.match)
             problems += [f"{where}.scopes: scope {scope!r} is not in `scopes`"
                          for scope in rule.scopes if known and scope not in known]
-            tool_only = (rule.effect != "read" or rule.confirm or rule.workspace != "none" or rule.dry_run
-                         or rule.redact or rule.confirm_ttl_seconds)
+            tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
+                         or rule.workspace != "none" or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
+                         or rule.fallback != "refuse")
             if section != "tools" and tool_only:
                 problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")
+            if rule.fallback != "refuse" and rule.confirm != "human":
+                problems.append(f"{where}.fallback: only a rule with `confirm: human` has a fallback")
             rest = rule.match.replace(WORKSPACE_SEGMENT, "", 1 if section == "resources" else 0)
             if "{" in rest or "}" in rest:
                 problems.append(f"{where}.match: only a resource URI may hold {WORKSPACE_SEGMENT}, once, and no "

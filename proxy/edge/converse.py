@@ -1,0 +1,89 @@
+"""A POST answered as a conversation: a guard asks the client something on the request's own SSE stream first.
+
+2025-11-25 lets a server send its own requests (e.g. `elicitation/create`) on the SSE stream of the POST they
+concern, before the response. When a guard answers a message with a `Conversation`, the edge opens that stream at
+once, lets the guard speak and wait, and then either writes the guard's answer or forwards the message it let
+through and relays the upstream's answer on the same stream. Nothing reaches the upstream before the guard says so;
+if the client leaves meanwhile, the handler is cancelled and nothing is forwarded at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from proxy.edge.relay import ResponseRewrite, relay_sse, sse_event
+from proxy.exchange import Answer, Conversation, Exchange
+from proxy.jsonrpc import INTERNAL_ERROR, Message, dumps, error
+
+if TYPE_CHECKING:
+    from proxy.edge.forward import Forwarder
+
+log = logging.getLogger("scopegate.forward")
+
+
+async def converse(forwarder: Forwarder, request: web.Request, exchange: Exchange, message: Message,
+                   conversation: Conversation) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": exchange.request_id})
+    await response.prepare(request)
+
+    async def send(out: Message) -> None:
+        await response.write(sse_event(out))
+
+    outcome = await conversation.run(send)
+    forwarder._count(exchange, message, outcome)  # the message's outcome is known only now
+    try:
+        if isinstance(outcome, Answer):
+            if outcome.response is not None:
+                await send(outcome.response)
+        else:
+            await _forward(forwarder, exchange, outcome, response)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientError):
+        pass  # the client left: nothing more to tell it
+    return response
+
+
+async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, response: web.StreamResponse) -> None:
+    """The message upstream; its answer (JSON or SSE) onto the stream the client already has."""
+    msg_id = message.get("id")
+    try:
+        upstream = await forwarder.session.post(forwarder.upstream, data=dumps(message),
+                                                headers=exchange.upstream_headers)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+        forwarder.metrics.upstream_errors.labels("connect").inc()
+        await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream unavailable")))
+        return
+    exchange.upstream_status = upstream.status
+    try:
+        kind = upstream.headers.get("Content-Type", "")
+        if upstream.status == 200 and kind.startswith("text/event-stream"):
+            rewrite = ResponseRewrite(forwarder.pipeline, exchange, {}, forwarder.outstanding)
+            forwarder.open_streams.add(upstream)
+            try:
+                await relay_sse(upstream, response, rewrite, forwarder.pipeline.stream_watches)
+            finally:
+                forwarder.open_streams.discard(upstream)
+            return
+        body = await upstream.read()
+        try:
+            answer = orjson.loads(body) if upstream.status == 200 and kind.startswith("application/json") else None
+        except orjson.JSONDecodeError:
+            answer = None
+        if not isinstance(answer, dict):
+            # What the upstream said cannot travel as one SSE event unparsed: say so, in the call's own terms.
+            forwarder.metrics.upstream_errors.labels("response").inc()
+            answer = error(msg_id, INTERNAL_ERROR, f"upstream answered HTTP {upstream.status}")
+        await response.write(sse_event(answer))
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        log.warning("upstream failed mid-response: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
+        forwarder.metrics.upstream_errors.labels("response").inc()
+        await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream failed")))
+    finally:
+        upstream.close()

@@ -1,0 +1,85 @@
+"""Human approval of a held write, the pure part: the question put to the person, and what their answer means.
+
+The question is an MCP elicitation in form mode: the preview in plain words (tool, workspace, arguments with
+redactions, the upstream's own dry run) and one required boolean, `approve`. Only `accept` with `approve: true`
+applies the write; everything else forwards nothing, each with its own reason for the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any, Literal
+
+from proxy.guards.confirmation import shown_as_json, visible
+
+ELICIT_ID_PREFIX = "scopegate-approval-"  # ids of the proxy's own elicitation/create requests (2025-11-25)
+STATE_PREFIX = "sga_"  # the proxy's requestState (2026-07-28): names a record in the store, single use
+INPUT_KEY = "scopegate_approval"  # the proxy's key in inputRequests / inputResponses
+
+APPROVAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "approve": {"type": "boolean", "title": "Apply this change?",
+                    "description": "Yes applies exactly the change shown, once. No changes nothing."},
+    },
+    "required": ["approve"],
+}
+
+Verdict = Literal["approved", "rejected", "cancelled", "unanswered"]
+
+
+def new_handle(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def record_key(handle: str) -> str:
+    return "scopegate:approval:" + hashlib.sha256(handle.encode()).hexdigest()
+
+
+def answer_key(handle: str) -> str:
+    return "scopegate:approval-answer:" + hashlib.sha256(handle.encode()).hexdigest()
+
+
+def can_elicit(capabilities: Any) -> bool:
+    """Whether a client's declared capabilities include form elicitation (`{}` means form, for older clients)."""
+    if not isinstance(capabilities, dict):
+        return False
+    elicitation = capabilities.get("elicitation")
+    if not isinstance(elicitation, dict):
+        return False
+    return not elicitation or isinstance(elicitation.get("form"), dict)
+
+
+def question(tool: str, workspace: Any, shown: dict[str, Any], upstream_preview: Any, expires_in: int) -> str:
+    """The preview in plain words, for a person. Every value a caller chose is quoted as escaped JSON."""
+    where = f" in workspace {shown_as_json(workspace)}" if workspace else ""
+    lines = [f"An agent asks to run {visible(tool)}{where}. Nothing has changed yet. It would run with:",
+             shown_as_json(shown)]
+    if upstream_preview is not None:
+        lines += ["The service's own dry run says:", shown_as_json(upstream_preview)]
+    lines.append(f"Approve to apply exactly this, once (within {expires_in} seconds). Decline to change nothing.")
+    return "\n".join(lines)
+
+
+def elicitation(text: str) -> dict[str, Any]:
+    """`elicitation/create` params (form mode)."""
+    return {"mode": "form", "message": text, "requestedSchema": APPROVAL_SCHEMA}
+
+
+def verdict(answer: Any) -> Verdict:
+    """What the person said, from the client's `ElicitResult` (or anything else a client sent in its place)."""
+    if not isinstance(answer, dict):
+        return "unanswered"
+    action = answer.get("action")
+    if action == "accept":
+        content = answer.get("content")
+        approve = content.get("approve") if isinstance(content, dict) else None
+        if approve is True:
+            return "approved"
+        return "rejected" if approve is False else "unanswered"
+    if action == "decline":
+        return "rejected"
+    if action == "cancel":
+        return "cancelled"
+    return "unanswered"
