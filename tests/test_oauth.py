@@ -31,7 +31,7 @@ from proxy.config import Config
 from proxy.demo.run import free_port
 from proxy.edge.app import start
 from proxy.identity.loader import load_identity
-from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, Upstream, modern_headers
+from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, Upstream, modern_headers, sdk_client
 
 REDIRECT = "http://127.0.0.1:1/callback"  # never contacted: the test reads the Location header
 
@@ -43,7 +43,7 @@ def pem(private: Any) -> bytes:
 
 def oauth_policy(tmp_path: Path, base: str = "pat-workspaces.yaml", **oauth: Any) -> str:
     policy = yaml.safe_load((POLICIES / base).read_text())
-    policy["oauth"] = {"sign_in": ["pat", "admin_key"], **oauth}
+    policy["oauth"] = {**policy.get("oauth", {}), **oauth}
     path = tmp_path / f"oauth-{base}"
     path.write_text(yaml.safe_dump(policy))
     return str(path)
@@ -523,22 +523,39 @@ async def test_revocation_reaches_every_replica_through_redis(oauth_proxy: Any, 
     assert refused.status_code == 401
 
 
-async def test_oauth_section_needs_public_url_and_a_usable_key(tmp_path: Path, issue: Any) -> None:
+async def test_on_only_with_section_and_key_and_every_half_setup_is_refused_or_off(tmp_path: Path, issue: Any,
+                                                                                    caplog: Any) -> None:
     from proxy.config import ConfigError
 
     issue("someone", scopes=["mcp:read"])
-    policy = oauth_policy(tmp_path)
-    rsa_free = tmp_path / "bad.pem"
-    rsa_free.write_text("not a key")
+    key = tmp_path / "key.pem"
+    key.write_bytes(pem(ec.generate_private_key(ec.SECP256R1())))
+    not_a_key = tmp_path / "bad.pem"
+    not_a_key.write_text("not a key")
+    rsa_key = tmp_path / "rsa.pem"
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key.write_bytes(pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    public = {"public_url": URL("http://127.0.0.1:9/mcp")}
+    with_section, without = oauth_policy(tmp_path), tmp_path / "no-oauth.yaml"
+    plain = yaml.safe_load((POLICIES / "pat-workspaces.yaml").read_text())
+    plain.pop("oauth", None)
+    without.write_text(yaml.safe_dump(plain))
     cases = [
-        ({}, "SCOPEGATE_PUBLIC_URL"),
-        ({"public_url": URL("http://127.0.0.1:9/mcp")}, "SCOPEGATE_OAUTH_SIGNING_KEYS"),
-        ({"public_url": URL("http://127.0.0.1:9/mcp"), "oauth_signing_keys": (str(rsa_free),)}, "PEM"),
+        (with_section, {"oauth_signing_keys": (str(key),)}, "SCOPEGATE_PUBLIC_URL"),
+        (with_section, {**public, "oauth_signing_keys": (str(not_a_key),)}, "PEM"),
+        (with_section, {**public, "oauth_signing_keys": (str(rsa_key),)}, "P-256"),
+        (with_section, {**public, "oauth_signing_keys": (str(key), str(key))}, "twice"),
+        (str(without), {**public, "oauth_signing_keys": (str(key),)}, "no `oauth:` section"),
     ]
-    for settings, expected in cases:
+    for policy, settings, expected in cases:
         config = Config(upstream=URL("http://127.0.0.1:9/mcp"), policy=policy, pat_file=issue.path, **settings)
         with pytest.raises(ConfigError, match=expected):
             load_identity(config, {})
+    # The section without a key: off (nothing more is let in), and the log says so.
+    config = Config(upstream=URL("http://127.0.0.1:9/mcp"), policy=with_section, pat_file=issue.path, **public)
+    assert load_identity(config, {}).oauth is None
+    assert "OAuth server is off" in caplog.text
 
 
 async def test_connected_apps_lists_pats_and_grants_and_revoking_cuts_the_client_off(oauth_proxy: Any) -> None:
@@ -597,3 +614,27 @@ async def test_revoking_the_sign_in_pat_ends_its_oauth_grants_at_refresh(oauth_p
         assert refresh.status_code == 400  # the grant the PAT capped dies with it
         # ... and the browser session that PAT opened is over.
         assert 'name="token"' in (await person.http.get(f"{origin}/oauth/apps")).text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_org_ceiling_oauth_scopes_are_the_capability_flags_capped_by_the_role(
+        mode: str, oauth_proxy: Any, issue: Any) -> None:
+    member = issue("kg member", scopes=[], role="member", permissions={"acme": "write"},
+                   org_capabilities={"can_manage_kg": True, "can_manage_billing": True})
+    proxy = await oauth_proxy.start(str(POLICIES / "org-ceiling.yaml"))
+    person = Person(member)
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge,
+                              scope="perm:read perm:write perm:admin can_manage_kg can_manage_billing")
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+    # The flag the PAT claims but the member role does not allow is shown unavailable, and not granted.
+    assert re.search(r"can_manage_billing</code></label>\s*<span[^>]*>unavailable: your credential does not hold",
+                     person.consent_html)
+    assert set(tokens["scope"].split()) == {"perm:read", "perm:write", "can_manage_kg"}
+    assert claims_of(tokens["access_token"])["role"] == "member"
+    async with sdk_client(proxy.url, mode, token=tokens["access_token"]) as client:
+        names = {t.name for t in (await client.list_tools()).tools}
+    assert "rebuild_knowledge_graph" in names and "list_accounts" in names
+    assert "change_billing_plan" not in names and "delete_journal_entry" not in names  # no flag, no perm:admin

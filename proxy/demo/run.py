@@ -78,6 +78,22 @@ def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
     return path, tokens
 
 
+def _demo_signing_key(folder: Path) -> Path:
+    """The OAuth server's key for this demo run only (a real deployment mounts one from a Secret)."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    path = folder / "oauth-signing-key.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return path
+
+
 def main(port: int, upstream_port: int) -> None:
     for p in (port, upstream_port):
         if not _port_free(p):
@@ -89,6 +105,8 @@ def main(port: int, upstream_port: int) -> None:
         wait_for_port(upstream_port, upstream, "scopegate demo: the demo upstream")
         url = f"http://127.0.0.1:{port}/mcp"
         registry, tokens = _demo_registry()
+        signing_key = _demo_signing_key(registry.parent)
+        origin = f"http://127.0.0.1:{port}"
         credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens)
         print(
             f"""
@@ -116,6 +134,16 @@ or with curl, one stateless (2026-07-28) request (drop the Authorization header 
     -d '{_LIST_BODY}'
 
 
+OAuth: scopegate is also the authorization server (the policy's `oauth:` section; key for this run only).
+Any MCP client that speaks the MCP authorization flow connects to {url} and sends you to a sign-in page:
+sign in with one of the tokens above (it caps what you can grant), tick scopes, approve. For example:
+
+  npx -y @modelcontextprotocol/inspector      (Streamable HTTP, URL {url}, Connect)
+  npx -y mcp-remote {url}
+
+Discovery: {origin}/.well-known/oauth-protected-resource/mcp
+Connected apps (see and revoke what you granted): {origin}/oauth/apps
+
 Audit trail: {registry.parent / 'audit.jsonl'}   (check it: .venv/bin/scopegate audit verify FILE)
 Metrics:     http://127.0.0.1:9464/metrics   health: /healthz, /readyz
 
@@ -124,7 +152,8 @@ Ctrl-C stops both.
             flush=True,
         )
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
-                        pat_file=str(registry), policy=str(DEMO_POLICY),
+                        pat_file=str(registry), policy=str(DEMO_POLICY), public_url=URL(url),
+                        oauth_signing_keys=(str(signing_key),),
                         audit_sink=f"file:{registry.parent / 'audit.jsonl'}")
         from proxy.edge.app import run
         from proxy.identity.loader import load_identity

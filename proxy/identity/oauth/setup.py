@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from proxy.config import Config, ConfigError
 from proxy.identity.oauth.clients import Client, redirect_uri_problem
 from proxy.identity.oauth.keys import ALGORITHMS, KeyFileError, KeyRing, load_keys
@@ -10,23 +12,31 @@ from proxy.identity.pats import Registry
 from proxy.identity.principal import matches_any
 from proxy.policy.model import Issuer, Policy
 
+log = logging.getLogger("scopegate.oauth")
+
 
 def settings_from(config: Config, policy: Policy, registry: Registry | None) -> Settings | None:
+    """None when the server is off. On takes both halves: the policy's `oauth:` section (what may be granted, for
+    this system) and this deployment's signing key. A section without a key leaves it off, which refuses more,
+    never less, and says so; a key without a section is a mistake."""
     oauth = policy.oauth
     if oauth is None:
+        if config.oauth_signing_keys:
+            raise ConfigError("SCOPEGATE_OAUTH_SIGNING_KEYS is set but the policy has no `oauth:` section")
+        return None
+    if not config.oauth_signing_keys:
+        log.warning("the policy has an `oauth:` section but SCOPEGATE_OAUTH_SIGNING_KEYS is unset: scopegate's "
+                    "OAuth server is off")
         return None
     if config.public_url is None:
-        raise ConfigError("the policy's `oauth:` section needs SCOPEGATE_PUBLIC_URL: it is the tokens' audience "
+        raise ConfigError("SCOPEGATE_OAUTH_SIGNING_KEYS needs SCOPEGATE_PUBLIC_URL: it is the tokens' audience "
                           "and the authorization server's address")
-    if not config.oauth_signing_keys:
-        raise ConfigError("the policy's `oauth:` section needs SCOPEGATE_OAUTH_SIGNING_KEYS (a PEM EC P-256 or "
-                          "Ed25519 private key file, e.g. a mounted Secret)")
     try:
         keys = load_keys(config.oauth_signing_keys)
     except KeyFileError as exc:
         raise ConfigError(f"SCOPEGATE_OAUTH_SIGNING_KEYS: {exc}") from None
     if registry is None:
-        raise ConfigError("the policy's `oauth:` section signs people in with their PAT or admin key: set "
+        raise ConfigError("scopegate's OAuth server signs people in with their PAT or admin key: set "
                           "SCOPEGATE_PAT_FILE")
     clients = []
     for index, client in enumerate(oauth.clients):
