@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastmcp import FastMCP
 from pydantic import BaseModel
+
+from proxy.demo.run import free_port
+from tests.conftest import Recorder, ThreadedServer, Upstream
 
 POLICY = """
 version: 1
@@ -54,3 +58,18 @@ def build_billing() -> Any:
         return len(invoices)
 
     return server
+
+
+@pytest.fixture(scope="module", name="billing")  # import billing_upstream to use it: the fixture is `billing`
+def billing_upstream() -> Any:
+    """The FastMCP upstream, behind a Recorder, on its own thread."""
+    port = free_port()
+    recorder = Recorder(build_billing().http_app(path="/mcp"))
+    server = ThreadedServer(recorder, port)
+    server.start()
+    yield Upstream(f"http://127.0.0.1:{port}/mcp", recorder, port)
+    server.stop()
+
+
+def applied(recorder: Recorder, tool: str) -> list[dict]:
+    return [c["params"] for c in recorder.calls("tools/call") if c["params"]["name"] == tool]

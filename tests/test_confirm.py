@@ -214,6 +214,11 @@ async def test_every_write_of_every_example_policy_is_held(policy_name: str, sta
         names = [rule.match] if "*" not in rule.match else ["create_vendor", "create_journal_entry"]
         for name in names:
             preview = await call(url, {"workspaceId": "acme"}, token, tool=name)
+            if rule.confirm == "human" and rule.fallback == "refuse":
+                # Held for a person, whom this client cannot ask: refused, and nothing at all reaches the upstream.
+                assert preview["isError"] is True and "needs a person's approval" in preview["content"][0]["text"]
+                assert upstream_calls(recorder, name) == []
+                continue
             assert preview["isError"] is False, (name, preview)
             assert preview["structuredContent"]["status"] == "confirmation_required"
             for sent in upstream_calls(recorder, name):  # only ever a dry run, never the write itself

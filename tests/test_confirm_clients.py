@@ -14,21 +14,10 @@ import mcp_types as types
 import orjson
 import pytest
 
-from proxy.demo.run import free_port
 from proxy.guards.confirmation import PREVIEW_SCHEMA, with_preview
-from tests.conftest import MODES, TOKENS, Recorder, ThreadedServer, Upstream, sdk_client
-from tests.fastmcp_billing import POLICY, build_billing
+from tests.conftest import MODES, TOKENS, Upstream, sdk_client
+from tests.fastmcp_billing import POLICY, applied, billing_upstream  # noqa: F401  (the `billing` fixture)
 from tests.rawmcp import LegacySession
-
-
-@pytest.fixture(scope="module")
-def billing() -> Any:
-    port = free_port()
-    recorder = Recorder(build_billing().http_app(path="/mcp"))
-    server = ThreadedServer(recorder, port)
-    server.start()
-    yield Upstream(f"http://127.0.0.1:{port}/mcp", recorder, port)
-    server.stop()
 
 
 @pytest.fixture
@@ -37,10 +26,6 @@ async def billing_proxy(start_proxy: Any, billing: Upstream, tmp_path: Path) -> 
     policy = tmp_path / "billing.yaml"
     policy.write_text(POLICY)
     return await start_proxy(billing.url, policy=str(policy))
-
-
-def applied(recorder: Recorder, tool: str) -> list[dict]:
-    return [c["params"] for c in recorder.calls("tools/call") if c["params"]["name"] == tool]
 
 
 PREVIEW = {"status": "confirmation_required", "preview": {"tool": "t"}, "confirmationToken": "sgc_x",

@@ -32,7 +32,7 @@ def human_policy(tmp_path: Path, **rule: Any) -> str:
     policy = yaml.safe_load((POLICIES / "pat-workspaces.yaml").read_text())
     for entry in policy["tools"]:
         if entry["match"] == TOOL:
-            entry.update({"confirm": "human", **rule})
+            entry.update({"confirm": "human", "fallback": "refuse", **rule})
     path = tmp_path / "human.yaml"
     path.write_text(yaml.safe_dump(policy))
     return str(path)
@@ -229,3 +229,21 @@ async def test_nobody_answering_times_out_and_forwards_nothing(start_proxy: Any,
             assert resp.status == 202
         await asyncio.sleep(0.2)
     assert posted(recorder) == []
+
+
+@pytest.mark.parametrize(("answer", "applied"), [("y\n", True), ("n\n", False)])
+async def test_demo_try_it_asks_at_the_terminal(answer: str, applied: bool, start_proxy: Any, upstream: Any,
+                                                recorder: Recorder) -> None:
+    """`make run`'s second step: the demo policy holds the ledger posting for a person; try_it asks at its prompt."""
+    import sys
+
+    url = await start_proxy(upstream.url)  # policies/pat-workspaces.yaml, the demo's
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.demo.try_it", url, "--token", TOKENS["writer"],
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(answer.encode()), timeout=60)
+    assert process.returncode == 0, stderr.decode()
+    text = stdout.decode()
+    assert "the server asks you" in text and "Approve this change? [y/N]" in text
+    assert ("applied: you approved it" in text) is applied
+    assert len(posted(recorder)) == (1 if applied else 0)

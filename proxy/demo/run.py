@@ -122,9 +122,13 @@ Every request must carry one; the upstream never sees it. Try, in another termin
 
   .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[0][1]}
 
+  .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[1][1]}
+
 (the read-only token sees 6 of the ledger's 15 tools, and its write is refused with 403; the second token
-sees the 11 tools the policy names, and its write is held: a preview, with the ledger's own dry run, and a
-confirmationToken to send back with the same arguments; add --confirm to have try_it send it back)
+sees the 11 tools the policy names, and its ledger posting is held for a person: scopegate asks you, through
+the client, at a prompt in that terminal, showing the exact change and the ledger's own dry run; answer y and
+it is applied, once. With --no-elicitation the client cannot ask you, so the posting falls back to a preview
+and a confirmationToken to send back with the same arguments; add --confirm to have try_it send it back)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
 

@@ -1,6 +1,10 @@
 """Talk to scopegate (or any MCP endpoint) with the official SDK client, the way an agent would.
 
-    python -m proxy.demo.try_it http://127.0.0.1:8000/mcp [--token TOKEN] [--legacy] [--confirm]
+    python -m proxy.demo.try_it http://127.0.0.1:8000/mcp [--token TOKEN] [--legacy] [--no-elicitation] [--confirm]
+
+The client declares elicitation: when scopegate asks the person to approve a write, the question appears here and
+you answer at the prompt. With --no-elicitation it cannot ask you, and a write the policy lets fall back to a token
+comes back as a preview and a confirmationToken instead (--confirm sends it back).
 """
 
 from __future__ import annotations
@@ -10,16 +14,31 @@ import asyncio
 import json
 
 import httpx2
+import mcp_types as types
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
 
-async def _run(url: str, token: str | None, legacy: bool, confirm: bool) -> None:
+async def ask_at_the_terminal(context: object, params: types.ElicitRequestParams) -> types.ElicitResult:
+    """The person at this terminal answers the server's question (here: scopegate asking to approve a write)."""
+    print("\n  ---- the server asks you ----")
+    print("  " + params.message.replace("\n", "\n  "))
+    try:
+        answer = await asyncio.to_thread(input, "  Approve this change? [y/N] ")
+    except EOFError:  # no terminal to ask: dismissed, not declined
+        return types.ElicitResult(action="cancel")
+    if answer.strip().lower() in ("y", "yes"):
+        return types.ElicitResult(action="accept", content={"approve": True})
+    return types.ElicitResult(action="decline")
+
+
+async def _run(url: str, token: str | None, legacy: bool, confirm: bool, elicitation: bool) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=30) as http,
-        Client(streamable_http_client(url, http_client=http), mode="legacy" if legacy else "auto") as client,
+        httpx2.AsyncClient(headers=headers, timeout=330) as http,  # a person may take a while to answer
+        Client(streamable_http_client(url, http_client=http), mode="legacy" if legacy else "auto",
+               elicitation_callback=ask_at_the_terminal if elicitation else None) as client,
     ):
         print(f"connected, protocol {client.protocol_version}")
         tools = await client.list_tools()
@@ -42,7 +61,13 @@ async def _run(url: str, token: str | None, legacy: bool, confirm: bool) -> None
             print(f"  refused: {exc}")
             return
         print(f"  isError={result.is_error}")
+        if result.is_error:  # refused (declined, say): the reason is in the text
+            print("  " + "\n  ".join(c.text for c in result.content if isinstance(c, types.TextContent)))
+            return
         print(f"  {json.dumps(result.structured_content, indent=2).replace(chr(10), chr(10) + '  ')}")
+        if not result.is_error and not (result.structured_content or {}).get("status"):
+            print("\n  applied: you approved it, and scopegate forwarded it once.")
+            return
         held = (result.structured_content or {}).get("status") == "confirmation_required"
         if held and not confirm:
             print("\n  held for confirmation: nothing changed. Run again with --confirm to send the token back.")
@@ -60,8 +85,10 @@ def main() -> None:
     parser.add_argument("--token", help="bearer token to present")
     parser.add_argument("--legacy", action="store_true", help="2025-11-25 initialize/session handshake")
     parser.add_argument("--confirm", action="store_true", help="send a write's confirmation token back to apply it")
+    parser.add_argument("--no-elicitation", action="store_true",
+                        help="do not offer to ask the person at this terminal (elicitation)")
     args = parser.parse_args()
-    asyncio.run(_run(args.url, args.token, args.legacy, args.confirm))
+    asyncio.run(_run(args.url, args.token, args.legacy, args.confirm, not args.no_elicitation))
 
 
 if __name__ == "__main__":
