@@ -22,7 +22,11 @@ class ConfigError(Exception):
 
 
 def _url(name: str, value: str) -> URL:
-    url = URL(value)
+    try:
+        url = URL(value)
+        url.port  # noqa: B018 -- yarl checks the port's range only when asked
+    except ValueError as exc:
+        raise ConfigError(f"{name}: not a valid URL ({exc}), got {value!r}") from None
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigError(f"{name}: expected an http:// or https:// URL with a host, got {value!r}")
     return url
@@ -69,7 +73,11 @@ def _csv(name: str, value: str) -> tuple[str, ...]:
 
 
 def _redis_url(name: str, value: str) -> str:
-    if URL(value).scheme not in ("redis", "rediss", "unix"):
+    try:
+        scheme = URL(value).scheme
+    except ValueError:
+        scheme = ""
+    if scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL")
     return value
 
@@ -77,6 +85,10 @@ def _redis_url(name: str, value: str) -> str:
 def _audit_sink(name: str, value: str) -> str:
     if value not in ("stdout", "redis") and not (value.startswith("file:") and len(value) > 5):
         raise ConfigError(f"{name}: expected stdout, file:PATH or redis, got {value!r}")
+    if value.startswith("file:"):
+        folder = os.path.dirname(os.path.abspath(value[5:]))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise ConfigError(f"{name}: no writable directory {folder!r} for the audit file")
     return value
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from proxy.identity import pat_admin
+from proxy.policy.model import Policy, PolicyError, load_policy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--role", help="the user's role (the policy's ceiling for it applies)")
     create.add_argument("--expires", default="30d", help="lifetime: 30d, 12h, 45m, 90s, or never (default 30d)")
     create.add_argument("--admin-key", action="store_true", help="a tenant admin key (may hold admin-only scopes)")
+    create.add_argument("--policy", default=os.environ.get("SCOPEGATE_POLICY"),
+                        help="check scopes and role against this policy (default: $SCOPEGATE_POLICY)")
 
     listing = actions.add_parser("list", help="list credentials (never their tokens)")
     listing.add_argument("--file", help=file_help)
@@ -39,6 +42,16 @@ def _path(args: argparse.Namespace) -> Path:
     if not value:
         raise SystemExit("scopegate pat: name the registry with --file or SCOPEGATE_PAT_FILE")
     return Path(value)
+
+
+def _policy(path: str | None) -> Policy | None:
+    if not path:
+        return None
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        first = str(exc).splitlines()[0]
+        raise SystemExit(f"scopegate pat create: --policy: {first}") from None
 
 
 def main(args: argparse.Namespace) -> None:
@@ -57,6 +70,7 @@ def _run(args: argparse.Namespace, path: Path, redis_url: str | None) -> None:
             scopes=[s for chunk in args.scope for s in chunk.replace(",", " ").split()],
             workspace=args.workspace, role=args.role, expires=args.expires,
             workspaces=[w.strip() for w in args.workspaces.split(",") if w.strip()] if args.workspaces else None,
+            policy=_policy(args.policy),
         )
         print(f"created {record.kind} {record.id} ({record.label}); expires {record.expires or 'never'}",
               file=sys.stderr)
@@ -72,9 +86,12 @@ def _run(args: argparse.Namespace, path: Path, redis_url: str | None) -> None:
             where = f" [workspace {r.workspace}]" if r.workspace else ""
             print(f"{r.id:<13}{r.kind:<10}{row.status:<9}{expires:<27}{used:<27}{scopes:<30}{r.label}{where}")
     elif args.pat_command == "revoke":
-        done, failed = pat_admin.revoke(path, args.id, redis_url)
+        done, failed, already = pat_admin.revoke(path, args.id, redis_url)
         for problem in failed:
             print(f"scopegate pat revoke: {problem}", file=sys.stderr)
-        if not done:
+        if done:
+            print(f"{args.id}: " + "; ".join(done))
+        if already:
+            print(f"scopegate pat revoke: {args.id} was already revoked", file=sys.stderr)
+        if already or not done:
             raise SystemExit(1)
-        print(f"{args.id}: " + "; ".join(done))

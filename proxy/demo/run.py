@@ -94,10 +94,12 @@ def _demo_signing_key(folder: Path) -> Path:
     return path
 
 
-def main(port: int, upstream_port: int) -> None:
-    for p in (port, upstream_port):
+def main(port: int, upstream_port: int, metrics_port: int = 9464) -> None:
+    for p, flag in ((port, "--port"), (upstream_port, "--upstream-port"), (metrics_port, "--metrics-port")):
+        if not 0 < p < 65536:
+            raise SystemExit(f"scopegate demo: {flag}: expected a port number from 1 to 65535, got {p}")
         if not _port_free(p):
-            raise SystemExit(f"scopegate demo: port {p} is in use (choose others with --port / --upstream-port)")
+            raise SystemExit(f"scopegate demo: port {p} is in use (choose another with {flag})")
     upstream = subprocess.Popen(
         [sys.executable, "-m", "proxy.demo.ledger", "--port", str(upstream_port)], stdin=subprocess.DEVNULL
     )
@@ -149,7 +151,7 @@ Discovery: {origin}/.well-known/oauth-protected-resource/mcp
 Connected apps (see and revoke what you granted): {origin}/oauth/apps
 
 Audit trail: {registry.parent / 'audit.jsonl'}   (check it: .venv/bin/scopegate audit verify FILE)
-Metrics:     http://127.0.0.1:9464/metrics   health: /healthz, /readyz
+Metrics:     http://127.0.0.1:{metrics_port}/metrics   health: /healthz, /readyz
 
 Ctrl-C stops both.
 """,
@@ -157,7 +159,7 @@ Ctrl-C stops both.
         )
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
                         pat_file=str(registry), policy=str(DEMO_POLICY), public_url=URL(url),
-                        oauth_signing_keys=(str(signing_key),),
+                        oauth_signing_keys=(str(signing_key),), metrics_listen=("127.0.0.1", metrics_port),
                         audit_sink=f"file:{registry.parent / 'audit.jsonl'}")
         from proxy.edge.app import run
         from proxy.identity.loader import load_identity

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from proxy.config import Config
+from proxy.config import Config, ConfigError
 from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
@@ -51,7 +53,10 @@ def audit_sink(config: Config) -> Sink:
     if config.audit_sink == "redis" and config.redis_url:
         return RedisStreamSink(config.redis_url)
     if config.audit_sink.startswith("file:"):
-        return StreamSink(open(config.audit_sink[5:], "a", encoding="utf-8"))
+        try:
+            return StreamSink(open(config.audit_sink[5:], "a", encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"SCOPEGATE_AUDIT_SINK: cannot open {config.audit_sink[5:]} ({exc.strerror})") from None
     return StreamSink()
 
 
@@ -94,7 +99,11 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     ops = web.AppRunner(ops_app(metrics, checks, details), access_log=None)
                     await ops.setup()
                     site = web.TCPSite(ops, *config.metrics_listen)
-                    await site.start()
+                    try:
+                        await site.start()
+                    except OSError as exc:
+                        raise ConfigError(f"SCOPEGATE_METRICS_LISTEN: cannot listen on "
+                                          f"{_where(config.metrics_listen)} ({_reason(exc)})") from None
                     app[OPS_PORT] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
                 watcher = asyncio.get_running_loop().create_task(reloader.watch())
                 try:
@@ -152,8 +161,6 @@ def run(config: Config, identity: Identity) -> None:
     host, port = config.listen
     scheme = "https" if ssl_context else "http"
     path = config.upstream.path or "/"
-    log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
-             config.upstream, identity.policy.name or config.policy)
     app = build_app(config, identity)
 
     async def on_sighup(app: web.Application) -> None:
@@ -162,14 +169,30 @@ def run(config: Config, identity: Identity) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
 
     app.on_startup.append(on_sighup)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
-        handler_cancellation=True,
-        access_log=None,
-        print=None,
-        loop=loop,
-    )
+    try:
+        web.run_app(
+            app,
+            host=host,
+            port=port,
+            ssl_context=ssl_context,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            handler_cancellation=True,
+            access_log=None,
+            # run_app "prints" once every socket is bound: only then is it true that scopegate listens.
+            print=lambda _: log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host,
+                                     port, path, config.upstream, identity.policy.name or config.policy),
+            loop=loop,
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        raise ConfigError(f"SCOPEGATE_LISTEN: cannot listen on {_where(config.listen)} ({_reason(exc)})") from None
+
+
+def _reason(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)  # aiohttp wraps it in a sentence naming the address
+
+
+def _where(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

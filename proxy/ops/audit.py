@@ -205,7 +205,11 @@ class TrailUnreadable(Exception):
 
 
 def read_file(path: str) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 -- closed by the with below; open's own error is the one to report
+    except OSError as exc:
+        raise TrailUnreadable(f"{path}: cannot read ({exc.strerror})") from None
+    with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -219,10 +223,16 @@ def read_file(path: str) -> Iterator[dict[str, Any]]:
 
 async def read_stream(url: str) -> list[dict[str, Any]]:
     from redis.asyncio import Redis
+    from redis.exceptions import RedisError
 
-    redis = Redis.from_url(url)
+    try:
+        redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+    except ValueError as exc:
+        raise TrailUnreadable(f"--redis: {exc}") from None
     try:
         entries = await redis.xrange(RedisStreamSink.KEY)
+    except (RedisError, OSError) as exc:
+        raise TrailUnreadable(f"Redis did not answer ({type(exc).__name__})") from None
     finally:
         await redis.aclose()
     return [orjson.loads(fields[b"record"]) for _, fields in entries]
