@@ -56,7 +56,10 @@ def one_line(done: subprocess.CompletedProcess, words: str) -> None:
 
 
 def serve_args(registry: Path, *extra: str) -> list[str]:
-    return ["serve", "--upstream", "http://127.0.0.1:9/mcp", "--policy", str(POLICY), "--pat-file", str(registry),
+    """A configuration that gets as far as binding its sockets (nothing else to say on stderr before that)."""
+    policy = registry.with_name("policy.yaml")
+    policy.write_text("version: 1\nscopes: [mcp:read]\ntools:\n  - {match: list_accounts, scopes: [mcp:read]}\n")
+    return ["serve", "--upstream", "http://127.0.0.1:9/mcp", "--policy", str(policy), "--pat-file", str(registry),
             "--metrics-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0", *extra]
 
 
