@@ -74,7 +74,8 @@ class Recorder:
     """ASGI middleware around the upstream app: records every request and counts the ones still in flight."""
 
     app: Any
-    received: list[Received] = field(default_factory=list)
+    received: list[Received] = field(default_factory=list)  # what clients' requests made the proxy send
+    catalog: list[Received] = field(default_factory=list)  # the proxy's own tools/list fetches (guards/catalog.py)
     in_flight: int = 0
     extra_response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
@@ -84,7 +85,8 @@ class Recorder:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         record = Received(scope["method"], headers, b"")
-        self.received.append(record)
+        own = headers.get("x-request-id") == "scopegate-catalog"
+        (self.catalog if own else self.received).append(record)
         chunks: list[bytes] = []
 
         async def recording_receive() -> dict:
@@ -160,6 +162,7 @@ def upstream() -> Any:
 @pytest.fixture
 def recorder(upstream: Upstream) -> Recorder:
     upstream.recorder.received.clear()
+    upstream.recorder.catalog.clear()
     upstream.recorder.extra_response_headers.clear()
     return upstream.recorder
 

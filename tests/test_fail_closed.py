@@ -377,3 +377,211 @@ def test_workspace_segment_in_resource_rules(tmp_path: Path) -> None:
     path.write_text('version: 1\ntools:\n  - {match: "x_{workspace}", scopes: []}\n')
     with pytest.raises(PolicyError, match="braces"):
         load_policy(path)
+
+
+# --- 1. workspace boundaries never depend on learned state ---------------------------------------------------------
+
+def test_only_a_parsed_notification_is_a_change() -> None:
+    from proxy.guards.catalog import Catalog
+
+    catalog = Catalog(None)
+    for message in ({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"text": "notifications/tools/list_changed"}]}},
+                    {"jsonrpc": "2.0", "id": 2, "method": "notifications/tools/list_changed"},  # a request, not one
+                    {"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"},
+                    {"jsonrpc": "2.0", "method": "log", "params": {"m": "notifications/tools/list_changed"}}):
+        catalog.saw(message)
+    assert catalog.changes == 0
+    catalog.saw({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    assert catalog.changes == 1
+
+
+async def test_catalog_single_flight_bounded_wait_and_refusal() -> None:
+    from proxy.guards.catalog import Catalog, CatalogUnavailable
+
+    calls: list[int] = []
+    gate = asyncio.Event()
+
+    async def fetch() -> list[Any]:
+        calls.append(1)
+        await gate.wait()
+        return [{"name": "t", "inputSchema": {"properties": {"workspaceId": {"x-mcp-header": "Workspace"}}}}]
+
+    catalog = Catalog(fetch, wait=2.0)
+    waiters = [asyncio.create_task(catalog.facts("t")) for _ in range(20)]
+    await asyncio.sleep(0.05)
+    catalog.saw({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})  # a change while fetching
+    gate.set()
+    results = await asyncio.gather(*waiters)
+    assert all(r is not None and r.properties == {"workspaceId": "Workspace"} for r in results)
+    assert len(calls) == 2  # one shared fetch, and one more because the tools changed while it ran
+
+    async def failing() -> list[Any]:
+        raise aiohttp.ClientConnectionError("down")
+
+    async def hanging() -> list[Any]:
+        await asyncio.Event().wait()
+        return []
+
+    for broken in (failing, hanging):
+        with pytest.raises(CatalogUnavailable):
+            await Catalog(broken, wait=0.2).facts("t")
+    with pytest.raises(CatalogUnavailable):
+        await Catalog(None).facts("t")
+
+
+def _undeclared(name: str, tmp_path: Path) -> str:
+    """The example policy as it shipped before: no `workspace:` anywhere, so the upstream's schema decides."""
+    import yaml
+
+    policy = yaml.safe_load((POLICIES / f"{name}.yaml").read_text())
+    for rule in policy["tools"]:
+        rule.pop("workspace", None)
+    path = tmp_path / f"{name}-undeclared.yaml"
+    path.write_text(orjson.dumps(policy).decode())
+    return str(path)
+
+
+DELEGATED = {"ledger-scopes": ["journal:read", "payables:write"], "app-token": ["store:read", "store:write"]}
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+@pytest.mark.parametrize("name", sorted(DELEGATED))
+async def test_fresh_proxy_checks_workspaces_of_delegated_tools(name: str, mode: str, start_proxy: Any,
+                                                                upstream: Any, recorder: Recorder, issue: Any,
+                                                                tmp_path: Path) -> None:
+    """No list was ever seen by this proxy: a bound credential still cannot act in another workspace."""
+    from tests.conftest import sdk_client
+
+    bound = issue("bound", scopes=DELEGATED[name], workspace="acme")
+    env = {"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": "app-token-1"} if name == "app-token" else {}
+    url = await start_proxy(upstream.url, policy=_undeclared(name, tmp_path), pat_file=issue.path, env=env)
+    async with sdk_client(url, mode, token=bound) as client:  # no list_tools: straight to the calls
+        refused = await client.call_tool("list_accounts", {"workspaceId": "globex"})
+        assert refused.is_error and "bound to workspace 'acme'" in refused.content[0].text
+        write = await client.call_tool("create_vendor", {"workspaceId": "globex", "name": "x"})
+        assert write.is_error and "bound to workspace 'acme'" in write.content[0].text
+        ok = await client.call_tool("list_accounts", {})
+        assert ok.structured_content["workspaceId"] == "acme"
+    assert [c["params"]["arguments"] for c in recorder.calls("tools/call")] == [{"workspaceId": "acme"}]
+    fetched = [r for r in recorder.catalog if r.method == "POST"]
+    assert fetched and all(r.headers.get("x-app-token") == env.get("SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN")
+                           and "authorization" not in r.headers for r in fetched)  # its own headers only
+
+
+async def test_an_echoed_notice_string_changes_nothing(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                       issue: Any, tmp_path: Path) -> None:
+    from proxy.edge.app import FORWARDER
+    from tests.conftest import sdk_client
+
+    bound = issue("bound", scopes=DELEGATED["ledger-scopes"] + ["periods:read"], workspace="acme")
+    url = await start_proxy(upstream.url, policy=_undeclared("ledger-scopes", tmp_path), pat_file=issue.path)
+    catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.upstream_watches[0].__self__
+    async with sdk_client(url, "legacy", token=bound) as client:
+        echoed = await client.call_tool("get_period_status", {"period": "notifications/tools/list_changed"})
+        assert echoed.structured_content["period"] == "notifications/tools/list_changed"  # it passed the relay
+        refused = await client.call_tool("list_accounts", {"workspaceId": "globex"})
+        assert refused.is_error
+    assert catalog.changes == 0 and catalog.fetches == 1 and catalog.fresh()
+
+
+async def test_no_schema_no_decision_503(start_proxy: Any, recorder: Recorder, issue: Any, tmp_path: Path) -> None:
+    """An upstream whose tools/list fails (only the proxy's own asks fail here): delegated calls wait, then 503;
+    nothing is forwarded unchecked."""
+    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.ledger import build_server
+    from tests.conftest import ThreadedServer, free_port
+
+    inner = Recorder(build_server().streamable_http_app(event_store=MemoryEventStore()))
+
+    async def broken_lists(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (b"x-request-id", b"scopegate-catalog") in scope["headers"]:
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await inner(scope, receive, send)
+
+    port = free_port()
+    server = ThreadedServer(broken_lists, port)
+    server.start()
+    try:
+        bound = issue("bound", scopes=DELEGATED["ledger-scopes"], workspace="acme")
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=_undeclared("ledger-scopes", tmp_path),
+                                pat_file=issue.path)
+        status, answer = await rpc(url, bound, "tools/call", {"name": "list_accounts",
+                                                              "arguments": {"workspaceId": "globex"}}, "list_accounts")
+        assert status == 503 and answer["error"]["code"] == -32603
+        assert inner.calls("tools/call") == []
+        explicit = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(POLICIES / "ledger-scopes.yaml"),
+                                     pat_file=issue.path)  # `workspace:` said: no schema needed (2025-11-25 too)
+        status, answer = await rpc(explicit, bound, "prompts/get", {"name": "process_incoming_invoice"},
+                                   "process_incoming_invoice")
+        assert status == 403  # decided by the policy alone, as before
+    finally:
+        server.stop()
+
+
+def paged_legacy_upstream() -> Any:
+    """A 2025-11-25-only MCP server (official SDK, low level) whose tools/list comes in three pages; the one
+    workspace-scoped tool is on the last page."""
+    import mcp_types as types
+    from mcp.server.lowlevel import Server
+
+    pages = [[f"tool_{page}_{i}" for i in range(3)] for page in range(3)]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        page = int(params.cursor) if params is not None and params.cursor else 0
+        tools = [types.Tool(name=name, input_schema={"type": "object", "properties": {
+            "workspaceId" if name == "tool_2_2" else "note": {"type": "string"}}}) for name in pages[page]]
+        return types.ListToolsResult(tools=tools, next_cursor=str(page + 1) if page < 2 else None)
+
+    async def call_tool(ctx: Any, params: Any) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(params.arguments).decode())])
+
+    app = Server("paged", on_list_tools=list_tools, on_call_tool=call_tool).streamable_http_app()
+
+    async def legacy_only(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (b"mcp-protocol-version", b"2026-07-28") in scope["headers"]:
+            body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Unsupported protocol version"}}'
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return legacy_only
+
+
+async def test_all_pages_in_its_own_legacy_session(start_proxy: Any, issue: Any, tmp_path: Path) -> None:
+    from tests.conftest import ThreadedServer, free_port, sdk_client
+
+    recorder = Recorder(paged_legacy_upstream())
+    port = free_port()
+    server = ThreadedServer(recorder, port)
+    server.start()
+    try:
+        path = tmp_path / "paged.yaml"
+        path.write_text(orjson.dumps({"version": 1, "scopes": ["r"], "tools": [{"match": "*", "scopes": ["r"]}]})
+                        .decode())
+        bound = issue("bound", scopes=["r"], workspace="acme")
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(path), pat_file=issue.path)
+        async with sdk_client(url, "legacy", token=bound) as client:
+            refused = await client.call_tool("tool_2_2", {"workspaceId": "globex"})
+            assert refused.is_error and "bound to workspace 'acme'" in refused.content[0].text
+            injected = await client.call_tool("tool_2_2", {})
+            assert orjson.loads(injected.content[0].text) == {"workspaceId": "acme"}
+            plain = await client.call_tool("tool_0_0", {"note": "n"})
+            assert orjson.loads(plain.content[0].text) == {"note": "n"}
+            client_session = next(r.headers["mcp-session-id"] for r in recorder.received if r.method == "POST"
+                                  and "mcp-session-id" in r.headers)
+        first, *rest = [r for r in recorder.catalog if r.method == "POST"]
+        assert first.headers["mcp-protocol-version"] == "2026-07-28" and first.headers["mcp-method"] == "tools/list"
+        own = [(r.json().get("method"), r.json().get("params", {}).get("cursor"), r.headers.get("mcp-session-id"))
+               for r in rest]  # refused, so asked again in 2025-11-25:
+        assert [m for m, _, _ in own][:2] == ["initialize", "notifications/initialized"]
+        pages = [(cursor, session) for method, cursor, session in own if method == "tools/list"]
+        assert [cursor for cursor, _ in pages] == [None, "1", "2"]
+        assert len({session for _, session in pages}) == 1 and pages[0][1] not in (None, client_session)
+        assert [c["params"]["arguments"] for c in recorder.calls("tools/call")] == [{"workspaceId": "acme"},
+                                                                                     {"note": "n"}]
+    finally:
+        server.stop()

@@ -155,14 +155,3 @@ def test_outstanding_is_bounded() -> None:
     assert outstanding.take("s", [1]) is None  # an unhashable id is nobody's
 
 
-def test_watcher_sees_a_needle_split_across_chunks() -> None:
-    from proxy.edge.relay import Watcher
-
-    seen: list[int] = []
-    watcher = Watcher(((b"notifications/tools/list_changed", lambda: seen.append(1)),))
-    stream = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/tools/list_changed"}\n\n'
-    for i in range(0, len(stream), 7):
-        watcher.see(stream[i : i + 7])
-    assert seen == [1]
-    watcher.see(b"data: nothing here\n\n")
-    assert seen == [1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -158,7 +157,7 @@ async def test_batches_and_task_augmented_calls(start_proxy: Any, upstream: Any,
     assert refused["result"]["isError"] is True
 
 
-async def test_learned_from_the_list_and_hidden_for_bound_credentials(
+async def test_delegated_to_the_upstream_schema_and_hidden_for_bound_credentials(
     start_proxy: Any, upstream: Any, recorder: Recorder, issue: Any, tmp_path: Path
 ) -> None:
     reader = issue("review script", ["mcp:read"], workspace="acme")
@@ -169,8 +168,9 @@ async def test_learned_from_the_list_and_hidden_for_bound_credentials(
         "tools": [{"match": "list_*", "scopes": ["mcp:read"]}],  # the policy says nothing about workspaces
     }))
     url = await start_proxy(upstream.url, policy=str(path), pat_file=issue.path)
-    await call(url, reader, "list_accounts", {})  # before any list: the policy alone decides (no injection)
-    assert received_arguments(recorder, "list_accounts") == [{}]
+    await call(url, reader, "list_accounts", {})  # before any list: the proxy fetched the schema itself, then injected
+    assert received_arguments(recorder, "list_accounts") == [{"workspaceId": "acme"}]
+    assert [r.json()["method"] for r in recorder.catalog] == ["tools/list"]  # the proxy's own, before the call
     async with sdk_client(url, "auto", token=reader) as client:
         tools = {t.name: t for t in (await client.list_tools()).tools}
         schema = tools["list_accounts"].input_schema
@@ -199,10 +199,10 @@ async def test_org_ceiling_verifies_workspaces_with_the_sdk(mode: str, start_pro
     assert received_arguments(recorder, "list_accounts") == [{"workspaceId": "acme"}]
 
 
-async def test_list_changed_makes_the_proxy_forget_learned_schemas(start_proxy: Any, recorder: Recorder,
-                                                                   issue: Any, tmp_path: Path) -> None:
-    """The upstream announces new tools: what the proxy learned from earlier lists no longer counts until the
-    next list, which it learns from again (including the new tool)."""
+async def test_list_changed_makes_the_proxy_fetch_the_schema_again(start_proxy: Any, recorder: Recorder,
+                                                                    issue: Any, tmp_path: Path) -> None:
+    """The upstream announces new tools (a parsed notification on a call's stream): the proxy fetches its catalog
+    again before the next delegated decision, so a tool the client never listed is still workspace-checked."""
     from proxy.demo.event_store import MemoryEventStore
     from proxy.demo.ledger import build_server
     from proxy.edge.app import FORWARDER
@@ -218,20 +218,16 @@ async def test_list_changed_makes_the_proxy_forget_learned_schemas(start_proxy: 
             {"match": "list_*", "scopes": ["mcp:read"]}, {"match": "enable_payroll_module", "scopes": ["mcp:read"]},
         ]}))
         url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(path), pat_file=issue.path)
-        catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.stream_watches[0][1].__self__
+        catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.upstream_watches[0].__self__
         async with sdk_client(url, "legacy", token=reader) as client:
-            await client.list_tools()
-            assert "list_accounts" in catalog.properties
             assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
+            assert "list_payslips" not in catalog.tools and catalog.changes == 0
             await client.call_tool("enable_payroll_module", {})
-            for _ in range(100):
-                if not catalog.properties:
-                    break
-                await asyncio.sleep(0.02)
-            assert catalog.properties == {}  # forgotten: the policy alone decides until the next list
-            tools = {t.name for t in (await client.list_tools()).tools}
-            assert "list_payslips" in tools and "workspaceId" in catalog.properties["list_payslips"]
-            result = await client.call_tool("list_payslips", {"month": "2026-10"})
+            assert catalog.changes == 1 and not catalog.fresh()  # the notice, parsed on the call's stream
+            result = await client.call_tool("list_payslips", {"month": "2026-10"})  # never listed by the client
             assert result.structured_content["workspaceId"] == "acme"
+            refused = await client.call_tool("list_payslips", {"month": "2026-10", "workspaceId": "globex"})
+            assert refused.is_error and "bound to workspace 'acme'" in refused.content[0].text
+        assert catalog.fresh() and "workspaceId" in catalog.tools["list_payslips"].properties
     finally:
         own.stop()

@@ -15,6 +15,7 @@ from proxy.config import Config, ConfigError
 from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
+from proxy.edge.upstream_tools import UpstreamTools
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
 from proxy.guards.pipeline import Pipeline
@@ -80,7 +81,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
                     return await app[FORWARDER].probe(exchange, message)
 
-                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call)
+                fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
+                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
+                                                           fetch_tools)
                 audit = AuditWriter(audit_sink(config), raw_arguments=config.audit_arguments)
                 app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)

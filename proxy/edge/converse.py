@@ -67,7 +67,7 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
             rewrite = ResponseRewrite(forwarder.pipeline, exchange, {}, forwarder.outstanding)
             forwarder.open_streams.add(upstream)
             try:
-                await relay_sse(upstream, response, rewrite, forwarder.pipeline.stream_watches)
+                await relay_sse(upstream, response, rewrite)
             finally:
                 forwarder.open_streams.discard(upstream)
             return

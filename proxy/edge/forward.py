@@ -289,7 +289,7 @@ class Forwarder:
         try:
             for answer in answers:
                 await response.write(sse_event(answer))
-            await relay_sse(upstream, response, rewrite, self.pipeline.stream_watches)
+            await relay_sse(upstream, response, rewrite)
         except (ConnectionResetError, aiohttp.ClientError):
             # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
             # the upstream response.

@@ -65,10 +65,14 @@ class ResponseRewrite:
 
     @property
     def active(self) -> bool:
-        return bool(self.pending) or (self.exchange.session_id is not None and len(self.outstanding) > 0)
+        return (bool(self.pending) or bool(self.pipeline.upstream_watches)
+                or (self.exchange.session_id is not None and len(self.outstanding) > 0))
 
     def __call__(self, msg: Message) -> Message | None:
-        """The rewritten response, or None when `msg` is not a response waiting for a rewriter."""
+        """The rewritten response, or None when `msg` is not a response waiting for a rewriter. Every message
+        the upstream sent passes here once, parsed: the pipeline's upstream watches see it first."""
+        for watch in self.pipeline.upstream_watches:
+            watch(msg)
         if "method" in msg or "id" not in msg:
             return None
         try:
@@ -136,47 +140,19 @@ def sse_event(msg: Message) -> bytes:
     return b"event: message\ndata: " + dumps(msg) + b"\n\n"
 
 
-Watch = tuple[bytes, Callable[[], None]]
-
-
-class Watcher:
-    """Calls back when a byte string passes in the stream, even split across chunks; no parsing, so it costs
-    one substring search per chunk and can sit on the unbuffered path."""
-
-    def __init__(self, watches: tuple[Watch, ...]) -> None:
-        self.watches = watches
-        self._overlap = max((len(needle) for needle, _ in watches), default=1) - 1
-        self._tail = b""
-
-    def see(self, chunk: bytes) -> None:
-        window = self._tail + chunk
-        for needle, callback in self.watches:
-            if needle in window:
-                callback()
-        self._tail = window[-self._overlap :] if self._overlap else b""
-
-
-async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, rewrite: ResponseRewrite,
-                    watches: tuple[Watch, ...] = ()) -> None:
+async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, rewrite: ResponseRewrite) -> None:
     """Copy an SSE stream to the client as it arrives. Returns when the upstream ends it."""
     content = upstream.content
-    watcher = Watcher(watches) if watches else None
     if not rewrite.active:
         while chunk := await content.readany():
-            if watcher:
-                watcher.see(chunk)
             await client.write(chunk)
         return
     splitter = EventSplitter(MAX_EVENT_BYTES)
     while chunk := await content.readany():
-        if watcher:
-            watcher.see(chunk)
         if not rewrite.active:
             pending = splitter.rest()
             await client.write(pending + chunk if pending else chunk)
             while chunk := await content.readany():
-                if watcher:
-                    watcher.see(chunk)
                 await client.write(chunk)
             return
         events = [_rewrite_event(event, rewrite) for event in splitter.feed(chunk)]

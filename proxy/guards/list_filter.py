@@ -3,15 +3,15 @@
 Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
 are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
 `cacheScope: "private"`: it was made for this caller. A write that needs confirmation says so in its description
-and offers an optional `confirmationToken` argument; its `outputSchema` (if any) accepts the preview too. Tool
-annotations and schemas seen here feed the catalog.
+and offers an optional `confirmationToken` argument; its `outputSchema` (if any) accepts the preview too.
+Nothing seen here feeds a decision on calls: a list answers one client's session; the guards consult the proxy's
+own catalog (`catalog.py`).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from proxy.guards.catalog import Catalog
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
 from proxy.jsonrpc import Message
 from proxy.policy.decide import Kind, remembered
@@ -58,12 +58,17 @@ def advertise_confirmation(tool: dict[str, Any], rule: Rule | None = None) -> No
         tool["outputSchema"] = with_preview(tool["outputSchema"])
 
 
+def read_only_hint(tool: dict[str, Any]) -> bool:
+    """The item's own hint: what this list says is what the caller sees (calls ask the proxy's own catalog)."""
+    annotations = tool.get("annotations")
+    return isinstance(annotations, dict) and annotations.get("readOnlyHint") is True
+
+
 class ListFilter:
     methods = frozenset(LISTS)
 
-    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+    def __init__(self, live: LivePolicy) -> None:
         self.live = live
-        self.catalog = catalog
 
     def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
         result = response.get("result")
@@ -73,15 +78,12 @@ class ListFilter:
         items: list[Any] = result[key]
         rules = self.live.rules
         hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
-        if kind == "tool":
-            self.catalog.learn(items)
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        hint = self.catalog.read_only_hint
         kept = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
                 continue
-            decision = remembered(rules, held, kind, name, hint(name) if hints else None)
+            decision = remembered(rules, held, kind, name, read_only_hint(item) if hints else None)
             if decision.allowed:
                 kept.append(item)
                 if decision.confirm:
@@ -108,4 +110,4 @@ class ListFilter:
 
     def workspace_injected(self, tool: str) -> bool:
         outcome = self.live.rules.outcome("tool", tool)
-        return outcome is None or outcome.workspace in ("inject", "none")
+        return outcome is None or outcome.workspace in ("inject", None)

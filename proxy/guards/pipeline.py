@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config
 from proxy.exchange import Answer, Conversation, Exchange
-from proxy.guards.catalog import Catalog
+from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
@@ -66,7 +66,9 @@ class Pipeline:
     response_hooks: tuple[ResponseHook, ...] = ()
     rewriters: tuple[Rewriter, ...] = ()
     upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
-    stream_watches: tuple[tuple[bytes, Callable[[], None]], ...] = ()  # byte strings to notice in SSE streams
+    # Called with every message the upstream sends that the relay parsed (JSON bodies, SSE events, batch elements,
+    # on POST answers and GET streams alike): how steps notice what the upstream says, e.g. that its tools changed.
+    upstream_watches: tuple[Callable[[Message], None], ...] = ()
 
     def __post_init__(self) -> None:
         by_method: dict[str, tuple[Rewriter, ...]] = {}
@@ -104,7 +106,7 @@ class Pipeline:
 
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
-          live: LivePolicy, upstream_call: UpstreamCall) -> Pipeline:
+          live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None) -> Pipeline:
     """The whole pipeline, in order."""
     metadata_url = None
     if config.public_url is not None:
@@ -112,7 +114,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     challenge = Challenge(metadata_url, identity.policy.scopes)
     sessions = SessionBinding(store)
     secrets = identity.secret_headers
-    catalog = Catalog()
+    catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
     return Pipeline(
         admission=(
@@ -136,9 +138,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             clients.on_response,  # and remember whether their client can show an approval form
         ),
         rewriters=(
-            ListFilter(live, catalog),  # lists show what the same decision allows, nothing more
+            ListFilter(live),  # lists show what the same decision allows, nothing more
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
-        # What the proxy learned from tool lists is forgotten when the upstream says its tools changed.
-        stream_watches=((b"notifications/tools/list_changed", catalog.forget),),
+        upstream_watches=(catalog.saw,),  # notifications/tools/list_changed: the catalog is fetched again
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
-from proxy.guards.catalog import Catalog
+from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
 from proxy.policy.decide import Decision, Kind, decide
 from proxy.policy.reload import LivePolicy
@@ -117,10 +117,17 @@ class ScopeGuard:
             return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object",
                                 {"requestId": exchange.request_id}), http_status=400, decision="invalid")
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
+        rules = self.live.rules
         decision = None
         for kind, name in named:
-            hint = self.catalog.read_only_hint(name) if kind == "tool" else None  # under `default: annotations`
-            decision = decide(self.live.rules, held, kind, name, hint)
+            hint = None
+            if kind == "tool" and rules.policy.default == "annotations" and rules.outcome("tool", name) is None:
+                try:  # delegated to the upstream's readOnlyHint: the proxy's own, current view of it
+                    facts = await self.catalog.facts(name)
+                except CatalogUnavailable:
+                    return unavailable(msg_id, exchange.request_id)
+                hint = facts.read_only if facts is not None else None
+            decision = decide(rules, held, kind, name, hint)
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it

@@ -1,7 +1,10 @@
 """Guard: workspace (and project) boundaries on every workspace-scoped `tools/call`.
 
-A tool is workspace-scoped when its rule says `inject`, `require` or `verify`, or, where the rule says nothing,
-when the upstream's own list showed a workspace argument (then it is treated as `inject`). Without the argument,
+A tool is workspace-scoped when its rule says `inject`, `require` or `verify`; where no rule says `workspace:`, the
+upstream's schema decides: the proxy's own catalog (fetched by the proxy before deciding, `catalog.py`) shows a
+workspace argument, and the tool is treated as `inject`; a tool the upstream does not list is refused, and when the
+schema cannot be had the call waits, then gets 503. Resource URIs whose rule names a `{workspace}` segment are
+checked the same way (reads, subscriptions, listen streams). Without the argument,
 `inject` supplies the credential's bound workspace, else its default one, else SCOPEGATE_DEFAULT_WORKSPACE; with
 it (given or injected), the workspace must be one the credential holds: a bound credential only its own, and an
 explicit `none` permission wins over every grant. Projects likewise, where the policy turns `check_projects` on.
@@ -17,7 +20,7 @@ import re
 from typing import Any
 
 from proxy.exchange import Answer, Exchange, WorkspaceFact, tool_result
-from proxy.guards.catalog import Catalog
+from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
 from proxy.guards.scope import FORBIDDEN, GATED, targets
 from proxy.identity.principal import Principal
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
@@ -80,13 +83,6 @@ class WorkspaceGuard:
         self.catalog = catalog
         self.default_workspace = default_workspace
 
-    def mode(self, tool: str) -> str:
-        outcome = self.live.rules.outcome("tool", tool)
-        if outcome is not None and outcome.workspace != "none":
-            return outcome.workspace
-        learned = self.catalog.properties.get(tool)
-        return "inject" if learned is not None and self.live.policy.workspace_property in learned else "none"
-
     def resources(self, exchange: Exchange, message: Message) -> Answer | None:
         """A resource URI whose rule names a workspace segment (`ledger://{workspace}/…`) is checked like a
         workspace argument, in every method that names resources (reads, subscriptions, listen streams)."""
@@ -118,15 +114,28 @@ class WorkspaceGuard:
         params = message["params"]
         tool, msg_id = params["name"], message.get("id")  # the scope guard has checked the name already
         policy = self.live.policy
-        mode = self.mode(tool)
+        rule = self.live.rules.outcome("tool", tool)
+        mode = rule.workspace if rule is not None else None  # None: the upstream's schema says
+        modern = (exchange.protocol_version or "") >= "2026-07-28"
+        facts = None
+        if mode is None or (modern and (mode != "none" or policy.check_projects)):
+            try:  # the proxy's own, current view of the upstream's schema; never one a client's list left behind
+                facts = await self.catalog.facts(tool)
+            except CatalogUnavailable:
+                return unavailable(msg_id, exchange.request_id)
+        if mode is None:
+            if facts is None:
+                return tool_result(exchange, msg_id, f"{tool} refused: the upstream does not list it, so whether it "
+                                   "acts in a workspace cannot be known", error=True, decision="deny",
+                                   reason="workspace")
+            mode = "inject" if policy.workspace_property in facts.properties else "none"
         if mode == "none" and not policy.check_projects:
             return message
         args = params.get("arguments", {})
         if not isinstance(args, dict):
             return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object"), http_status=400,
                           decision="invalid")
-        mirrored = self.catalog.properties.get(tool, {})
-        modern = (exchange.protocol_version or "") >= "2026-07-28"
+        mirrored = facts.properties if facts is not None else {}
         if modern:
             for prop in (policy.workspace_property, policy.project_property):
                 token = mirrored.get(prop)

@@ -50,7 +50,7 @@ class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a f
     missing: tuple[str, ...]
     effect: Literal["read", "write"]
     confirm: bool
-    workspace: str
+    workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str  # the rule that decided, in words: `tools[3] match "create_*"`, `default: deny`, ...
 
 
@@ -111,7 +111,7 @@ class Outcome(NamedTuple):
     required: tuple[str, ...]
     effect: Literal["read", "write"]
     confirm: bool
-    workspace: str
+    workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str
 
 
@@ -131,7 +131,7 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
         read = kind != "tool" or read_only_hint is True
         required = (policy.read_scope if read else policy.write_scope,)  # type: ignore[assignment]
         effect = "read" if read else "write"
-        confirm, workspace = not read, "none"
+        confirm, workspace = not read, None
         because = f"default: annotations (readOnlyHint {read_only_hint})" if kind == "tool" else "default: annotations"
     else:
         return Decision(False, kind, name, (), (), "write", False, "none", "default: deny (no rule names it)")

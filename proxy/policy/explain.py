@@ -20,5 +20,6 @@ def explain(policy: Policy, held: frozenset[str], kind: Kind, name: str, who: st
         lines.append(f"  missing:   {' '.join(decision.missing)}")
     if kind == "tool" and (decision.allowed or decision.required):
         lines.append(f"  effect:    {decision.effect}; confirmation "
-                     f"{'required' if decision.confirm else 'not required'}; workspace {decision.workspace}")
+                     f"{'required' if decision.confirm else 'not required'}; workspace "
+                     f"{decision.workspace or 'as the upstream schema says'}")
     return decision, lines

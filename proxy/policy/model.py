@@ -85,7 +85,9 @@ class Rule(Strict):
     confirm_ttl_seconds: int | None = Field(None, ge=5, le=86400)  # default: the policy's
     dry_run: DryRun | None = None  # the upstream's own preview: the call is made once with this argument set
     redact: tuple[str, ...] = ()  # argument names masked in previews (and never stored)
-    workspace: Literal["none", "inject", "require", "verify"] = "none"
+    # None: not said, so the upstream's own schema decides (a workspace argument means `inject`); `none` says the
+    # tool acts in no workspace, whatever its schema shows.
+    workspace: Literal["none", "inject", "require", "verify"] | None = None
     description: str = ""
 
     @field_validator("confirm", mode="before")
@@ -178,7 +180,7 @@ def load_policy(path: str | Path) -> Policy:
             problems += [f"{where}.scopes: scope {scope!r} is not in `scopes`"
                          for scope in rule.scopes if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
-                         or rule.workspace != "none" or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
+                         or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
                          or rule.fallback != "refuse")
             if section != "tools" and tool_only:
                 problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")

@@ -1,0 +1,172 @@
+"""The proxy's own `tools/list` of the upstream: every page, with the proxy's server-side headers, in whichever
+protocol revision the upstream speaks. It feeds `guards/catalog.py`.
+
+Its own session, never a caller's: the catalog is shared by every caller, so it must not be a view one caller's
+session shaped (per-session state such as a module that caller switched on), and requests the proxy slipped into
+a caller's session would share that caller's id space, event stream and history. So the proxy asks as a client of
+its own: 2026-07-28 first (stateless: every request carries `_meta` and the `MCP-Protocol-Version` and `Mcp-Method`
+headers); where the upstream refuses that (a 4xx, or a JSON-RPC error), 2025-11-25: `initialize`, then
+`notifications/initialized`, then `tools/list` in that session, kept for later fetches and opened again when the
+upstream forgets it (404). What cannot be read is an error, so the catalog stays unknown rather than wrong.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from proxy import __version__
+from proxy.edge.sse import event_data
+from proxy.jsonrpc import JSON, Message, dumps
+
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"
+MAX_PAGES = 1000
+MAX_BYTES = 64 * 1024 * 1024
+ACCEPT = "application/json, text/event-stream"
+CLIENT_INFO = {"name": "scopegate", "version": __version__}
+
+
+class FetchFailed(Exception):
+    """The upstream did not give a readable tool list."""
+
+
+class NotModern(Exception):
+    """The upstream refused a 2026-07-28 request: ask in 2025-11-25."""
+
+
+class UpstreamTools:
+    def __init__(self, session: aiohttp.ClientSession, url: URL, headers: Iterable[tuple[str, str]]) -> None:
+        self.session = session
+        self.url = url
+        self.headers = {"Content-Type": JSON, "Accept": ACCEPT, "Accept-Encoding": "identity",
+                        "X-Request-Id": "scopegate-catalog", **dict(headers)}
+        self.revision: str | None = None  # MODERN or LEGACY, once one worked
+        self.session_id: str | None = None  # the proxy's own legacy session
+        self.negotiated = LEGACY
+        self._ids = itertools.count(1)
+
+    async def __call__(self) -> list[Any]:
+        if self.revision != LEGACY:
+            try:
+                tools = await self._pages(MODERN)
+                self.revision = MODERN
+                return tools
+            except NotModern:
+                if self.revision == MODERN:
+                    raise FetchFailed("the upstream stopped answering 2026-07-28 requests") from None
+        self.revision = LEGACY
+        if self.session_id is None:
+            await self._initialize()
+        try:
+            return await self._pages(LEGACY)
+        except SessionGone:
+            await self._initialize()
+            return await self._pages(LEGACY)
+
+    async def _pages(self, revision: str) -> list[Any]:
+        tools: list[Any] = []
+        cursor: Any = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
+            if revision == MODERN:
+                params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                                   "io.modelcontextprotocol/clientCapabilities": {},
+                                   "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
+            result = await self._request(revision, "tools/list", params, first_page=cursor is None)
+            page = result.get("tools")
+            if not isinstance(page, list):
+                raise FetchFailed("tools/list result without a tools array")
+            tools += page
+            cursor = result.get("nextCursor")
+            if cursor is None:
+                return tools
+            if not isinstance(cursor, str) or cursor in seen:
+                raise FetchFailed("tools/list pagination does not end")
+            seen.add(cursor)
+        raise FetchFailed("tools/list has too many pages")
+
+    async def _initialize(self) -> None:
+        self.session_id = None
+        params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        result = await self._request(LEGACY, "initialize", params, first_page=False)
+        version = result.get("protocolVersion")
+        self.negotiated = version if isinstance(version, str) else LEGACY
+        headers = self._headers(LEGACY, "notifications/initialized")
+        async with self.session.post(self.url, data=dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                                     headers=headers) as resp:
+            await resp.read()
+            if resp.status >= 400:
+                raise FetchFailed(f"notifications/initialized answered {resp.status}")
+
+    def _headers(self, revision: str, method: str) -> dict[str, str]:
+        headers = dict(self.headers)
+        if revision == MODERN:
+            headers.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": method})
+        elif method != "initialize":
+            headers["MCP-Protocol-Version"] = self.negotiated
+            if self.session_id is not None:
+                headers["Mcp-Session-Id"] = self.session_id
+        return headers
+
+    async def _request(self, revision: str, method: str, params: dict[str, Any], *, first_page: bool) -> dict:
+        msg_id = f"scopegate-catalog-{next(self._ids)}"
+        body = dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
+        async with self.session.post(self.url, data=body, headers=self._headers(revision, method)) as resp:
+            raw = await resp.content.read(MAX_BYTES + 1)
+            if len(raw) > MAX_BYTES:
+                raise FetchFailed("answer too large")
+            if revision == LEGACY and resp.status == 404 and method != "initialize":
+                raise SessionGone
+            if 400 <= resp.status < 500 and revision == MODERN and first_page:
+                raise NotModern
+            if resp.status != 200:
+                raise FetchFailed(f"{method} answered HTTP {resp.status}")
+            if method == "initialize":
+                self.session_id = resp.headers.get("Mcp-Session-Id")
+            answer = _response(raw, resp.headers.get("Content-Type", ""), msg_id)
+        if "error" in answer:
+            if revision == MODERN and first_page:
+                raise NotModern
+            raise FetchFailed(f"{method} answered a JSON-RPC error")
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            raise FetchFailed(f"{method} answered no result object")
+        return result
+
+
+class SessionGone(Exception):
+    pass
+
+
+def _response(raw: bytes, content_type: str, msg_id: str) -> Message:
+    """The response to `msg_id` in a JSON body or an SSE stream. Pure."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json":
+        candidates: list[Any] = [_loads(raw)]
+    elif media == "text/event-stream":
+        candidates = []
+        for event in raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
+            data = event_data(event)
+            if data:
+                candidates.append(_loads(data))
+    else:
+        raise FetchFailed(f"unexpected content type {media!r}")
+    for found in candidates:
+        for message in found if isinstance(found, list) else [found]:
+            if isinstance(message, dict) and message.get("id") == msg_id and "method" not in message:
+                return message
+    raise FetchFailed("no response to the request in the answer")
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise FetchFailed("an answer that is not JSON") from None
