@@ -87,6 +87,7 @@ class Conversation:
 
     run: Callable[[Send], Awaitable[Message | Answer]]
     alone: Answer
+    opening: Answer | None = None  # what putting the question counts as (metrics, audit), e.g. a preview issued
 
 
 def tool_result(exchange: Exchange, msg_id: Any, text: str, *, error: bool, decision: str, reason: str = "",

@@ -215,20 +215,30 @@ async def test_answer_reaches_the_replica_holding_the_stream(start_proxy: Any, u
 
 
 async def test_nobody_answering_times_out_and_forwards_nothing(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                               tmp_path: Path) -> None:
-    url = await start_proxy(upstream.url, policy=human_policy(tmp_path, confirm_ttl_seconds=5))
+                                                               tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("proxy.edge.converse.KEEPALIVE_SECONDS", 1.0)
+    from tests.test_audit import flush
+
+    trail = tmp_path / "audit.jsonl"
+    url = await start_proxy(upstream.url, policy=human_policy(tmp_path, confirm_ttl_seconds=5),
+                            audit_sink=f"file:{trail}")
     call = {"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": TOOL, "arguments": ENTRY}}
     async with aiohttp.ClientSession() as http:
         headers = await open_session(http, url)
         async with http.post(url, data=orjson.dumps(call), headers=headers) as stream:
             asked = (await next_event(stream)).data
-            answer = await answer_on(stream, 8)  # nobody answers
+            beat = await next_event(stream)  # while nobody answers, the stream is kept alive
+            assert beat.lines == [": waiting for the client"]
+            answer = await answer_on(stream, 8)
         assert answer["result"]["isError"] and "nobody approved it in time" in answer["result"]["content"][0]["text"]
         late = {"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept", "content": {"approve": True}}}
         async with http.post(url, data=orjson.dumps(late), headers=headers) as resp:
             assert resp.status == 202
         await asyncio.sleep(0.2)
     assert posted(recorder) == []
+    await flush(start_proxy)
+    records = [orjson.loads(line) for line in trail.read_text().splitlines()]
+    assert [(r["decision"], r["reason"]) for r in records if r["target"] == TOOL][-1] == ("refuse", "timeout")
 
 
 @pytest.mark.parametrize(("answer", "applied"), [("y\n", True), ("n\n", False)])
@@ -247,3 +257,36 @@ async def test_demo_try_it_asks_at_the_terminal(answer: str, applied: bool, star
     assert "the server asks you" in text and "Approve this change? [y/N]" in text
     assert ("applied: you approved it" in text) is applied
     assert len(posted(recorder)) == (1 if applied else 0)
+
+
+async def test_every_outcome_is_its_own_audit_record(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                     tmp_path: Path) -> None:
+    """Approved (linked to its preview), rejected, cancelled, changed arguments, no way to ask: one reason each."""
+    from tests.test_audit import flush
+
+    trail = tmp_path / "audit.jsonl"
+    url = await start_proxy(upstream.url, policy=human_policy(tmp_path), audit_sink=f"file:{trail}")
+    async with client(url, "legacy", Person("accept")) as sdk:
+        assert not (await sdk.call_tool(TOOL, ENTRY)).is_error
+    async with client(url, "legacy", Person("decline")) as sdk:
+        assert (await sdk.call_tool(TOOL, ENTRY)).is_error
+    async with client(url, "auto", Person("cancel")) as sdk:
+        assert (await sdk.call_tool(TOOL, ENTRY)).is_error
+    async with client(url, "auto", None) as sdk:
+        assert (await sdk.call_tool(TOOL, ENTRY)).is_error
+    async with client(url, "auto", Person("accept")) as sdk:
+        asked = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        approve = {"scopegate_approval": types.ElicitResult(action="accept", content={"approve": True})}
+        changed = await sdk.session.call_tool(TOOL, {**ENTRY, "memo": "other"}, input_responses=approve,
+                                              request_state=asked.request_state, allow_input_required=True)
+        assert changed.is_error
+    await flush(start_proxy)
+    records = [orjson.loads(line) for line in trail.read_text().splitlines()]
+    calls = [r for r in records if r["target"] == TOOL]
+    reasons = [r["reason"] for r in calls if r["decision"] == "refuse"]
+    assert sorted(reasons) == ["arguments", "cancelled", "no elicitation", "rejected"]
+    (confirmed,) = [r for r in calls if r["decision"] == "confirm"]
+    previews = {r["preview_id"] for r in calls if r["decision"] == "preview"}
+    assert confirmed["preview_id"] in previews and confirmed["upstream_status"] == 200
+    assert "supplies" not in trail.read_text()  # arguments are audited as a digest only
+    assert posted(recorder) == [ENTRY]

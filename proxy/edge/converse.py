@@ -9,6 +9,7 @@ if the client leaves meanwhile, the handler is cancelled and nothing is forwarde
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scopegate.forward")
 
+KEEPALIVE_SECONDS = 15.0
+
 
 async def converse(forwarder: Forwarder, request: web.Request, exchange: Exchange, message: Message,
                    conversation: Conversation) -> web.StreamResponse:
@@ -32,10 +35,31 @@ async def converse(forwarder: Forwarder, request: web.Request, exchange: Exchang
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Request-Id": exchange.request_id})
     await response.prepare(request)
 
-    async def send(out: Message) -> None:
-        await response.write(sse_event(out))
+    writing = asyncio.Lock()  # the keep-alive and the guard share the stream: one write at a time
 
-    outcome = await conversation.run(send)
+    async def send(out: Message) -> None:
+        async with writing:
+            await response.write(sse_event(out))
+
+    async def keep_alive() -> None:
+        # A person may take minutes: an SSE comment now and then keeps idle-timeout proxies from cutting the stream.
+        try:
+            while True:
+                await asyncio.sleep(KEEPALIVE_SECONDS)
+                async with writing:
+                    await response.write(b": waiting for the client\n\n")
+        except (ConnectionResetError, aiohttp.ClientError):
+            return  # the client left; the handler is being cancelled with it
+
+    if conversation.opening is not None:
+        forwarder._count(exchange, message, conversation.opening)
+    beat = asyncio.create_task(keep_alive())
+    try:
+        outcome = await conversation.run(send)
+    except (ConnectionResetError, aiohttp.ClientError):
+        return response  # the client left before it could be asked: nothing was forwarded
+    finally:
+        beat.cancel()
     forwarder._count(exchange, message, outcome)  # the message's outcome is known only now
     try:
         if isinstance(outcome, Answer):

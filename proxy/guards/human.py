@@ -114,7 +114,8 @@ class HumanApproval:
         pending = await held()
         alone = self._refuse(exchange, message, "batch", (
             f"{params['name']} needs a person's approval: send the call alone, not in a batch. Nothing was changed."))
-        return Conversation(run=lambda send: self._ask_on_stream(pending, send), alone=alone)
+        opening = Answer(None, decision="preview", reason=pending.preview_id)
+        return Conversation(run=lambda send: self._ask_on_stream(pending, send), alone=alone, opening=opening)
 
     def _refuse(self, exchange: Exchange, message: Message, reason: str, text: str) -> Answer:
         return tool_result(exchange, message.get("id"), text, error=True, decision="refuse", reason=reason)
