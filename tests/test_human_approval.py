@@ -290,3 +290,20 @@ async def test_every_outcome_is_its_own_audit_record(start_proxy: Any, upstream:
     assert confirmed["preview_id"] in previews and confirmed["upstream_status"] == 200
     assert "supplies" not in trail.read_text()  # arguments are audited as a digest only
     assert posted(recorder) == [ENTRY]
+
+
+async def test_held_for_a_person_only_alone_never_in_a_batch(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                             tmp_path: Path) -> None:
+    """A 2025-03-26 batch cannot carry the conversation a person's approval needs: that element is refused, the
+    rest is handled as usual, and the write never reaches the upstream."""
+    url = await start_proxy(upstream.url, policy=human_policy(tmp_path))
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": TOOL, "arguments": ENTRY}},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+    async with aiohttp.ClientSession() as http:
+        headers = await open_session(http, url)
+        headers.pop("MCP-Protocol-Version")  # no version header: 2025-03-26, where batches exist
+        async with http.post(url, data=orjson.dumps(batch), headers=headers) as resp:
+            body = await resp.read()
+    text = body.decode()
+    assert "send the call alone, not in a batch" in text
+    assert posted(recorder) == [] and "elicitation/create" not in text

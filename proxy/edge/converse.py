@@ -87,6 +87,12 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
     exchange.upstream_status = upstream.status
     try:
         kind = upstream.headers.get("Content-Type", "")
+        if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # Asked for identity; an answer compressed anyway cannot be read, nor joined to the stream as it is.
+            forwarder.metrics.upstream_errors.labels("response").inc()
+            await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream answered in an encoding the "
+                                                 "proxy cannot read")))
+            return
         if upstream.status == 200 and kind.startswith("text/event-stream"):
             rewrite = ResponseRewrite(forwarder.pipeline, exchange, {}, forwarder.outstanding)
             forwarder.open_streams.add(upstream)
