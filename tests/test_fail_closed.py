@@ -585,3 +585,20 @@ async def test_all_pages_in_its_own_legacy_session(start_proxy: Any, issue: Any,
                                                                                      {"note": "n"}]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_resource_lists_show_only_readable_workspaces(mode: str, start_proxy: Any, upstream: Any,
+                                                            recorder: Recorder, issue: Any) -> None:
+    from tests.conftest import sdk_client
+
+    bound = issue("bound", scopes=["mcp:read"], workspace="acme")
+    everyone = issue("everyone", scopes=["mcp:read"])
+    url = await start_proxy(upstream.url, pat_file=issue.path)
+    async with sdk_client(url, mode, token=bound) as client:
+        assert [str(r.uri) for r in (await client.list_resources()).resources] == [ACME]
+        templates = (await client.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["ledger://{workspaceId}/chart-of-accounts"]
+        assert "Bank" in (await client.read_resource(ACME)).contents[0].text
+    async with sdk_client(url, mode, token=everyone) as client:
+        assert sorted(str(r.uri) for r in (await client.list_resources()).resources) == [ACME, GLOBEX]

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -201,6 +202,13 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
             server.add_tool(list_payslips, annotations=READ)
         await ctx.request_context.session.send_tool_list_changed()
         return {"enabled": "payroll"}
+
+    def accounts_of(workspace: str) -> Callable[[], dict[str, str]]:
+        return lambda: ledger.books[workspace].accounts
+
+    for workspace in ("acme", "globex"):  # the demo's two workspaces, listed in resources/list as well
+        server.resource(f"ledger://{workspace}/chart-of-accounts", name=f"{workspace} chart of accounts",
+                        mime_type="application/json")(accounts_of(workspace))
 
     @server.resource("ledger://{workspaceId}/chart-of-accounts", mime_type="application/json")
     def chart_of_accounts(workspaceId: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
+from proxy.guards.workspace import workspace_problem
 from proxy.jsonrpc import Message
 from proxy.policy.decide import Kind, remembered
 from proxy.policy.model import Rule
@@ -84,7 +85,7 @@ class ListFilter:
             if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
                 continue
             decision = remembered(rules, held, kind, name, read_only_hint(item) if hints else None)
-            if decision.allowed:
+            if decision.allowed and not (item_key == "uri" and self._other_workspace(exchange, name)):
                 kept.append(item)
                 if decision.confirm:
                     found = rules.find("tool", name)
@@ -96,6 +97,13 @@ class ListFilter:
         if (exchange.protocol_version or "") >= MODERN:
             result["cacheScope"] = "private"
         return response
+
+    def _other_workspace(self, exchange: Exchange, uri: str) -> bool:
+        """A resource in a workspace this caller may not read is not shown: it could not be read either."""
+        named, workspace = self.live.rules.resource_workspace(uri)
+        if not named or exchange.principal is None:
+            return named
+        return workspace is None or workspace_problem(exchange.principal, workspace) is not None
 
     def _hide_workspace(self, tools: list[dict[str, Any]], prop: str) -> None:
         """A bound credential need not (and should not guess to) name its workspace: the proxy supplies it."""
