@@ -117,6 +117,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
         finally:
             if ops is not None:
                 await ops.cleanup()
+            if oauth is not None:
+                await oauth.close()
             await store.close()
 
     async def close_streams(app: web.Application) -> None:

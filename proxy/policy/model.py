@@ -66,6 +66,7 @@ class OAuth(Strict):
     access_token_ttl_seconds: int = Field(1800, ge=60, le=3600)
     refresh_token_ttl_seconds: int = Field(30 * 86400, ge=3600, le=90 * 86400)
     dynamic_registration: bool = True  # RFC 7591 /register
+    client_id_metadata_documents: bool = True  # client_id may be an https URL naming the client's metadata
     clients: tuple[OAuthClient, ...] = ()
 
 

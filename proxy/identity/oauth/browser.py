@@ -24,6 +24,7 @@ from proxy.identity.oauth.authorization import (
     Toggle,
     check_authorization,
 )
+from proxy.identity.oauth.cimd import DocumentRefused
 from proxy.identity.oauth.clients import Client
 from proxy.identity.oauth.grants import GRANT_PREFIX, Grant, PendingCode, new_grant_id, now
 from proxy.identity.oauth.pages import render, stylesheet
@@ -84,7 +85,12 @@ class Pages:
         for key, value in request.query.items():
             params.setdefault(key, []).append(value)
         client_ids = params.get("client_id") or []
-        client = await self.server.clients.find(client_ids[0]) if len(client_ids) == 1 else None
+        try:
+            client = (await self.server.clients.find(client_ids[0], s.metadata()) if len(client_ids) == 1
+                      else None)
+        except DocumentRefused as exc:
+            log.info("client metadata document refused: %s", exc)
+            return self.error(str(exc))
         try:
             req = check_authorization(params, client, s.resource, s.offered)
         except ShowError as exc:

@@ -107,10 +107,11 @@ def check_metadata(body: Any, server_metadata: dict[str, Any]) -> tuple[str, tup
 
 
 class Clients:
-    def __init__(self, store: Store, preregistered: tuple[Client, ...], ttl: int) -> None:
+    def __init__(self, store: Store, preregistered: tuple[Client, ...], ttl: int, documents: Any = None) -> None:
         self.store = store
         self.preregistered = {c.client_id: c for c in preregistered}
         self.ttl = ttl
+        self.documents = documents  # cimd.MetadataDocuments, when Client ID Metadata Documents are accepted
 
     async def register(self, body: Any, server_metadata: dict[str, Any]) -> Client:
         name, uris = check_metadata(body, server_metadata)
@@ -118,9 +119,12 @@ class Clients:
         await self.store.set(CLIENT_KEY + client.client_id, client.to_json().decode(), ttl=self.ttl)
         return client
 
-    async def find(self, client_id: str) -> Client | None:
+    async def find(self, client_id: str, server_metadata: dict[str, Any]) -> Client | None:
+        """The client, or None when unknown; a metadata document that cannot be used raises cimd.DocumentRefused."""
         if client_id in self.preregistered:
             return self.preregistered[client_id]
+        if client_id.startswith("https://") and self.documents is not None and len(client_id) <= 2000:
+            return await self.documents.client(client_id, server_metadata)
         if not client_id.startswith("sgc_") or len(client_id) > 40:
             return None
         raw = await self.store.get(CLIENT_KEY + client_id, refresh_ttl=self.ttl)

@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
+from proxy.identity.oauth.cimd import MetadataDocuments
 from proxy.identity.oauth.clients import Client, Clients, RegistrationRefused
 from proxy.identity.oauth.grants import Grant, Grants, Replayed, access_claims, now
 from proxy.identity.oauth.keys import KeyRing
@@ -43,6 +44,7 @@ class Settings:
     clients: tuple[Client, ...]
     dynamic_registration: bool
     sign_in: tuple[str, ...]
+    metadata_documents: bool = True  # client_id may be an https URL naming a Client ID Metadata Document
     access_ttl: int = 1800
     refresh_ttl: int = 30 * 86400
 
@@ -65,7 +67,7 @@ class Settings:
             "revocation_endpoint_auth_methods_supported": ["none"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": True,
-            "client_id_metadata_document_supported": False,
+            "client_id_metadata_document_supported": self.metadata_documents,
         }
         if self.dynamic_registration:
             doc["registration_endpoint"] = self.issuer + "/register"
@@ -102,8 +104,13 @@ class OAuthServer:
         s = self.settings
         self.store = store
         self.grants = Grants(store, s.refresh_ttl, s.access_ttl)
-        self.clients = Clients(store, s.clients, s.refresh_ttl)
+        self.documents = MetadataDocuments(store) if s.metadata_documents else None
+        self.clients = Clients(store, s.clients, s.refresh_ttl, self.documents)
         self.sessions = Sessions(store, s.secure, BASE)
+
+    async def close(self) -> None:
+        if self.store is not None and self.documents is not None:
+            await self.documents.close()
 
     def add_routes(self, app: web.Application) -> None:
         from proxy.identity.oauth import browser

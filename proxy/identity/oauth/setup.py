@@ -52,6 +52,7 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         issuer=f"{public.origin()}{BASE}", resource=str(public), keys=KeyRing(keys), offered=offered,
         known=policy.scopes, excluded=policy.oauth_excluded_scopes, clients=tuple(clients),
         dynamic_registration=oauth.dynamic_registration, sign_in=oauth.sign_in,
+        metadata_documents=oauth.client_id_metadata_documents,
         access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
     )
 
