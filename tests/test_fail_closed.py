@@ -602,3 +602,44 @@ async def test_resource_lists_show_only_readable_workspaces(mode: str, start_pro
         assert "Bank" in (await client.read_resource(ACME)).contents[0].text
     async with sdk_client(url, mode, token=everyone) as client:
         assert sorted(str(r.uri) for r in (await client.list_resources()).resources) == [ACME, GLOBEX]
+
+
+async def test_listen_with_the_sdk_client(start_proxy: Any, recorder: Recorder, issue: Any,
+                                          tmp_path: Path) -> None:
+    """2026-07-28 subscriptions/listen from the official client: another workspace's resource is refused; an own
+    listen is acknowledged, and the tools/list_changed it carries (a parsed notification) makes the proxy fetch
+    its catalog again before the next delegated decision."""
+    from mcp.shared.exceptions import MCPError
+
+    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.ledger import build_server
+    from proxy.edge.app import FORWARDER
+    from tests.conftest import ThreadedServer, free_port, sdk_client
+
+    port = free_port()
+    own = ThreadedServer(build_server().streamable_http_app(event_store=MemoryEventStore()), port)
+    own.start()
+    try:
+        bound = issue("bound", scopes=["mcp:read"], workspace="acme")
+        path = tmp_path / "listen.yaml"
+        path.write_text(orjson.dumps({"version": 1, "scopes": ["mcp:read"], "tools": [
+            {"match": "list_*", "scopes": ["mcp:read"]}, {"match": "enable_payroll_module", "scopes": ["mcp:read"]}],
+            "resources": [{"match": "ledger://{workspace}/chart-of-accounts", "scopes": ["mcp:read"]}]}).decode())
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(path), pat_file=issue.path)
+        catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.upstream_watches[0].__self__
+        async with sdk_client(url, "auto", token=bound) as client:
+            with pytest.raises(MCPError):
+                async with client.listen(resource_subscriptions=[GLOBEX]):
+                    pass
+            assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
+            async with client.listen(tools_list_changed=True, resource_subscriptions=[ACME]) as sub:
+                assert sub.honored.resource_subscriptions == [ACME]
+                assert catalog.changes == 0
+                await client.call_tool("enable_payroll_module", {})
+                event = await asyncio.wait_for(sub.__anext__(), 10)
+                assert type(event).__name__ == "ToolsListChanged"
+            assert catalog.changes == 1 and not catalog.fresh()
+            result = await client.call_tool("list_payslips", {"month": "2026-10"})
+            assert result.structured_content["workspaceId"] == "acme"
+    finally:
+        own.stop()

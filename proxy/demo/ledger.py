@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 from collections import defaultdict
@@ -200,7 +201,9 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
                 return {"workspaceId": workspaceId, "month": month, "payslips": []}
 
             server.add_tool(list_payslips, annotations=READ)
-        await ctx.request_context.session.send_tool_list_changed()
+        await ctx.request_context.session.send_tool_list_changed()  # 2025-11-25: on this session's stream
+        with contextlib.suppress(ValueError):  # 2026-07-28: to every subscriptions/listen stream that asked
+            await ctx.notify_tools_changed()
         return {"enabled": "payroll"}
 
     def accounts_of(workspace: str) -> Callable[[], dict[str, str]]:
