@@ -92,6 +92,21 @@ def _audit_sink(name: str, value: str) -> str:
     return value
 
 
+def _signing_key(name: str, value: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    _file(name, value)
+    try:
+        with open(value, "rb") as handle:
+            key = serialization.load_pem_private_key(handle.read(), password=None)
+    except (ValueError, TypeError):
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{name}: {value!r} is not an unencrypted Ed25519 PEM private key (scopegate audit keygen)")
+    return value
+
+
 def _bool(name: str, value: str) -> bool:
     if value.lower() not in ("true", "false"):
         raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -152,6 +167,10 @@ SETTINGS = (
     Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
     Setting("audit_sink", _audit_sink, "where audit records go: stdout (default), file:PATH, or redis (a Stream)"),
     Setting("audit_arguments", _bool, "true: audit records carry the raw tool arguments too (default false)"),
+    Setting("audit_signing_key_file", _signing_key, "Ed25519 private key (PEM) that signs the audit trail's "
+            "checkpoints (`scopegate audit keygen`); unset: the trail is chained but unsigned"),
+    Setting("audit_checkpoint_records", _positive_int, "seal the audit chain every N records (default 1000)"),
+    Setting("audit_checkpoint_seconds", _seconds, "and every T seconds, even when idle (default 60)"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -186,6 +205,9 @@ class Config:
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     audit_sink: str = "stdout"
     audit_arguments: bool = False
+    audit_signing_key_file: str | None = None
+    audit_checkpoint_records: int = 1000
+    audit_checkpoint_seconds: float = 60.0
 
     @property
     def tls(self) -> bool:

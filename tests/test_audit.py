@@ -3,6 +3,7 @@ Redis Stream sink, and no secret or token anywhere in what a run wrote (audit re
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -13,25 +14,20 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from multidict import CIMultiDict
 
-from proxy.ops.audit import Chain, verify
+from proxy.ops.trail import write_key_pair
 from tests.conftest import TOKENS, Recorder
 from tests.test_operations import VENDOR, call
 
 SECRET_APP_TOKEN = "app-token-never-printed-7f3a"
 
 
-def test_chain_catches_edits_deletions_and_reordering() -> None:
-    chain, other = Chain("a"), Chain("b")
-    records = [chain.link({"n": 1}), other.link({"n": 1}), chain.link({"n": 2}), chain.link({"n": 3})]
-    assert verify(records) == (4, None)  # two interleaved chains, each whole
-    edited = [*records[:2], {**records[2], "n": 99}, records[3]]
-    assert "altered" in verify(edited)[1] and verify(edited)[0] == 3
-    assert "deleted or reordered" in verify([records[0], records[1], records[3]])[1]
-    assert "deleted or reordered" in verify([records[0], records[1], records[3], records[2]])[1]
-    forged = dict(records[3], prev="f" * 64)
-    forged["hash"] = __import__("proxy.ops.audit", fromlist=["record_hash"]).record_hash(forged)
-    assert "link to the previous record is broken" in verify([*records[:3], forged])[1]
+@pytest.fixture
+def signing_key(tmp_path: Path) -> tuple[str, str]:
+    write_key_pair(str(tmp_path / "audit.key"), str(tmp_path / "audit.pub"))
+    return str(tmp_path / "audit.key"), str(tmp_path / "audit.pub")
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
@@ -59,14 +55,22 @@ async def scripted_session(url: str) -> None:
 
 
 async def test_a_record_for_each_decision_and_a_whole_chain(start_proxy: Any, upstream: Any, recorder: Recorder,
-                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+                                                            tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                            signing_key: tuple[str, str]) -> None:
     caplog.set_level(logging.DEBUG)
     trail = tmp_path / "audit.jsonl"
-    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}",
+    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}", audit_signing_key_file=signing_key[0],
                             env={"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": SECRET_APP_TOKEN})
     await scripted_session(url)
     await flush(start_proxy)
-    records = [orjson.loads(line) for line in trail.read_text().splitlines()]
+    live = cli("audit", "verify", str(trail), "--key", signing_key[1])  # a running chain: whole, its tail unsealed
+    assert live.returncode == 0 and "unsealed" in live.stdout, live.stdout
+    await start_proxy.runners.pop().cleanup()  # shutdown seals the chain
+    everything = [orjson.loads(line) for line in trail.read_text().splitlines()]
+    assert everything[0]["type"] == "genesis" and everything[-1]["type"] == "checkpoint"
+    assert everything[-1]["final"] is True and everything[-1]["count"] == len(everything) - 1
+    assert everything[0]["signature"] and everything[0]["process"]["pid"] == os.getpid()
+    records = [r for r in everything if "decision" in r]
     by_decision: dict[str, list[dict]] = {}
     for record in records:
         by_decision.setdefault(record["decision"], []).append(record)
@@ -81,8 +85,9 @@ async def test_a_record_for_each_decision_and_a_whole_chain(start_proxy: Any, up
     assert by_decision["refuse"][0]["reason"] == "already used"
     assert by_decision["unauthenticated"][0]["reason"] == "no bearer"
 
-    done = cli("audit", "verify", str(trail))
-    assert done.returncode == 0 and f"ok: {len(records)} records in 1 chain" in done.stdout
+    done = cli("audit", "verify", str(trail), "--key", signing_key[1])
+    assert done.returncode == 0 and f"ok: {len(everything)} records in 1 chain" in done.stdout, done.stdout
+    assert "note" not in done.stdout  # closed: nothing unsealed
 
     # Nothing secret in the trail or the logs: no token, no server-side header, no raw argument value.
     written = trail.read_text() + "\n".join(r.getMessage() for r in caplog.records)
@@ -91,22 +96,40 @@ async def test_a_record_for_each_decision_and_a_whole_chain(start_proxy: Any, up
         assert secret not in written
 
     lines = trail.read_text().splitlines()
-    tampered = orjson.dumps({**orjson.loads(lines[2]), "decision": "allow"}).decode()  # a deny made to look fine
-    trail.write_text("\n".join([*lines[:2], tampered, *lines[3:]]) + "\n")
-    done = cli("audit", "verify", str(trail))
-    assert done.returncode == 1 and "BROKEN at record 3" in done.stdout and "altered" in done.stdout
-    trail.write_text("\n".join([*lines[:2], *lines[3:]]) + "\n")
-    assert "deleted or reordered" in cli("audit", "verify", str(trail)).stdout
+    tampered = orjson.dumps({**orjson.loads(lines[3]), "decision": "allow"}).decode()  # a deny made to look fine
+    trail.write_text("\n".join([*lines[:3], tampered, *lines[4:]]) + "\n")
+    done = cli("audit", "verify", str(trail), "--key", signing_key[1])
+    assert done.returncode == 1 and "BROKEN: record 4 " in done.stdout and "edited" in done.stdout
+    trail.write_text("\n".join([*lines[:3], *lines[4:]]) + "\n")
+    assert "(deleted)" in cli("audit", "verify", str(trail), "--key", signing_key[1]).stdout
 
 
-async def test_redis_stream_sink(start_proxy: Any, upstream: Any, recorder: Recorder, redis_server: Any) -> None:
-    first = await start_proxy(upstream.url, redis_url=redis_server.url, audit_sink="redis")
-    second = await start_proxy(upstream.url, redis_url=redis_server.url, audit_sink="redis")
+async def test_redis_stream_sink(start_proxy: Any, upstream: Any, recorder: Recorder, redis_server: Any,
+                                 signing_key: tuple[str, str]) -> None:
+    settings = {"redis_url": redis_server.url, "audit_sink": "redis", "audit_signing_key_file": signing_key[0]}
+    first = await start_proxy(upstream.url, **settings)
+    second = await start_proxy(upstream.url, **settings)
     await scripted_session(first)
     await call(second, "list_accounts", {"workspaceId": "acme"})
     await flush(start_proxy)
-    done = cli("audit", "verify", "--redis", redis_server.url)
+    done = cli("audit", "verify", "--redis", redis_server.url, "--key", signing_key[1])
     assert done.returncode == 0 and "in 2 chains" in done.stdout, done.stdout + done.stderr
+    for runner in start_proxy.runners:
+        await runner.cleanup()
+    start_proxy.runners.clear()
+    await start_proxy(upstream.url, **settings)  # a restart on the same host: its genesis names its predecessor
+    await flush(start_proxy)
+    done = cli("audit", "verify", "--redis", redis_server.url, "--key", signing_key[1])
+    assert done.returncode == 0 and "in 3 chains" in done.stdout, done.stdout + done.stderr
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_server.url)
+    entries = [orjson.loads(fields[b"record"]) for _, fields in await redis.xrange("scopegate:audit")]
+    await redis.aclose()
+    newest = entries[-1]
+    assert newest["type"] == "genesis" and newest["predecessor"]["chain"] in {e["chain"] for e in entries[:-1]}
+    finals = [e for e in entries if e.get("final")]
+    assert newest["predecessor"]["hash"] in {e["hash"] for e in finals}
 
 
 async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: Any, recorder: Recorder,
@@ -117,7 +140,7 @@ async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: An
         await call(url, "list_accounts", {"workspaceId": "acme"})
     await flush(start_proxy)
     assert "arguments\"" not in plain.read_text()
-    (record,) = [orjson.loads(line) for line in raw.read_text().splitlines()]
+    (record,) = [r for r in map(orjson.loads, raw.read_text().splitlines()) if "decision" in r]
     assert record["arguments"] == {"workspaceId": "acme"}
 
 
@@ -142,7 +165,7 @@ async def test_every_refusal_is_a_record(start_proxy: Any, upstream: Any, record
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == status
     await flush(start_proxy)
-    records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if r.get("decision")]
+    records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if "decision" in r]
     assert [(r["decision"], r["method"]) for r in records] == [
         ("deny", "POST"), ("deny", "POST"), ("unauthenticated", "POST"), ("invalid", "POST"), ("invalid", "POST"),
         ("invalid", "POST")]
@@ -150,3 +173,93 @@ async def test_every_refusal_is_a_record(start_proxy: Any, upstream: Any, record
     assert records[1]["credential_id"] is None  # refused before authentication: who it was is not known yet
     assert records[5]["reason"] == "body too large" and all(r["request_id"] for r in records)
     assert "guess" not in trail.read_text()
+
+
+def test_a_record_that_cannot_be_fully_built_is_written_with_an_error() -> None:
+    from proxy.exchange import Exchange, Outcome
+    from proxy.ops.audit import build_record
+
+    exchange = Exchange(request_id="r1", session_id=None, protocol_version=None, upstream_headers=CIMultiDict())
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    for arguments, says in (({"amount": float("nan")}, "not finite"), ({"amount": 10**20 + 1}, "64 bits"),
+                            ({"nested": deep}, "nested deeper")):
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "pay", "arguments": arguments}}
+        record = build_record(exchange, Outcome(message, "allow", ""), 0.001, 0.0, raw_arguments=True)
+        assert record["decision"] == "allow" and record["target"] == "pay" and record["request_id"] == "r1"
+        assert record["arguments_digest"] is None and says in record["error"], record["error"]
+        orjson.dumps(record)  # what is written serialises: the raw arguments that could not were left out
+        assert record["arguments"] is None
+    fine = build_record(exchange, Outcome({"method": "tools/call", "params": {"name": "pay", "arguments": {
+        "amount": 1e20}}}, "allow", ""), 0.001, 0.0)
+    assert fine["arguments_digest"] and "error" not in fine
+
+
+class FlakySink:
+    """A sink that fails `failures` writes, then works: what the writer does when the disk or Redis has a bad
+    moment."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.lines: list[bytes] = []
+
+    async def write(self, lines: list[tuple[str, bytes]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("disk full")
+        self.lines.extend(line for _, line in lines)
+
+    async def last_checkpoint(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_failing_sink_is_retried_counted_logged_and_loses_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    from proxy.exchange import Exchange, Outcome
+    from proxy.ops.audit import AuditWriter
+    from proxy.ops.metrics import Metrics
+    from proxy.ops.trail import Chain, verify
+
+    key = Ed25519PrivateKey.generate()
+    metrics, sink = Metrics(), FlakySink(failures=2)
+    writer = AuditWriter(sink, Chain(key, every=5), metrics)  # type: ignore[arg-type]
+    await writer.start()  # two failures, then the retry within the same write succeeds
+    assert len(sink.lines) == 1 and metrics.audit_write_failures._value.get() == 0
+    sink.failures = 5  # longer than one write's retries: counted, logged, kept
+    for n in range(12):
+        exchange = Exchange(request_id=f"r{n}", session_id=None, protocol_version=None,
+                            upstream_headers=CIMultiDict())
+        exchange.outcomes.append(Outcome({"method": "ping"}, "allow", ""))
+        writer.add(exchange, 0.001)
+    await writer.flush()
+    assert len(sink.lines) == 1 and metrics.audit_write_failures._value.get() == 1
+    assert metrics.audit_pending._value.get() == 12 + 2  # and two checkpoints (every 5)
+    assert any("audit sink failed (OSError)" in r.getMessage() for r in caplog.records)
+    await writer.close()  # the sink is back: everything is written, in order, and sealed
+    records = [orjson.loads(line) for line in sink.lines]
+    assert [r["request_id"] for r in records if "decision" in r] == [f"r{n}" for n in range(12)]
+    report = verify(records, key.public_key())
+    assert report.whole and report.records == 1 + 12 + 3 and records[-1]["final"] is True
+
+
+async def test_records_written_equal_decisions_under_concurrent_load(start_proxy: Any, upstream: Any,
+                                                                      recorder: Recorder, tmp_path: Path) -> None:
+    from tests.test_operations import scrape
+
+    trail = tmp_path / "audit.jsonl"
+    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}")
+    bodies = [{"workspaceId": "acme"}, {"workspaceId": "acme", "amount": 1e20}, {"workspaceId": "elsewhere"}]
+    calls = [call(url, "list_accounts", bodies[n % 3], token=None if n % 7 == 0 else TOKENS["writer"])
+             for n in range(150)]
+    await asyncio.gather(*calls, *(call(url, "create_vendor", VENDOR) for _ in range(30)))
+    from proxy.edge.app import OPS_PORT
+
+    samples = await scrape(start_proxy.runners[-1].app[OPS_PORT])
+    decisions = sum(v for (name, _), v in samples.items() if name == "scopegate_requests_total")
+    await start_proxy.runners.pop().cleanup()
+    records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if "decision" in r]
+    assert decisions == len(records) == 180
+    assert not [r for r in records if "error" in r]  # 1e20 included: every record whole

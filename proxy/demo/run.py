@@ -14,6 +14,7 @@ from yarl import URL
 
 from proxy.config import Config
 from proxy.identity.pats import create_record, write_records
+from proxy.ops.trail import write_key_pair
 
 _LIST_BODY = orjson.dumps(
     {
@@ -109,6 +110,8 @@ def main(port: int, upstream_port: int, metrics_port: int = 9464) -> None:
         registry, tokens = _demo_registry()
         signing_key = _demo_signing_key(registry.parent)
         origin = f"http://127.0.0.1:{port}"
+        audit_key = registry.parent / "audit.key"  # a fresh folder each run: a fresh key pair (0600)
+        write_key_pair(str(audit_key), f"{audit_key}.pub")
         credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens)
         print(
             f"""
@@ -150,7 +153,8 @@ sign in with one of the tokens above (it caps what you can grant), tick scopes, 
 Discovery: {origin}/.well-known/oauth-protected-resource/mcp
 Connected apps (see and revoke what you granted): {origin}/oauth/apps
 
-Audit trail: {registry.parent / 'audit.jsonl'}   (check it: .venv/bin/scopegate audit verify FILE)
+Audit trail: {registry.parent / 'audit.jsonl'}, signed with {audit_key}
+  (check it: .venv/bin/scopegate audit verify {registry.parent / 'audit.jsonl'} --key {audit_key}.pub)
 Metrics:     http://127.0.0.1:{metrics_port}/metrics   health: /healthz, /readyz
 
 Ctrl-C stops both.
@@ -160,7 +164,8 @@ Ctrl-C stops both.
         config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
                         pat_file=str(registry), policy=str(DEMO_POLICY), public_url=URL(url),
                         oauth_signing_keys=(str(signing_key),), metrics_listen=("127.0.0.1", metrics_port),
-                        audit_sink=f"file:{registry.parent / 'audit.jsonl'}")
+                        audit_sink=f"file:{registry.parent / 'audit.jsonl'}",
+                        audit_signing_key_file=str(audit_key))
         from proxy.edge.app import run
         from proxy.identity.loader import load_identity
         from proxy.ops.logs import setup_logging

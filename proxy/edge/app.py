@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -23,9 +24,11 @@ from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
 from proxy.identity.oauth.server import OAuthServer
 from proxy.jsonrpc import Message
-from proxy.ops.audit import AuditWriter, RedisStreamSink, Sink, StreamSink
+from proxy.ops.audit import AuditWriter
 from proxy.ops.health import ops_app, store_check, upstream_check
 from proxy.ops.metrics import Metrics
+from proxy.ops.sinks import FileSink, RedisStreamSink, Sink, StreamSink
+from proxy.ops.trail import Chain, load_private_key
 from proxy.policy.decide import Rules
 from proxy.policy.reload import LivePolicy, PolicyReloader
 from proxy.store import open_store
@@ -52,13 +55,22 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
 
 def audit_sink(config: Config) -> Sink:
     if config.audit_sink == "redis" and config.redis_url:
-        return RedisStreamSink(config.redis_url)
+        return RedisStreamSink(config.redis_url, socket.gethostname())
     if config.audit_sink.startswith("file:"):
         try:
-            return StreamSink(open(config.audit_sink[5:], "a", encoding="utf-8"))
+            return FileSink(config.audit_sink[5:])
         except OSError as exc:
             raise ConfigError(f"SCOPEGATE_AUDIT_SINK: cannot open {config.audit_sink[5:]} ({exc.strerror})") from None
     return StreamSink()
+
+
+def audit_chain(config: Config) -> Chain:
+    """This process's chain. Without a signing key it is linked and sealed but unsigned: `audit verify --key`
+    then refuses it (a trail anyone could rewrite proves nothing), and the proxy says so when it starts."""
+    key = load_private_key(config.audit_signing_key_file) if config.audit_signing_key_file else None
+    if key is None:
+        log.warning("audit trail is NOT signed: set SCOPEGATE_AUDIT_SIGNING_KEY_FILE (scopegate audit keygen)")
+    return Chain(key, config.audit_checkpoint_records, config.audit_checkpoint_seconds)
 
 
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
@@ -84,7 +96,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools)
-                audit = AuditWriter(audit_sink(config), raw_arguments=config.audit_arguments)
+                audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
+                                    raw_arguments=config.audit_arguments)
+                await audit.start()
                 app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,

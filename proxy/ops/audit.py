@@ -1,71 +1,35 @@
-"""The audit trail: one JSON record per decision, each carrying the hash of the previous record of its chain.
+"""The audit trail: one JSON record per decision, written in the background, chained and sealed (proxy/ops/trail.py).
 
 A record says who (subject, credential id, label, kind), what (method, tool/prompt/resource, workspace, a digest
 of the arguments: never the arguments or any token), the decision (allow, deny, preview, confirm, refuse, invalid,
-unauthenticated, error) and why, the preview it applies, the upstream's status and the latency. Editing, deleting
-or reordering any record breaks the chain at that point; `scopegate audit verify` names the first broken link.
+unauthenticated, error) and why, the preview it applies, the upstream's status and the latency. A refusal before
+authentication says what was known then (no caller).
 
-Each proxy process keeps its own chain (`chain` = a random id per process), so replicas never need to coordinate;
-verification follows every chain in a file or stream on its own.
+Nothing is dropped: a record that cannot be fully built (a digest with no canonical form, a value that does not
+serialise) is written with what is known and an `error` field; a sink that fails is retried, then the records wait
+in a bounded buffer for the next write (counted and logged), so the trail has them in order once the sink is back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import secrets
-import sys
+import logging
+import os
+import socket
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol, TextIO
+from typing import Any
 
 import orjson
 
-from proxy.canonical import digest
-from proxy.exchange import Exchange
+from proxy import __version__
+from proxy.canonical import NotCanonical, digest
+from proxy.exchange import Exchange, Outcome
+from proxy.ops.metrics import Metrics
+from proxy.ops.sinks import Line, Sink
+from proxy.ops.trail import Chain
 
-GENESIS = "0" * 64
-
-
-def record_hash(record: dict[str, Any]) -> str:
-    body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-class Chain:
-    """Links records: each gets `chain`, `seq`, `prev` (the previous record's hash) and its own `hash`."""
-
-    def __init__(self, chain_id: str | None = None) -> None:
-        self.id = chain_id or secrets.token_hex(8)
-        self.seq = 0
-        self.prev = GENESIS
-
-    def link(self, record: dict[str, Any]) -> dict[str, Any]:
-        self.seq += 1
-        linked = {**record, "chain": self.id, "seq": self.seq, "prev": self.prev}
-        linked["hash"] = record_hash(linked)
-        self.prev = linked["hash"]
-        return linked
-
-
-def verify(records: Iterable[dict[str, Any]]) -> tuple[int, str | None]:
-    """(records checked, None) when every chain is whole, else (position of the first broken one, why). Pure."""
-    heads: dict[str, tuple[int, str]] = {}  # chain -> (last seq, last hash)
-    count = 0
-    for count, record in enumerate(records, start=1):
-        chain = record.get("chain")
-        if not isinstance(chain, str):
-            return count, "record has no chain id"
-        if record.get("hash") != record_hash(record):
-            return count, "record was altered (its hash does not match its content)"
-        seq, prev = heads.get(chain, (0, GENESIS))
-        if record.get("seq") != seq + 1:
-            return count, f"chain {chain}: expected record {seq + 1}, found {record.get('seq')} (deleted or reordered)"
-        if record.get("prev") != prev:
-            return count, f"chain {chain}: the link to the previous record is broken"
-        heads[chain] = (record["seq"], record["hash"])
-    return count, None
-
+log = logging.getLogger("scopegate.audit")
 
 _second: tuple[int, str] = (0, "")
 
@@ -112,28 +76,77 @@ def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Ex
         (arguments.get("workspaceId") if isinstance(arguments, dict) else None),
         "decision": decision,
         "reason": reason,
-        "arguments_digest": digest(arguments) if isinstance(arguments, dict) else None,
+        "arguments_digest": None,
         "preview_id": reason if decision == "preview" else
         exchange.confirmed.get(str(message.get("id"))),
         **({"arguments": arguments} if raw_arguments and isinstance(arguments, dict) else {}),
     }
 
 
-class Sink(Protocol):
-    async def write(self, records: list[dict[str, Any]]) -> None: ...
+def build_record(exchange: Exchange, outcome: Outcome, latency: float, now: float,
+                 raw_arguments: bool = False) -> dict[str, Any]:
+    """The whole record, or as much of it as can be made with an `error` field saying what is missing. Never raises:
+    a decision that happened is written, whatever its arguments hold."""
+    message, decision, reason = outcome
+    try:
+        record = decision_record(exchange, outcome_of(message, decision, reason, exchange, raw_arguments),
+                                 latency, now)
+    except Exception as exc:  # a bug must not cost the record: keep what the outcome itself says
+        return {"time": timestamp(now), "request_id": exchange.request_id, "decision": decision,
+                "reason": reason if isinstance(reason, str) else None, "error": f"record: {type(exc).__name__}"}
+    errors = []
+    params = message.get("params") if isinstance(message, dict) else None
+    arguments = params.get("arguments") if isinstance(params, dict) else None
+    if isinstance(arguments, dict):
+        try:
+            record["arguments_digest"] = digest(arguments)
+        except (NotCanonical, TypeError, orjson.JSONEncodeError) as exc:
+            errors.append(f"arguments digest: {exc}")
+            if "arguments" in record:  # what has no canonical form is not written raw either (NaN would be null)
+                record["arguments"] = None
+    try:
+        orjson.dumps(record)
+    except (TypeError, orjson.JSONEncodeError):
+        for name, value in list(record.items()):  # only the raw arguments can be odd; check each field anyway
+            try:
+                orjson.dumps(value)
+            except (TypeError, orjson.JSONEncodeError) as exc:
+                record[name] = None
+                errors.append(f"{name}: not serialisable ({exc})")
+    if errors:
+        record["error"] = "; ".join(errors)
+    return record
 
 
 class AuditWriter:
-    """Takes finished exchanges on the request path (an append), builds, chains and writes their records in the
-    background every `interval` seconds, in one batch; `close` writes what is left, so nothing is lost on a
-    clean shutdown."""
+    """Takes finished exchanges on the request path (an append) and, in the background every `interval` seconds,
+    builds their records, links them into this process's chain, seals it when a checkpoint is due and writes the
+    lines. `start` writes the genesis and starts the heartbeat (a checkpoint every `chain.seconds` even when idle:
+    a chain that stops sealing was cut or its process died); `close` writes what is left and the final checkpoint."""
 
-    def __init__(self, sink: Sink, interval: float = 0.05, raw_arguments: bool = False) -> None:
+    RETRIES = (0.05, 0.25)  # seconds before each retry of a failed write, within one flush
+    BUFFER = 100_000  # lines kept for a sink that is down; beyond that the oldest are given up (and counted)
+
+    def __init__(self, sink: Sink, chain: Chain | None = None, metrics: Metrics | None = None,
+                 interval: float = 0.05, raw_arguments: bool = False) -> None:
         self.sink = sink
+        self.chain = chain or Chain(None)
+        self.metrics = metrics or Metrics()
         self.interval = interval
         self.raw_arguments = raw_arguments
         self._pending: list[tuple[Exchange, float, float]] = []
+        self._unwritten: list[Line] = []
         self._task: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        process = {"host": socket.gethostname(), "pid": os.getpid(), "version": __version__}
+        genesis = self.chain.genesis(process, await self.sink.last_checkpoint(), timestamp(time.time()))
+        async with self._lock:
+            self._unwritten.append(("genesis", orjson.dumps(genesis)))
+            await self._write()
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
 
     def add(self, exchange: Exchange, latency: float) -> None:
         """One record per outcome of the exchange; the records are made later, off the request path."""
@@ -145,94 +158,69 @@ class AuditWriter:
         await asyncio.sleep(self.interval)
         await self.flush()
 
-    async def flush(self) -> None:
-        pending, self._pending = self._pending, []
-        records = [decision_record(exchange, outcome_of(message, decision, reason, exchange, self.raw_arguments),
-                                   latency, now)
-                   for exchange, latency, now in pending for message, decision, reason in exchange.outcomes]
-        if records:
-            await self.sink.write(records)
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.chain.seconds / 2)
+            if self.chain.due() or self._unwritten:
+                await self.flush()
+
+    def _line(self, record: dict[str, Any], exchange: Exchange | None = None) -> Line:
+        try:
+            linked = self.chain.link(record)
+        except (TypeError, orjson.JSONEncodeError) as exc:  # build_record checked it; a last resort all the same
+            linked = self.chain.link({"time": record.get("time"), "request_id": record.get("request_id"),
+                                      "decision": record.get("decision"), "error": f"record: {exc}"})
+        if "error" in linked:
+            self.metrics.audit_incomplete.inc()
+            log.warning("audit record written incomplete: %s", linked["error"],
+                        extra={"request_id": linked.get("request_id")})
+        return "decision", orjson.dumps(linked)
+
+    async def flush(self, final: bool = False) -> None:
+        async with self._lock:
+            pending, self._pending = self._pending, []
+            for exchange, latency, now in pending:
+                for outcome in exchange.outcomes:
+                    self._unwritten.append(self._line(build_record(exchange, outcome, latency, now,
+                                                                   self.raw_arguments)))
+                    if self.chain.unsealed >= self.chain.every:
+                        self._seal(final=False)
+            if final or self.chain.due():
+                self._seal(final)
+            if self._unwritten:
+                await self._write()
+
+    def _seal(self, final: bool) -> None:
+        self._unwritten.append(("checkpoint", orjson.dumps(self.chain.checkpoint(timestamp(time.time()), final))))
+
+    async def _write(self) -> None:
+        lines = self._unwritten
+        for delay in (*self.RETRIES, None):
+            try:
+                await self.sink.write(lines)
+            except Exception as exc:  # any sink failure: retry, then keep the lines for the next write
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                self.metrics.audit_write_failures.inc()
+                log.error("audit sink failed (%s): %d records kept for the next write", type(exc).__name__,
+                          len(lines), extra={"reason": str(exc)[:200]})
+                if len(lines) > self.BUFFER:
+                    dropped = len(lines) - self.BUFFER
+                    del lines[:dropped]
+                    self.metrics.audit_dropped.inc(dropped)
+                    log.error("audit sink down too long: %d oldest records given up", dropped)
+                self.metrics.audit_pending.set(len(lines))
+                return
+            for kind, _ in lines:
+                self.metrics.audit_records.labels(kind).inc()
+            self._unwritten = []
+            self.metrics.audit_pending.set(0)
+            return
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        await self.flush()
-
-
-class StreamSink:
-    """JSON lines to stdout (the default: the platform's log pipeline keeps them) or to a file."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
-        self.chain = Chain()
-
-    async def write(self, records: list[dict[str, Any]]) -> None:
-        lines = [orjson.dumps(self.chain.link(r)).decode() + "\n" for r in records]
-        self.out.write("".join(lines))
-        self.out.flush()
-
-
-class RedisStreamSink:
-    """XADD to a Redis Stream (`MAXLEN ~`): the trail outlives the pod, and every replica writes its own chain."""
-
-    KEY = "scopegate:audit"
-
-    def __init__(self, url: str, maxlen: int = 1_000_000) -> None:
-        from redis.asyncio import Redis
-
-        self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        self.maxlen = maxlen
-        self.chain = Chain()
-
-    async def write(self, records: list[dict[str, Any]]) -> None:
-        from redis.exceptions import RedisError
-
-        pipe = self.redis.pipeline(transaction=False)
-        for record in records:
-            pipe.xadd(self.KEY, {"record": orjson.dumps(self.chain.link(record))}, maxlen=self.maxlen,
-                      approximate=True)
-        try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:  # the chain shows the gap: the verifier will name it
-            import logging
-
-            logging.getLogger("scopegate.audit").error("audit records not written to Redis: %s",
-                                                       type(exc).__name__)
-
-
-class TrailUnreadable(Exception):
-    """The trail could not be read (as opposed to read and found broken)."""
-
-
-def read_file(path: str) -> Iterator[dict[str, Any]]:
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 -- closed by the with below; open's own error is the one to report
-    except OSError as exc:
-        raise TrailUnreadable(f"{path}: cannot read ({exc.strerror})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise TrailUnreadable(f"{path}:{number}: not a JSON record") from None
-            if isinstance(record, dict) and "chain" in record:  # other log lines may share stdout
-                yield record
-
-
-async def read_stream(url: str) -> list[dict[str, Any]]:
-    from redis.asyncio import Redis
-    from redis.exceptions import RedisError
-
-    try:
-        redis = Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-    except ValueError as exc:
-        raise TrailUnreadable(f"--redis: {exc}") from None
-    try:
-        entries = await redis.xrange(RedisStreamSink.KEY)
-    except (RedisError, OSError) as exc:
-        raise TrailUnreadable(f"Redis did not answer ({type(exc).__name__})") from None
-    finally:
-        await redis.aclose()
-    return [orjson.loads(fields[b"record"]) for _, fields in entries]
+        for task in (self._task, self._heartbeat):
+            if task is not None:
+                task.cancel()
+        await self.flush(final=True)
+        await self.sink.close()
