@@ -24,10 +24,10 @@ def main(args: argparse.Namespace) -> None:
     flags = {s.key: getattr(args, s.key) for s in config_module.SETTINGS}
     try:
         config = config_module.load(os.environ, flags)
+        setup_logging(config.log_level)  # before anything else logs: every line JSON, from the first
         server_context(config)  # a certificate that does not load is a configuration error, reported now
         identity = load_identity(config, os.environ)
     except config_module.ConfigError as exc:
         print(f"scopegate: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(config.log_level)
     run(config, identity)
