@@ -66,10 +66,8 @@ def audit_sink(config: Config) -> Sink:
 
 def audit_chain(config: Config) -> Chain:
     """This process's chain. Without a signing key it is linked and sealed but unsigned: `audit verify --key`
-    then refuses it (a trail anyone could rewrite proves nothing), and the proxy says so when it starts."""
+    then refuses it (a trail anyone could rewrite proves nothing), and `run` says so once it listens."""
     key = load_private_key(config.audit_signing_key_file) if config.audit_signing_key_file else None
-    if key is None:
-        log.warning("audit trail is NOT signed: set SCOPEGATE_AUDIT_SIGNING_KEY_FILE (scopegate audit keygen)")
     return Chain(key, config.audit_checkpoint_records, config.audit_checkpoint_seconds)
 
 
@@ -187,6 +185,12 @@ def run(config: Config, identity: Identity) -> None:
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
 
+    def listening(_: object) -> None:
+        log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
+                 config.upstream, identity.policy.name or config.policy)
+        if not config.audit_signing_key_file:
+            log.warning("audit trail is NOT signed: set SCOPEGATE_AUDIT_SIGNING_KEY_FILE (scopegate audit keygen)")
+
     app.on_startup.append(on_sighup)
     try:
         web.run_app(
@@ -198,8 +202,7 @@ def run(config: Config, identity: Identity) -> None:
             handler_cancellation=True,
             access_log=None,
             # run_app "prints" once every socket is bound: only then is it true that scopegate listens.
-            print=lambda _: log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host,
-                                     port, path, config.upstream, identity.policy.name or config.policy),
+            print=listening,
             loop=loop,
         )
     except OSError as exc:
