@@ -583,6 +583,9 @@ async def test_all_pages_in_its_own_legacy_session(start_proxy: Any, issue: Any,
         assert len({session for _, session in pages}) == 1 and pages[0][1] not in (None, client_session)
         assert [c["params"]["arguments"] for c in recorder.calls("tools/call")] == [{"workspaceId": "acme"},
                                                                                      {"note": "n"}]
+        await start_proxy.runners.pop().cleanup()  # shutting down ends the proxy's own session
+        (ended,) = [r for r in recorder.catalog if r.method == "DELETE"]
+        assert ended.headers["mcp-session-id"] == pages[0][1]
     finally:
         server.stop()
 

@@ -126,6 +126,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 finally:
                     watcher.cancel()
                     await audit.close()
+                    await fetch_tools.close()
         finally:
             if ops is not None:
                 await ops.cleanup()

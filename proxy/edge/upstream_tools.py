@@ -12,6 +12,7 @@ upstream forgets it (404). What cannot be read is an error, so the catalog stays
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,7 @@ import orjson
 from yarl import URL
 
 from proxy import __version__
-from proxy.edge.sse import event_data
+from proxy.edge.sse import EventSplitter, EventTooLarge, event_data
 from proxy.jsonrpc import JSON, Message, dumps
 
 MODERN = "2026-07-28"
@@ -68,6 +69,16 @@ class UpstreamTools:
         except SessionGone:
             await self._initialize()
             return await self._pages(LEGACY)
+
+    async def close(self) -> None:
+        """End the proxy's own 2025-11-25 session, if it opened one (best effort: the upstream expires it anyway)."""
+        if self.session_id is None:
+            return
+        headers = self._headers(LEGACY, "")
+        self.session_id = None
+        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+            async with self.session.delete(self.url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)):
+                pass
 
     async def _pages(self, revision: str) -> list[Any]:
         tools: list[Any] = []
@@ -119,9 +130,6 @@ class UpstreamTools:
         msg_id = f"scopegate-catalog-{next(self._ids)}"
         body = dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params})
         async with self.session.post(self.url, data=body, headers=self._headers(revision, method)) as resp:
-            raw = await resp.content.read(MAX_BYTES + 1)
-            if len(raw) > MAX_BYTES:
-                raise FetchFailed("answer too large")
             if revision == LEGACY and resp.status == 404 and method != "initialize":
                 raise SessionGone
             if 400 <= resp.status < 500 and revision == MODERN and first_page:
@@ -130,7 +138,7 @@ class UpstreamTools:
                 raise FetchFailed(f"{method} answered HTTP {resp.status}")
             if method == "initialize":
                 self.session_id = resp.headers.get("Mcp-Session-Id")
-            answer = _response(raw, resp.headers.get("Content-Type", ""), msg_id)
+            answer = await _response(resp, msg_id)
         if "error" in answer:
             if revision == MODERN and first_page:
                 raise NotModern
@@ -145,24 +153,38 @@ class SessionGone(Exception):
     pass
 
 
-def _response(raw: bytes, content_type: str, msg_id: str) -> Message:
-    """The response to `msg_id` in a JSON body or an SSE stream. Pure."""
-    media = content_type.split(";", 1)[0].strip().lower()
+async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
+    """The response to `msg_id`: the JSON body, or the SSE event that carries it (read until it arrives: a server
+    may keep the stream open after it)."""
+    media = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
-        candidates: list[Any] = [_loads(raw)]
+        raw = await resp.content.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise FetchFailed("answer too large")
+        found = _ours(_loads(raw), msg_id)
+        if found is not None:
+            return found
     elif media == "text/event-stream":
-        candidates = []
-        for event in raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n\n"):
-            data = event_data(event)
-            if data:
-                candidates.append(_loads(data))
+        splitter = EventSplitter(MAX_BYTES)
+        try:
+            while chunk := await resp.content.readany():
+                for event in splitter.feed(chunk):
+                    data = event_data(event)
+                    found = _ours(_loads(data), msg_id) if data else None
+                    if found is not None:
+                        return found
+        except EventTooLarge:
+            raise FetchFailed("answer too large") from None
     else:
         raise FetchFailed(f"unexpected content type {media!r}")
-    for found in candidates:
-        for message in found if isinstance(found, list) else [found]:
-            if isinstance(message, dict) and message.get("id") == msg_id and "method" not in message:
-                return message
     raise FetchFailed("no response to the request in the answer")
+
+
+def _ours(payload: Any, msg_id: str) -> Message | None:
+    for message in payload if isinstance(payload, list) else [payload]:
+        if isinstance(message, dict) and message.get("id") == msg_id and "method" not in message:
+            return message
+    return None
 
 
 def _loads(raw: bytes) -> Any:
