@@ -160,6 +160,8 @@ SETTINGS = (
     Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
     Setting("oauth_signing_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) of the built-in "
             "OAuth server: the first signs, all are published (rotation)"),
+    Setting("oidc_client_secret_file", _file, "file holding the client secret scopegate uses at the OIDC provider "
+            "of the policy's oauth.oidc (none: a public client with PKCE)"),
     Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
@@ -198,6 +200,7 @@ class Config:
     jwt_public_key_file: str | None = None
     jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
     oauth_signing_keys: tuple[str, ...] = ()
+    oidc_client_secret_file: str | None = None
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     upstream_headers_file: str | None = None
     tool_prefix: tuple[str, ...] = ()

@@ -58,16 +58,29 @@ class OAuthClient(Strict):
     redirect_uris: tuple[str, ...] = Field(min_length=1, max_length=10)
 
 
+class OidcSignIn(Strict):
+    """People sign in through the organisation's OpenID Connect provider; their role comes from a claim."""
+
+    issuer: str = Field(min_length=1)  # the provider; discovery at <issuer>/.well-known/openid-configuration
+    client_id: str = Field(min_length=1)  # its secret, if any: SCOPEGATE_OIDC_CLIENT_SECRET_FILE
+    name: str = Field("your organisation's sign-in", min_length=1, max_length=100)  # shown on the button
+    scopes: tuple[str, ...] = ("openid", "email")
+    subject_claim: str = "email"  # who the person is here (falls back to `sub`)
+    role_claim: str = "groups"  # a string or a list of strings
+    roles: dict[str, str] = Field(min_length=1)  # claim value -> policy role; the first that matches, in this order
+
+
 class OAuth(Strict):
     """scopegate's own OAuth 2.1 authorization server; on when the policy has this section."""
 
     scopes: tuple[Scope, ...] = ()  # what clients may be granted; default: `scopes` less `oauth_excluded_scopes`
-    sign_in: tuple[Literal["pat", "admin_key"], ...] = ("pat",)  # credentials a person may sign in with
+    sign_in: tuple[Literal["pat", "admin_key", "oidc"], ...] = ("pat",)  # how a person may sign in
     access_token_ttl_seconds: int = Field(1800, ge=60, le=3600)
     refresh_token_ttl_seconds: int = Field(30 * 86400, ge=3600, le=90 * 86400)
     dynamic_registration: bool = True  # RFC 7591 /register
     client_id_metadata_documents: bool = True  # client_id may be an https URL naming the client's metadata
     clients: tuple[OAuthClient, ...] = ()
+    oidc: OidcSignIn | None = None
 
 
 class DryRun(Strict):
@@ -192,6 +205,14 @@ def load_policy(path: str | Path) -> Policy:
                 problems.append(f"{where}.match: only a resource URI may hold {WORKSPACE_SEGMENT}, once, and no "
                                 "other braces")
     if policy.oauth is not None:
+        oidc = policy.oauth.oidc
+        if ("oidc" in policy.oauth.sign_in) != (oidc is not None):
+            problems.append(f"{path}: oauth: sign_in names oidc exactly when there is an oauth.oidc section")
+        if oidc is not None and not policy.roles:
+            problems.append(f"{path}: oauth.oidc: needs `roles`: a person's role is what caps what they may grant")
+        for value, role in (oidc.roles.items() if oidc else ()):
+            if policy.roles and role not in policy.roles:
+                problems.append(f"{path}: oauth.oidc.roles.{value}: {role!r} is not one of the policy's roles")
         for scope in policy.oauth.scopes:
             if known and scope not in known:
                 problems.append(f"{path}: oauth.scopes: scope {scope!r} is not in `scopes`")

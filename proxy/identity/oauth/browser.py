@@ -27,6 +27,8 @@ from proxy.identity.oauth.authorization import (
 from proxy.identity.oauth.cimd import DocumentRefused
 from proxy.identity.oauth.clients import Client
 from proxy.identity.oauth.grants import GRANT_PREFIX, Grant, PendingCode, new_grant_id, now
+from proxy.identity.oauth.oidc import COOKIE as OIDC_COOKIE
+from proxy.identity.oauth.oidc import SignInFailed
 from proxy.identity.oauth.pages import render, stylesheet
 from proxy.identity.oauth.sessions import Session
 from proxy.identity.pats import looks_like_pat
@@ -68,7 +70,9 @@ class Pages:
         return f"{parts.scheme}://{parts.netloc}"
 
     def page(self, name: str, **context: Any) -> web.Response:
-        return render(name, base=self.path, resource=self.server.settings.resource, **context)
+        s = self.server.settings
+        return render(name, base=self.path, resource=s.resource, oidc_name=s.oidc.name if s.oidc else None,
+                      token_sign_in=bool(set(s.sign_in) & {"pat", "admin_key"}), **context)
 
     def error(self, message: str, status: int = 400) -> web.Response:
         return self.page("error.html", message=message, status=status)
@@ -138,6 +142,43 @@ class Pages:
         if await self.server.store.exists(REVOKED_KEY + principal.credential_id):  # type: ignore[union-attr]
             return None
         return principal
+
+    # --- sign-in through the organisation's OpenID Connect provider ----------------------------------------------
+    async def oidc_start(self, request: web.Request) -> web.StreamResponse:
+        oidc = self.server.oidc
+        if oidc is None:
+            return self.error("Sign-in through an identity provider is not configured here.", 404)
+        request_id = request.query.get("request", "")
+        if len(request_id) > 64:
+            return self.error("Malformed request.")
+        try:
+            target, browser = await oidc.start(request_id)
+        except SignInFailed as exc:
+            log.warning("OIDC sign-in could not start: %s", exc)
+            return self.error(f"Sign-in is unavailable right now: {exc}.", 502)
+        response = web.Response(status=303, headers={"Location": target, "Cache-Control": "no-store"})
+        response.set_cookie(OIDC_COOKIE, browser, max_age=600, path=self.path, httponly=True, samesite="Lax",
+                            secure=self.server.settings.secure)
+        return response
+
+    async def oidc_callback(self, request: web.Request) -> web.StreamResponse:
+        oidc = self.server.oidc
+        if oidc is None:
+            return self.error("Sign-in through an identity provider is not configured here.", 404)
+        s = self.server.settings
+        try:
+            principal, request_id = await oidc.finish(dict(request.query), request.cookies.get(OIDC_COOKIE),
+                                                      s.offered, s.ceiling)
+        except SignInFailed as exc:
+            log.info("OIDC sign-in refused: %s", exc)
+            return self.error(f"Sign-in failed: {exc}.", 403)
+        response = web.Response(status=303, headers={"Cache-Control": "no-store"})
+        response.del_cookie(OIDC_COOKIE, path=self.path)
+        await self.server.sessions.start(response, principal)
+        response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if request_id
+                                        else f"{self.path}/apps")
+        log.info("signed in through OIDC", extra={"credential_id": principal.credential_id})
+        return response
 
     # --- consent ----------------------------------------------------------------------------------------------
     def workspace_choice(self, session: Session) -> dict[str, Any]:
@@ -300,6 +341,8 @@ def add_routes(app: web.Application, server: OAuthServer) -> None:
     app.router.add_get(base + "/consent", guarded(pages.consent_get))
     app.router.add_post(base + "/consent", guarded(pages.consent_post))
     app.router.add_get(base + "/apps", guarded(pages.apps))
+    app.router.add_get(base + "/oidc/start", guarded(pages.oidc_start))
+    app.router.add_get(base + "/oidc/callback", guarded(pages.oidc_callback))
     app.router.add_post(base + "/apps/revoke", guarded(pages.revoke))
 
     async def style(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from proxy.identity.oauth.cimd import MetadataDocuments
 from proxy.identity.oauth.clients import Client, Clients, RegistrationRefused
 from proxy.identity.oauth.grants import Grant, Grants, Replayed, access_claims, now
 from proxy.identity.oauth.keys import KeyRing
+from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn
 from proxy.identity.oauth.sessions import Sessions
 from proxy.identity.pats import Registry
 from proxy.store import Store, StoreUnavailable
@@ -45,6 +46,11 @@ class Settings:
     dynamic_registration: bool
     sign_in: tuple[str, ...]
     metadata_documents: bool = True  # client_id may be an https URL naming a Client ID Metadata Document
+    oidc: OidcSettings | None = None  # sign-in through the organisation's OpenID Connect provider
+    roles: tuple[tuple[str, tuple[str, ...]], ...] = ()  # the policy's role ceilings, for OIDC sign-in
+
+    def ceiling(self, role: str | None) -> tuple[str, ...] | None:
+        return dict(self.roles).get(role or "")
     access_ttl: int = 1800
     refresh_ttl: int = 30 * 86400
 
@@ -106,11 +112,14 @@ class OAuthServer:
         self.grants = Grants(store, s.refresh_ttl, s.access_ttl)
         self.documents = MetadataDocuments(store) if s.metadata_documents else None
         self.clients = Clients(store, s.clients, s.refresh_ttl, self.documents)
+        self.oidc = OidcSignIn(s.oidc, store, s.issuer + "/oidc/callback") if s.oidc is not None else None
         self.sessions = Sessions(store, s.secure, BASE)
 
     async def close(self) -> None:
         if self.store is not None and self.documents is not None:
             await self.documents.close()
+        if self.store is not None and self.oidc is not None:
+            await self.oidc.close()
 
     def add_routes(self, app: web.Application) -> None:
         from proxy.identity.oauth import browser

@@ -7,6 +7,7 @@ import logging
 from proxy.config import Config, ConfigError
 from proxy.identity.oauth.clients import Client, redirect_uri_problem
 from proxy.identity.oauth.keys import ALGORITHMS, KeyFileError, KeyRing, load_keys
+from proxy.identity.oauth.oidc import OidcSettings, issuer_problem
 from proxy.identity.oauth.server import BASE, Settings
 from proxy.identity.pats import Registry
 from proxy.identity.principal import matches_any
@@ -35,7 +36,7 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         keys = load_keys(config.oauth_signing_keys)
     except KeyFileError as exc:
         raise ConfigError(f"SCOPEGATE_OAUTH_SIGNING_KEYS: {exc}") from None
-    if registry is None:
+    if registry is None and set(oauth.sign_in) & {"pat", "admin_key"}:
         raise ConfigError("scopegate's OAuth server signs people in with their PAT or admin key: set "
                           "SCOPEGATE_PAT_FILE")
     clients = []
@@ -46,13 +47,27 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
                 raise ConfigError(f"{config.policy}: oauth.clients.{index}.redirect_uris: {problem}")
         clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
                               "pre-registered in this server's policy"))
+    oidc = None
+    if oauth.oidc is not None:
+        problem = issuer_problem(oauth.oidc.issuer)
+        if problem:
+            raise ConfigError(f"{config.policy}: oauth.oidc.issuer: {problem}")
+        secret = None
+        if config.oidc_client_secret_file:
+            with open(config.oidc_client_secret_file, encoding="utf-8") as handle:
+                secret = handle.read().strip()
+        oidc = OidcSettings(issuer=oauth.oidc.issuer, client_id=oauth.oidc.client_id, name=oauth.oidc.name,
+                            scopes=oauth.oidc.scopes, subject_claim=oauth.oidc.subject_claim,
+                            role_claim=oauth.oidc.role_claim, roles=tuple(oauth.oidc.roles.items()),
+                            client_secret=secret or None)
     offered = oauth.scopes or tuple(s for s in policy.scopes if not matches_any(s, policy.oauth_excluded_scopes))
     public = config.public_url
     return Settings(
         issuer=f"{public.origin()}{BASE}", resource=str(public), keys=KeyRing(keys), offered=offered,
         known=policy.scopes, excluded=policy.oauth_excluded_scopes, clients=tuple(clients),
         dynamic_registration=oauth.dynamic_registration, sign_in=oauth.sign_in,
-        metadata_documents=oauth.client_id_metadata_documents,
+        metadata_documents=oauth.client_id_metadata_documents, oidc=oidc,
+        roles=tuple((role, tuple(scopes)) for role, scopes in policy.roles.items()),
         access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
     )
 
