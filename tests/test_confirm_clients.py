@@ -155,3 +155,33 @@ async def test_task_augmented_held_write_gets_a_proxy_held_task(billing_proxy: s
     (call,) = applied(billing.recorder, "create_invoice")
     assert call["arguments"] == arguments and "task" not in call
     assert billing.recorder.calls("tasks/result") == billing.recorder.calls("tasks/get") == []
+
+
+async def test_fastmcp_client_approves_through_its_elicitation_handler(start_proxy: Any, billing: Upstream,
+                                                                       tmp_path: Path) -> None:
+    """fastmcp's own Client, with `confirm: human`: its elicitation handler is the person; the approval form's
+    schema turns into its typed response, and a yes applies the write once, a no applies nothing."""
+    from fastmcp import Client
+    from fastmcp.client.transports import StreamableHttpTransport
+
+    billing.recorder.received.clear()
+    policy = tmp_path / "human.yaml"
+    policy.write_text(POLICY.replace("{match: void_invoice, scopes: [mcp:read, mcp:write], effect: write}",
+                                     "{match: void_invoice, scopes: [mcp:read, mcp:write], effect: write, "
+                                     "confirm: human}"))
+    url = await start_proxy(billing.url, policy=str(policy))
+    asked: list[str] = []
+    answers = iter([True, False])
+
+    async def person(message: str, response_type: Any, params: Any, context: Any) -> Any:
+        asked.append(message)
+        return response_type(approve=next(answers))
+
+    transport = StreamableHttpTransport(url, headers={"Authorization": f"Bearer {TOKENS['writer']}"})
+    async with Client(transport, elicitation_handler=person) as client:
+        done = await client.call_tool("void_invoice", {"number": 3})
+        assert not done.is_error and isinstance(done.data, int)
+        refused = await client.call_tool("void_invoice", {"number": 4}, raise_on_error=False)
+        assert refused.is_error and "declined" in refused.content[0].text
+    assert len(asked) == 2 and "void_invoice" in asked[0]
+    assert [c["arguments"] for c in applied(billing.recorder, "void_invoice")] == [{"number": 3}]
