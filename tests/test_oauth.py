@@ -115,6 +115,7 @@ class Person:
         self.token, self.untick, self.workspace, self.decision = token, untick, workspace, decision
         self.consent_html = ""
         self.origin: str | None = None  # the Origin the browser shows (the public one, behind a load balancer)
+        self.then_untick = untick
 
     async def authorize(self, url: str) -> httpx2.Response:
         """From the authorization URL to the redirect back to the client (returned, not followed)."""
@@ -135,6 +136,7 @@ class Person:
         form = [("request", hidden(page.text, "request")), ("csrf", hidden(page.text, "csrf")),
                 ("decision", self.decision), ("workspace", self.workspace)]
         form += [("scope", s) for s in ticked if s not in self.untick]
+        self.untick = self.then_untick  # a second consent (a step-up) may be answered differently
         return await self.http.post(f"{origin}/oauth/consent", headers=shown, data=fields(form))
 
 
@@ -638,3 +640,40 @@ async def test_org_ceiling_oauth_scopes_are_the_capability_flags_capped_by_the_r
         names = {t.name for t in (await client.list_tools()).tools}
     assert "rebuild_knowledge_graph" in names and "list_accounts" in names
     assert "change_billing_plan" not in names and "delete_journal_entry" not in names  # no flag, no perm:admin
+
+
+async def test_oauth_routes_answer_only_for_allowed_hosts(oauth_proxy: Any) -> None:
+    """DNS rebinding: a page on another name that resolves here gets nothing from the OAuth server either."""
+    proxy = await oauth_proxy.start()
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient() as http:
+        for method, path in (("GET", "/.well-known/oauth-authorization-server/oauth"), ("GET", "/oauth/jwks.json"),
+                             ("GET", "/oauth/authorize"), ("GET", "/oauth/apps"), ("POST", "/oauth/register"),
+                             ("POST", "/oauth/token"), ("POST", "/oauth/revoke"), ("POST", "/oauth/consent")):
+            answer = await http.request(method, origin + path, headers={"Host": "rebound.evil.test"})
+            assert answer.status_code == 403, (method, path)
+        assert (await http.get(origin + "/oauth/jwks.json")).status_code == 200
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_step_up_reconsent_keeps_the_grant_and_the_session(mode: str, oauth_proxy: Any,
+                                                                  recorder: Recorder) -> None:
+    """A call needing mcp:write answers 403 insufficient_scope; the SDK re-authorizes, the person now grants
+    write, and the retried call goes through on the same MCP session (the grant, and so the credential, is the
+    same one)."""
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"], untick=("mcp:write",))
+    person.then_untick = ()
+    storage = MemoryTokens()
+    auth = sdk_oauth(proxy.url, person, storage)
+    async with Client(streamable_http_client(proxy.url, http_client=httpx2.AsyncClient(auth=auth, timeout=30)),
+                      mode=mode) as client:
+        assert not (await client.call_tool("list_accounts", {"workspaceId": "acme"})).is_error
+        first = claims_of(storage.tokens.access_token)
+        held = await client.call_tool("lock_period", {"workspaceId": "acme", "period": "2026-10"})
+        assert not held.is_error and held.structured_content["status"] == "confirmation_required"
+        second = claims_of(storage.tokens.access_token)
+    assert first["scope"] == "mcp:read" and set(second["scope"].split()) == {"mcp:read", "mcp:write"}
+    assert first["gid"] == second["gid"]
+    apps = await person.http.get(proxy.issuer + "/apps")
+    assert apps.text.count("Test Assistant</h2>") == 1

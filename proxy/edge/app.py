@@ -146,7 +146,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
                identity.policy.scopes, config.origin_policy.host_allowed)
     if oauth is not None:
-        oauth.add_routes(app)
+        oauth.add_routes(app, config.origin_policy.host_allowed)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, mcp_endpoint)
     return app

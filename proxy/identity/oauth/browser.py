@@ -226,11 +226,16 @@ class Pages:
         offered = self.server.consent_toggles(req.scopes, session.scopes)
         scopes = self.server.granted([v for v in data.getall("scope", []) if isinstance(v, str)], offered)
         workspace, workspaces, projects = self._resource_scope(session, data)
+        # The same person consenting again for the same app (a scope step-up) keeps the grant's id: its MCP
+        # sessions stay bound to one credential, and Connected apps shows one entry. The new consent replaces it.
+        earlier = next((g for g in await self.server.grants.of_subject(session.subject)
+                        if g.client_id == req.client.client_id), None)
         grant = Grant(
-            grant_id=new_grant_id(), subject=session.subject, client_id=req.client.client_id,
-            client_name=req.client.name, scopes=scopes, signed_in_with=session.credential_id, role=session.role,
+            grant_id=earlier.grant_id if earlier else new_grant_id(), subject=session.subject,
+            client_id=req.client.client_id, client_name=req.client.name, scopes=scopes,
+            signed_in_with=session.credential_id, role=session.role,
             workspace=workspace, workspaces=workspaces, projects=projects, permissions=dict(session.permissions),
-            created=now(),
+            created=earlier.created if earlier else now(),
         )
         code = await self.server.grants.issue_code(PendingCode(grant, req.redirect_uri, req.code_challenge))
         log.info("OAuth consent given", extra={"credential_id": grant.credential_id, "client_id": grant.client_id})
@@ -328,6 +333,8 @@ def add_routes(app: web.Application, server: OAuthServer) -> None:
 
     def guarded(handler: Any) -> Any:
         async def run(request: web.Request) -> web.StreamResponse:
+            if not server.admitted(request):
+                return pages.error("This address is not served here.", 403)
             try:
                 return await handler(request)
             except StoreUnavailable:
@@ -348,4 +355,4 @@ def add_routes(app: web.Application, server: OAuthServer) -> None:
     async def style(request: web.Request) -> web.Response:
         return stylesheet()
 
-    app.router.add_get(base + "/style.css", style)
+    app.router.add_get(base + "/style.css", guarded(style))

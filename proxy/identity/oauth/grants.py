@@ -183,7 +183,7 @@ class Grants:
     async def _remember(self, grant: Grant) -> None:
         key = KEY + "user:" + digest(grant.subject)
         ids = orjson.loads(await self.store.get(key) or "[]")
-        ids = [*ids[-49:], grant.grant_id]
+        ids = [*[i for i in ids if i != grant.grant_id][-49:], grant.grant_id]
         await self.store.set(key, orjson.dumps(ids).decode(), ttl=self.refresh_ttl)
 
     async def of_subject(self, subject: str) -> list[Grant]:

@@ -10,6 +10,7 @@ Every answer carries `Cache-Control: no-store`; errors are RFC 6749 §5.2 JSON a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,21 +122,28 @@ class OAuthServer:
         if self.store is not None and self.oidc is not None:
             await self.oidc.close()
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, app: web.Application, host_allowed: Callable[[str | None], bool]) -> None:
+        """Every route answers only for Hosts the proxy serves (DNS rebinding), like the MCP endpoint."""
         from proxy.identity.oauth import browser
 
-        app.router.add_get(METADATA_PATH, self.metadata)
-        app.router.add_get(BASE + "/jwks.json", self.jwks)
+        self.host_allowed = host_allowed
+        app.router.add_get(METADATA_PATH, self.guarded(self.metadata))
+        app.router.add_get(BASE + "/jwks.json", self.guarded(self.jwks))
         app.router.add_post(BASE + "/token", self.guarded(self.token))
         app.router.add_post(BASE + "/revoke", self.guarded(self.revoke))
         if self.settings.dynamic_registration:
             app.router.add_post(BASE + "/register", self.guarded(self.register))
         browser.add_routes(app, self)
 
+    def admitted(self, request: web.Request) -> bool:
+        return self.host_allowed(request.headers.get("Host"))
+
     def guarded(self, handler: Any) -> Any:
         """The store is where codes and grants live: when it cannot answer, refuse (503), never guess."""
 
         async def run(request: web.Request) -> web.StreamResponse:
+            if not self.admitted(request):
+                return oauth_error("invalid_request", "Host not allowed", 403)
             try:
                 return await handler(request)
             except StoreUnavailable:
