@@ -307,3 +307,21 @@ async def test_held_for_a_person_only_alone_never_in_a_batch(start_proxy: Any, u
     text = body.decode()
     assert "send the call alone, not in a batch" in text
     assert posted(recorder) == [] and "elicitation/create" not in text
+
+
+def test_policy_says_who_confirms(tmp_path: Path) -> None:
+    from proxy.policy.explain import explain
+    from proxy.policy.model import PolicyError, Rule, load_policy
+
+    assert [Rule(match="x", effect="write", confirm=v).confirm for v in (True, False, "human", None)] == [
+        "token", "none", "human", None]
+    assert not Rule(match="x", effect="write", confirm=False).needs_confirmation
+    policy = load_policy(POLICIES / "ledger-scopes.yaml")
+    _, lines = explain(policy, frozenset({"journal:write", "payables:write"}), "tool", TOOL, "t")
+    assert "confirmation required, by the person at the client (elicitation)" in lines[-1]
+    _, lines = explain(policy, frozenset({"journal:write", "payables:write"}), "tool", "create_vendor", "t")
+    assert "confirmation required, by token" in lines[-1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ntools:\n  - {match: x, effect: write, confirm: token, fallback: token}\n")
+    with pytest.raises(PolicyError, match=r"tools\.0\.fallback: only a rule with `confirm: human` has a fallback"):
+        load_policy(bad)

@@ -19,7 +19,15 @@ def explain(policy: Policy, held: frozenset[str], kind: Kind, name: str, who: st
     if decision.missing:
         lines.append(f"  missing:   {' '.join(decision.missing)}")
     if kind == "tool" and (decision.allowed or decision.required):
-        lines.append(f"  effect:    {decision.effect}; confirmation "
-                     f"{'required' if decision.confirm else 'not required'}; workspace "
+        found = Rules(policy, tool_prefixes).find(kind, name) if decision.confirm else None
+        rule = found[1] if found else None
+        if not decision.confirm:
+            confirmation = "not required"
+        elif rule is not None and rule.confirmer == "human":
+            fallback = ", or a token where the client cannot ask" if rule.fallback == "token" else ""
+            confirmation = f"required, by the person at the client (elicitation{fallback})"
+        else:
+            confirmation = "required, by token"
+        lines.append(f"  effect:    {decision.effect}; confirmation {confirmation}; workspace "
                      f"{decision.workspace or 'as the upstream schema says'}")
     return decision, lines
