@@ -325,3 +325,20 @@ def test_policy_says_who_confirms(tmp_path: Path) -> None:
     bad.write_text("version: 1\ntools:\n  - {match: x, effect: write, confirm: token, fallback: token}\n")
     with pytest.raises(PolicyError, match=r"tools\.0\.fallback: only a rule with `confirm: human` has a fallback"):
         load_policy(bad)
+
+
+async def test_no_store_no_approval(start_proxy: Any, upstream: Any, recorder: Recorder, redis_server: Any,
+                                    tmp_path: Path) -> None:
+    """Redis gone: a person cannot be asked in a way that could be checked later, so the write is refused, and the
+    retry of an approval asked before the outage is refused too. Nothing reaches the upstream."""
+    url = await start_proxy(upstream.url, policy=human_policy(tmp_path), redis_url=redis_server.url)
+    approve = {"scopegate_approval": types.ElicitResult(action="accept", content={"approve": True})}
+    async with client(url, "auto", Person("accept")) as sdk:
+        asked = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        redis_server.stop()
+        retried = await sdk.session.call_tool(TOOL, ENTRY, input_responses=approve, request_state=asked.request_state,
+                                              allow_input_required=True)
+        assert retried.is_error and "store unavailable" in retried.content[0].text
+        fresh = await sdk.call_tool(TOOL, ENTRY)
+        assert fresh.is_error and "store unavailable" in fresh.content[0].text
+    assert posted(recorder) == []
