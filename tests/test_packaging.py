@@ -4,6 +4,8 @@ asserted on the rendered manifests."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -159,3 +161,70 @@ def test_the_readme_kubernetes_example_renders_and_validates() -> None:
     documented = set(yaml.safe_load((CHART / "values.yaml").read_text()))
     listed = (CHART / "README.md").read_text()
     assert all(f"`{key}" in listed for key in documented), documented  # every top-level value is documented
+
+
+def served_metric_names() -> set[str]:
+    """Every series name scopegate's registry can serve (counters' _total, histograms' _bucket/_sum/_count)."""
+    from proxy.ops.metrics import Metrics
+
+    names = set()
+    for family in Metrics().registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "info": ("_info",)}
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def metric_names_in(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords or label names."""
+    without_labels = re.sub(r"\{[^}]*\}", "", expr)
+    without_groups = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", without_labels)
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", without_groups))
+    return {w for w in words if w.startswith(("scopegate_", "process_", "python_"))}
+
+
+def test_dashboard_and_alerts_render_and_only_use_metrics_that_exist() -> None:
+    values = {**FULL, "grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True,
+                                                                              "labels": {"release": "kps"}}}
+    docs = render(values)
+    served = served_metric_names()
+    (dashboard_map,) = [d for d in kinds(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    kubernetes_validate.validate(dashboard_map, "1.30.0", strict=True)
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["scopegate.json"])
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for wanted in ("requests by decision", "latency", "upstream", "confirmations", "authentication failures"):
+        assert wanted in titles, wanted
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = metric_names_in(target["expr"])
+            assert used and used <= served, (panel["title"], used - served)
+            assert target["expr"].count("(") == target["expr"].count(")")
+
+    (rule,) = kinds(docs, "PrometheusRule")  # a CRD: no schema in kubernetes-validate, so its shape is checked here
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "kps"
+    alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+    assert set(alerts) == {"ScopegateUpstreamDown", "ScopegateAuthFailureSpike", "ScopegateStoreUnavailable",
+                           "ScopegateAuditSinkFailing"}
+    for name, alert in alerts.items():
+        assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"} and isinstance(alert["expr"], str)
+        assert re.fullmatch(r"\d+[smh]", alert["for"]), name
+        assert alert["labels"]["severity"] in ("warning", "critical") and alert["annotations"]["summary"]
+        used = metric_names_in(alert["expr"])
+        assert used and used <= served, (name, used - served)
+        assert 'namespace="mcp"' in alert["expr"] and alert["expr"].count("(") == alert["expr"].count(")")
+    assert not [d for d in render(FULL) if d["kind"] == "PrometheusRule" or d["metadata"]["name"].endswith(
+        "-dashboard")]  # both off unless asked for
+
+
+def test_the_audit_signing_key_comes_from_a_secret() -> None:
+    (deployment,) = kinds(render({**FULL, "auditSigningKey": {"existingSecret": "scopegate-audit-key"}}),
+                          "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["SCOPEGATE_AUDIT_SIGNING_KEY_FILE"] == "/etc/scopegate/audit-key/audit.key"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "audit-key"]
+    assert volume["secret"] == {"secretName": "scopegate-audit-key", "defaultMode": 0o440}
+    kubernetes_validate.validate(deployment, "1.30.0", strict=True)
