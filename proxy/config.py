@@ -123,6 +123,23 @@ def _level(name: str, value: str) -> str:
     return value.upper()
 
 
+OTEL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER")
+
+
+def _tracing(env: Mapping[str, str], endpoint: bool) -> bool:
+    """On when an endpoint is set, ours or OpenTelemetry's standard variables (which the SDK then reads itself)."""
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true" or env.get("OTEL_TRACES_EXPORTER") == "none":
+        return False
+    if not (endpoint or any(env.get(name) for name in OTEL_VARIABLES)):
+        return False
+    import importlib.util
+
+    if importlib.util.find_spec("opentelemetry.sdk") is None:
+        raise ConfigError("tracing is configured (SCOPEGATE_OTEL_* / OTEL_*) but the OpenTelemetry SDK is not "
+                          "installed: pip install 'scopegate[tracing]'")
+    return True
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str  # Config field; the variable is SCOPEGATE_<KEY>, the flag --<key with dashes>
@@ -173,6 +190,8 @@ SETTINGS = (
             "checkpoints (`scopegate audit keygen`); unset: the trail is chained but unsigned"),
     Setting("audit_checkpoint_records", _positive_int, "seal the audit chain every N records (default 1000)"),
     Setting("audit_checkpoint_seconds", _seconds, "and every T seconds, even when idle (default 60)"),
+    Setting("otel_exporter_otlp_endpoint", _url, "OTLP/HTTP endpoint for OpenTelemetry traces, e.g. "
+            "http://otel-collector:4318 (the standard OTEL_EXPORTER_OTLP_* variables work too); unset: no tracing"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -211,6 +230,8 @@ class Config:
     audit_signing_key_file: str | None = None
     audit_checkpoint_records: int = 1000
     audit_checkpoint_seconds: float = 60.0
+    otel_exporter_otlp_endpoint: URL | None = None
+    tracing: bool = False  # an OTLP endpoint, or the standard OTEL_* variables, are set
 
     @property
     def tls(self) -> bool:
@@ -248,6 +269,8 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
     if ("jwt_issuer" in values) != bool(jwt_sources) or len(jwt_sources) > 1:
         raise ConfigError("SCOPEGATE_JWT_ISSUER needs exactly one of SCOPEGATE_JWKS_URL, SCOPEGATE_JWT_PUBLIC_KEY_FILE "
                           "and SCOPEGATE_JWT_DEV_HS256_SECRET (and they need it)")
+
+    values["tracing"] = _tracing(env, "otel_exporter_otlp_endpoint" in values)
 
     public: URL | None = values.get("public_url")
     policy = default_policy(

@@ -28,6 +28,7 @@ from proxy.ops.audit import AuditWriter
 from proxy.ops.health import ops_app, store_check, upstream_check
 from proxy.ops.metrics import Metrics
 from proxy.ops.sinks import FileSink, RedisStreamSink, Sink, StreamSink
+from proxy.ops.tracing import setup as setup_tracing
 from proxy.ops.trail import Chain, load_private_key
 from proxy.policy.decide import Rules
 from proxy.policy.reload import LivePolicy, PolicyReloader
@@ -41,7 +42,7 @@ OPS_PORT = web.AppKey("ops_port", int)
 SHUTDOWN_TIMEOUT = 3.0
 
 
-def upstream_session(config: Config) -> aiohttp.ClientSession:
+def upstream_session(config: Config, trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
     """One pooled session for every upstream request. No total timeout: SSE streams live as long as they must."""
     connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
@@ -50,6 +51,7 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
         cookie_jar=aiohttp.DummyCookieJar(),  # one session serves every client: it must never keep state
         timeout=aiohttp.ClientTimeout(total=None, connect=config.connect_timeout),
         skip_auto_headers=("User-Agent",),
+        trace_configs=trace_configs,
     )
 
 
@@ -76,15 +78,19 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
     app = web.Application(client_max_size=config.max_body_bytes, middlewares=[catch_all])
     oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
+    tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(config.redis_url, metrics.store_errors.inc)
+        if tracing is not None and config.redis_url:
+            store = tracing.store(store)
         if oauth is not None:
             oauth.attach(store)
         ops: web.AppRunner | None = None
         try:
-            async with upstream_session(config) as session, aiohttp.ClientSession() as key_session:
+            traces = [tracing.client_trace()] if tracing is not None else None
+            async with upstream_session(config, traces) as session, aiohttp.ClientSession() as key_session:
                 verifier = identity.verifier(config, key_session)
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
 
@@ -94,6 +100,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools)
+                if tracing is not None:
+                    chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
                                     raw_arguments=config.audit_arguments)
                 await audit.start()
@@ -133,6 +141,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             if oauth is not None:
                 await oauth.close()
             await store.close()
+            if tracing is not None:
+                tracing.shutdown()
 
     async def close_streams(app: web.Application) -> None:
         await app[FORWARDER].close_streams()
@@ -147,8 +157,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                identity.policy.scopes, config.origin_policy.host_allowed)
     if oauth is not None:
         oauth.add_routes(app, config.origin_policy.host_allowed)
+    endpoint = tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint
     for method in ("POST", "GET", "DELETE"):
-        app.router.add_route(method, path, mcp_endpoint)
+        app.router.add_route(method, path, endpoint)
     return app
 
 
