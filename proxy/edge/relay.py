@@ -17,7 +17,7 @@ from aiohttp import ClientResponse, web
 from proxy.edge.sse import EventSplitter, event_data, replace_data
 from proxy.exchange import Exchange
 from proxy.guards.pipeline import Pipeline
-from proxy.jsonrpc import Message, dumps
+from proxy.jsonrpc import Message, dumps, recognise_response, splice_response
 
 MAX_EVENT_BYTES = 32 * 1024 * 1024
 
@@ -70,7 +70,8 @@ class ResponseRewrite:
 
     def __call__(self, msg: Message) -> Message | None:
         """The rewritten response, or None when `msg` is not a response waiting for a rewriter. Every message
-        the upstream sent passes here once, parsed: the pipeline's upstream watches see it first."""
+        the upstream sent that `raw` did not take passes here once, parsed: the pipeline's upstream watches see it
+        first."""
         for watch in self.pipeline.upstream_watches:
             watch(msg)
         if "method" in msg or "id" not in msg:
@@ -84,6 +85,29 @@ class ResponseRewrite:
         if method is None:
             return None
         return self.pipeline.rewrite(self.exchange, method, msg)
+
+    def raw(self, data: bytes) -> bytes | None:
+        """`data` rewritten when it is plainly one response (`recognise_response`), without parsing more than its
+        rewriter needs: a list seen before is not parsed at all, a response nothing rewrites passes unparsed (the
+        upstream watches look for announcements, which a response is not). None: parse it whole, the usual path."""
+        found = recognise_response(data)
+        if found is None:
+            return None
+        key = id_key(found.msg_id)
+        method = self.pending.get(key)
+        parked = None
+        if method is None and self.exchange.session_id is not None:
+            method = parked = self.outstanding.take(self.exchange.session_id, found.msg_id)
+        if method is None:
+            return data  # a response, but to nothing with a rewriter: it passes as it came
+        try:
+            result = self.pipeline.rewrite_raw(self.exchange, method, found)
+        except orjson.JSONDecodeError:  # not one JSON value after all: the whole path decides
+            if parked is not None and self.exchange.session_id is not None:
+                self.outstanding.add(self.exchange.session_id, found.msg_id, parked)
+            return None
+        self.pending.pop(key, None)
+        return splice_response(found.msg_id, result)
 
     def park_unanswered(self) -> None:
         """The POST stream ended before some responses: a resumed GET stream may still carry them."""
@@ -110,6 +134,8 @@ def _apply(payload: Any, rewrite: Callable[[Message], Message | None]) -> Any | 
 
 def rewrite_json(body: bytes, rewrite: ResponseRewrite, local: list[Message]) -> bytes:
     """An upstream JSON body with responses rewritten and the proxy's own answers merged in."""
+    if not local and (fast := rewrite.raw(body)) is not None:
+        return fast
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -128,6 +154,8 @@ def _rewrite_event(event: bytes, rewrite: ResponseRewrite) -> bytes:
     data = event_data(event)
     if not data:
         return event
+    if (fast := rewrite.raw(data)) is not None:
+        return event if fast is data else replace_data(event, fast)
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:

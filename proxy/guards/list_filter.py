@@ -6,16 +6,24 @@ are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-2
 and offers an optional `confirmationToken` argument; its `outputSchema` (if any) accepts the preview too.
 Nothing seen here feeds a decision on calls: a list answers one client's session; the guards consult the proxy's
 own catalog (`catalog.py`).
+
+The same upstream list comes back again and again, and the same few scope sets ask for it: a filtered result is
+kept (`ListCache`) under the digest of the upstream's result bytes and everything the filter reads besides
+(method, effective scopes, protocol version, whether a bound workspace is hidden; the policy in force, whose
+reload empties it), and reused with the new id spliced in, without parsing the list again. A miss is the whole
+path; the cache only ever holds what that path made.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
 from proxy.guards.workspace import workspace_problem
-from proxy.jsonrpc import Message
-from proxy.policy.decide import Kind, remembered
+from proxy.jsonrpc import Message, RawResponse, dumps
+from proxy.policy.decide import Kind, Rules, remembered
 from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
 
@@ -29,6 +37,7 @@ LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item
     "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
 }
 MODERN = "2026-07-28"
+LIST_CHANGED = "notifications/tools/list_changed"
 CONFIRMATION_NOTE = (
     " Changes data: the first call returns a preview and a confirmationToken without changing anything (a result "
     "with status confirmation_required, which the output schema allows); call again with the same arguments plus "
@@ -65,13 +74,93 @@ def read_only_hint(tool: dict[str, Any]) -> bool:
     return isinstance(annotations, dict) and annotations.get("readOnlyHint") is True
 
 
+CacheKey = tuple[str, bytes, frozenset[str], str | None, Any]
+
+
+class ListCache:
+    """Filtered results by what made them, least recently used out first, bounded by their bytes. Tied to one
+    `Rules`: a policy reload starts it afresh."""
+
+    def __init__(self, limit_bytes: int = 32 * 1024 * 1024) -> None:
+        self.limit = limit_bytes
+        self.size = 0
+        self.rules: Rules | None = None
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[CacheKey, bytes] = OrderedDict()
+
+    def get(self, rules: Rules, key: CacheKey) -> bytes | None:
+        if rules is not self.rules:
+            self.clear()
+            self.rules = rules  # held, so its id cannot be reused by another policy while keyed on
+            self.misses += 1
+            return None
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, rules: Rules, key: CacheKey, value: bytes) -> None:
+        if rules is not self.rules or len(value) > self.limit // 4:
+            return
+        old = self._entries.pop(key, None)
+        self.size += len(value) - (len(old) if old is not None else 0)
+        self._entries[key] = value
+        while self.size > self.limit:
+            _, dropped = self._entries.popitem(last=False)
+            self.size -= len(dropped)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class ListFilter:
     methods = frozenset(LISTS)
 
-    def __init__(self, live: LivePolicy) -> None:
+    def __init__(self, live: LivePolicy, cache: ListCache | None = None) -> None:
         self.live = live
+        self.cache = cache if cache is not None else ListCache()
+
+    def saw(self, message: Message) -> None:
+        """An upstream watch: when it says its tools changed, what was made from its earlier lists goes (memory
+        only: what the upstream sends next has other bytes, so other keys)."""
+        if message.get("method") == LIST_CHANGED and "id" not in message:
+            self.cache.clear()
+
+    def cache_key(self, exchange: Exchange, method: str, digest: bytes) -> CacheKey:
+        """Everything `__call__` reads besides the list and the policy: change one, and the result may differ."""
+        principal = exchange.principal
+        held = principal.scopes if principal is not None else frozenset()
+        facts: Any
+        if LISTS[method][2] == "uri":  # resources: the workspaces this credential may read (workspace_problem)
+            facts = None if principal is None else (
+                principal.bound_workspace, principal.workspaces,
+                frozenset(name for name, level in principal.permissions.items() if level == "none"))
+        else:  # tools: whether the bound workspace's argument is hidden
+            facts = bool(LISTS[method][1] == "tool" and self.live.rules.policy.hide_bound_workspace
+                         and principal is not None and principal.bound_workspace)
+        return (method, digest, held, exchange.protocol_version, facts)
+
+    def raw(self, exchange: Exchange, method: str, response: RawResponse) -> bytes:
+        """The filtered result's bytes for a response not yet parsed: made once per key, then reused.
+        Raises orjson.JSONDecodeError when the result is not JSON (the caller then passes the body on as is)."""
+        rules = self.live.rules
+        key = self.cache_key(exchange, method, hashlib.sha256(response.result).digest())
+        found = self.cache.get(rules, key)
+        if found is not None:
+            return found
+        made = dumps(self(exchange, method, response.message())["result"])
+        self.cache.put(rules, key, made)
+        return made
 
     def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
+        # What this reads of the exchange, `cache_key` must hold too (tests/test_list_cache.py attacks it).
         result = response.get("result")
         key, kind, item_key = LISTS[method]
         if not isinstance(result, dict) or not isinstance(result.get(key), list):

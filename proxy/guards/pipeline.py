@@ -36,7 +36,7 @@ from proxy.guards.tasks import TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
 from proxy.identity.authenticate import Authenticate, Challenge
 from proxy.identity.metadata import WELL_KNOWN
-from proxy.jsonrpc import Message
+from proxy.jsonrpc import Message, RawResponse, dumps
 
 if TYPE_CHECKING:
     from proxy.identity.jwt_auth import JwtVerifier
@@ -68,6 +68,8 @@ class Pipeline:
     upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
     # Called with every message the upstream sends that the relay parsed (JSON bodies, SSE events, batch elements,
     # on POST answers and GET streams alike): how steps notice what the upstream says, e.g. that its tools changed.
+    # A plain response the relay recognises in its bytes (`ResponseRewrite.raw`) is not parsed and not shown here:
+    # a response announces nothing.
     upstream_watches: tuple[Callable[[Message], None], ...] = ()
 
     def __post_init__(self) -> None:
@@ -104,6 +106,16 @@ class Pipeline:
             response = rewriter(exchange, method, response)
         return response
 
+    def rewrite_raw(self, exchange: Exchange, method: str, response: RawResponse) -> bytes:
+        """The rewritten result's bytes of a response not yet parsed: the rewriter's own `raw` when the method has
+        one rewriter that has it (lists: a cache in front of the same filter), else parsed and rewritten here.
+        Raises orjson.JSONDecodeError when the result is not JSON."""
+        rewriters = self._by_method.get(method, ())  # type: ignore[attr-defined]
+        if len(rewriters) == 1 and (raw := getattr(rewriters[0], "raw", None)) is not None:
+            return raw(exchange, method, response)
+        rewritten = self.rewrite(exchange, method, response.message())
+        return dumps(rewritten["result"])
+
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None) -> Pipeline:
@@ -116,6 +128,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     secrets = identity.secret_headers
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
+    lists = ListFilter(live)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -138,8 +151,9 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             clients.on_response,  # and remember whether their client can show an approval form
         ),
         rewriters=(
-            ListFilter(live),  # lists show what the same decision allows, nothing more
+            lists,  # lists show what the same decision allows, nothing more (made once per caller's scopes)
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
-        upstream_watches=(catalog.saw,),  # notifications/tools/list_changed: the catalog is fetched again
+        # notifications/tools/list_changed: the catalog is fetched again, the filtered lists are forgotten
+        upstream_watches=(catalog.saw, lists.saw),
     )
