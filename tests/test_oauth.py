@@ -677,3 +677,30 @@ async def test_step_up_reconsent_keeps_the_grant_and_the_session(mode: str, oaut
     assert first["gid"] == second["gid"]
     apps = await person.http.get(proxy.issuer + "/apps")
     assert apps.text.count("Test Assistant</h2>") == 1
+
+
+async def test_anonymous_flood_cannot_evict_a_revocation_in_memory_mode(oauth_proxy: Any) -> None:
+    """The in-process store evicts its oldest entries when full; what anyone may create without signing in lives
+    in a store of its own, so filling it never brings a revoked grant back."""
+    from proxy.identity.oauth.server import OAuthServer
+    from proxy.store import MemoryStore
+
+    store = MemoryStore(limit=50)
+    server = OAuthServer(small_settings(oauth_proxy), None)
+    server.attach(store)
+    await server.grants.revoke("a" * 24)
+    for index in range(200):  # registrations and parked requests: all anonymous
+        await server.clients.register({"redirect_uris": [REDIRECT], "client_name": f"flood {index}"},
+                                      server.settings.metadata())
+        await server.sessions.park(b"{}")
+    assert await store.exists("scopegate:pat:revoked:sgo_" + "a" * 24)
+
+
+def small_settings(oauth_proxy: Any) -> Any:
+    from proxy.identity.oauth.keys import KeyRing, signing_key
+    from proxy.identity.oauth.server import Settings
+
+    key = signing_key(pem(oauth_proxy.signing_key))
+    return Settings(issuer="http://127.0.0.1:9/oauth", resource="http://127.0.0.1:9/mcp", keys=KeyRing((key,)),
+                    offered=("mcp:read",), known=("mcp:read",), excluded=(), clients=(), dynamic_registration=True,
+                    sign_in=("pat",))

@@ -25,7 +25,7 @@ from proxy.identity.oauth.keys import KeyRing
 from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn
 from proxy.identity.oauth.sessions import Sessions
 from proxy.identity.pats import Registry
-from proxy.store import Store, StoreUnavailable
+from proxy.store import MemoryStore, Store, StoreUnavailable
 
 log = logging.getLogger("scopegate.oauth")
 
@@ -107,14 +107,20 @@ class OAuthServer:
         self.store: Store | None = None
 
     def attach(self, store: Store) -> None:
-        """Bind to the shared store once the app has opened it."""
+        """Bind to the shared store once the app has opened it.
+
+        What anyone may create without signing in (registrations, pending requests, metadata documents, OIDC
+        states) goes, in memory mode, to a store of its own: the in-process store evicts its oldest entries when
+        full, and a flood of anonymous requests must never push out a revocation. (Redis refuses writes when full
+        by default: a flood there is a denial of service, never a revocation forgotten.)"""
         s = self.settings
         self.store = store
+        anonymous = MemoryStore(limit=20_000) if isinstance(store, MemoryStore) else store
         self.grants = Grants(store, s.refresh_ttl, s.access_ttl)
-        self.documents = MetadataDocuments(store) if s.metadata_documents else None
-        self.clients = Clients(store, s.clients, s.refresh_ttl, self.documents)
-        self.oidc = OidcSignIn(s.oidc, store, s.issuer + "/oidc/callback") if s.oidc is not None else None
-        self.sessions = Sessions(store, s.secure, BASE)
+        self.documents = MetadataDocuments(anonymous) if s.metadata_documents else None
+        self.clients = Clients(anonymous, s.clients, s.refresh_ttl, self.documents)
+        self.oidc = OidcSignIn(s.oidc, anonymous, s.issuer + "/oidc/callback") if s.oidc is not None else None
+        self.sessions = Sessions(store, s.secure, BASE, pending=anonymous)
 
     async def close(self) -> None:
         if self.store is not None and self.documents is not None:

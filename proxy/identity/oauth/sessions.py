@@ -60,8 +60,9 @@ def _decode(raw: str) -> Session:
 
 
 class Sessions:
-    def __init__(self, store: Store, secure: bool, path: str) -> None:
+    def __init__(self, store: Store, secure: bool, path: str, pending: Store | None = None) -> None:
         self.store = store
+        self.pending_store = pending or store  # pending requests are made before anyone signed in
         self.secure = secure
         self.path = path
         # `__Host-` (RFC 6265bis): only set over HTTPS, for this host only, never by a sibling subdomain.
@@ -98,12 +99,12 @@ class Sessions:
     # Pending authorization requests: checked once at /authorize, kept server-side until consent (single use).
     async def park(self, payload: bytes) -> str:
         request_id = secrets.token_urlsafe(24)
-        await self.store.set(KEY + "request:" + request_id, payload.decode(), ttl=REQUEST_TTL)
+        await self.pending_store.set(KEY + "request:" + request_id, payload.decode(), ttl=REQUEST_TTL)
         return request_id
 
     async def pending(self, request_id: str | None, *, take: bool = False) -> bytes | None:
         if not request_id or len(request_id) > 64:
             return None
         key = KEY + "request:" + request_id
-        raw = await (self.store.take(key) if take else self.store.get(key))
+        raw = await (self.pending_store.take(key) if take else self.pending_store.get(key))
         return raw.encode() if raw else None
