@@ -704,3 +704,18 @@ def small_settings(oauth_proxy: Any) -> Any:
     return Settings(issuer="http://127.0.0.1:9/oauth", resource="http://127.0.0.1:9/mcp", keys=KeyRing((key,)),
                     offered=("mcp:read",), known=("mcp:read",), excluded=(), clients=(), dynamic_registration=True,
                     sign_in=("pat",))
+
+
+def test_chart_mounts_the_signing_keys_and_needs_the_public_url() -> None:
+    from tests.test_packaging import FULL, kinds, render
+
+    values = {**FULL, "oauth": {"existingSecret": "scopegate-oauth", "keys": ["current.pem", "next.pem"],
+                                "oidcClientSecret": "oidc-secret"}}
+    (deployment,) = kinds(render(values), "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SCOPEGATE_OAUTH_SIGNING_KEYS"] == "/etc/scopegate/oauth/current.pem,/etc/scopegate/oauth/next.pem"
+    assert env["SCOPEGATE_OIDC_CLIENT_SECRET_FILE"] == "/etc/scopegate/oauth/oidc-secret"
+    assert {"name": "oauth", "mountPath": "/etc/scopegate/oauth", "readOnly": True} in container["volumeMounts"]
+    with pytest.raises(Exception, match="needs publicUrl"):
+        render({**values, "publicUrl": ""})
