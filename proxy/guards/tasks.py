@@ -53,8 +53,8 @@ async def hold(store: Store, exchange: Exchange, answer: Answer, ttl_seconds: in
     response = answer.response
     assert response is not None
     result = response.get("result")
-    if not isinstance(result, dict):
-        return answer  # a protocol error is an acceptable answer to a task-augmented request as it is
+    if not isinstance(result, dict) or result.get("resultType", "complete") != "complete":
+        return answer  # a protocol error (or a question for the client) answers a task-augmented request as it is
     task_id = TASK_PREFIX + secrets.token_urlsafe(24)
     now = time.time()
     task = {"taskId": task_id, "status": "completed", "createdAt": _iso(now), "lastUpdatedAt": _iso(now),
