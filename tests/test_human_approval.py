@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import httpx2
@@ -18,6 +18,9 @@ import pytest
 import yaml
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import BaseModel
 
 from tests.conftest import MODES, POLICIES, TOKENS, Recorder
 from tests.rawmcp import ACCEPT, next_event
@@ -342,3 +345,81 @@ async def test_no_store_no_approval(start_proxy: Any, upstream: Any, recorder: R
         fresh = await sdk.call_tool(TOOL, ENTRY)
         assert fresh.is_error and "store unavailable" in fresh.content[0].text
     assert posted(recorder) == []
+
+
+class Sure(BaseModel):
+    sure: bool
+
+
+def ask_if_sure(amount: int) -> Elicit[Sure]:
+    return Elicit(f"The service itself asks: really move {amount}?", Sure)
+
+
+def build_asking_upstream() -> Any:
+    """An upstream whose write asks its own question (MCPServer resolver: 2026-07-28 input_required, 2025-11-25 an
+    elicitation/create mid-call)."""
+    server = MCPServer("asking")
+
+    @server.tool()
+    def move_money(amount: int, answer: Annotated[Sure, Resolve(ask_if_sure)]) -> dict[str, Any]:
+        """Move money (asks its own question first)."""
+        return {"moved": amount, "sure": answer.sure}
+
+    return server
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_upstream_that_asks_its_own_question_completes(mode: str, start_proxy: Any, tmp_path: Path) -> None:
+    """The person approves the write; the upstream then asks its own question (a second round of the same call in
+    2026-07-28): that round carries the upstream's state through the proxy's next approval, never lost, never
+    forwarded unapproved."""
+    from proxy.demo.run import free_port
+    from tests.conftest import ThreadedServer
+
+    port = free_port()
+    recorder = Recorder(build_asking_upstream().streamable_http_app())
+    server = ThreadedServer(recorder, port)
+    server.start()
+    try:
+        policy = tmp_path / "asking.yaml"
+        policy.write_text("version: 1\nscopes: [mcp:read, mcp:write]\ntools:\n"
+                          "  - {match: move_money, scopes: [mcp:write], effect: write, confirm: human}\n")
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(policy))
+        questions: list[str] = []
+
+        async def person(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+            questions.append(params.message)
+            field = "approve" if "approve" in params.requested_schema["properties"] else "sure"
+            return types.ElicitResult(action="accept", content={field: True})
+
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKENS['writer']}"}, timeout=30)
+        async with Client(streamable_http_client(url, http_client=http), mode=mode,
+                          elicitation_callback=person) as sdk:
+            result = await sdk.call_tool("move_money", {"amount": 5})
+        assert not result.is_error, result.content
+        assert result.structured_content == {"moved": 5, "sure": True}
+        assert any("The service itself asks" in q for q in questions)
+        calls = [c["params"] for c in recorder.calls("tools/call")]
+        assert calls and all(c["arguments"] == {"amount": 5} for c in calls)
+        assert not [c for c in calls if str(c.get("requestState", "")).startswith("sga_")]
+    finally:
+        server.stop()
+
+
+def test_carried_round_opens_only_with_its_handle() -> None:
+    from cryptography.exceptions import InvalidTag
+
+    from proxy.guards.approval import new_handle, open_carry, seal_carry
+
+    handle = new_handle("sga_")
+    carry = {"requestState": "upstream-state", "inputResponses": {"k": {"action": "accept"}}}
+    sealed = seal_carry(handle, carry)
+    assert "upstream-state" not in sealed and open_carry(handle, sealed) == carry
+    with pytest.raises(InvalidTag):
+        open_carry(new_handle("sga_"), sealed)
+    import base64
+
+    raw = bytearray(base64.b64decode(sealed))
+    raw[-1] ^= 1
+    with pytest.raises(InvalidTag):
+        open_carry(handle, base64.b64encode(bytes(raw)).decode())

@@ -7,9 +7,14 @@ applies the write; everything else forwards nothing, each with its own reason fo
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import os
 import secrets
 from typing import Any, Literal
+
+import orjson
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from proxy.guards.confirmation import shown_as_json, visible
 
@@ -83,3 +88,20 @@ def verdict(answer: Any) -> Verdict:
     if action == "cancel":
         return "cancelled"
     return "unanswered"
+
+
+def _carry_key(handle: str) -> AESGCM:
+    # The handle is 256 random bits the store never sees (it keeps only its hash): a key only its bearer can make.
+    return AESGCM(hashlib.sha256(b"scopegate/approval-carry:" + handle.encode()).digest())
+
+
+def seal_carry(handle: str, value: Any) -> str:
+    """What must travel with an approval (an upstream's own round: its requestState and the client's answers to
+    it), encrypted so that the store holds nothing readable without the handle the client brings back."""
+    nonce = os.urandom(12)
+    return base64.b64encode(nonce + _carry_key(handle).encrypt(nonce, orjson.dumps(value), None)).decode()
+
+
+def open_carry(handle: str, sealed: str) -> Any:
+    raw = base64.b64decode(sealed)
+    return orjson.loads(_carry_key(handle).decrypt(raw[:12], raw[12:], None))

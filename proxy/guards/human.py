@@ -34,8 +34,10 @@ from proxy.guards.approval import (
     answer_key,
     elicitation,
     new_handle,
+    open_carry,
     question,
     record_key,
+    seal_carry,
     verdict,
 )
 from proxy.guards.client_caps import ClientCapabilities
@@ -107,7 +109,10 @@ class HumanApproval:
                 f"{params['name']} needs a person's approval; a confirmationToken does not apply. Call it without "
                 "one and the person at the client will be asked. Nothing was changed."))
         if (exchange.protocol_version or "") >= MODERN:
-            return await self._ask_modern(await held())
+            # A round of the upstream's own multi-round-trip (its requestState, the client's answers to its
+            # questions) is a new call to apply: it is asked for again, and its round travels with the approval.
+            carry = {name: params.pop(name) for name in ("requestState", "inputResponses") if name in params}
+            return await self._ask_modern(await held(), carry)
         if not exchange.session_id:
             return self._refuse(exchange, message, "no elicitation", (
                 f"{params['name']} needs a person's approval, which needs a session to ask in. Nothing was changed."))
@@ -129,11 +134,17 @@ class HumanApproval:
 
     # 2026-07-28: input_required, then a retry carrying the answer
 
-    async def _ask_modern(self, held: Held) -> Answer:
+    async def _ask_modern(self, held: Held, carry: dict[str, Any]) -> Answer:
         state = new_handle(STATE_PREFIX)
-        await self.store.set(record_key(state), self._record(held).decode(), ttl=held.ttl + 60)
+        record = {"id": held.preview_id, "expires": held.expires, **held.bindings}
+        text = self._text(held)
+        if carry:
+            record["carry"] = seal_carry(state, carry)
+            text += ("\n(The service asked a question of its own about this change, and it was answered; approving "
+                     "sends that answer on to the service.)")
+        await self.store.set(record_key(state), orjson.dumps(record).decode(), ttl=held.ttl + 60)
         result = {"resultType": "input_required", "requestState": state, "inputRequests": {
-            INPUT_KEY: {"method": "elicitation/create", "params": elicitation(self._text(held))}}}
+            INPUT_KEY: {"method": "elicitation/create", "params": elicitation(text)}}}
         return Answer({"jsonrpc": "2.0", "id": held.message.get("id"), "result": result}, decision="preview",
                       reason=held.preview_id)
 
@@ -156,6 +167,8 @@ class HumanApproval:
         said = verdict(answer)
         if said != "approved":
             return self._refuse(exchange, message, said, f"{tool} not applied: {_REFUSED[said]}. Nothing changed.")
+        if "carry" in record:  # the upstream's own round, approved with the rest: it goes on as it came
+            message["params"].update(open_carry(state, record["carry"]))
         return self._approved(exchange, message, record["id"])
 
     def _approved(self, exchange: Exchange, message: Message, preview_id: str) -> Message:
