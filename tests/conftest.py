@@ -132,7 +132,9 @@ class ThreadedServer:
     """A uvicorn server on its own thread and event loop, so it never shares a loop with the code under test."""
 
     def __init__(self, app: Any, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        # A proxy still alive keeps its own listen stream open: stopping waits a second for it, not forever.
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def start(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from proxy.guards.confirmation import visible
-from tests.conftest import MODERN_META, POLICIES, TOKENS, Recorder, modern_headers
+from tests.conftest import MODERN_META, POLICIES, TOKENS, Recorder, modern_headers, wait_until
 from tests.test_confirm import call, upstream_calls
 from tests.test_identity import AUDIENCE, ISSUER, JwksServer, jwk_of, new_keys, sign, write_policy
 from tests.test_identity import call as identity_call
@@ -477,11 +477,15 @@ async def test_an_echoed_notice_string_changes_nothing(start_proxy: Any, upstrea
     url = await start_proxy(upstream.url, policy=_undeclared("ledger-scopes", tmp_path), pat_file=issue.path)
     catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.upstream_watches[0].__self__
     async with sdk_client(url, "legacy", token=bound) as client:
+        assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
+        assert await wait_until(lambda: catalog.changes == 1)  # its own listen stream opened (counts as a change)
+        await client.call_tool("list_accounts", {})  # and the catalog is fresh again
+        changes, fetches = catalog.changes, catalog.fetches
         echoed = await client.call_tool("get_period_status", {"period": "notifications/tools/list_changed"})
         assert echoed.structured_content["period"] == "notifications/tools/list_changed"  # it passed the relay
         refused = await client.call_tool("list_accounts", {"workspaceId": "globex"})
         assert refused.is_error
-    assert catalog.changes == 0 and catalog.fetches == 1 and catalog.fresh()
+    assert (catalog.changes, catalog.fetches) == (changes, fetches) and catalog.fresh()
 
 
 async def test_no_schema_no_decision_503(start_proxy: Any, recorder: Recorder, issue: Any, tmp_path: Path) -> None:
@@ -637,12 +641,49 @@ async def test_listen_with_the_sdk_client(start_proxy: Any, recorder: Recorder, 
             assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
             async with client.listen(tools_list_changed=True, resource_subscriptions=[ACME]) as sub:
                 assert sub.honored.resource_subscriptions == [ACME]
-                assert catalog.changes == 0
+                changes = catalog.changes
                 await client.call_tool("enable_payroll_module", {})
                 event = await asyncio.wait_for(sub.__anext__(), 10)
                 assert type(event).__name__ == "ToolsListChanged"
-            assert catalog.changes == 1 and not catalog.fresh()
+            assert catalog.changes > changes and not catalog.fresh()
             result = await client.call_tool("list_payslips", {"month": "2026-10"})
             assert result.structured_content["workspaceId"] == "acme"
+    finally:
+        own.stop()
+
+
+async def test_its_own_listen_stream_hears_a_2026_change(start_proxy: Any, issue: Any, tmp_path: Path) -> None:
+    """A 2026-07-28 upstream says its tools changed only on listen streams: no client listens here, and the proxy
+    still hears it on its own, and fetches again before the next delegated decision."""
+    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.ledger import build_server
+    from proxy.edge.app import FORWARDER
+    from tests.conftest import ThreadedServer, free_port, sdk_client, wait_until
+
+    recorder = Recorder(build_server().streamable_http_app(event_store=MemoryEventStore()))
+    port = free_port()
+    own = ThreadedServer(recorder, port)
+    own.start()
+    try:
+        bound = issue("bound", scopes=["mcp:read"], workspace="acme")
+        path = tmp_path / "modern.yaml"
+        path.write_text(orjson.dumps({"version": 1, "scopes": ["mcp:read"], "tools": [
+            {"match": "list_*", "scopes": ["mcp:read"]}, {"match": "enable_payroll_module", "scopes": ["mcp:read"]}]})
+            .decode())
+        url = await start_proxy(f"http://127.0.0.1:{port}/mcp", policy=str(path), pat_file=issue.path)
+        catalog = start_proxy.runners[-1].app[FORWARDER].pipeline.upstream_watches[0].__self__
+        async with sdk_client(url, "auto", token=bound) as client:
+            assert (await client.call_tool("list_accounts", {})).structured_content["workspaceId"] == "acme"
+            assert await wait_until(lambda: any(r.json().get("method") == "subscriptions/listen"
+                                                for r in recorder.catalog if r.method == "POST"), 10)
+            assert await wait_until(lambda: catalog.changes == 1)  # opening it counts: a notice may be missed
+            await client.call_tool("list_accounts", {})  # fetched again
+            await client.call_tool("enable_payroll_module", {})  # a modern call: nothing on its own stream
+            assert await wait_until(lambda: catalog.changes == 2)  # heard on the proxy's own listen stream
+            result = await client.call_tool("list_payslips", {"month": "2026-10", "workspaceId": "globex"})
+            assert result.is_error and "bound to workspace 'acme'" in result.content[0].text
+        assert "list_payslips" in catalog.tools
+        assert recorder.calls("tools/call")[-1]["params"]["name"] == "enable_payroll_module"
+        await start_proxy.runners.pop().cleanup()  # closes its listen stream, so the upstream can stop at once
     finally:
         own.stop()

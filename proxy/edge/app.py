@@ -129,10 +129,17 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                                           f"{_where(config.metrics_listen)} ({_reason(exc)})") from None
                     app[OPS_PORT] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
                 watcher = asyncio.get_running_loop().create_task(reloader.watch())
+
+                def upstream_said(message: Message) -> None:
+                    for watch in chosen.upstream_watches:
+                        watch(message)
+
+                listener = asyncio.get_running_loop().create_task(fetch_tools.watch(upstream_said))
                 try:
                     yield
                 finally:
                     watcher.cancel()
+                    listener.cancel()
                     await audit.close()
                     await fetch_tools.close()
         finally:

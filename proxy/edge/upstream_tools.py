@@ -8,13 +8,19 @@ its own: 2026-07-28 first (stateless: every request carries `_meta` and the `MCP
 headers); where the upstream refuses that (a 4xx, or a JSON-RPC error), 2025-11-25: `initialize`, then
 `notifications/initialized`, then `tools/list` in that session, kept for later fetches and opened again when the
 upstream forgets it (404). What cannot be read is an error, so the catalog stays unknown rather than wrong.
+
+A 2026-07-28 upstream sends `notifications/tools/list_changed` only on `subscriptions/listen` streams, so the proxy
+keeps one of its own open (`watch`), and every message on it goes to the pipeline's upstream watches like any
+relayed one. Opening it, and losing it, count as a change: a notice may have been missed in between.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -31,6 +37,11 @@ MAX_PAGES = 1000
 MAX_BYTES = 64 * 1024 * 1024
 ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "scopegate", "version": __version__}
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
+LISTEN_RETRY = 5.0
+CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+log = logging.getLogger("scopegate.catalog")
 
 
 class FetchFailed(Exception):
@@ -51,12 +62,14 @@ class UpstreamTools:
         self.session_id: str | None = None  # the proxy's own legacy session
         self.negotiated = LEGACY
         self._ids = itertools.count(1)
+        self._modern = asyncio.Event()  # set once the upstream answered in 2026-07-28
 
     async def __call__(self) -> list[Any]:
         if self.revision != LEGACY:
             try:
                 tools = await self._pages(MODERN)
                 self.revision = MODERN
+                self._modern.set()
                 return tools
             except NotModern:
                 if self.revision == MODERN:
@@ -69,6 +82,41 @@ class UpstreamTools:
         except SessionGone:
             await self._initialize()
             return await self._pages(LEGACY)
+
+    async def watch(self, saw: Callable[[Message], None]) -> None:
+        """While the upstream speaks 2026-07-28, keep one `subscriptions/listen` stream of the proxy's own asking for
+        `toolsListChanged`, and hand every message on it to `saw`: that revision sends the notice nowhere else. A
+        stream that drops may have missed a notice, so a drop counts as a change. Runs until cancelled."""
+        while True:
+            await self._modern.wait()
+            if self.revision == MODERN:
+                opened: list[bool] = []
+                try:
+                    await self._listen(saw, opened)
+                except (aiohttp.ClientError, OSError, TimeoutError, FetchFailed, EventTooLarge) as exc:
+                    log.info("the catalog's listen stream ended: %s", type(exc).__name__)
+                if opened:  # (an upstream without listen support is left to the catalog's maximum age)
+                    saw(CHANGED)
+            await asyncio.sleep(LISTEN_RETRY)
+
+    async def _listen(self, saw: Callable[[Message], None], opened: list[bool]) -> None:
+        body = dumps({"jsonrpc": "2.0", "id": f"scopegate-catalog-listen-{next(self._ids)}",
+                      "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": True}, "_meta": MODERN_META}})
+        async with self.session.post(self.url, data=body, headers=self._headers(MODERN, "subscriptions/listen")) \
+                as resp:
+            if resp.status != 200 or not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+                raise FetchFailed(f"subscriptions/listen answered HTTP {resp.status}")
+            opened.append(True)
+            saw(CHANGED)  # whatever changed between the last fetch and now was not heard: fetch again
+            splitter = EventSplitter(MAX_BYTES)
+            while chunk := await resp.content.readany():
+                for event in splitter.feed(chunk):
+                    data = event_data(event)
+                    payload = _loads(data) if data else None
+                    for message in payload if isinstance(payload, list) else [payload]:
+                        if isinstance(message, dict):
+                            saw(message)
 
     async def close(self) -> None:
         """End the proxy's own 2025-11-25 session, if it opened one (best effort: the upstream expires it anyway)."""
@@ -87,9 +135,7 @@ class UpstreamTools:
         for _ in range(MAX_PAGES):
             params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
             if revision == MODERN:
-                params["_meta"] = {"io.modelcontextprotocol/protocolVersion": MODERN,
-                                   "io.modelcontextprotocol/clientCapabilities": {},
-                                   "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
+                params["_meta"] = MODERN_META
             result = await self._request(revision, "tools/list", params, first_page=cursor is None)
             page = result.get("tools")
             if not isinstance(page, list):

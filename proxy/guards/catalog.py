@@ -7,8 +7,8 @@ their way to a client (those answer one client's session and request, which the 
 the upstream itself, in its own session, with its own server-side headers (`edge/upstream_tools.py`):
 
 - when it has no catalog yet, after `notifications/tools/list_changed` (a parsed notification from the upstream,
-  on any stream: `saw`), once the catalog is older than MAX_AGE, and when a call names a tool the catalog does
-  not hold (at most once per UNKNOWN_REFETCH seconds);
+  on any stream it relays or on its own 2026-07-28 listen stream: `saw`), once the catalog is older than MAX_AGE,
+  and when a call names a tool the catalog does not hold (at most once per UNKNOWN_REFETCH seconds);
 - one fetch at a time, shared by every call that waits for it; a call waits at most WAIT seconds, and when the
   facts cannot be had it is refused (`CatalogUnavailable`, answered 503), never decided without them.
 """
