@@ -54,7 +54,10 @@ async def test_a_call_is_one_trace_from_client_to_upstream(start_proxy: Any, ups
 
     finished = spans.get_finished_spans()
     ours = [s for s in finished if format(s.context.trace_id, "032x") == TRACE_ID]
-    assert len(ours) == len(finished)  # every span of these requests continues the client's trace
+    # Every span of these requests continues the client's trace; the proxy's own background requests (its catalog's
+    # listen stream to a 2026-07-28 upstream) are root spans of their own.
+    background = [s for s in finished if s.parent is None and s.name == "upstream POST"]
+    assert len(ours) == len(finished) - len(background) and len(background) <= 1
     servers = [s for s in ours if s.name.startswith("POST ")]
     assert len(servers) == 2 and all(format(s.parent.span_id, "016x") == CLIENT_SPAN for s in servers)
     names = {s.name for s in ours}
