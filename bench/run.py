@@ -257,9 +257,10 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:5.2f}x" if base else "  -  "
 
 
-async def run(seconds: float, concurrency: int, rounds: int) -> None:
+async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str]) -> None:
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    env.update(item.split("=", 1) for item in extra_env)  # e.g. the audit signing key, OTEL_* for tracing
     up_port, floor_port, gate_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}/mcp"
     processes = [
@@ -347,6 +348,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the scopegate processes (repeatable), e.g. OTEL_EXPORTER_OTLP_ENDPOINT=...")
     args = parser.parse_args()
     try:
         import uvloop
@@ -354,7 +357,7 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(run(args.seconds, args.concurrency, args.rounds))
+    runner(run(args.seconds, args.concurrency, args.rounds, args.env))
 
 
 if __name__ == "__main__":
