@@ -204,7 +204,9 @@ async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
     may keep the stream open after it)."""
     media = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
-        raw = await resp.content.read(MAX_BYTES + 1)
+        raw = bytearray()  # read(n) returns what has arrived, not n bytes: read to the end (or past the limit)
+        while len(raw) <= MAX_BYTES and (chunk := await resp.content.readany()):
+            raw += chunk
         if len(raw) > MAX_BYTES:
             raise FetchFailed("answer too large")
         found = _ours(_loads(raw), msg_id)
