@@ -136,6 +136,8 @@ class Person:
         form = [("request", hidden(page.text, "request")), ("csrf", hidden(page.text, "csrf")),
                 ("decision", self.decision), ("workspace", self.workspace)]
         form += [("scope", s) for s in ticked if s not in self.untick]
+        form += [("project", p) for p in re.findall(r'name="project" value="([^"]+)" checked', page.text)
+                 if p not in self.untick]
         self.untick = self.then_untick  # a second consent (a step-up) may be answered differently
         return await self.http.post(f"{origin}/oauth/consent", headers=shown, data=fields(form))
 
@@ -719,3 +721,19 @@ def test_chart_mounts_the_signing_keys_and_needs_the_public_url() -> None:
     assert {"name": "oauth", "mountPath": "/etc/scopegate/oauth", "readOnly": True} in container["volumeMounts"]
     with pytest.raises(Exception, match="needs publicUrl"):
         render({**values, "publicUrl": ""})
+
+
+async def test_project_choice_narrows_and_connected_apps_shows_it(oauth_proxy: Any, issue: Any) -> None:
+    member = issue("project member", scopes=["mcp:read"], workspaces=["acme"], projects=["alpha", "beta"])
+    proxy = await oauth_proxy.start()
+    person = Person(member, untick=("beta",))
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, person, client_id, challenge, scope="mcp:read")
+        assert 'value="alpha" checked' in person.consent_html and 'value="beta" checked' in person.consent_html
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        claims = claims_of(tokens["access_token"])
+        assert claims["projects"] == ["alpha"] and claims["workspaces"] == ["acme"]
+        apps = await person.http.get(proxy.issuer + "/apps")
+    assert "Projects: alpha" in apps.text

@@ -103,5 +103,12 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
         issuers=tuple(issuers),
         dev_secret=config.jwt_dev_hs256_secret,
         secret_headers=secret_headers,
-        oauth=settings_from(config, policy, registry),
+        oauth=own_server(config, policy, registry, issuers),
     )
+
+
+def own_server(config: Config, policy: Policy, registry: Registry | None, issuers: list[Issuer]) -> Settings | None:
+    settings = settings_from(config, policy, registry)
+    if settings is not None and any(i.issuer == settings.issuer for i in issuers):
+        raise ConfigError(f"issuer {settings.issuer} is scopegate's own OAuth server: no other issuer may use it")
+    return settings

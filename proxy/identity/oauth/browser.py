@@ -277,7 +277,8 @@ class Pages:
                 "created": _when(grant.created),
                 "last_used": _when(await store.get(LAST_USED_KEY + grant.credential_id)),
                 "toggles": [Toggle(s, True) for s in grant.scopes], "revocable": True,
-                "workspaces": {"bound": grant.workspace, "workspaces": list(grant.workspaces or ()) or None},
+                "workspaces": {"bound": grant.workspace, "workspaces": list(grant.workspaces or ()) or None,
+                               "projects": list(grant.projects) if grant.projects is not None else None},
             })
         for record in self._records(session.subject):
             if await store.exists(REVOKED_KEY + record.id):
@@ -287,7 +288,8 @@ class Pages:
                 "created": record.created.strftime("%Y-%m-%d %H:%M UTC"),
                 "last_used": _when(await store.get(LAST_USED_KEY + record.id)),
                 "toggles": [Toggle(s, True) for s in record.scopes], "revocable": True,
-                "workspaces": {"bound": record.workspace, "workspaces": record.workspaces},
+                "workspaces": {"bound": record.workspace, "workspaces": record.workspaces,
+                               "projects": record.projects},
             })
         return self.page("apps.html", subject=session.subject, csrf=session.csrf, items=items,
                          notice=notice if notice in ("Revoked.",) else None)
