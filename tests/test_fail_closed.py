@@ -93,12 +93,15 @@ CRAFTED = {
     "huge header": _crafted({"alg": "RS256", "x": "a" * 5000}, CLAIMS),
     "non-ASCII": "sgp_\u00e9\u00e9\u00e9_" + "A" * 40,
     "spaces inside": "abc def.ghi",
+    "alg carries text to log": _crafted({"alg": "sgp_0123456789ab_LOGGED" + "L" * 30}, CLAIMS),
+    "kid carries text to log": _crafted({"alg": "RS256", "kid": "sgp_0123456789ab_LOGGED" + "L" * 30}, CLAIMS),
 }
 
 
 @pytest.mark.parametrize("key_alg", ["RS256", "ES256", "EdDSA"])
 async def test_crafted_credentials_are_401_never_500(key_alg: str, start_proxy: Any, upstream: Any,
-                                                     recorder: Recorder, tmp_path: Path) -> None:
+                                                     recorder: Recorder, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     """A PEM key file (no JWKS: nothing binds the token's `alg` to the key but the proxy) of each key type, and
     tokens whose header names another key type's algorithm, or that are malformed in every other way."""
     private = new_keys()[key_alg]
@@ -113,6 +116,7 @@ async def test_crafted_credentials_are_401_never_500(key_alg: str, start_proxy: 
         resp = await identity_call(url, token)
         assert resp.status == 401, (case, resp.status)
         assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"], case
+    assert "LOGGED" not in _everything_logged(caplog)  # what a token carries is not logged
     good = sign(private, key_alg, kid=None)
     assert (await identity_call(url, good)).status == 200  # the key works for its own algorithm
     assert [r for r in recorder.received if r.method == "POST"] and all(

@@ -23,7 +23,7 @@ from proxy.identity.principal import (
     effective_scopes,
     problem_in_permissions,
 )
-from proxy.policy.model import Issuer, Policy
+from proxy.policy.model import ALGORITHMS, Issuer, Policy
 
 LEEWAY_SECONDS = 30
 
@@ -115,6 +115,11 @@ def key_fits(key: Any, alg: str) -> bool:
     return False
 
 
+def _named(alg: object) -> str:
+    """An algorithm's name for a log line: only names from the known set, never whatever a token carried."""
+    return alg if isinstance(alg, str) and alg in (*ALGORITHMS, "HS256", "none") else "(unknown)"
+
+
 class JwtVerifier:
     def __init__(self, issuers: list[TrustedIssuer], policy: Policy) -> None:
         self.issuers = {i.config.issuer: i for i in issuers}
@@ -146,7 +151,7 @@ class JwtVerifier:
             raise TokenRejected("unknown issuer", "unknown issuer")
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in trusted.config.algorithms:
-            raise TokenRejected(f"algorithm {alg!r} not allowed")
+            raise TokenRejected(f"algorithm {_named(alg)} not allowed")
         if kid is not None and not isinstance(kid, str):
             raise TokenRejected("kid is not a string", "malformed")
         try:
@@ -154,7 +159,7 @@ class JwtVerifier:
         except KeyError_ as exc:
             raise TokenRejected(str(exc)) from None
         if not key_fits(key, alg):
-            raise TokenRejected(f"algorithm {alg!r} does not fit the issuer's key")
+            raise TokenRejected(f"algorithm {_named(alg)} does not fit the issuer's key")
         try:
             claims = jwt.decode(
                 token,
