@@ -104,6 +104,7 @@ async def test_crafted_credentials_are_401_never_500(key_alg: str, start_proxy: 
                                                      caplog: pytest.LogCaptureFixture) -> None:
     """A PEM key file (no JWKS: nothing binds the token's `alg` to the key but the proxy) of each key type, and
     tokens whose header names another key type's algorithm, or that are malformed in every other way."""
+    caplog.set_level("DEBUG")
     private = new_keys()[key_alg]
     pem = tmp_path / "issuer.pem"
     pem.write_bytes(private.public_key().public_bytes(serialization.Encoding.PEM,
