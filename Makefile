@@ -20,7 +20,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS))
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check proxy tests bench

@@ -83,12 +83,15 @@ class Load:
 
 
 def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process, from /proc (Linux); 0 elsewhere."""
+    """User + system CPU time of a process and its children alive now (a supervisor's workers), from /proc (Linux);
+    0 elsewhere."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except (OSError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 async def throughput(http: aiohttp.ClientSession, url: str, body: bytes, hdrs: dict, concurrency: int,
@@ -343,6 +346,57 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
                 process.kill()
 
 
+async def workers_run(workers: int, seconds: float, concurrency: int, rounds: int) -> None:
+    """scopegate with 1 and with `workers` workers (both with Redis, which several workers need): throughput and
+    CPU per request (the supervisor and its workers together)."""
+    py = sys.executable
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    up_port = free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/mcp"
+    processes: list[subprocess.Popen[bytes]] = [
+        subprocess.Popen([py, str(ROOT / "bench" / "upstream.py"), "--port", str(up_port)], env=env)]
+    try:
+        wait_for_port(up_port, processes[0], "bench: upstream")
+        redis = start_redis()
+        if redis is None:
+            raise SystemExit("bench --workers: needs redis-server (apt-get install redis-server)")
+        processes.append(redis)
+        targets: dict[str, tuple[str, int | None]] = {}
+        for count in (1, workers):
+            port = free_port()
+            gate = subprocess.Popen(
+                [py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen", f"127.0.0.1:{port}",
+                 "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--policy",
+                 str(BENCH_POLICY), "--redis-url", f"unix://{BENCH_FOLDER / 'redis.sock'}", "--metrics-listen",
+                 "127.0.0.1:0"], env={**env, "SCOPEGATE_WORKERS": str(count)}, cwd=ROOT, stdout=subprocess.DEVNULL)
+            processes.append(gate)
+            wait_for_port(port, gate, f"bench: scopegate, {count} workers")
+            await asyncio.sleep(2)  # every worker listening, not only the first
+            targets[f"{count} worker{'s' if count > 1 else ''}"] = (f"http://127.0.0.1:{port}/mcp", gate.pid)
+        print(f"bench --workers {workers}: {os.cpu_count()} cores, shared with this load generator (one Python "
+              f"process, itself bound to one core), so more workers than free cores cannot scale; {rounds} "
+              f"interleaved rounds of {seconds:g} s at concurrency {concurrency} (median)\n")
+        header = f"{'scenario':<26}{'target':<12}{'req/s':>9}{'cpu us/req':>11}{'rps/1':>8}{'cpu/1':>8}"
+        print(header)
+        print("-" * len(header))
+        for title, body, hdrs in (("tools/call (small)", CALL, headers("tools/call", "get_period_status")),
+                                  ("tools/list (1,000 tools)", LIST, headers("tools/list"))):
+            results = await interleaved(targets, rounds, body, hdrs, concurrency, seconds, 50)
+            one = results["1 worker"]
+            for name, r in results.items():
+                print(f"{title:<26}{name:<12}{r.rps:9.0f}{r.cpu_us:11.0f}{ratio(r.rps, one.rps):>8}"
+                      f"{ratio(r.cpu_us, one.cpu_us):>8}")
+            print()
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
@@ -350,6 +404,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the scopegate processes (repeatable), e.g. OTEL_EXPORTER_OTLP_ENDPOINT=...")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="instead: compare scopegate with 1 and with this many workers (SCOPEGATE_WORKERS)")
     args = parser.parse_args()
     try:
         import uvloop
@@ -357,7 +413,10 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(run(args.seconds, args.concurrency, args.rounds, args.env))
+    if args.workers > 1:
+        runner(workers_run(args.workers, args.seconds, args.concurrency, args.rounds))
+    else:
+        runner(run(args.seconds, args.concurrency, args.rounds, args.env))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ say, a policy file for a build that cannot enforce one must not get a proxy that
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,30 @@ def _positive_int(name: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(f"{name}: expected a positive whole number, got {value!r}")
     return int(value)
+
+
+def cgroup_cpus(cpu_max: str | None, affinity: int) -> int:
+    """CPUs a cgroup v2 `cpu.max` ("QUOTA PERIOD", or "max PERIOD": no quota) allows, rounded up, never more than
+    the CPUs this process may run on, at least 1. Pure."""
+    parts = (cpu_max or "").split()
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) > 0 and int(parts[1]) > 0:
+        return max(1, min(affinity, math.ceil(int(parts[0]) / int(parts[1]))))
+    return max(affinity, 1)
+
+
+def _workers(name: str, value: str) -> int:
+    if value != "auto":
+        return _positive_int(name, value)
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            cpu_max: str | None = f.read()
+    except OSError:
+        cpu_max = None
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        affinity = os.cpu_count() or 1
+    return cgroup_cpus(cpu_max, affinity)
 
 
 def _seconds(name: str, value: str) -> float:
@@ -186,6 +211,8 @@ SETTINGS = (
     Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
     Setting("audit_sink", _audit_sink, "where audit records go: stdout (default), file:PATH, or redis (a Stream)"),
     Setting("audit_arguments", _bool, "true: audit records carry the raw tool arguments too (default false)"),
+    Setting("workers", _workers, "serving processes on the one port (default 1; auto: the CPUs of the cgroup's "
+            "quota); more than 1 needs SCOPEGATE_REDIS_URL"),
     Setting("audit_signing_key_file", _signing_key, "Ed25519 private key (PEM) that signs the audit trail's "
             "checkpoints (`scopegate audit keygen`); unset: the trail is chained but unsigned"),
     Setting("audit_checkpoint_records", _positive_int, "seal the audit chain every N records (default 1000)"),
@@ -227,6 +254,7 @@ class Config:
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     audit_sink: str = "stdout"
     audit_arguments: bool = False
+    workers: int = 1
     audit_signing_key_file: str | None = None
     audit_checkpoint_records: int = 1000
     audit_checkpoint_seconds: float = 60.0
@@ -263,6 +291,11 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
     if "tls_client_ca" in values and "tls_cert" not in values:
         raise ConfigError("SCOPEGATE_TLS_CLIENT_CA needs SCOPEGATE_TLS_CERT and SCOPEGATE_TLS_KEY (mTLS is TLS)")
     values.setdefault("listen", ("127.0.0.1", 8443 if "tls_cert" in values else 8000))
+    if values.get("workers", 1) > 1 and "redis_url" not in values:
+        raise ConfigError(f"SCOPEGATE_WORKERS={values['workers']} needs SCOPEGATE_REDIS_URL: sessions, previews and "
+                          "revocations must be shared by the workers")
+    if values.get("workers", 1) > 1 and values["listen"][1] == 0:
+        raise ConfigError("SCOPEGATE_WORKERS: workers share one port, so SCOPEGATE_LISTEN needs a port other than 0")
     if values.get("audit_sink") == "redis" and "redis_url" not in values:
         raise ConfigError("SCOPEGATE_AUDIT_SINK=redis needs SCOPEGATE_REDIS_URL")
     jwt_sources = [k for k in ("jwks_url", "jwt_public_key_file", "jwt_dev_hs256_secret") if k in values]

@@ -122,6 +122,21 @@ def test_standalone_and_toggles() -> None:
     assert kinds(existing, "ConfigMap") == []
 
 
+@pytest.mark.parametrize(("values", "workers"), [
+    (STANDALONE, "1"),
+    ({**STANDALONE, "resources": {"limits": {"cpu": "1500m", "memory": "256Mi"}}}, "1"),  # no Redis: one
+    ({**STANDALONE, "redis": {"existingSecret": "r"}, "resources": {"limits": {"cpu": "1500m"}}}, "2"),
+    ({**STANDALONE, "redis": {"existingSecret": "r"}, "resources": {"limits": {"cpu": 4}}}, "4"),
+    ({**STANDALONE, "redis": {"existingSecret": "r"}, "resources": {"limits": {"cpu": "250m"}}}, "1"),
+    ({**STANDALONE, "redis": {"existingSecret": "r"}}, "1"),  # no CPU limit
+    ({**STANDALONE, "redis": {"existingSecret": "r"}, "workers": 3}, "3"),
+])
+def test_workers_follow_the_cpu_limit(values: dict[str, Any], workers: str) -> None:
+    (deployment,) = kinds(render(values), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SCOPEGATE_WORKERS"] == workers
+
+
 @pytest.mark.parametrize(("values", "words"), [
     ({"pats": {"existingSecret": "p"}, "mode": "standalone", "upstream": {"url": "http://x/mcp"}}, "needs a policy"),
     ({**BASE, "mode": "sidecar"}, "upstream.image.repository"),

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,6 +18,7 @@ from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
 from proxy.edge.upstream_tools import UpstreamTools
+from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
 from proxy.guards.pipeline import Pipeline
@@ -57,7 +59,9 @@ def upstream_session(config: Config, trace_configs: list[aiohttp.TraceConfig] | 
 
 def audit_sink(config: Config) -> Sink:
     if config.audit_sink == "redis" and config.redis_url:
-        return RedisStreamSink(config.redis_url, socket.gethostname())
+        # One process name per worker: a worker started again names its own predecessor.
+        worker = os.environ.get(WORKER_MARK)
+        return RedisStreamSink(config.redis_url, socket.gethostname() + (f"/worker-{worker}" if worker else ""))
     if config.audit_sink.startswith("file:"):
         try:
             return FileSink(config.audit_sink[5:])
@@ -119,7 +123,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                         return {"policy": live.policy.name or str(config.policy),
                                 "policy_reloads": dict(reloader.results)}
 
-                    ops = web.AppRunner(ops_app(metrics, checks, details), access_log=None)
+                    ops = web.AppRunner(ops_app(metrics.registry, checks, details), access_log=None)
                     await ops.setup()
                     site = web.TCPSite(ops, *config.metrics_listen)
                     try:
@@ -184,8 +188,9 @@ async def start(config: Config, identity: Identity, pipeline: Pipeline | None = 
     return runner, bound
 
 
-def run(config: Config, identity: Identity) -> None:
-    """Serve until SIGINT or SIGTERM; open streams are closed on the way out, so exit takes seconds at most."""
+def run(config: Config, identity: Identity, worker: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM; open streams are closed on the way out, so exit takes seconds at most.
+    `worker`: one of several processes sharing the port with SO_REUSEPORT (`edge/workers.py`)."""
     ssl_context = server_context(config)
     loop: asyncio.AbstractEventLoop
     try:
@@ -205,6 +210,9 @@ def run(config: Config, identity: Identity) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app[RELOADER].reload)
 
     def listening(_: object) -> None:
+        if worker:  # the supervisor counts it as listening (its first line, never relayed)
+            sys.stdout.buffer.write(READY)
+            sys.stdout.buffer.flush()
         log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
                  config.upstream, identity.policy.name or config.policy)
         if not config.audit_signing_key_file:
@@ -220,6 +228,7 @@ def run(config: Config, identity: Identity) -> None:
             shutdown_timeout=SHUTDOWN_TIMEOUT,
             handler_cancellation=True,
             access_log=None,
+            reuse_port=worker or None,
             # run_app "prints" once every socket is bound: only then is it true that scopegate listens.
             print=listening,
             loop=loop,

@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from yarl import URL
 
 from proxy.jsonrpc import dumps
-from proxy.ops.metrics import Metrics
 from proxy.store import Store, StoreUnavailable
 
 Check = Callable[[], Awaitable[str | None]]  # None: fine; else the reason it is not
@@ -46,7 +46,8 @@ def store_check(store: Store) -> Check:
     return check
 
 
-def ops_app(metrics: Metrics, checks: dict[str, Check], details: Callable[[], dict[str, Any]]) -> web.Application:
+def ops_app(registry: CollectorRegistry, checks: dict[str, Check],
+            details: Callable[[], dict[str, Any]]) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"alive"}', content_type="application/json")
 
@@ -58,7 +59,7 @@ def ops_app(metrics: Metrics, checks: dict[str, Check], details: Callable[[], di
         return web.Response(status=503 if problems else 200, body=dumps(body), content_type="application/json")
 
     app = web.Application()
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

@@ -49,7 +49,9 @@ class Metrics:
                                      registry=r)
         self.confirmations = Counter("scopegate_confirmations", "Previews issued, confirmed and refused",
                                      ["outcome", "reason"], registry=r)
-        self.open_streams = Gauge("scopegate_open_streams", "SSE streams being relayed now", registry=r)
+        # livesum: in worker mode (prometheus_client multiprocess, edge/workers.py) the sum over live workers
+        self.open_streams = Gauge("scopegate_open_streams", "SSE streams being relayed now", registry=r,
+                                  multiprocess_mode="livesum")
         self.store_errors = Counter("scopegate_store_errors", "Shared store (Redis) operations that failed",
                                     registry=r)
         self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
@@ -65,7 +67,7 @@ class Metrics:
                                      "Audit records given up on: the sink failed for longer than the buffer lasts",
                                      registry=r)
         self.audit_pending = Gauge("scopegate_audit_pending_records", "Audit records not yet written to the sink",
-                                   registry=r)
+                                   registry=r, multiprocess_mode="livesum")
         Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
         PlatformCollector(registry=r)  # python_info

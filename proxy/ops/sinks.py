@@ -37,17 +37,20 @@ class StreamSink:
 
 
 class FileSink:
-    """JSON lines appended to a file (one writer process at a time); its predecessor is the file's last chain."""
+    """JSON lines appended to a file; its predecessor is the file's last chain. Each batch is one write on an
+    O_APPEND descriptor, so the workers of one scopegate (SCOPEGATE_WORKERS) appending to one file never cut
+    into each other's lines."""
 
     TAIL = 1 << 20  # the predecessor's last checkpoint is looked for in the file's last MiB
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.out = open(path, "ab")  # noqa: SIM115 (open for the process's life; closed in close())
+        self.out = open(path, "ab", buffering=0)  # noqa: SIM115 (open for the process's life; closed in close())
 
     async def write(self, lines: list[Line]) -> None:
-        self.out.write(b"".join(line + b"\n" for _, line in lines))
-        self.out.flush()
+        data = memoryview(b"".join(line + b"\n" for _, line in lines))
+        while data:  # a regular file takes it whole; a short write (a full disk) continues where it stopped
+            data = data[self.out.write(data) or 0 :]
 
     async def last_checkpoint(self) -> dict[str, Any] | None:
         with open(self.path, "rb") as handle:

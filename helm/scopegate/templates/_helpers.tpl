@@ -25,3 +25,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if eq .Values.mode "sidecar" -}}http://127.0.0.1:{{ .Values.upstream.port }}{{ .Values.upstream.path }}
 {{- else -}}{{ required "upstream.url is required in standalone mode" .Values.upstream.url }}{{- end -}}
 {{- end -}}
+
+{{/* Serving processes per pod: `workers` when set, else the CPU limit's whole CPUs rounded up (several workers
+need Redis: without it, or without a CPU limit, 1). */}}
+{{- define "scopegate.workers" -}}
+{{- $limits := .Values.resources.limits | default dict -}}
+{{- if .Values.workers -}}
+{{- .Values.workers -}}
+{{- else if and .Values.redis.existingSecret $limits.cpu -}}
+{{- $cpu := toString $limits.cpu -}}
+{{- $milli := 0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $milli = trimSuffix "m" $cpu | atoi -}}
+{{- else -}}
+{{- $milli = mulf (float64 $cpu) 1000 | int -}}
+{{- end -}}
+{{- max 1 (div (add $milli 999) 1000) -}}
+{{- else -}}
+1
+{{- end -}}
+{{- end -}}
