@@ -297,15 +297,15 @@ def test_policy_check(tmp_path: Path) -> None:
     done = _cli("policy", "check", str(bad))
     assert done.returncode == 2
     errors = done.stderr.strip().splitlines()
-    assert f"{bad}: tools.0.effect: Input should be 'read' or 'write'" in errors
-    assert any(line.startswith(f"{bad}: tools.1.confirm:") for line in errors)
-    assert any(line.startswith(f"{bad}: prompts:") for line in errors)
+    assert f"{bad}:4:29: tools.0.effect: expected 'read' or 'write'" in errors
+    assert any(line.startswith(f"{bad}:5:29: tools.1.confirm:") for line in errors)
+    assert f"{bad}:6:1: prompts: expected a list" in errors
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("version: 1\nscopes: [a]\ntools:\n  - {match: x, scopes: [b]}\n  - {match: x, scopes: [a]}\n")
     done = _cli("policy", "check", str(unknown))
     assert done.returncode == 2
-    assert f"{unknown}: tools.0.scopes: scope 'b' is not in `scopes`" in done.stderr
-    assert "tools.1.match: 'x' is matched by an earlier rule already" in done.stderr
+    assert f"{unknown}:4:25: tools.0.scopes.0: scope 'b' is not in `scopes`" in done.stderr
+    assert f"{unknown}:5:6: tools.1.match: 'x' is matched by an earlier rule already" in done.stderr
 
 
 def test_policy_explain(issue: Any) -> None:

@@ -11,18 +11,24 @@ import argparse
 import os
 import sys
 
+from proxy.guards.cases import CasesError, load_cases, run_cases
 from proxy.identity.offline import CredentialProblem, principal_for
 from proxy.identity.principal import effective_scopes
+from proxy.policy import lint
 from proxy.policy.decide import Kind
 from proxy.policy.explain import explain
-from proxy.policy.model import Policy, PolicyError, load_policy
+from proxy.policy.model import Policy, PolicyError, load_policy, schema_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     policy = sub.add_parser("policy", help="check a policy file, or explain a decision")
     actions = policy.add_subparsers(dest="policy_command", required=True)
-    check = actions.add_parser("check", help="validate a policy: exit 0, or 2 with every error")
+    check = actions.add_parser("check", help="validate a policy: exit 0 (warnings on stderr), or 2 with every error")
     check.add_argument("file")
+    test = actions.add_parser("test", help="run table-driven decision cases against a policy: exit 0 all pass, 1 not")
+    test.add_argument("file", help="policy file")
+    test.add_argument("cases", help="cases file (YAML): credential, call, expected outcome")
+    actions.add_parser("schema", help="print the policy file's JSON Schema (policies/policy.schema.json)")
     explain = actions.add_parser("explain", help="the decision for a tool, prompt or resource, and why")
     explain.add_argument("--policy", required=True, help="policy file")
     who = explain.add_mutually_exclusive_group(required=True)
@@ -49,13 +55,46 @@ def _load(path: str) -> Policy:
         raise SystemExit(2) from None
 
 
+def _test(args: argparse.Namespace) -> None:
+    policy = _load(args.file)
+    try:
+        cases = load_cases(args.cases)
+    except CasesError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+    results = run_cases(policy, cases)
+    for result in results:
+        case = result.case
+        got = result.outcome + (f" in {result.workspace}" if result.workspace else "")
+        if result.passed:
+            print(f"ok    {case.name}: {got}")
+        else:
+            wanted = case.expect + (f" in {case.workspace}" if case.workspace else "")
+            print(f"FAIL  {case.name}: expected {wanted}, got {got} ({result.why})")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} of {len(results)} cases pass")
+    raise SystemExit(1 if failed else 0)
+
+
 def main(args: argparse.Namespace) -> None:
     if args.policy_command == "check":
-        policy = _load(args.file)
+        try:
+            policy, warnings = lint.check(args.file)
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+            raise SystemExit(2) from None
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
         counts = f"{len(policy.tools)} tool, {len(policy.prompts)} prompt, {len(policy.resources)} resource rules"
         print(f"{args.file}: ok ({policy.name or 'unnamed'}; {counts}; default {policy.default})")
         return
 
+    if args.policy_command == "schema":
+        print(schema_text())
+        return
+    if args.policy_command == "test":
+        _test(args)
+        return
     policy = _load(args.policy)
     if args.token:
         try:

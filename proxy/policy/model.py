@@ -10,12 +10,15 @@ does not know is an error, so a file written for a later version is refused rath
 
 from __future__ import annotations
 
+import json
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from proxy.policy import source
+from proxy.policy.source import Located
 
 WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
@@ -157,71 +160,75 @@ class Policy(Strict):
 EMPTY = Policy(version=1)
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(top level)"
+def schema_text() -> str:
+    """The JSON Schema of a policy file, as published in policies/policy.schema.json for editors."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Policy.model_json_schema(),
+              "title": "scopegate policy"}
+    return json.dumps(schema, indent=2, sort_keys=False)
 
 
 def load_policy(path: str | Path) -> Policy:
+    return load_located(path)[0]
+
+
+def load_located(path: str | Path) -> tuple[Policy, Located]:
+    """The policy and where each of its parts is in the file. Raises PolicyError: every problem, one per line, as
+    `file:line:column: dotted.path: what was expected`."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise PolicyError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if not isinstance(raw, dict):
-        raise PolicyError(f"{path}: (top level): expected a mapping with `version: 1`")
+        located = source.read(path)
+    except source.SourceError as exc:
+        raise PolicyError(str(exc)) from None
+    if not isinstance(located.data, dict):
+        raise PolicyError(f"{path}:1:1: (top level): expected a mapping with `version: 1`")
     try:
-        policy = Policy.model_validate(raw)
+        policy = Policy.model_validate(located.data)
     except ValidationError as exc:
-        lines = [f"{path}: {_where(err['loc'])}: {err['msg']}" for err in exc.errors()]
-        raise PolicyError("\n".join(lines)) from None
-    problems = []
+        raise PolicyError("\n".join(source.report(path, located, source.schema_problems(Policy, exc)))) from None
+    problems: list[source.Problem] = []
     known = set(policy.scopes)
     for role, scopes in policy.roles.items():
         for scope in scopes:
             if "*" not in scope and known and scope not in known:
-                problems.append(f"{path}: roles.{role}: scope {scope!r} is not in `scopes`")
+                problems.append((("roles", role), f"scope {scope!r} is not in `scopes`"))
     for section in ("tools", "prompts", "resources"):
         seen: set[str] = set()
         for index, rule in enumerate(getattr(policy, section)):
-            where = f"{path}: {section}.{index}"
+            where = (section, index)
             if rule.match in seen:
-                problems.append(f"{where}.match: {rule.match!r} is matched by an earlier rule already")
+                problems.append(((*where, "match"), f"{rule.match!r} is matched by an earlier rule already"))
             seen.add(rule.match)
-            problems += [f"{where}.scopes: scope {scope!r} is not in `scopes`"
-                         for scope in rule.scopes if known and scope not in known]
+            problems += [((*where, "scopes", n), f"scope {scope!r} is not in `scopes`")
+                         for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
                          or rule.fallback != "refuse")
             if section != "tools" and tool_only:
-                problems.append(f"{where}: effect, confirm, dry_run, redact and workspace apply to tools only")
+                problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
             if rule.fallback != "refuse" and rule.confirm != "human":
-                problems.append(f"{where}.fallback: only a rule with `confirm: human` has a fallback")
+                problems.append(((*where, "fallback"), "only a rule with `confirm: human` has a fallback"))
             rest = rule.match.replace(WORKSPACE_SEGMENT, "", 1 if section == "resources" else 0)
             if "{" in rest or "}" in rest:
-                problems.append(f"{where}.match: only a resource URI may hold {WORKSPACE_SEGMENT}, once, and no "
-                                "other braces")
+                problems.append(((*where, "match"), f"only a resource URI may hold {WORKSPACE_SEGMENT}, once, "
+                                 "and no other braces"))
     if policy.oauth is not None:
         oidc = policy.oauth.oidc
         if ("oidc" in policy.oauth.sign_in) != (oidc is not None):
-            problems.append(f"{path}: oauth: sign_in names oidc exactly when there is an oauth.oidc section")
+            problems.append((("oauth",), "sign_in names oidc exactly when there is an oauth.oidc section"))
         if oidc is not None and not policy.roles:
-            problems.append(f"{path}: oauth.oidc: needs `roles`: a person's role is what caps what they may grant")
+            problems.append((("oauth", "oidc"), "needs `roles`: a person's role is what caps what they may grant"))
         for value, role in (oidc.roles.items() if oidc else ()):
             if policy.roles and role not in policy.roles:
-                problems.append(f"{path}: oauth.oidc.roles.{value}: {role!r} is not one of the policy's roles")
-        for scope in policy.oauth.scopes:
+                problems.append((("oauth", "oidc", "roles", value), f"{role!r} is not one of the policy's roles"))
+        for n, scope in enumerate(policy.oauth.scopes):
             if known and scope not in known:
-                problems.append(f"{path}: oauth.scopes: scope {scope!r} is not in `scopes`")
+                problems.append((("oauth", "scopes", n), f"scope {scope!r} is not in `scopes`"))
             if any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in policy.oauth_excluded_scopes):
-                problems.append(f"{path}: oauth.scopes: {scope!r} is in `oauth_excluded_scopes`")
+                problems.append((("oauth", "scopes", n), f"{scope!r} is in `oauth_excluded_scopes`"))
     for name in ("superscope", "read_scope", "write_scope"):
         value = getattr(policy, name)
         if value is not None and known and value not in known:
-            problems.append(f"{path}: {name}: scope {value!r} is not in `scopes`")
+            problems.append(((name,), f"scope {value!r} is not in `scopes`"))
     if problems:
-        raise PolicyError("\n".join(problems))
-    return policy
+        raise PolicyError("\n".join(source.report(path, located, problems)))
+    return policy, located

@@ -1,0 +1,141 @@
+"""Policy test cases: table-driven decisions an operator keeps beside a policy and runs in CI
+(`scopegate policy test POLICY CASES`).
+
+Each case is a credential (scopes, kind, role, workspace grants), a call (method, name, arguments) and what must
+become of it: `allow` (forwarded as it is), `confirm` (held for confirmation: a preview and a token), `deny`
+(refused: scopes, rule, workspace), and optionally the workspace the forwarded call acts in (injected or verified).
+The call goes through the real scope and workspace guards, the code the proxy runs, not a re-statement of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from multidict import CIMultiDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from proxy.exchange import Answer, Exchange
+from proxy.guards.catalog import Catalog
+from proxy.guards.scope import ScopeGuard
+from proxy.guards.workspace import WorkspaceGuard
+from proxy.identity.principal import Kind, Principal, ceiling_scopes, effective_scopes
+from proxy.policy import source
+from proxy.policy.decide import Rules
+from proxy.policy.model import Policy
+from proxy.policy.reload import LivePolicy
+
+_NAME_FIELD = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Credential(_Strict):
+    kind: Kind = "pat"
+    scopes: tuple[str, ...] = ()
+    role: str | None = None
+    workspace: str | None = None  # bound
+    workspaces: tuple[str, ...] | None = None  # user-scoped: the ones it may name (None: all)
+    default_workspace: str | None = None
+    projects: tuple[str, ...] | None = None
+    permissions: dict[str, Literal["read", "write", "admin", "none"]] = Field(default_factory=dict)
+    org_capabilities: dict[str, bool] = Field(default_factory=dict)
+
+
+class Case(_Strict):
+    name: str = Field(min_length=1)
+    credential: Credential = Credential()
+    method: Literal["tools/call", "prompts/get", "resources/read"] = "tools/call"
+    call: str = Field(min_length=1, description="the tool or prompt name, or the resource URI")
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    expect: Literal["allow", "confirm", "deny"]
+    workspace: str | None = None  # the workspace argument the forwarded call carries
+
+
+class Cases(_Strict):
+    default_workspace: str | None = None  # SCOPEGATE_DEFAULT_WORKSPACE, as the proxy would have it
+    tool_prefix: tuple[str, ...] = ()  # SCOPEGATE_TOOL_PREFIX
+    cases: tuple[Case, ...] = Field(min_length=1)
+
+
+class CasesError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Result:
+    case: Case
+    outcome: str  # allow | confirm | deny
+    workspace: str | None
+    why: str
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == self.case.expect and (self.case.workspace is None or
+                                                     self.case.workspace == self.workspace)
+
+
+def load_cases(path: str | Path) -> Cases:
+    path = Path(path)
+    try:
+        located = source.read(path)
+    except source.SourceError as exc:
+        raise CasesError(str(exc)) from None
+    try:
+        return Cases.model_validate(located.data)
+    except ValidationError as exc:
+        raise CasesError("\n".join(source.report(path, located, source.schema_problems(Cases, exc)))) from None
+
+
+def principal(policy: Policy, credential: Credential) -> Principal:
+    grant = set(credential.scopes) | ceiling_scopes(credential.permissions, credential.org_capabilities)
+    bound = credential.workspace
+    workspaces = [bound] if bound is not None else credential.workspaces
+    return Principal(
+        subject="case", credential_id="case", label="case", kind=credential.kind,
+        scopes=effective_scopes(grant, credential.kind, ceiling=policy.ceiling(credential.role),
+                                oauth_excluded=policy.oauth_excluded_scopes),
+        workspaces=frozenset(workspaces) if workspaces is not None else None, bound_workspace=bound,
+        default_workspace=credential.default_workspace or bound,
+        projects=frozenset(credential.projects) if credential.projects is not None else None,
+        permissions=dict(credential.permissions), role=credential.role,
+    )
+
+
+async def _run(policy: Policy, cases: Cases) -> list[Result]:
+    live = LivePolicy(policy, Rules(policy, cases.tool_prefix))
+    catalog = Catalog()  # empty: a case is decided by the policy alone, as before the upstream's list is seen
+    guards = (ScopeGuard(live, catalog), WorkspaceGuard(live, catalog, cases.default_workspace))
+    results = []
+    for case in cases.cases:
+        exchange = Exchange(request_id="case", session_id=None, protocol_version="2025-11-25",
+                            upstream_headers=CIMultiDict(), principal=principal(policy, case.credential))
+        params: dict[str, Any] = {_NAME_FIELD[case.method]: case.call}
+        if case.method != "resources/read":
+            params["arguments"] = dict(case.arguments)
+        message: Any = {"jsonrpc": "2.0", "id": 1, "method": case.method, "params": params}
+        why = ""
+        for guard in guards:
+            message = await guard(exchange, message)
+            if isinstance(message, Answer):
+                response = message.response or {}
+                why = (response.get("error", {}).get("message")
+                       or response.get("result", {}).get("content", [{}])[0].get("text", "refused"))
+                break
+        if isinstance(message, Answer):
+            results.append(Result(case, "deny", None, why))
+            continue
+        decision = exchange.decision
+        held = decision is not None and decision.confirm
+        workspace = message["params"].get("arguments", {}).get(policy.workspace_property)
+        results.append(Result(case, "confirm" if held else "allow", workspace if isinstance(workspace, str) else None,
+                              decision.because if decision is not None else ""))
+    return results
+
+
+def run_cases(policy: Policy, cases: Cases) -> list[Result]:
+    return asyncio.run(_run(policy, cases))
