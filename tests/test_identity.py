@@ -398,8 +398,8 @@ def test_bad_policy_is_a_configuration_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--upstream", "http://127.0.0.1:1/mcp",
                            "--policy", str(bad)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
-    assert "issuers.0: Value error, jwks_url must be an http(s) URL" in done.stderr
-    assert "rules: Extra inputs are not permitted" in done.stderr
+    assert f"{bad}:3:5: issuers.0: jwks_url must be an http(s) URL" in done.stderr
+    assert f"{bad}:5:1: rules: unknown key `rules` (did you mean `roles`?)" in done.stderr
 
 
 async def test_hs256_only_with_an_explicit_development_secret(start_proxy: Any, upstream: Any,

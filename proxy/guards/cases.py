@@ -59,6 +59,9 @@ class Case(_Strict):
 class Cases(_Strict):
     default_workspace: str | None = None  # SCOPEGATE_DEFAULT_WORKSPACE, as the proxy would have it
     tool_prefix: tuple[str, ...] = ()  # SCOPEGATE_TOOL_PREFIX
+    # The upstream's tools/list `tools`, where the policy leaves a decision to them (a workspace argument, or
+    # `default: annotations`); none: as if the upstream listed no tools.
+    upstream_tools: tuple[dict[str, Any], ...] = ()
     cases: tuple[Case, ...] = Field(min_length=1)
 
 
@@ -108,7 +111,10 @@ def principal(policy: Policy, credential: Credential) -> Principal:
 
 async def _run(policy: Policy, cases: Cases) -> list[Result]:
     live = LivePolicy(policy, Rules(policy, cases.tool_prefix))
-    catalog = Catalog()  # empty: a case is decided by the policy alone, as before the upstream's list is seen
+    async def listed() -> list[Any]:
+        return list(cases.upstream_tools)
+
+    catalog = Catalog(listed)
     guards = (ScopeGuard(live, catalog), WorkspaceGuard(live, catalog, cases.default_workspace))
     results = []
     for case in cases.cases:
