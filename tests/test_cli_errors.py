@@ -116,19 +116,24 @@ def test_bad_input_is_one_line_and_exit_2(name: str, busy_port: int, registry: P
     one_line(scopegate(*argv), words)
 
 
-def test_demo_with_9464_busy_says_so() -> None:
+def test_demo_with_9464_busy_says_so(busy_port: int) -> None:
     """The default metrics port, as `make run` uses it: busy (ours or anyone's) is one line, not a traceback."""
-    from proxy.demo.run import free_port
+    from proxy.demo.run import _port_free, free_port
 
     holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed socket's TIME_WAIT must not stop us
     try:
         try:
             holder.bind(("127.0.0.1", 9464))
             holder.listen()
-        except OSError:
-            pass  # something else holds it already: just as busy
-        done = scopegate("demo", "--port", str(free_port()), "--upstream-port", str(free_port()))
-        one_line(done, "port 9464 is in use")
+            metrics: tuple[str, ...] = ()
+            port = 9464
+        except OSError:  # bound by something that does not listen on loopback: ask for a port we know is busy
+            metrics, port = ("--metrics-port", str(busy_port)), busy_port
+            if not _port_free(9464):
+                metrics, port = (), 9464  # someone listens there: just as busy
+        done = scopegate("demo", "--port", str(free_port()), "--upstream-port", str(free_port()), *metrics)
+        one_line(done, f"port {port} is in use")
     finally:
         holder.close()
 
