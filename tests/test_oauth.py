@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 import time
@@ -737,3 +738,33 @@ async def test_project_choice_narrows_and_connected_apps_shows_it(oauth_proxy: A
         assert claims["projects"] == ["alpha"] and claims["workspaces"] == ["acme"]
         apps = await person.http.get(proxy.issuer + "/apps")
     assert "Projects: alpha" in apps.text
+
+
+async def test_oauth_events_join_the_audit_trail_without_secrets(oauth_proxy: Any, tmp_path: Path) -> None:
+    from tests.conftest import wait_until
+
+    trail = tmp_path / "audit.jsonl"
+    proxy = await oauth_proxy.start(audit_sink=f"file:{trail}")
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy)
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"], untick=("mcp:write",)), client_id,
+                              challenge)
+        tokens = (await exchange(http, proxy, client_id, code, verifier)).json()
+        await exchange(http, proxy, client_id, code, verifier)  # a replay: the grant is revoked
+
+    def events() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in trail.read_text().splitlines()] if trail.exists() else []
+        return [r for r in lines if str(r.get("method", "")).startswith("oauth/")]
+
+    assert await wait_until(lambda: len(events()) >= 4)
+    seen = [(r["method"], r["decision"], r["reason"]) for r in events()]
+    assert seen == [("oauth/register", "allow", "RFC 7591"), ("oauth/consent", "allow", "mcp:read"),
+                    ("oauth/token", "allow", "authorization_code"),
+                    ("oauth/token", "deny", "code replayed: grant revoked")]
+    consent = events()[1]
+    assert consent["target"] == client_id and consent["subject"] == "user-writer"
+    assert consent["credential_id"] == "sgo_" + claims_of(tokens["access_token"])["gid"]
+    text = trail.read_text()
+    for secret in (code, tokens["access_token"], tokens["refresh_token"], verifier, oauth_proxy.tokens["writer"]):
+        assert secret not in text

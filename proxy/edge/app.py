@@ -109,6 +109,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
                                     raw_arguments=config.audit_arguments)
                 await audit.start()
+                if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
+                    oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
                 app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,

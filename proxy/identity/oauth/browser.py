@@ -94,6 +94,7 @@ class Pages:
                       else None)
         except DocumentRefused as exc:
             log.info("client metadata document refused: %s", exc)
+            self.server.evidence.record("authorize", "deny", str(exc)[:200], client_id=client_ids[0][:200])
             return self.error(str(exc))
         try:
             req = check_authorization(params, client, s.resource, s.offered)
@@ -120,6 +121,8 @@ class Pages:
         principal = await self._principal(token if isinstance(token, str) else "")
         if principal is None:
             log.info("OAuth sign-in refused")
+            self.server.evidence.record("signin", "deny", "credential not accepted",
+                                        client_id=req.client.client_id if req else None)
             if req is None:
                 return self.page("signin.html", client=None, request_id="", error="That credential was not accepted.",
                                  status=401)
@@ -171,6 +174,7 @@ class Pages:
                                                       s.offered, s.ceiling)
         except SignInFailed as exc:
             log.info("OIDC sign-in refused: %s", exc)
+            self.server.evidence.record("signin", "deny", f"OIDC: {exc}"[:200])
             return self.error(f"Sign-in failed: {exc}.", 403)
         response = web.Response(status=303, headers={"Cache-Control": "no-store"})
         response.del_cookie(OIDC_COOKIE, path=self.path)
@@ -221,6 +225,8 @@ class Pages:
             return self.error("This authorization request has expired or was already answered.")
         req = _decode(raw)
         if data.get("decision") != "allow":
+            self.server.evidence.record("consent", "deny", "the person said no", client_id=req.client.client_id,
+                                        subject=session.subject, label=req.client.name)
             return _redirect(req.redirect_uri, {"error": "access_denied", "error_description": "the user said no",
                                                 "state": req.state, "iss": s.issuer})
         offered = self.server.consent_toggles(req.scopes, session.scopes)
@@ -239,6 +245,9 @@ class Pages:
         )
         code = await self.server.grants.issue_code(PendingCode(grant, req.redirect_uri, req.code_challenge))
         log.info("OAuth consent given", extra={"credential_id": grant.credential_id, "client_id": grant.client_id})
+        self.server.evidence.record("consent", "allow", " ".join(grant.scopes) or "(no scope)",
+                                    client_id=grant.client_id, subject=grant.subject,
+                                    credential_id=grant.credential_id, label=grant.client_name)
         return _redirect(req.redirect_uri, {"code": code, "state": req.state, "iss": s.issuer})
 
     @staticmethod
@@ -315,9 +324,14 @@ class Pages:
             if grant is None or grant.subject != session.subject:
                 return self.error("No such app.", 404)
             await self.server.grants.revoke(grant.grant_id)
+            self.server.evidence.record("revoke", "allow", "revoked on Connected apps", client_id=grant.client_id,
+                                        subject=grant.subject, credential_id=grant.credential_id,
+                                        label=grant.client_name)
         elif isinstance(target, str) and any(r.id == target for r in self._records(session.subject)):
             await self.server.store.set(REVOKED_KEY + target, "1")  # type: ignore[union-attr]
             log.info("credential revoked on Connected apps", extra={"credential_id": target})
+            self.server.evidence.record("revoke", "allow", "revoked on Connected apps", subject=session.subject,
+                                        credential_id=target)
         else:
             return self.error("No such credential.", 404)
         return web.Response(status=303, headers={"Location": f"{self.path}/apps?notice=Revoked.",

@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
 from proxy.identity.oauth.cimd import MetadataDocuments
 from proxy.identity.oauth.clients import Client, Clients, RegistrationRefused
+from proxy.identity.oauth.evidence import Evidence
 from proxy.identity.oauth.grants import Grant, Grants, Replayed, access_claims, now
 from proxy.identity.oauth.keys import KeyRing
 from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn
@@ -105,6 +106,7 @@ class OAuthServer:
         self.settings = settings
         self.registry = registry
         self.store: Store | None = None
+        self.evidence = Evidence()  # the edge connects it to the audit trail
 
     def attach(self, store: Store) -> None:
         """Bind to the shared store once the app has opened it.
@@ -195,8 +197,10 @@ class OAuthServer:
             return oauth_error("invalid_request", "code is required")
         try:
             pending = await self.grants.take_code(code)
-        except Replayed:
+        except Replayed as exc:
             log.warning("authorization code replayed; its grant is revoked", extra={"client_id": client_id})
+            self.evidence.record("token", "deny", "code replayed: grant revoked", client_id=client_id,
+                                 credential_id="sgo_" + str(exc))
             return oauth_error("invalid_grant", "code already used")
         if pending is None:
             return oauth_error("invalid_grant", "unknown or expired code")
@@ -206,9 +210,13 @@ class OAuthServer:
         if params.get("redirect_uri") != pending.redirect_uri:
             return oauth_error("invalid_grant", "redirect_uri differs from the authorization request")
         if not pkce_matches(params.get("code_verifier"), pending.code_challenge):
+            self.evidence.record("token", "deny", "PKCE verification failed", client_id=client_id)
             return oauth_error("invalid_grant", "PKCE verification failed")
         refresh_token = await self.grants.start(pending.grant)
         log.info("OAuth grant issued", extra={"credential_id": pending.grant.credential_id, "client_id": client_id})
+        grant = pending.grant
+        self.evidence.record("token", "allow", "authorization_code", client_id=client_id, subject=grant.subject,
+                             credential_id=grant.credential_id, label=grant.client_name)
         return self._tokens(pending.grant, pending.grant.scopes, refresh_token)
 
     async def _refresh(self, params: dict[str, str], client_id: str) -> web.Response:
@@ -220,6 +228,8 @@ class OAuthServer:
         except Replayed as exc:
             log.warning("refresh token replayed; the whole family is revoked",
                         extra={"credential_id": "sgo_" + str(exc), "client_id": client_id})
+            self.evidence.record("token", "deny", "refresh token replayed: grant revoked", client_id=client_id,
+                                 credential_id="sgo_" + str(exc))
             return oauth_error("invalid_grant", "refresh token already used")
         if rotated is None:
             return oauth_error("invalid_grant", "unknown, expired or revoked refresh token")
@@ -246,6 +256,7 @@ class OAuthServer:
         except RegistrationRefused as exc:
             return oauth_error(exc.error, exc.description)
         log.info("OAuth client registered", extra={"client_id": client.client_id})
+        self.evidence.record("register", "allow", "RFC 7591", client_id=client.client_id, label=client.name)
         answer = {"client_id": client.client_id, "client_id_issued_at": now(), "client_name": client.name,
                   "redirect_uris": list(client.redirect_uris), "token_endpoint_auth_method": "none",
                   "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]}
@@ -266,6 +277,9 @@ class OAuthServer:
             grant = await self.grants.find(grant_id)
             if grant is not None and (client_id is None or client_id == grant.client_id):
                 await self.grants.revoke(grant_id)
+                self.evidence.record("revoke", "allow", "RFC 7009: grant revoked", client_id=grant.client_id,
+                                     subject=grant.subject, credential_id=grant.credential_id,
+                                     label=grant.client_name)
         return web.Response(status=200, headers=NO_STORE)
 
     async def _grant_of(self, token: str) -> str | None:
