@@ -45,12 +45,12 @@ BENCH_POLICY = BENCH_FOLDER / "policy.yaml"
 BENCH_POLICY.write_text(
     """version: 1
 scopes: [mcp:read, mcp:write]
-tools:
-  - {match: get_period_status, scopes: [mcp:read]}
-  - {match: tick, scopes: [mcp:read]}
-  - {match: "module0*", scopes: [mcp:read]}
-  - {match: "module1*", scopes: [mcp:write], effect: write}
-  - {match: create_thing, scopes: [mcp:read], effect: write}
+tools:  # workspace: said for every rule, as in the shipped policies (else the upstream's schema would decide)
+  - {match: get_period_status, scopes: [mcp:read], workspace: none}
+  - {match: tick, scopes: [mcp:read], workspace: none}
+  - {match: "module0*", scopes: [mcp:read], workspace: none}
+  - {match: "module1*", scopes: [mcp:write], effect: write, workspace: none}
+  - {match: create_thing, scopes: [mcp:read], effect: write, workspace: none}
 """
 )
 
@@ -229,7 +229,6 @@ def filter_cost(rounds: int = 50) -> tuple[float, float, int]:
     from upstream import TOOLS  # bench/ is on sys.path: this file runs as a script
 
     from proxy.exchange import Exchange
-    from proxy.guards.catalog import Catalog
     from proxy.guards.list_filter import ListFilter
     from proxy.identity.pats import Registry
     from proxy.policy.decide import Rules
@@ -239,7 +238,7 @@ def filter_cost(rounds: int = 50) -> tuple[float, float, int]:
     policy = load_policy(BENCH_POLICY)
     principal, _ = Registry(BENCH_FOLDER / "pats.yaml", policy).lookup(TOKEN)
     exchange = Exchange("bench", None, "2026-07-28", CIMultiDict(), principal=principal)
-    listing = ListFilter(LivePolicy(policy, Rules(policy)), Catalog())
+    listing = ListFilter(LivePolicy(policy, Rules(policy)))
     body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": TOOLS}})
     parse = filt = 0.0
     kept = 0
