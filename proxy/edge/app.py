@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
+from proxy.edge.cors import Cors
 from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
@@ -173,6 +174,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     endpoint = tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, endpoint)
+    Cors(config.origin_policy).install(app)  # last: it answers preflights on every route above
     return app
 
 
