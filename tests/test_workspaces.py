@@ -9,10 +9,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from mcp import types
 
 from proxy.guards.workspace import decode_header, encode_header, project_problem, workspace_problem
 from proxy.identity.principal import Principal
-from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
+from tests.conftest import MODERN_META, MODES, POLICIES, TOKENS, Recorder, sdk_client
+from tests.rawmcp import LegacySession
 
 PERIOD = {"period": "2026-10"}
 
@@ -232,3 +234,29 @@ async def test_list_changed_makes_the_proxy_fetch_the_schema_again(start_proxy: 
         assert catalog.fresh() and "workspaceId" in catalog.tools["list_payslips"].properties
     finally:
         own.stop()
+
+
+async def test_a_task_augmented_call_refused_for_its_workspace_gets_a_held_task(proxy_url: str,
+                                                                               recorder: Recorder) -> None:
+    """2025-11-25 tasks: a client that asked for a task chokes on a plain result. Whichever guard refuses the call
+    (here the workspace guard), the refusal comes back as a task the proxy holds, its result the refusal; nothing
+    reaches the upstream."""
+    async def rpc(session: LegacySession, msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        async with session.post({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}) as resp:
+            body = await resp.read()
+        if resp.headers["Content-Type"].startswith("application/json"):
+            return orjson.loads(body)
+        (data,) = [line[5:] for line in body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
+        return orjson.loads(data)
+
+    async with aiohttp.ClientSession() as http:
+        reader = LegacySession(http, proxy_url, token=TOKENS["reader"])  # bound to acme
+        await reader.open()
+        created = await rpc(reader, 1, "tools/call", {"name": "list_accounts", "arguments": {"workspaceId": "globex"},
+                                                      "task": {"ttl": 60000}})
+        task = types.CreateTaskResult.model_validate(created["result"]).task
+        assert task.status == "completed" and task.task_id.startswith("scopegate-task-")
+        payload = (await rpc(reader, 2, "tasks/result", {"taskId": task.task_id}))["result"]
+        refusal = types.CallToolResult.model_validate(payload)
+        assert refusal.is_error and "bound to workspace 'acme'" in refusal.content[0].text
+    assert recorder.calls("tools/call") == [] and recorder.calls("tasks/result") == []

@@ -32,7 +32,6 @@ from proxy.guards.confirmation import (
     used_key,
 )
 from proxy.guards.human import Held, HumanApproval
-from proxy.guards.tasks import hold, wants_task
 from proxy.jsonrpc import Message
 from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
@@ -78,7 +77,7 @@ class ConfirmGuard:
                                                    self._bindings(exchange, tool, args),
                                                    lambda: self._held(exchange, message, tool, args, rule))
                 if outcome is not HumanApproval.USE_TOKEN:
-                    return await self._as_task(exchange, message, outcome)
+                    return outcome
             if token is None:
                 outcome = await self._preview(await self._held(exchange, message, tool, args, rule))
             else:
@@ -86,14 +85,7 @@ class ConfirmGuard:
         except StoreUnavailable:
             outcome = tool_result(exchange, message.get("id"), "confirmation store unavailable: the write was not "
                                   "made; retry shortly", error=True, decision="refuse", reason="store unavailable")
-        return await self._as_task(exchange, message, outcome)
-
-    async def _as_task(self, exchange: Exchange, message: Message,
-                       outcome: Message | Answer | Conversation) -> Message | Answer | Conversation:
-        if isinstance(outcome, Answer) and wants_task(message):
-            # The caller asked for a task: it gets one, holding the proxy's answer (a preview or a refusal).
-            return await hold(self.store, exchange, outcome, self.live.policy.confirm_ttl_seconds)
-        return outcome
+        return outcome  # a task-augmented call gets its answer as a held task: the pipeline's answer hook
 
     def _bindings(self, exchange: Exchange, tool: str, args: dict[str, Any]) -> dict[str, Any]:
         principal = exchange.principal

@@ -32,7 +32,7 @@ from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
-from proxy.guards.tasks import TaskGuard
+from proxy.guards.tasks import HeldTasks, TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
 from proxy.identity.authenticate import Authenticate, Challenge
 from proxy.identity.metadata import WELL_KNOWN
@@ -71,6 +71,9 @@ class Pipeline:
     # A plain response the relay recognises in its bytes (`ResponseRewrite.raw`) is not parsed and not shown here:
     # a response announces nothing.
     upstream_watches: tuple[Callable[[Message], None], ...] = ()
+    # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
+    # task-augmented call, whichever guard answered it).
+    answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
 
     def __post_init__(self) -> None:
         by_method: dict[str, tuple[Rewriter, ...]] = {}
@@ -92,6 +95,8 @@ class Pipeline:
     async def guard(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
         for guard in self.guards:
             outcome = await guard(exchange, message)
+            if isinstance(outcome, Answer) and self.answer_hook is not None:
+                return await self.answer_hook(exchange, message, outcome)
             if isinstance(outcome, Answer | Conversation):
                 return outcome
             message = outcome
@@ -143,7 +148,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             ConfirmGuard(live, store, upstream_call, HumanApproval(store, clients)),
-            TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the confirm guard holds, for their owner
+            TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the proxy holds, for their owner
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
@@ -156,4 +161,6 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         upstream_headers=tuple(identity.secret_headers.items()),
         # notifications/tools/list_changed: the catalog is fetched again, the filtered lists are forgotten
         upstream_watches=(catalog.saw, lists.saw),
+        # A task-augmented call the proxy answers itself (a preview, any guard's refusal) gets a task it holds.
+        answer_hook=HeldTasks(store, live),
     )

@@ -1,10 +1,11 @@
 """Proxy-held tasks: a task-augmented `tools/call` (2025-11-25 `params.task`) that the proxy answers itself.
 
 A client that asks for a task expects a `CreateTaskResult`, then polls `tasks/get` and fetches `tasks/result`; a
-plain result in its place breaks it (the TypeScript SDK: `path ["task"] expected object`). So when the confirm guard
-answers such a call itself (a preview, a refusal), the answer is kept as a finished task and the client is given the
-task. This guard answers `tasks/get`, `tasks/result` and `tasks/cancel` for those task ids, and only for the
-credential and session that made them; every other task id is the upstream's business and passes through.
+plain result in its place breaks it (the TypeScript SDK: `path ["task"] expected object`). So when the proxy answers
+such a call itself (a preview, or any guard's refusal: `HeldTasks`, the pipeline's answer hook), the answer is kept
+as a finished task and the client is given the task. `TaskGuard` answers `tasks/get`, `tasks/result` and
+`tasks/cancel` for those task ids, and only for the credential and session that made them; every other task id is
+the upstream's business and passes through.
 
 Why a held task rather than a JSON-RPC error: an error would hide the preview (and its token) from every
 task-augmented caller, so a write held for confirmation could never be confirmed from a client that uses tasks.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -23,14 +24,19 @@ from proxy.exchange import Answer, Exchange
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
 from proxy.store import Store, StoreUnavailable
 
+if TYPE_CHECKING:
+    from proxy.policy.reload import LivePolicy
+
 TASK_PREFIX = "scopegate-task-"
 RELATED_TASK = "io.modelcontextprotocol/related-task"
 METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel"})
 
 
 def wants_task(message: Message) -> bool:
+    """A task-augmented `tools/call`. Only calls: clients also repeat `task` on `tasks/get` (the TypeScript SDK does),
+    and those the task guard answers as they are."""
     params = message.get("params")
-    return isinstance(params, dict) and isinstance(params.get("task"), dict)
+    return message.get("method") == "tools/call" and isinstance(params, dict) and isinstance(params.get("task"), dict)
 
 
 def _key(task_id: str) -> str:
@@ -67,6 +73,19 @@ async def hold(store: Store, exchange: Exchange, answer: Answer, ttl_seconds: in
                             "changed; retry shortly"), decision="refuse", reason="store unavailable")
     return Answer({"jsonrpc": "2.0", "id": response.get("id"), "result": {"task": task}},
                   decision=answer.decision, reason=answer.reason)
+
+
+class HeldTasks:
+    """The pipeline's answer hook: a guard's own answer to a task-augmented call is held as a finished task."""
+
+    def __init__(self, store: Store, live: LivePolicy) -> None:
+        self.store = store
+        self.live = live
+
+    async def __call__(self, exchange: Exchange, message: Message, answer: Answer) -> Answer:
+        if answer.response is None or not wants_task(message) or exchange.principal is None:
+            return answer
+        return await hold(self.store, exchange, answer, self.live.policy.confirm_ttl_seconds)
 
 
 class TaskGuard:
