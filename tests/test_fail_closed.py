@@ -159,6 +159,13 @@ async def explode_in_hook(exchange: Any, status: int, headers: Any) -> None:
     raise RuntimeError(f"hook exploded with {SECRET_TOKEN}")
 
 
+class ExplodingRewriter:
+    methods = frozenset({"tools/call"})
+
+    def __call__(self, exchange: Any, method: str, response: dict) -> dict:
+        raise KeyError(f"rewriter exploded on {response} with {SECRET_TOKEN}")
+
+
 def _everything_logged(caplog: pytest.LogCaptureFixture) -> str:
     import logging
 
@@ -173,14 +180,15 @@ def _everything_logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("step", ["admission", "guard", "hook"])
+@pytest.mark.parametrize("step", ["admission", "guard", "hook", "rewriter"])
 async def test_an_exception_in_any_step_is_a_json_rpc_500_and_logs_no_request_data(
         step: str, start_proxy: Any, upstream: Any, recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
     from proxy.guards.pipeline import Pipeline
 
     pipeline = {"admission": Pipeline(admission=(explode_in_admission,)),
                 "guard": Pipeline(guards=(explode_in_guard,)),
-                "hook": Pipeline(response_hooks=(explode_in_hook,))}[step]
+                "hook": Pipeline(response_hooks=(explode_in_hook,)),
+                "rewriter": Pipeline(rewriters=(ExplodingRewriter(),))}[step]
     url = await start_proxy(upstream.url, pipeline=pipeline)
     marker = "arg-" + "7" * 20
     body = orjson.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
@@ -196,7 +204,7 @@ async def test_an_exception_in_any_step_is_a_json_rpc_500_and_logs_no_request_da
     logged = _everything_logged(caplog)
     assert "req-explode-1" in str([getattr(r, "request_id", "") for r in caplog.records])  # it was logged...
     assert SECRET_TOKEN not in logged and marker not in logged and "exploded" not in logged  # ...without data
-    if step != "hook":
+    if step in ("admission", "guard"):
         assert recorder.calls("tools/call") == []  # and nothing of it was forwarded
 
 
