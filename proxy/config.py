@@ -142,6 +142,12 @@ def _text(name: str, value: str) -> str:
     return value
 
 
+def _secret(name: str, value: str) -> str:
+    if len(value) < 32:
+        raise ConfigError(f"{name}: expected a random secret of at least 32 characters")
+    return value
+
+
 def _level(name: str, value: str) -> str:
     if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"{name}: expected debug, info, warning or error, got {value!r}")
@@ -219,6 +225,8 @@ SETTINGS = (
     Setting("audit_checkpoint_seconds", _seconds, "and every T seconds, even when idle (default 60)"),
     Setting("otel_exporter_otlp_endpoint", _url, "OTLP/HTTP endpoint for OpenTelemetry traces, e.g. "
             "http://otel-collector:4318 (the standard OTEL_EXPORTER_OTLP_* variables work too); unset: no tracing"),
+    Setting("stream_key", _secret, "secret (32+ chars) that seals SSE event ids to caller and session; default: "
+                                   "one random key shared through Redis, or per process without Redis"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -260,6 +268,7 @@ class Config:
     audit_checkpoint_seconds: float = 60.0
     otel_exporter_otlp_endpoint: URL | None = None
     tracing: bool = False  # an OTLP endpoint, or the standard OTEL_* variables, are set
+    stream_key: str | None = field(default=None, repr=False)
 
     @property
     def tls(self) -> bool:

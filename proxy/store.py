@@ -29,6 +29,7 @@ class Store(Protocol):
     # A hand-over between replicas: one pushes a value, whichever replica waits on the key gets it (once).
     async def push(self, key: str, value: str, *, ttl: int) -> None: ...
     async def pop_wait(self, key: str, seconds: float) -> str | None: ...  # None when nothing came in time
+    async def get_or_set(self, key: str, value: str) -> str: ...  # the value already there, else `value`: atomic
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -94,6 +95,13 @@ class MemoryStore:
             self._arrived.pop(key, None)
         values = self._lists.pop(key)
         return values[0]
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        current = self._live(key)
+        if current is None:
+            await self.set(key, value)
+            return value
+        return current
 
     async def ping(self) -> None:
         return None
@@ -171,6 +179,10 @@ class RedisStore:
             if found:
                 return found[1]
         return None
+
+    async def get_or_set(self, key: str, value: str) -> str:
+        current = await self._run(self._redis.set(key, value, nx=True, get=True))  # SET NX GET: one winner
+        return value if current is None else current
 
     async def ping(self) -> None:
         await self._run(self._redis.ping())

@@ -24,7 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from yarl import URL
 
 from proxy.config import Config
-from proxy.demo.event_store import MemoryEventStore
+from proxy.demo.event_store import resumable_app
 from proxy.demo.ledger import build_server
 from proxy.demo.run import free_port
 from proxy.edge.app import start
@@ -153,7 +153,7 @@ class ThreadedServer:
 @pytest.fixture(scope="session")
 def upstream() -> Any:
     port = free_port()
-    app = build_server().streamable_http_app(event_store=MemoryEventStore(), retry_interval=100)
+    app = resumable_app(build_server(), retry_interval=100)
     recorder = Recorder(app)
     server = ThreadedServer(recorder, port)
     server.start()
@@ -319,11 +319,11 @@ def issue(tmp_path: Path) -> Any:
 
 @pytest.fixture
 def app_token_upstream() -> Any:
-    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.event_store import resumable_app
     from proxy.demo.ledger import build_server, require_app_token
 
     port = free_port()
-    app = build_server().streamable_http_app(event_store=MemoryEventStore())
+    app = resumable_app(build_server())
     server = ThreadedServer(require_app_token(app, "commerce-app-token-42"), port)
     server.start()
     yield f"http://127.0.0.1:{port}/mcp"

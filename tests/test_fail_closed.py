@@ -504,11 +504,11 @@ async def test_an_echoed_notice_string_changes_nothing(start_proxy: Any, upstrea
 async def test_no_schema_no_decision_503(start_proxy: Any, recorder: Recorder, issue: Any, tmp_path: Path) -> None:
     """An upstream whose tools/list fails (only the proxy's own asks fail here): delegated calls wait, then 503;
     nothing is forwarded unchecked."""
-    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.event_store import resumable_app
     from proxy.demo.ledger import build_server
     from tests.conftest import ThreadedServer, free_port
 
-    inner = Recorder(build_server().streamable_http_app(event_store=MemoryEventStore()))
+    inner = Recorder(resumable_app(build_server()))
 
     async def broken_lists(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and (b"x-request-id", b"scopegate-catalog") in scope["headers"]:

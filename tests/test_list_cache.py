@@ -107,7 +107,7 @@ def _exchange(principal: Principal, version: str | None) -> Exchange:
 
 def _whole_path(live: LivePolicy, exchange: Exchange, method: str, body: bytes) -> Any:
     """What the filter makes with nothing cached: parse the whole body, filter it."""
-    return ListFilter(live, ListCache(0))(exchange, method, orjson.loads(body))
+    return ListFilter(live, ListCache(0))(exchange, orjson.loads(body), method)
 
 
 @pytest.mark.parametrize("data, msg_id, result", [
@@ -205,16 +205,16 @@ def test_a_hit_is_the_whole_path_for_every_caller(live: LivePolicy) -> None:
             exchange = _exchange(principal, version)
             found = recognise_response(body)
             assert found is not None
-            got = orjson.loads(splice_response(found.msg_id, listing.raw(exchange, method, found)))
+            got = orjson.loads(splice_response(found.msg_id, listing.raw(exchange, found, method)))
             ListFilter.__call__ = original  # type: ignore[method-assign]
             expected = _whole_path(live, exchange, method, body)
             ListFilter.__call__ = counting  # type: ignore[method-assign]
             assert got == expected, (principal.scopes, principal.bound_workspace, version, method)
     finally:
         ListFilter.__call__ = original  # type: ignore[method-assign]
-    # Filtered once per distinct key, every other ask a hit: 16 scope sets x 3 versions, x 2 (bound or not) for
-    # tools/list, where a bound workspace hides an argument, x 4 reaches for resources/list, where it hides resources.
-    assert made == len(listing.cache) == 16 * 3 * (2 + 1 + 4 + 1)
+    # Filtered once per distinct key, every other ask a hit: 16 scope sets x 3 versions x 4 reaches, for each of
+    # the 4 methods (any result may hold any kind of list, so every key holds every fact a list kind reads).
+    assert made == len(listing.cache) == 16 * 3 * 4 * 4
 
 
 def test_another_callers_list_is_never_served(live: LivePolicy) -> None:
@@ -238,8 +238,8 @@ def test_another_callers_list_is_never_served(live: LivePolicy) -> None:
         found = recognise_response(data)
         assert found is not None
         listing = ListFilter(live)
-        seen_first = orjson.loads(listing.raw(_exchange(*first), method, found))
-        seen_second = orjson.loads(listing.raw(_exchange(*second), method, found))
+        seen_first = orjson.loads(listing.raw(_exchange(*first), found, method))
+        seen_second = orjson.loads(listing.raw(_exchange(*second), found, method))
         assert seen_first != seen_second
         assert seen_second == _whole_path(live, _exchange(*second), method, data)["result"]
 
@@ -252,7 +252,7 @@ def test_the_same_bytes_as_another_list_method(live: LivePolicy) -> None:
     caller = _exchange(_principal("x", ("a", "b"), None), None)
     listing = ListFilter(live)
     for method in LISTS:
-        got = orjson.loads(listing.raw(caller, method, found))
+        got = orjson.loads(listing.raw(caller, found, method))
         assert got == _whole_path(live, caller, method, splice_response(1, found.result))["result"], method
 
 
@@ -262,13 +262,13 @@ def test_a_policy_reload_empties_the_cache(live: LivePolicy, tmp_path: Path) -> 
     assert found is not None
     caller = _exchange(_principal("x", ("a",), None), None)
     listing = ListFilter(live)
-    before = {t["name"] for t in orjson.loads(listing.raw(caller, "tools/list", found))["tools"]}
+    before = {t["name"] for t in orjson.loads(listing.raw(caller, found, "tools/list"))["tools"]}
     assert "alpha_1" in before
     stricter = tmp_path / "stricter.yaml"
     stricter.write_text(POLICY.replace('{match: "alpha_*", scopes: [a]}', '{match: "alpha_*", scopes: [b]}'))
     policy = load_policy(stricter)
     live.policy, live.rules = policy, Rules(policy)
-    after = {t["name"] for t in orjson.loads(listing.raw(caller, "tools/list", found))["tools"]}
+    after = {t["name"] for t in orjson.loads(listing.raw(caller, found, "tools/list"))["tools"]}
     assert not any(name.startswith("alpha_") for name in after)
     assert len(listing.cache) == 1
 
@@ -290,7 +290,7 @@ def test_list_changed_forgets(live: LivePolicy) -> None:
     listing = ListFilter(live)
     found = recognise_response(orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": LISTS["prompts/list"]}))
     assert found is not None
-    listing.raw(_exchange(_principal("x", ("b",), None), None), "prompts/list", found)
+    listing.raw(_exchange(_principal("x", ("b",), None), None), found, "prompts/list")
     assert len(listing.cache) == 1
     listing.saw({"jsonrpc": "2.0", "id": 3, "method": "notifications/tools/list_changed"})  # not a notification
     listing.saw({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"})

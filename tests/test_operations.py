@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.demo.event_store import MemoryEventStore
+from proxy.demo.event_store import resumable_app
 from proxy.demo.ledger import build_server
 from proxy.edge.app import OPS_PORT
 from tests.conftest import MODERN_META, TOKENS, Recorder, ThreadedServer, free_port
@@ -99,7 +99,7 @@ async def test_healthz_and_readyz_follow_upstream_and_redis(start_proxy: Any, re
     upstream_port = free_port()
 
     def serve() -> ThreadedServer:
-        server = ThreadedServer(build_server().streamable_http_app(event_store=MemoryEventStore()), upstream_port)
+        server = ThreadedServer(resumable_app(build_server()), upstream_port)
         server.start()
         return server
 

@@ -1,5 +1,6 @@
-"""The seam the policy steps plug into: guards answer or rewrite messages; rewriters change responses by method,
-in JSON bodies, in SSE streams and on resumed GET streams. Test steps here stand in for the real ones to come."""
+"""The seam the policy steps plug into: guards answer or rewrite messages; rewriters change every response, in JSON
+bodies, in SSE streams and on resumed GET streams, told the method when the proxy knows it; upstream watches see
+every message the upstream sends. Test steps here stand in for the real ones."""
 
 from __future__ import annotations
 
@@ -35,9 +36,7 @@ async def pin_workspace(exchange: Exchange, message: dict) -> dict:
 
 @dataclass
 class OnlyListTools:
-    methods: frozenset[str] = frozenset({"tools/list"})
-
-    def __call__(self, exchange: Exchange, method: str, response: dict) -> dict:
+    def __call__(self, exchange: Exchange, response: dict, method: str | None) -> dict:
         result = response.get("result")
         if isinstance(result, dict) and isinstance(result.get("tools"), list):
             result["tools"] = [t for t in result["tools"] if t["name"].startswith("list_")]
@@ -46,15 +45,22 @@ class OnlyListTools:
 
 @dataclass
 class MarkCalls:
-    methods: frozenset[str] = frozenset({"tools/call"})
-
-    def __call__(self, exchange: Exchange, method: str, response: dict) -> dict:
-        if "result" in response:
-            response["result"]["_meta"] = {"rewritten-by": "test", "request": exchange.request_id}
+    def __call__(self, exchange: Exchange, response: dict, method: str | None) -> dict:
+        result = response.get("result")
+        if isinstance(result, dict) and "content" in result:
+            result["_meta"] = {"rewritten-by": "test", "method": method}
         return response
 
 
-PIPELINE = Pipeline(guards=(deny_deletes, pin_workspace), rewriters=(OnlyListTools(), MarkCalls()))
+SEEN: list[str] = []
+
+
+def note_methods(message: dict) -> None:
+    SEEN.append(message.get("method", "response"))
+
+
+PIPELINE = Pipeline(guards=(deny_deletes, pin_workspace), rewriters=(OnlyListTools(), MarkCalls()),
+                    upstream_watches=(note_methods,))
 
 
 @pytest.fixture
@@ -69,7 +75,7 @@ async def test_rewriters_by_method_and_guard_rewrites(mode: str, seam_url: str, 
         assert {t.name for t in tools.tools} == {"list_accounts", "list_journal_entries", "list_bank_transactions"}
         result = await client.call_tool("list_accounts", {"workspaceId": "acme"})
         assert result.structured_content["workspaceId"] == "pinned"  # the guard's rewrite is what was forwarded
-        assert result.meta == {"rewritten-by": "test", "request": result.meta["request"]}
+        assert result.meta == {"rewritten-by": "test", "method": "tools/call"}  # matched to the request it answers
         prompts = await client.list_prompts()  # no rewriter for prompts/list: untouched
         assert len(prompts.prompts) == 4
     (call,) = recorder.calls("tools/call")
@@ -114,7 +120,9 @@ async def test_rewriter_applies_on_a_resumed_stream(seam_url: str, recorder: Rec
     async with aiohttp.ClientSession() as http:
         events = await interrupted_call_then_resume(http, seam_url, msg_id=21)
     response = events[-1].data
-    assert response["id"] == 21 and response["result"]["_meta"]["rewritten-by"] == "test"
+    # The method is unknown on a GET stream; the rewriter still sees the response.
+    assert response["id"] == 21 and response["result"]["_meta"] == {"rewritten-by": "test", "method": None}
+    assert SEEN.count("notifications/progress") >= 3  # the hook saw every message of both streams
     # The events before it (progress notifications) came through as they were.
     assert all(e.data["method"] == "notifications/progress" for e in events[:-1] if e.data)
 

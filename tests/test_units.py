@@ -8,10 +8,7 @@ from multidict import CIMultiDict
 
 from proxy.edge.framing import FrameError, depth_exceeds, envelope_problem, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
-from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, rewrite_json
-from proxy.edge.sse import EventSplitter, EventTooLarge, event_data, replace_data
-from proxy.exchange import Exchange
-from proxy.guards.pipeline import Pipeline
+from proxy.edge.sse import EventSplitter, EventTooLarge, event_data, event_id, rebuild
 from proxy.origin import OriginPolicy, default_policy
 
 STREAM = (
@@ -35,6 +32,15 @@ def test_splitter_is_indifferent_to_chunk_boundaries(size: int) -> None:
     assert event_data(events[1]) == b'{"a":\n1}'
     assert event_data(events[2]) == b'{"b":2}'
     assert event_data(rest) == b"x"
+    assert event_id(events[1]) == b"7" and event_id(events[0]) is None
+
+
+def test_splitter_finish_gives_a_complete_last_event_only() -> None:
+    splitter = EventSplitter(1 << 20)
+    assert list(splitter.feed(b"data: x\r\r")) == []
+    assert splitter.finish() == b"data: x\r\r"
+    splitter = EventSplitter(1 << 20)
+    assert list(splitter.feed(b"data: x\n")) == [] and splitter.finish() is None
 
 
 def test_splitter_waits_for_the_lf_of_a_crlf() -> None:
@@ -49,9 +55,12 @@ def test_splitter_limits_an_unterminated_event() -> None:
         list(splitter.feed(b"data: " + b"x" * 20))
 
 
-def test_replace_data_keeps_the_other_lines_in_place() -> None:
-    event = b"id: 7\r\nevent: message\r\ndata: {\"a\":\r\ndata: 1}\r\n: note\r\n\r\n"
-    assert replace_data(event, b'{"a":2}') == b'id: 7\nevent: message\ndata: {"a":2}\n: note\n\n'
+def test_rebuild_keeps_the_other_lines_in_place() -> None:
+    event = b"id: 6\r\nevent: message\r\ndata: {\"a\":\r\nid:7\r\ndata: 1}\r\n: note\r\nidle: x\r\n\r\n"
+    assert event_id(event) == b"7"  # the last id line is the one that counts
+    assert rebuild(event, b'{"a":2}', b"S") == b'event: message\r\ndata: {"a":2}\r\nid: S\r\n: note\r\nidle: x\r\n\r\n'
+    assert event_id(b"id: a\0b\n\n") is None  # clients ignore an id holding NUL
+    assert rebuild(b"retry: 5\n\n", None, None) == b"retry: 5\n\n"
 
 
 def test_depth() -> None:
@@ -120,38 +129,3 @@ def test_origin_patterns() -> None:
     assert policy.host_allowed("mcp.example.com:443") and not policy.host_allowed("mcp.example.com:444")
     public = default_policy("mcp.example.com", "https://mcp.example.com")
     assert public.host_allowed("mcp.example.com") and public.origin_allowed("https://mcp.example.com")
-
-
-def _rewrite(pending: dict) -> ResponseRewrite:
-    class Upper:
-        methods = frozenset({"tools/list"})
-
-        def __call__(self, exchange: Exchange, method: str, response: dict) -> dict:
-            return {**response, "result": {"tools": ["X"]}}
-
-    exchange = Exchange("r", None, None, CIMultiDict())
-    return ResponseRewrite(Pipeline(rewriters=(Upper(),)), exchange, pending, Outstanding())
-
-
-def test_rewrite_json_by_id_and_merge_local_answers() -> None:
-    body = orjson.dumps([{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}},
-                         {"jsonrpc": "2.0", "id": "1", "result": {"tools": []}}])
-    local = [{"jsonrpc": "2.0", "id": 3, "error": {"code": -1, "message": "no"}}]
-    merged = orjson.loads(rewrite_json(body, _rewrite({id_key(1): "tools/list"}), local))
-    assert merged == [local[0], {"jsonrpc": "2.0", "id": 1, "result": {"tools": ["X"]}},
-                      {"jsonrpc": "2.0", "id": "1", "result": {"tools": []}}]  # id "1" is not id 1
-
-
-def test_rewrite_json_untouched_is_the_same_bytes() -> None:
-    body = b'{"jsonrpc":"2.0","id":5,  "result":{}}'
-    assert rewrite_json(body, _rewrite({id_key(1): "tools/list"}), []) is body
-
-
-def test_outstanding_is_bounded() -> None:
-    outstanding = Outstanding(limit=2)
-    for i in range(3):
-        outstanding.add("s", i, "tools/list")
-    assert len(outstanding) == 2 and outstanding.take("s", 0) is None and outstanding.take("s", 2) == "tools/list"
-    assert outstanding.take("s", [1]) is None  # an unhashable id is nobody's
-
-

@@ -205,13 +205,13 @@ async def test_list_changed_makes_the_proxy_fetch_the_schema_again(start_proxy: 
                                                                     issue: Any, tmp_path: Path) -> None:
     """The upstream announces new tools (a parsed notification on a call's stream): the proxy fetches its catalog
     again before the next delegated decision, so a tool the client never listed is still workspace-checked."""
-    from proxy.demo.event_store import MemoryEventStore
+    from proxy.demo.event_store import resumable_app
     from proxy.demo.ledger import build_server
     from proxy.edge.app import FORWARDER
     from tests.conftest import ThreadedServer, free_port
 
     port = free_port()
-    own = ThreadedServer(build_server().streamable_http_app(event_store=MemoryEventStore()), port)
+    own = ThreadedServer(resumable_app(build_server()), port)
     own.start()
     try:
         reader = issue("review script", ["mcp:read"], workspace="acme")

@@ -23,7 +23,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from proxy.demo.event_store import MemoryEventStore
+from proxy.demo.event_store import resumable_app
 
 READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -274,12 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import uvicorn
 
-    app = build_server().streamable_http_app(
-        stateless_http=args.stateless,
-        json_response=args.json_response,
-        event_store=None if args.stateless else MemoryEventStore(),
-        host=args.host,
-    )
+    options = {"json_response": args.json_response, "host": args.host}
+    if args.stateless:
+        app = build_server().streamable_http_app(stateless_http=True, **options)
+    else:
+        app = resumable_app(build_server(), **options)
     if args.app_token_env:
         app = require_app_token(app, os.environ[args.app_token_env])
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

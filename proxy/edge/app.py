@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.config import Config, ConfigError
 from proxy.edge.cors import Cors
 from proxy.edge.errors import catch_all, scrub_aiohttp_logs
+from proxy.edge.event_ids import EventIds, load_key
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
 from proxy.edge.upstream_tools import UpstreamTools
@@ -112,7 +113,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
-                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit)
+                key = await load_key(config.stream_key, store, shared=config.redis_url is not None)
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit, EventIds(key))
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())

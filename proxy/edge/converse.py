@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from proxy.edge.relay import ResponseRewrite, relay_sse, sse_event
+from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_sse, sse_event
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.jsonrpc import INTERNAL_ERROR, Message, dumps, error
 
@@ -93,18 +93,23 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
             await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream answered in an encoding the "
                                                  "proxy cannot read")))
             return
-        if upstream.status == 200 and kind.startswith("text/event-stream"):
-            rewrite = ResponseRewrite(forwarder.pipeline, exchange, {}, forwarder.outstanding)
+        messages = ServerMessages(forwarder.pipeline, exchange, {id_key(msg_id): message["method"]},
+                                  exchange.session_id)
+        media = kind.partition(";")[0].strip().lower()
+        if upstream.status == 200 and media == "text/event-stream":
             forwarder.open_streams.add(upstream)
             try:
-                await relay_sse(upstream, response, rewrite)
+                await relay_sse(upstream, response, messages, forwarder.event_ids)
+            except Unreadable:
+                forwarder.metrics.upstream_errors.labels("unreadable").inc()  # the stream ends before it
             finally:
                 forwarder.open_streams.discard(upstream)
             return
         body = await upstream.read()
         try:
-            answer = orjson.loads(body) if upstream.status == 200 and kind.startswith("application/json") else None
-        except orjson.JSONDecodeError:
+            answer = orjson.loads(body) if upstream.status == 200 and media == "application/json" else None
+            answer = messages.one(answer) if isinstance(answer, dict) else None  # checked like any other answer
+        except (orjson.JSONDecodeError, Unreadable):
             answer = None
         if not isinstance(answer, dict):
             # What the upstream said cannot travel as one SSE event unparsed: say so, in the call's own terms.

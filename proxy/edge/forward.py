@@ -20,11 +20,13 @@ from yarl import URL
 from proxy.config import Config
 from proxy.edge.converse import converse
 from proxy.edge.errors import REQUEST_ID, log_failure
+from proxy.edge.event_ids import EventIds
 from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
-from proxy.edge.relay import Outstanding, ResponseRewrite, id_key, relay_sse, rewrite_json, sse_event
+from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import event_data
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
+from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, is_request, rpc_error
 from proxy.ops.audit import AuditWriter
@@ -65,14 +67,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 class Forwarder:
     def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
-                 metrics: Metrics | None = None, audit: AuditWriter | None = None) -> None:
+                 metrics: Metrics | None = None, audit: AuditWriter | None = None,
+                 event_ids: EventIds | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
         self.session = session
         self.metrics = metrics or Metrics()
         self.audit = audit
-        self.outstanding = Outstanding()
+        self.event_ids = event_ids or EventIds(os.urandom(32))
         self.open_streams: set[ClientResponse] = set()
 
     def _exchange(self, request: web.Request) -> Exchange:
@@ -103,13 +106,15 @@ class Forwarder:
                 else:  # Host/Origin, a secret header, another credential's session: the check's own words
                     self._refused(exchange, "deny", error_message(refusal))
                 return refusal
+            refusal = response = self._resume_from(request, exchange)
+            if refusal is not None:
+                return refusal
             if request.method == "POST":
                 response = await self._post(request, exchange)
                 return response
             self.metrics.message(request.method, "allow")
             self._outcome(exchange, {"method": request.method}, "allow", "")
-            rewrite = ResponseRewrite(self.pipeline, exchange, {}, self.outstanding)
-            response = await self._forward(request, exchange, None, rewrite, [], None)
+            response = await self._forward(request, exchange, None, ServerMessages(self.pipeline, exchange), [], None)
             return response
         finally:
             if not exchange.outcomes:  # every request leaves a record, whichever way it ended
@@ -119,6 +124,20 @@ class Forwarder:
             self.metrics.duration.labels(request.method).observe(latency)
             if exchange.outcomes and self.audit is not None:
                 self.audit.add(exchange, latency)
+
+    def _resume_from(self, request: web.Request, exchange: Exchange) -> web.Response | None:
+        """Unwrap `Last-Event-ID` for the upstream; refuse one this proxy did not mint for this caller and session
+        (another credential's, another session's, or the upstream's raw id): it is never forwarded."""
+        given = request.headers.getall("Last-Event-ID", [])
+        if not given:
+            return None
+        upstream_id = self.event_ids.unseal(exchange, given[0]) if len(given) == 1 else None
+        if upstream_id is None:
+            self._refused(exchange, "refuse", "last-event-id")
+            return rpc_error(400, INVALID_REQUEST, "Last-Event-ID was not issued to this caller for this session",
+                             request_id=exchange.request_id)
+        exchange.upstream_headers["Last-Event-ID"] = upstream_id
+        return None
 
     @staticmethod
     def _outcome(exchange: Exchange, message: Message, decision: str, reason: str) -> None:
@@ -164,7 +183,7 @@ class Forwarder:
         answers: list[Message] = list(frame.answers)
         last_answer: Answer | None = None
         forward: list[Message] = []
-        pending: dict[tuple[str, Any], str] = {}
+        asked: dict[tuple[str, Any], str] = {}
         for message in frame.messages:
             try:
                 outcome = await self.pipeline.guard(exchange, message)
@@ -185,14 +204,15 @@ class Forwarder:
                     answers.append(outcome.response)
                 continue
             forward.append(outcome)
-            if is_request(outcome) and self.pipeline.rewrites(outcome["method"]):
-                pending[id_key(outcome["id"])] = outcome["method"]
+            if is_request(outcome):
+                asked.setdefault(id_key(outcome["id"]), outcome["method"])
 
         if not forward:
             return self._answer_locally(frame.is_batch, answers, last_answer, rid)
         payload = dumps(forward if frame.is_batch else forward[0])
-        rewrite = ResponseRewrite(self.pipeline, exchange, pending, self.outstanding)
-        return await self._forward(request, exchange, payload, rewrite, answers, frame.is_batch)
+        lists_asked = any(method in LISTS for method in asked.values())
+        messages = ServerMessages(self.pipeline, exchange, asked)
+        return await self._forward(request, exchange, payload, messages, answers, frame.is_batch, lists_asked)
 
     @staticmethod
     def _answer_locally(is_batch: bool, answers: list[Message], last: Answer | None, rid: str) -> web.Response:
@@ -210,9 +230,10 @@ class Forwarder:
         request: web.Request,
         exchange: Exchange,
         payload: bytes | None,
-        rewrite: ResponseRewrite,
+        messages: ServerMessages,
         answers: list[Message],
         is_batch: bool | None,
+        lists_asked: bool = False,
     ) -> web.StreamResponse:
         started = time.perf_counter()
         try:
@@ -235,13 +256,23 @@ class Forwarder:
             upstream.close()
             return rpc_error(503, INTERNAL_ERROR, "session store unavailable, retry shortly",
                              request_id=exchange.request_id, headers={"Retry-After": "1"})
+        messages.session = headers.get("Mcp-Session-Id") or exchange.session_id
+        media = upstream.headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
         try:
-            if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-                response = await self._stream(request, upstream, headers, rewrite, answers)
+            if request.method == "DELETE" or (upstream.status >= 300 and not lists_asked and not answers):
+                # No list travels here, and clients rely on the upstream's own error bodies (a 2026-07-28 client
+                # falls back to initialize on them): relayed as they are. (With the guards' own answers to merge
+                # into a batch's reply, the body is read like any other.)
+                response = web.Response(status=upstream.status, body=await upstream.read(), headers=headers)
+            elif media == "text/event-stream" and encoding == "identity":
+                response = await self._stream(request, upstream, headers, messages, answers)
             else:
-                response = await self._whole(upstream, headers, rewrite, answers, is_batch)
+                response = await self._whole(upstream, headers, messages, answers, is_batch, media, encoding)
             finished = True
             return response
+        except Unreadable as exc:
+            return self._unreadable(exchange, exc)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             # The upstream failed after it had started answering.
             log.warning("upstream failed mid-response: %s", type(exc).__name__,
@@ -249,7 +280,6 @@ class Forwarder:
             self.metrics.upstream_errors.labels("response").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream failed", request_id=exchange.request_id)
         finally:
-            rewrite.park_unanswered()
             if finished and upstream.content.at_eof():
                 upstream.release()
             else:
@@ -259,27 +289,40 @@ class Forwarder:
         self,
         upstream: ClientResponse,
         headers: Any,
-        rewrite: ResponseRewrite,
+        messages: ServerMessages,
         answers: list[Message],
         is_batch: bool | None,
+        media: str,
+        encoding: str,
     ) -> web.Response:
         body = await upstream.read()
         status = upstream.status
-        if upstream.status == 202 and answers:
-            # The upstream accepted the notifications; the client still needs the guards' answers.
-            status, body = 200, dumps(answers if is_batch else answers[0])
-            headers["Content-Type"] = JSON
-        elif body and (answers or (rewrite.active and upstream.status == 200)):
-            # Local answers exist only for batches: they join the upstream's reply, whatever its status.
-            body = rewrite_json(body, rewrite, answers)
-        return web.Response(status=status, body=body, headers=headers)
+        if not body:
+            if status == 202 and answers:
+                # The upstream accepted the notifications; the client still needs the guards' answers.
+                status, body = 200, dumps(answers if is_batch else answers[0])
+                headers["Content-Type"] = JSON
+            return web.Response(status=status, body=body, headers=headers)
+        if encoding != "identity":
+            raise Unreadable("compressed body")  # it was asked for identity: compressing anyway is not trusted
+        if media != JSON:
+            raise Unreadable("content type")
+        # Local answers exist only for batches: they join the upstream's reply, whatever its status.
+        return web.Response(status=status, body=relay_json(body, messages, answers), headers=headers)
+
+    def _unreadable(self, exchange: Exchange, exc: Exception) -> web.Response:
+        """An answer where a list may travel that the proxy cannot check: refused, never relayed raw."""
+        log.warning("upstream answer refused: %s", exc, extra={"request_id": exchange.request_id})
+        self.metrics.upstream_errors.labels("unreadable").inc()
+        self._outcome(exchange, {"method": "response"}, "refuse", "unreadable answer")
+        return rpc_error(502, INTERNAL_ERROR, "upstream answer not understood", request_id=exchange.request_id)
 
     async def _stream(
         self,
         request: web.Request,
         upstream: ClientResponse,
         headers: Any,
-        rewrite: ResponseRewrite,
+        messages: ServerMessages,
         answers: list[Message],
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -289,7 +332,10 @@ class Forwarder:
         try:
             for answer in answers:
                 await response.write(sse_event(answer))
-            await relay_sse(upstream, response, rewrite)
+            await relay_sse(upstream, response, messages, self.event_ids)
+        except Unreadable as exc:
+            # The status line has gone out: the refusal is the end of the stream, before the event.
+            self._unreadable(messages.exchange, exc)
         except (ConnectionResetError, aiohttp.ClientError):
             # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
             # the upstream response.

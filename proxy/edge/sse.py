@@ -1,8 +1,8 @@
 """Incremental Server-Sent Events framing, for rewriting a stream event by event as it arrives.
 
-The splitter hands back each complete event as the exact bytes it arrived as (terminator included), so an event the
-proxy does not rewrite leaves byte for byte as it came: `id:`, `event:`, `retry:` and comment lines intact.
-Only when a rewriter changes an event's JSON payload is that event rebuilt, keeping every non-data line in place.
+The splitter hands back each complete event as the exact bytes it arrived as (terminator included). `rebuild` makes
+the event the client gets: its data replaced by what the proxy checked, its id by the sealed one, and every other
+line (`event:`, `retry:`, comments, fields it does not know) kept in place.
 """
 
 from __future__ import annotations
@@ -43,6 +43,13 @@ class EventSplitter:
             self._scan_from = 0
             yield event
 
+    def finish(self) -> bytes | None:
+        """At the end of the stream: the event still held back when it is complete (it ended in a lone CR, which
+        might have been half a CRLF), else None (an unfinished event, which clients drop too)."""
+        rest = self.rest()
+        match = _EVENT_END.search(rest)
+        return rest if match is not None and match.end() == len(rest) else None
+
     def rest(self) -> bytes:
         rest, self._buf = bytes(self._buf), bytearray()
         return rest
@@ -65,15 +72,45 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
-def replace_data(event: bytes, data: bytes) -> bytes:
-    """The same event with its data lines replaced by one `data:` line holding `data` (which has no newline)."""
-    out: list[bytes] = []
-    placed = False
+def _field(line: bytes) -> tuple[bytes, bytes]:
+    """(name, value) of one line, as the SSE spec parses it: one optional space after the colon is dropped."""
+    name, colon, value = line.partition(b":")
+    if colon and value.startswith(b" "):
+        value = value[1:]
+    return name, value
+
+
+def event_id(event: bytes) -> bytes | None:
+    """The id the event sets (the last `id` field wins; one holding NUL is ignored, as clients do), or None."""
+    found = None
     for line in _LINE.split(event):
-        if line == b"data" or line.startswith(b"data:"):
-            if not placed:
+        if line.startswith(b"id"):
+            name, value = _field(line)
+            if name == b"id" and b"\0" not in value:
+                found = value
+    return found
+
+
+def rebuild(event: bytes, data: bytes | None, new_id: bytes | None) -> bytes:
+    """The event with its data lines replaced by one `data:` line holding `data` (which has no newline; None: the
+    event has none) and its id lines by one holding `new_id` where the last one was (None: none), every other line
+    in place, line ends as the event's first one (LF when it has none)."""
+    end = _LINE.search(event)
+    eol = end.group() if end is not None else b"\n"
+    out: list[bytes] = []
+    id_at = None
+    for line in _LINE.split(event):
+        if not line:
+            continue
+        name = b"" if line.startswith(b":") else _field(line)[0]
+        if name == b"data":
+            if data is not None:
                 out.append(b"data: " + data)
-                placed = True
-        elif line:
+                data = None
+        elif name == b"id":
+            id_at = len(out)
+        else:
             out.append(line)
-    return b"\n".join(out) + b"\n\n"
+    if new_id is not None:
+        out.insert(len(out) if id_at is None else id_at, b"id: " + new_id)
+    return eol.join(out) + eol + eol

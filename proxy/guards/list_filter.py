@@ -1,17 +1,20 @@
 """Rewriter: list results show only what the caller may use, decided by the same function that gates calls.
 
-Applies to `tools/list`, `prompts/list`, `resources/list` and `resources/templates/list`, page by page (cursors
-are left as they are), in JSON bodies and SSE events alike. A filtered 2026-07-28 result says
-`cacheScope: "private"`: it was made for this caller. A write that needs confirmation says so in its description
-and offers an optional `confirmationToken` argument; its `outputSchema` (if any) accepts the preview too.
-Nothing seen here feeds a decision on calls: a list answers one client's session; the guards consult the proxy's
-own catalog (`catalog.py`).
+A list is recognised by what it is, not by which request it seems to answer: every response whose result holds a
+`tools`, `prompts`, `resources` or `resourceTemplates` array is filtered, whatever its id (ids collide, repeat, or
+arrive on a GET stream, a resumed stream or a replay), in JSON bodies and SSE events alike, page by page (cursors
+are left as they are). A list the proxy cannot read (such a key holding something other than an array, or a list
+request answered with no result object) raises `UnreadableList`: the answer carrying it is refused, not relayed.
+A filtered 2026-07-28 result says `cacheScope: "private"`: it was made for this caller. A write that needs
+confirmation says so in its description and offers an optional `confirmationToken` argument; its `outputSchema`
+(if any) accepts the preview too. Nothing seen here feeds a decision on calls: a list answers one client's
+session; the guards consult the proxy's own catalog (`catalog.py`).
 
 The same upstream list comes back again and again, and the same few scope sets ask for it: a filtered result is
 kept (`ListCache`) under the digest of the upstream's result bytes and everything the filter reads besides
-(method, effective scopes, protocol version, whether a bound workspace is hidden; the policy in force, whose
-reload empties it), and reused with the new id spliced in, without parsing the list again. A miss is the whole
-path; the cache only ever holds what that path made.
+(method, effective scopes, protocol version, the credential's workspaces and whether a bound workspace is hidden;
+the policy in force, whose reload empties it), and reused with the new id spliced in, without parsing the list
+again. A miss is the whole path; the cache only ever holds what that path made.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ LISTS: dict[str, tuple[str, Kind, str]] = {  # method -> (result key, kind, item
     "resources/list": ("resources", "resource", "uri"),
     "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
 }
+# What a list looks like, whichever method (if any) it answers: result key -> (kind, item key).
+SHAPES: dict[str, tuple[Kind, str]] = {key: (kind, item_key) for key, kind, item_key in LISTS.values()}
 MODERN = "2026-07-28"
 LIST_CHANGED = "notifications/tools/list_changed"
 CONFIRMATION_NOTE = (
@@ -120,9 +125,11 @@ class ListCache:
         return len(self._entries)
 
 
-class ListFilter:
-    methods = frozenset(LISTS)
+class UnreadableList(Exception):
+    """A list travels where the proxy cannot tell what it holds."""
 
+
+class ListFilter:
     def __init__(self, live: LivePolicy, cache: ListCache | None = None) -> None:
         self.live = live
         self.cache = cache if cache is not None else ListCache()
@@ -133,59 +140,78 @@ class ListFilter:
         if message.get("method") == LIST_CHANGED and "id" not in message:
             self.cache.clear()
 
-    def cache_key(self, exchange: Exchange, method: str, digest: bytes) -> CacheKey:
-        """Everything `__call__` reads besides the list and the policy: change one, and the result may differ."""
+    def cache_key(self, exchange: Exchange, method: str | None, digest: bytes) -> CacheKey:
+        """Everything `__call__` reads besides the list and the policy: change one, and the result may differ.
+        Any result may hold any kind of list, so the facts of every kind are in the key."""
         principal = exchange.principal
         held = principal.scopes if principal is not None else frozenset()
-        facts: Any
-        if LISTS[method][2] == "uri":  # resources: the workspaces this credential may read (workspace_problem)
-            facts = None if principal is None else (
-                principal.bound_workspace, principal.workspaces,
-                frozenset(name for name, level in principal.permissions.items() if level == "none"))
-        else:  # tools: whether the bound workspace's argument is hidden
-            facts = bool(LISTS[method][1] == "tool" and self.live.rules.policy.hide_bound_workspace
-                         and principal is not None and principal.bound_workspace)
-        return (method, digest, held, exchange.protocol_version, facts)
+        # resources: the workspaces this credential may read (workspace_problem)
+        reach = None if principal is None else (
+            principal.bound_workspace, principal.workspaces,
+            frozenset(name for name, level in principal.permissions.items() if level == "none"))
+        # tools: whether the bound workspace's argument is hidden
+        hidden = bool(self.live.rules.policy.hide_bound_workspace and principal is not None
+                      and principal.bound_workspace)
+        return (method or "", digest, held, exchange.protocol_version, (reach, hidden))
 
-    def raw(self, exchange: Exchange, method: str, response: RawResponse) -> bytes:
-        """The filtered result's bytes for a response not yet parsed: made once per key, then reused.
-        Raises orjson.JSONDecodeError when the result is not JSON (the caller then passes the body on as is)."""
+    def raw(self, exchange: Exchange, response: RawResponse, method: str | None) -> bytes:
+        """The filtered result's bytes for a response not yet parsed: made once per key, then reused (lists only:
+        another result is re-serialised, not kept). Raises orjson.JSONDecodeError when the result is not JSON,
+        UnreadableList as `__call__` does."""
+        if method is not None and method not in LISTS:  # an answer known to be no list: nothing worth keeping
+            return dumps(self(exchange, response.message(), method)["result"])
         rules = self.live.rules
         key = self.cache_key(exchange, method, hashlib.sha256(response.result).digest())
         found = self.cache.get(rules, key)
         if found is not None:
             return found
-        made = dumps(self(exchange, method, response.message())["result"])
-        self.cache.put(rules, key, made)
+        message = response.message()
+        listed = isinstance(message["result"], dict) and any(k in message["result"] for k in SHAPES)
+        made = dumps(self(exchange, message, method)["result"])
+        if listed:
+            self.cache.put(rules, key, made)
         return made
 
-    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message:
+    def __call__(self, exchange: Exchange, response: Message, method: str | None) -> Message:
+        """`response` with every list in its result filtered, whatever method (if any) it answers."""
         # What this reads of the exchange, `cache_key` must hold too (tests/test_list_cache.py attacks it).
         result = response.get("result")
-        key, kind, item_key = LISTS[method]
-        if not isinstance(result, dict) or not isinstance(result.get(key), list):
+        if not isinstance(result, dict):
+            if method in LISTS and "result" in response:
+                raise UnreadableList(method)
             return response
-        items: list[Any] = result[key]
+        found = False
+        for key, (kind, item_key) in SHAPES.items():
+            if key in result:
+                if not isinstance(result[key], list):
+                    raise UnreadableList(key)
+                result[key] = self._visible(exchange, kind, item_key, result[key])
+                found = True
+        if not found:
+            return response
+        rules = self.live.rules
+        principal = exchange.principal
+        if "tools" in result and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
+            self._hide_workspace(result["tools"], rules.policy.workspace_property)
+        if (exchange.protocol_version or "") >= MODERN:
+            result["cacheScope"] = "private"
+        return response
+
+    def _visible(self, exchange: Exchange, kind: Kind, item_key: str, items: list[Any]) -> list[Any]:
         rules = self.live.rules
         hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         kept = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
-                continue
+                continue  # what cannot be named cannot be allowed
             decision = remembered(rules, held, kind, name, read_only_hint(item) if hints else None)
             if decision.allowed and not (item_key == "uri" and self._other_workspace(exchange, name)):
                 kept.append(item)
                 if decision.confirm:
                     found = rules.find("tool", name)
                     advertise_confirmation(item, found[1] if found else None)
-        result[key] = kept
-        principal = exchange.principal
-        if kind == "tool" and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
-            self._hide_workspace(result[key], rules.policy.workspace_property)
-        if (exchange.protocol_version or "") >= MODERN:
-            result["cacheScope"] = "private"
-        return response
+        return kept
 
     def _other_workspace(self, exchange: Exchange, uri: str) -> bool:
         """A resource in a workspace this caller may not read is not shown: it could not be read either."""

@@ -8,8 +8,11 @@ Four kinds of step, each a small callable that owns its settings:
   it itself with an `Answer`, and then the message is not forwarded (or, when it must ask the client first, with a
   `Conversation` the edge holds on the request's own SSE stream: `edge/converse.py`);
 - response hooks, once per upstream answer, on its status and headers, before anything reaches the client;
-- rewriters, once per JSON-RPC response coming back, chosen by the method of the request it answers: on JSON
-  bodies, on SSE streams event by event, and on resumed (GET) streams.
+- rewriters, once per JSON-RPC response coming back, wherever it travels: JSON bodies, POST and GET streams event
+  by event, resumed streams and replays, batches. They are told the method of the request it answers when this
+  POST forwarded it (ids compared exactly: "7" is not 7), None otherwise: a rewriter that protects something must
+  recognise what it protects by its shape, never by the method.
+Upstream watches (below) see every parsed message the upstream sends, before the rewriters.
 """
 
 from __future__ import annotations
@@ -54,9 +57,7 @@ class Guard(Protocol):
 
 
 class Rewriter(Protocol):
-    methods: frozenset[str]
-
-    def __call__(self, exchange: Exchange, method: str, response: Message) -> Message: ...
+    def __call__(self, exchange: Exchange, response: Message, method: str | None) -> Message: ...
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,6 @@ class Pipeline:
     # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
     # task-augmented call, whichever guard answered it).
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
-
-    def __post_init__(self) -> None:
-        by_method: dict[str, tuple[Rewriter, ...]] = {}
-        for rewriter in self.rewriters:
-            for method in rewriter.methods:
-                by_method[method] = (*by_method.get(method, ()), rewriter)
-        object.__setattr__(self, "_by_method", by_method)
-
-    def rewrites(self, method: str) -> bool:
-        return method in self._by_method  # type: ignore[attr-defined]
 
     async def admit(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
         for check in self.admission:
@@ -106,19 +97,18 @@ class Pipeline:
         for hook in self.response_hooks:
             await hook(exchange, status, headers)
 
-    def rewrite(self, exchange: Exchange, method: str, response: Message) -> Message:
-        for rewriter in self._by_method.get(method, ()):  # type: ignore[attr-defined]
-            response = rewriter(exchange, method, response)
+    def rewrite(self, exchange: Exchange, response: Message, method: str | None) -> Message:
+        for rewriter in self.rewriters:
+            response = rewriter(exchange, response, method)
         return response
 
-    def rewrite_raw(self, exchange: Exchange, method: str, response: RawResponse) -> bytes:
-        """The rewritten result's bytes of a response not yet parsed: the rewriter's own `raw` when the method has
-        one rewriter that has it (lists: a cache in front of the same filter), else parsed and rewritten here.
+    def rewrite_raw(self, exchange: Exchange, response: RawResponse, method: str | None) -> bytes:
+        """The rewritten result's bytes of a response not yet parsed: the rewriter's own `raw` when there is one
+        rewriter and it has one (lists: a cache in front of the same filter), else parsed and rewritten here.
         Raises orjson.JSONDecodeError when the result is not JSON."""
-        rewriters = self._by_method.get(method, ())  # type: ignore[attr-defined]
-        if len(rewriters) == 1 and (raw := getattr(rewriters[0], "raw", None)) is not None:
-            return raw(exchange, method, response)
-        rewritten = self.rewrite(exchange, method, response.message())
+        if len(self.rewriters) == 1 and (raw := getattr(self.rewriters[0], "raw", None)) is not None:
+            return raw(exchange, response, method)
+        rewritten = self.rewrite(exchange, response.message(), method)
         return dumps(rewritten["result"])
 
 
