@@ -89,6 +89,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(config.redis_url, metrics.store_errors.inc)
+        untraced = store  # startup reads (the event id key) belong to no request's trace
         if tracing is not None and config.redis_url:
             store = tracing.store(store)
         if oauth is not None:
@@ -113,7 +114,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
-                key = await load_key(config.stream_key, store, shared=config.redis_url is not None)
+                key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit, EventIds(key))
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
