@@ -69,7 +69,7 @@ class Pipeline:
     upstream_headers: tuple[tuple[str, str], ...] = ()  # the proxy's own, on every upstream request
     # Called with every message the upstream sends that the relay parsed (JSON bodies, SSE events, batch elements,
     # on POST answers and GET streams alike): how steps notice what the upstream says, e.g. that its tools changed.
-    # A plain response the relay recognises in its bytes (`ResponseRewrite.raw`) is not parsed and not shown here:
+    # A plain response the relay recognises in its bytes (`ServerMessages.plain`) is not parsed and not shown here:
     # a response announces nothing.
     upstream_watches: tuple[Callable[[Message], None], ...] = ()
     # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
