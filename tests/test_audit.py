@@ -177,7 +177,7 @@ async def test_every_refusal_is_a_record(start_proxy: Any, upstream: Any, record
 
 def test_a_record_that_cannot_be_fully_built_is_written_with_an_error() -> None:
     from proxy.exchange import Exchange, Outcome
-    from proxy.ops.audit import build_record
+    from proxy.ops.audit import build_record, serialisable
 
     exchange = Exchange(request_id="r1", session_id=None, protocol_version=None, upstream_headers=CIMultiDict())
     deep: Any = 1
@@ -191,6 +191,8 @@ def test_a_record_that_cannot_be_fully_built_is_written_with_an_error() -> None:
         assert record["arguments_digest"] is None and says in record["error"], record["error"]
         orjson.dumps(record)  # what is written serialises: the raw arguments that could not were left out
         assert record["arguments"] is None
+    odd = serialisable({"decision": "allow", "arguments": {"n": 10**30}, "error": "arguments digest: x"})
+    assert odd["arguments"] is None and odd["decision"] == "allow" and "arguments: not serialisable" in odd["error"]
     fine = build_record(exchange, Outcome({"method": "tools/call", "params": {"name": "pay", "arguments": {
         "amount": 1e20}}}, "allow", ""), 0.001, 0.0)
     assert fine["arguments_digest"] and "error" not in fine

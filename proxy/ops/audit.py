@@ -104,18 +104,25 @@ def build_record(exchange: Exchange, outcome: Outcome, latency: float, now: floa
             errors.append(f"arguments digest: {exc}")
             if "arguments" in record:  # what has no canonical form is not written raw either (NaN would be null)
                 record["arguments"] = None
-    try:
-        orjson.dumps(record)
-    except (TypeError, orjson.JSONEncodeError):
-        for name, value in list(record.items()):  # only the raw arguments can be odd; check each field anyway
-            try:
-                orjson.dumps(value)
-            except (TypeError, orjson.JSONEncodeError) as exc:
-                record[name] = None
-                errors.append(f"{name}: not serialisable ({exc})")
     if errors:
         record["error"] = "; ".join(errors)
     return record
+
+
+def serialisable(record: dict[str, Any]) -> dict[str, Any]:
+    """The record less the fields that do not serialise, named in its `error` (only when linking it failed: the
+    common case pays for no extra serialisation)."""
+    errors = [record["error"]] if isinstance(record.get("error"), str) else []
+    clean = {}
+    for name, value in record.items():
+        try:
+            orjson.dumps(value)
+            clean[name] = value
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            clean[name] = None
+            errors.append(f"{name}: not serialisable ({exc})")
+    clean["error"] = "; ".join(errors) or "not serialisable"
+    return clean
 
 
 class AuditWriter:
@@ -164,12 +171,11 @@ class AuditWriter:
             if self.chain.due() or self._unwritten:
                 await self.flush()
 
-    def _line(self, record: dict[str, Any], exchange: Exchange | None = None) -> Line:
+    def _line(self, record: dict[str, Any]) -> Line:
         try:
             linked = self.chain.link(record)
-        except (TypeError, orjson.JSONEncodeError) as exc:  # build_record checked it; a last resort all the same
-            linked = self.chain.link({"time": record.get("time"), "request_id": record.get("request_id"),
-                                      "decision": record.get("decision"), "error": f"record: {exc}"})
+        except (TypeError, orjson.JSONEncodeError):  # a raw value orjson cannot write (the chain is unchanged)
+            linked = self.chain.link(serialisable(record))
         if "error" in linked:
             self.metrics.audit_incomplete.inc()
             log.warning("audit record written incomplete: %s", linked["error"],
@@ -212,8 +218,10 @@ class AuditWriter:
                     log.error("audit sink down too long: %d oldest records given up", dropped)
                 self.metrics.audit_pending.set(len(lines))
                 return
-            for kind, _ in lines:
-                self.metrics.audit_records.labels(kind).inc()
+            for kind in ("decision", "checkpoint", "genesis"):
+                count = sum(1 for k, _ in lines if k == kind)
+                if count:
+                    self.metrics.audit_records.labels(kind).inc(count)
             self._unwritten = []
             self.metrics.audit_pending.set(0)
             return
