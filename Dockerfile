@@ -4,11 +4,12 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY proxy ./proxy
-# A wheel per dependency (OpenTelemetry included: tracing is then a matter of settings), built here so the final
-# image needs no compiler or pip cache.
-RUN pip wheel --wheel-dir /wheels '.[tracing]'
+# A wheel per dependency (OpenTelemetry included: tracing is then a matter of settings), at the versions CI tested
+# (constraints.txt), built here so the final image needs no compiler or pip cache. The demo and tests stay out:
+# the package excludes proxy.demo, and .dockerignore keeps tests/ from the build context.
+RUN pip wheel --wheel-dir /wheels --constraint constraints.txt '.[tracing]'
 
 FROM python:3.11-slim-bookworm
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \

@@ -243,3 +243,46 @@ def test_the_audit_signing_key_comes_from_a_secret() -> None:
     (volume,) = [v for v in pod["volumes"] if v["name"] == "audit-key"]
     assert volume["secret"] == {"secretName": "scopegate-audit-key", "defaultMode": 0o440}
     kubernetes_validate.validate(deployment, "1.30.0", strict=True)
+
+
+def test_the_wheel_carries_no_demo_or_test_code_and_the_demo_needs_its_extra(tmp_path: Path) -> None:
+    """What the image installs: the proxy alone. mcp and uvicorn (the demo upstream) are the `demo` extra."""
+    import zipfile
+    from email.parser import Parser
+
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path),
+                           str(ROOT)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("scopegate-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert not [n for n in names if n.startswith(("proxy/demo/", "tests/", "bench/"))], names
+    assert "proxy/identity/oauth/templates/consent.html" in names  # package data still ships
+    requires = Parser().parsestr(metadata).get_all("Requires-Dist")
+    core = [r for r in requires if "extra ==" not in r]
+    assert not [r for r in core if r.split(">")[0].split("=")[0].split("<")[0].strip() in ("mcp", "uvicorn")], core
+    assert any(r.startswith("mcp") and 'extra == "demo"' in r for r in requires)
+
+
+def test_every_install_uses_the_constraints_file() -> None:
+    """make run installs only the proxy and the demo; make test adds the test tools; the Dockerfile and both make
+    targets take their versions from constraints.txt, which pins every dependency the package names."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--constraint constraints.txt" in makefile
+    assert "-e '.[demo]'" in makefile and "-e '.[demo,test]'" in makefile
+    run = makefile.split("\nrun:", 1)[1].split("\n", 1)[0]
+    assert ".demo" in run and ".installed" not in run  # `make run` does not install the test tools
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "--constraint constraints.txt" in dockerfile
+    assert "COPY pyproject.toml README.md constraints.txt" in dockerfile
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in (ROOT / "constraints.txt").read_text()
+              .splitlines() if "==" in line}
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    names = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in wanted}
+    assert names - pinned == set(), f"not in constraints.txt (run make constraints): {names - pinned}"
+    assert "proxy/demo" in (ROOT / ".dockerignore").read_text().split()

@@ -14,6 +14,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("proxy.demo") is None:
+        raise SystemExit("scopegate demo: the demo is not part of this installation (the image carries none); "
+                         "run it from a source checkout: make run")
+    if importlib.util.find_spec("mcp") is None or importlib.util.find_spec("uvicorn") is None:
+        raise SystemExit("scopegate demo: the demo upstream needs the demo extra: pip install -e '.[demo]' "
+                         "(make run does it)")
     from proxy.demo.run import main as demo_main
 
     demo_main(port=args.port, upstream_port=args.upstream_port, metrics_port=args.metrics_port)
