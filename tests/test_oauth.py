@@ -552,6 +552,8 @@ async def test_on_only_with_section_and_key_and_every_half_setup_is_refused_or_o
         (with_section, {**public, "oauth_signing_keys": (str(rsa_key),)}, "P-256"),
         (with_section, {**public, "oauth_signing_keys": (str(key), str(key))}, "twice"),
         (str(without), {**public, "oauth_signing_keys": (str(key),)}, "no `oauth:` section"),
+        (with_section, {**public, "oauth_signing_keys": (str(key),), "oidc_client_secret_file": str(key)},
+         "no oauth.oidc section"),
     ]
     for policy, settings, expected in cases:
         config = Config(upstream=URL("http://127.0.0.1:9/mcp"), policy=policy, pat_file=issue.path, **settings)

@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import hmac
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
 from aiohttp import web
 
-from proxy.identity.authenticate import LAST_USED_KEY, REVOKED_KEY
+from proxy.identity.authenticate import REVOKED_KEY
 from proxy.identity.oauth.authorization import (
     AuthorizationRequest,
     RedirectError,
     ShowError,
-    Toggle,
     check_authorization,
 )
 from proxy.identity.oauth.cimd import DocumentRefused
 from proxy.identity.oauth.clients import Client
-from proxy.identity.oauth.grants import GRANT_PREFIX, Grant, PendingCode, new_grant_id, now
+from proxy.identity.oauth.connected_apps import ConnectedApps
+from proxy.identity.oauth.grants import Grant, PendingCode, new_grant_id, now
 from proxy.identity.oauth.oidc import COOKIE as OIDC_COOKIE
 from proxy.identity.oauth.oidc import SignInFailed
 from proxy.identity.oauth.pages import render, stylesheet
@@ -270,80 +269,6 @@ class Pages:
             projects = tuple(p for p in projects if p in chosen)
         return workspace, workspaces, projects
 
-    # --- Connected apps ---------------------------------------------------------------------------------------
-    async def apps(self, request: web.Request) -> web.StreamResponse:
-        session = await self.server.sessions.current(request)
-        if session is None:
-            return self.page("signin.html", client=None, request_id="", error=None)
-        return await self.apps_page(session, notice=request.query.get("notice"))
-
-    async def apps_page(self, session: Session, notice: str | None = None) -> web.Response:
-        store = self.server.store
-        items = []
-        for grant in await self.server.grants.of_subject(session.subject):
-            items.append({
-                "id": grant.credential_id, "name": grant.client_name, "kind": "OAuth app",
-                "created": _when(grant.created),
-                "last_used": _when(await store.get(LAST_USED_KEY + grant.credential_id)),
-                "toggles": [Toggle(s, True) for s in grant.scopes], "revocable": True,
-                "workspaces": {"bound": grant.workspace, "workspaces": list(grant.workspaces or ()) or None,
-                               "projects": list(grant.projects) if grant.projects is not None else None},
-            })
-        for record in self._records(session.subject):
-            if await store.exists(REVOKED_KEY + record.id):
-                continue
-            items.append({
-                "id": record.id, "name": record.label, "kind": "Admin key" if record.kind == "admin_key" else "PAT",
-                "created": record.created.strftime("%Y-%m-%d %H:%M UTC"),
-                "last_used": _when(await store.get(LAST_USED_KEY + record.id)),
-                "toggles": [Toggle(s, True) for s in record.scopes], "revocable": True,
-                "workspaces": {"bound": record.workspace, "workspaces": record.workspaces,
-                               "projects": record.projects},
-            })
-        return self.page("apps.html", subject=session.subject, csrf=session.csrf, items=items,
-                         notice=notice if notice in ("Revoked.",) else None)
-
-    def _records(self, subject: str) -> list[Any]:
-        registry = self.server.registry
-        if registry is None:
-            return []
-        registry.maybe_refresh()
-        return [r for r in registry.records() if r.subject == subject and not r.revoked]
-
-    async def revoke(self, request: web.Request) -> web.StreamResponse:
-        if not self.same_origin(request):
-            return self.error("This form must be sent from this site.", 403)
-        session = await self.server.sessions.current(request)
-        data = await request.post()
-        csrf = data.get("csrf")
-        if session is None or not session.csrf_ok(csrf if isinstance(csrf, str) else None):
-            return self.error("This form has expired or did not come from this site.", 403)
-        target = data.get("id")
-        if isinstance(target, str) and target.startswith(GRANT_PREFIX):
-            grant = await self.server.grants.find(target[len(GRANT_PREFIX):])
-            if grant is None or grant.subject != session.subject:
-                return self.error("No such app.", 404)
-            await self.server.grants.revoke(grant.grant_id)
-            self.server.evidence.record("revoke", "allow", "revoked on Connected apps", client_id=grant.client_id,
-                                        subject=grant.subject, credential_id=grant.credential_id,
-                                        label=grant.client_name)
-        elif isinstance(target, str) and any(r.id == target for r in self._records(session.subject)):
-            await self.server.store.set(REVOKED_KEY + target, "1")  # type: ignore[union-attr]
-            log.info("credential revoked on Connected apps", extra={"credential_id": target})
-            self.server.evidence.record("revoke", "allow", "revoked on Connected apps", subject=session.subject,
-                                        credential_id=target)
-        else:
-            return self.error("No such credential.", 404)
-        return web.Response(status=303, headers={"Location": f"{self.path}/apps?notice=Revoked.",
-                                                 "Cache-Control": "no-store"})
-
-
-def _when(value: Any) -> str | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(int(value), UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
 def add_routes(app: web.Application, server: OAuthServer) -> None:
     pages = Pages(server)
 
@@ -363,10 +288,11 @@ def add_routes(app: web.Application, server: OAuthServer) -> None:
     app.router.add_post(base + "/signin", guarded(pages.signin))
     app.router.add_get(base + "/consent", guarded(pages.consent_get))
     app.router.add_post(base + "/consent", guarded(pages.consent_post))
-    app.router.add_get(base + "/apps", guarded(pages.apps))
+    apps = ConnectedApps(pages)
+    app.router.add_get(base + "/apps", guarded(apps.apps))
     app.router.add_get(base + "/oidc/start", guarded(pages.oidc_start))
     app.router.add_get(base + "/oidc/callback", guarded(pages.oidc_callback))
-    app.router.add_post(base + "/apps/revoke", guarded(pages.revoke))
+    app.router.add_post(base + "/apps/revoke", guarded(apps.revoke))
 
     async def style(request: web.Request) -> web.Response:
         return stylesheet()

@@ -48,14 +48,19 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
                               "pre-registered in this server's policy"))
     oidc = None
+    if oauth.oidc is None and config.oidc_client_secret_file:
+        raise ConfigError("SCOPEGATE_OIDC_CLIENT_SECRET_FILE is set but the policy has no oauth.oidc section")
     if oauth.oidc is not None:
         problem = issuer_problem(oauth.oidc.issuer)
         if problem:
             raise ConfigError(f"{config.policy}: oauth.oidc.issuer: {problem}")
         secret = None
         if config.oidc_client_secret_file:
-            with open(config.oidc_client_secret_file, encoding="utf-8") as handle:
-                secret = handle.read().strip()
+            try:
+                with open(config.oidc_client_secret_file, encoding="utf-8") as handle:
+                    secret = handle.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"SCOPEGATE_OIDC_CLIENT_SECRET_FILE: cannot read ({type(exc).__name__})") from None
         oidc = OidcSettings(issuer=oauth.oidc.issuer, client_id=oauth.oidc.client_id, name=oauth.oidc.name,
                             scopes=oauth.oidc.scopes, subject_claim=oauth.oidc.subject_claim,
                             role_claim=oauth.oidc.role_claim, roles=tuple(oauth.oidc.roles.items()),
