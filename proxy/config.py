@@ -199,6 +199,19 @@ SETTINGS = (
     Setting("max_depth", _positive_int, "deepest JSON nesting accepted (default 64)"),
     Setting("max_batch", _positive_int, "most messages in one JSON-RPC batch (default 100)"),
     Setting("connect_timeout", _seconds, "seconds to wait for a connection to the upstream (default 5)"),
+    Setting("response_timeout", _seconds, "seconds to wait for upstream response headers; then 504 (default 120)"),
+    Setting("read_timeout", _seconds, "seconds a JSON upstream body may stall between reads; then 504 (default 30)"),
+    Setting("body_timeout", _seconds, "seconds a client has to send its whole request body; then 408 (default 30)"),
+    Setting("stream_connections", _positive_int, "upstream connections for long-lived GET streams (default 500)"),
+    Setting("call_connections", _positive_int, "upstream connections for calls: POST and DELETE (default 500)"),
+    Setting("max_streams_per_credential", _positive_int, "concurrent GET streams one credential may hold; then 429 "
+            "(default 16)"),
+    Setting("max_calls_per_credential", _positive_int, "concurrent upstream calls one credential may have in flight; "
+            "then 429 (default 64)"),
+    Setting("max_pending_previews", _positive_int, "unconfirmed write previews one credential may hold (default 100)"),
+    Setting("memory_store_keys", _positive_int, "in-memory store (no Redis): most keys per kind (default 100000)"),
+    Setting("redis_breaker_seconds", _seconds, "after a Redis failure, answer 'store unavailable' at once for this "
+            "long, then probe (default 2)"),
     Setting("log_level", _level, "debug, info, warning or error (default info)"),
     Setting("policy", _file, "policy file (YAML): scopes, roles, scopes withheld from OAuth, token issuers"),
     Setting("pat_file", _file, "PAT registry file (YAML), e.g. a mounted Secret; re-read when it changes"),
@@ -246,6 +259,16 @@ class Config:
     max_depth: int = 64
     max_batch: int = 100
     connect_timeout: float = 5.0
+    response_timeout: float = 120.0
+    read_timeout: float = 30.0
+    body_timeout: float = 30.0
+    stream_connections: int = 500
+    call_connections: int = 500
+    max_streams_per_credential: int = 16
+    max_calls_per_credential: int = 64
+    max_pending_previews: int = 100
+    memory_store_keys: int = 100_000
+    redis_breaker_seconds: float = 2.0
     log_level: str = "INFO"
     policy: str | None = None
     pat_file: str | None = None

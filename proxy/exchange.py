@@ -16,6 +16,7 @@ from proxy.jsonrpc import Message
 if TYPE_CHECKING:
     from proxy.identity.principal import Principal
     from proxy.policy.decide import Decision
+    from proxy.policy.reload import LivePolicy
 
 
 class Outcome(NamedTuple):
@@ -46,6 +47,7 @@ class Exchange:
     protocol_version: str | None
     upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
     http_method: str = "POST"
+    policy: LivePolicy | None = None  # forwarder: the policy generation pinned for the whole request
     principal: Principal | None = None  # authentication: every later step may rely on it
     auth_failure: str | None = None  # authentication: why it refused the request (a small fixed set)
     resource_metadata: str = ""  # authentication: the RFC 9728 URL a later 403's challenge names

@@ -3,7 +3,6 @@ upstream and Redis away and back."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.demo.event_store import resumable_app
 from proxy.demo.ledger import build_server
-from proxy.edge.app import OPS_PORT
-from tests.conftest import MODERN_META, TOKENS, Recorder, ThreadedServer, free_port
+from proxy.edge.app import OPS_PORT, RELOADER
+from tests.conftest import MODERN_META, TOKENS, Recorder, ThreadedServer, free_port, wait_until
 
 VENDOR = {"workspaceId": "acme", "name": "Paper Co"}
 
@@ -65,7 +64,8 @@ async def test_a_scripted_session_moves_the_counters(start_proxy: Any, upstream:
         async with http.post(url, data=b"{}", headers={"Host": "evil.example"}) as resp:
             assert resp.status == 403
     policy.write_text("version: 1\ntools: nonsense\n")  # a reload that must fail
-    await asyncio.sleep(1.5)
+    reloader = start_proxy.runners[-1].app[RELOADER]
+    assert await wait_until(lambda: reloader.results["failure"] >= 1)
 
     after = await scrape(port)
     expected = {

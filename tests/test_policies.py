@@ -17,7 +17,7 @@ from yarl import URL
 from proxy.identity.pats import create_record, write_records
 from proxy.policy.decide import Rules, decide
 from proxy.policy.model import Policy, Rule, load_policy
-from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client
+from tests.conftest import MODERN_META, MODES, POLICIES, Recorder, sdk_client, wait_until
 
 # --- the decision, pure ------------------------------------------------------------------------------------------
 
@@ -349,8 +349,7 @@ async def test_hot_reload(start_proxy: Any, upstream: Any, recorder: Recorder, i
 
     path.write_text("version: 1\ntools: [{match: '*', effect: everything}]\n")  # invalid: refused
     reloader = start_proxy.runners[-1].app[RELOADER]
-    await asyncio.sleep(1.5)
-    assert reloader.results["failure"] >= 1
+    assert await wait_until(lambda: reloader.results["failure"] >= 1)
     tools = (await visible(url, writer, "auto"))[0]
     assert "list_accounts" in tools and "delete_journal_entry" not in tools  # the last good policy stays
 

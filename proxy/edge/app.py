@@ -46,9 +46,12 @@ OPS_PORT = web.AppKey("ops_port", int)
 SHUTDOWN_TIMEOUT = 3.0
 
 
-def upstream_session(config: Config, trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
-    """One pooled session for every upstream request. No total timeout: SSE streams live as long as they must."""
-    connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=30, enable_cleanup_closed=True)
+def upstream_session(config: Config, connections: int,
+                     trace_configs: list[aiohttp.TraceConfig] | None = None) -> aiohttp.ClientSession:
+    """A pooled session for upstream requests; one for calls and one for GET streams, so neither can use up the
+    other's connections. No total timeout: SSE streams live as long as they must (the forwarder bounds the wait
+    for response headers and for JSON bodies)."""
+    connector = aiohttp.TCPConnector(limit=connections, keepalive_timeout=30, enable_cleanup_closed=True)
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,  # bodies are relayed with the upstream's Content-Encoding intact
@@ -88,7 +91,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics = Metrics()
-        store = open_store(config.redis_url, metrics.store_errors.inc)
+        store = open_store(config.redis_url, metrics.store_errors.inc, memory_keys=config.memory_store_keys,
+                           breaker_seconds=config.redis_breaker_seconds,
+                           on_short_circuit=metrics.store_short_circuits.inc)
         untraced = store  # startup reads (the event id key) belong to no request's trace
         if tracing is not None and config.redis_url:
             store = tracing.store(store)
@@ -97,7 +102,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
         ops: web.AppRunner | None = None
         try:
             traces = [tracing.client_trace()] if tracing is not None else None
-            async with upstream_session(config, traces) as session, aiohttp.ClientSession() as key_session:
+            async with upstream_session(config, config.call_connections, traces) as session, \
+                    upstream_session(config, config.stream_connections, traces) as stream_session, \
+                    aiohttp.ClientSession() as key_session:
                 verifier = identity.verifier(config, key_session)
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
 
@@ -115,13 +122,14 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
-                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit, EventIds(key))
+                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit, EventIds(key),
+                                           stream_session=stream_session)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())
                 app[RELOADER] = reloader
                 if config.metrics_listen is not None:
-                    checks = {"upstream": upstream_check(config.upstream)}
+                    checks = {"upstream": upstream_check(config.upstream, session, dict(chosen.upstream_headers))}
                     if config.redis_url:
                         checks["redis"] = store_check(store)
 

@@ -6,6 +6,7 @@ upstream session, and merges the guards' own answers with the upstream's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ from aiohttp import ClientResponse, web
 from yarl import URL
 
 from proxy.config import Config
+from proxy.edge.budget import Budget
 from proxy.edge.converse import converse
 from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.event_ids import EventIds
@@ -28,7 +30,7 @@ from proxy.edge.sse import event_data
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
-from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, is_request, rpc_error
+from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, error, is_request, rpc_error
 from proxy.ops.audit import AuditWriter
 from proxy.ops.metrics import AUTH_REASONS, Metrics, bounded
 from proxy.store import StoreUnavailable
@@ -47,8 +49,27 @@ def error_message(response: web.StreamResponse) -> str:
     return message if isinstance(message, str) else f"HTTP {response.status}"
 
 
+UPSTREAM_TIMEOUT = -32001  # no answer from the upstream in time (an implementation-defined server error)
+CUT_SHORT = "upstream stream ended before the response"
+
+
 class BodyTooLarge(Exception):
     pass
+
+
+class UpstreamStalled(Exception):
+    """A JSON body stopped coming for longer than the read timeout."""
+
+
+def long_lived(request: web.Request) -> bool:
+    """A stream that may stay open for hours: a GET, or a 2026-07-28 subscriptions/listen (a POST whose Mcp-Method
+    header says so; a client that mislabels its request only moves it to the other capped budget)."""
+    return request.method == "GET" or request.headers.get("Mcp-Method") == "subscriptions/listen"
+
+
+def holder(exchange: Exchange) -> str:
+    principal = exchange.principal
+    return f"{principal.kind}:{principal.credential_id}" if principal is not None else ""
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -68,11 +89,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 class Forwarder:
     def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
                  metrics: Metrics | None = None, audit: AuditWriter | None = None,
-                 event_ids: EventIds | None = None) -> None:
+                 event_ids: EventIds | None = None, stream_session: aiohttp.ClientSession | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
-        self.session = session
+        self.session = session  # calls (POST, DELETE) have their own upstream connections ...
+        self.stream_session = stream_session or session  # ... apart from long-lived streams'
+        self.budgets = {"streams": Budget(config.max_streams_per_credential),
+                        "calls": Budget(config.max_calls_per_credential)}
         self.metrics = metrics or Metrics()
         self.audit = audit
         self.event_ids = event_ids or EventIds(os.urandom(32))
@@ -109,13 +133,27 @@ class Forwarder:
             refusal = response = self._resume_from(request, exchange)
             if refusal is not None:
                 return refusal
-            if request.method == "POST":
-                response = await self._post(request, exchange)
+            kind = "streams" if long_lived(request) else "calls"
+            budget, who = self.budgets[kind], holder(exchange)
+            if not budget.acquire(who):
+                self.metrics.limit(kind)
+                self._refused(exchange, "deny", f"{kind} limit")
+                what = "open streams" if kind == "streams" else "requests in flight"
+                response = rpc_error(429, INVALID_REQUEST, f"too many {what} for this credential (limit "
+                                     f"{budget.limit}); retry shortly", request_id=exchange.request_id,
+                                     headers={"Retry-After": "1"})
                 return response
-            self.metrics.message(request.method, "allow")
-            self._outcome(exchange, {"method": request.method}, "allow", "")
-            response = await self._forward(request, exchange, None, ServerMessages(self.pipeline, exchange), [], None)
-            return response
+            try:
+                if request.method == "POST":
+                    response = await self._post(request, exchange)
+                    return response
+                self.metrics.message(request.method, "allow")
+                self._outcome(exchange, {"method": request.method}, "allow", "")
+                response = await self._forward(request, exchange, None, ServerMessages(self.pipeline, exchange), [],
+                                               None)
+                return response
+            finally:
+                budget.release(who)
         finally:
             if not exchange.outcomes:  # every request leaves a record, whichever way it ended
                 status = response.status if response is not None else None
@@ -165,10 +203,18 @@ class Forwarder:
         rid = exchange.request_id
         limit = self.config.max_body_bytes
         try:
-            body = await read_body(request, limit)
+            async with asyncio.timeout(self.config.body_timeout):  # a client that trickles holds nothing for long
+                body = await read_body(request, limit)
         except BodyTooLarge:
             self._refused(exchange, "invalid", "body too large")
             return rpc_error(413, INVALID_REQUEST, f"request body exceeds {limit} bytes", request_id=rid)
+        except TimeoutError:
+            self.metrics.limit("body_timeout")
+            self._refused(exchange, "invalid", "body timeout")
+            refusal = rpc_error(408, INVALID_REQUEST, f"request body not received within "
+                                f"{self.config.body_timeout:g} s", request_id=rid)
+            refusal.force_close()
+            return refusal
         try:
             frame = parse_body(
                 body,
@@ -184,6 +230,7 @@ class Forwarder:
         last_answer: Answer | None = None
         forward: list[Message] = []
         asked: dict[tuple[str, Any], str] = {}
+        self.pipeline.pin(exchange)  # every message of this request is decided by the policy in force now
         for message in frame.messages:
             try:
                 outcome = await self.pipeline.guard(exchange, message)
@@ -236,11 +283,20 @@ class Forwarder:
         lists_asked: bool = False,
     ) -> web.StreamResponse:
         started = time.perf_counter()
+        session = self.stream_session if long_lived(request) else self.session
+        deadline = asyncio.timeout(self.config.response_timeout)
         try:
-            upstream = await self.session.request(
-                request.method, self.upstream, data=payload, headers=exchange.upstream_headers
-            )
+            async with deadline:
+                upstream = await session.request(
+                    request.method, self.upstream, data=payload, headers=exchange.upstream_headers
+                )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if deadline.expired():
+                log.warning("upstream sent no response headers within %g s", self.config.response_timeout,
+                            extra={"request_id": exchange.request_id})
+                self.metrics.upstream_errors.labels("timeout").inc()
+                return rpc_error(504, UPSTREAM_TIMEOUT, f"upstream did not answer within "
+                                 f"{self.config.response_timeout:g} s", request_id=exchange.request_id)
             log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
             self.metrics.upstream_errors.labels("connect").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
@@ -264,7 +320,8 @@ class Forwarder:
                 # No list travels here, and clients rely on the upstream's own error bodies (a 2026-07-28 client
                 # falls back to initialize on them): relayed as they are. (With the guards' own answers to merge
                 # into a batch's reply, the body is read like any other.)
-                response = web.Response(status=upstream.status, body=await upstream.read(), headers=headers)
+                response = web.Response(status=upstream.status, body=await self._read_whole(upstream),
+                                        headers=headers)
             elif media == "text/event-stream" and encoding == "identity":
                 response = await self._stream(request, upstream, headers, messages, answers)
             else:
@@ -273,6 +330,12 @@ class Forwarder:
             return response
         except Unreadable as exc:
             return self._unreadable(exchange, exc)
+        except UpstreamStalled:
+            log.warning("upstream body stalled for %g s", self.config.read_timeout,
+                        extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("stall").inc()
+            return rpc_error(504, UPSTREAM_TIMEOUT, f"upstream stopped sending its answer for "
+                             f"{self.config.read_timeout:g} s", request_id=exchange.request_id)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             # The upstream failed after it had started answering.
             log.warning("upstream failed mid-response: %s", type(exc).__name__,
@@ -295,7 +358,7 @@ class Forwarder:
         media: str,
         encoding: str,
     ) -> web.Response:
-        body = await upstream.read()
+        body = await self._read_whole(upstream)
         status = upstream.status
         if not body:
             if status == 202 and answers:
@@ -317,6 +380,20 @@ class Forwarder:
         self._outcome(exchange, {"method": "response"}, "refuse", "unreadable answer")
         return rpc_error(502, INTERNAL_ERROR, "upstream answer not understood", request_id=exchange.request_id)
 
+    async def _read_whole(self, upstream: ClientResponse) -> bytes:
+        """The whole body, each read bounded: an upstream that stops sending mid-body is given up on."""
+        chunks = []
+        content = upstream.content
+        while True:
+            try:
+                async with asyncio.timeout(self.config.read_timeout):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise UpstreamStalled from None
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
     async def _stream(
         self,
         request: web.Request,
@@ -329,6 +406,7 @@ class Forwarder:
         await response.prepare(request)
         self.open_streams.add(upstream)
         self.metrics.open_streams.inc()
+        cut = False
         try:
             for answer in answers:
                 await response.write(sse_event(answer))
@@ -336,23 +414,43 @@ class Forwarder:
         except Unreadable as exc:
             # The status line has gone out: the refusal is the end of the stream, before the event.
             self._unreadable(messages.exchange, exc)
-        except (ConnectionResetError, aiohttp.ClientError):
-            # The client left, the upstream broke the stream, or shutdown closed it: end ours. The caller closes
-            # the upstream response.
-            pass
+        except ConnectionResetError:
+            pass  # the client left; the caller closes the upstream response
+        except aiohttp.ClientError:
+            cut = True  # the upstream broke the stream off (or shutdown closed it)
         finally:
             self.open_streams.discard(upstream)
             self.metrics.open_streams.dec()
+        if cut:
+            await self._cut(request, response, messages)
         return response
+
+    async def _cut(self, request: web.Request, response: web.StreamResponse, messages: ServerMessages) -> None:
+        """The upstream's stream ended mid-way: the client must not mistake that for a finished stream. Requests
+        of this POST still unanswered get an error; a stream with none waiting is cut off in turn."""
+        self.metrics.upstream_errors.labels("cut").inc()
+        log.warning("upstream stream cut off", extra={"request_id": messages.exchange.request_id})
+        awaited = [msg_id for _, msg_id in messages.asked]  # answered ones were taken out as they came
+        messages.asked.clear()
+        try:
+            if awaited:
+                data = {"requestId": messages.exchange.request_id}
+                await response.write(b"".join(sse_event(error(msg_id, INTERNAL_ERROR, CUT_SHORT, data))
+                                              for msg_id in awaited))
+            elif request.transport is not None:
+                request.transport.close()  # no clean end of stream: the client sees it broken, as it was
+        except ConnectionResetError:
+            pass
 
     async def probe(self, exchange: Exchange, message: Message) -> Message | None:
         """Send one request upstream and return its response message (JSON or SSE), or None if there is none.
         Used for a write's dry run: the upstream's own preview, made with the caller's server-side headers."""
         try:
-            async with self.session.post(self.upstream, data=dumps(message),
-                                         headers=exchange.upstream_headers) as upstream:
-                body = await upstream.read()
-                if not upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            # Bounded as a whole: a dry run that never ends must not hold the preview (or the caller) forever.
+            async with asyncio.timeout(self.config.response_timeout), \
+                    self.session.post(self.upstream, data=dumps(message), headers=exchange.upstream_headers) as up:
+                body = await up.read()
+                if not up.headers.get("Content-Type", "").startswith("text/event-stream"):
                     found = orjson.loads(body) if body else None
                     return found if isinstance(found, dict) else None
         except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError):

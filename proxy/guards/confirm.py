@@ -27,6 +27,7 @@ from proxy.guards.confirmation import (
     binding_problem,
     describe,
     new_token,
+    pending_key,
     redacted,
     store_key,
     used_key,
@@ -44,8 +45,9 @@ UpstreamCall = Callable[[Exchange, Message], Awaitable[Message | None]]
 
 class ConfirmGuard:
     def __init__(self, live: LivePolicy, store: Store, upstream: UpstreamCall, human: HumanApproval,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_pending: int = 100) -> None:
         self.live = live
+        self.max_pending = max_pending  # unconfirmed previews one credential may hold
         self.store = store
         self.upstream = upstream
         self.human = human
@@ -68,7 +70,7 @@ class ConfirmGuard:
         params["arguments"] = args
         if TOKEN_ARGUMENT in meta:
             params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
-        found = self.live.rules.find("tool", tool)
+        found = self.live.of(exchange).rules.find("tool", tool)
         rule = found[1] if found else None
         outcome: Message | Answer | Conversation
         try:
@@ -92,13 +94,13 @@ class ConfirmGuard:
         assert principal is not None
         return {"credential_id": principal.credential_id, "subject": principal.subject, "kind": principal.kind,
                 "session": exchange.session_id or "", "tool": tool,
-                "workspace": args.get(self.live.policy.workspace_property), "digest": digest(args)}
+                "workspace": args.get(self.live.of(exchange).policy.workspace_property), "digest": digest(args)}
 
     async def _held(self, exchange: Exchange, message: Message, tool: str, args: dict[str, Any],
                     rule: Rule | None) -> Held:
         """What is held, as shown to whoever confirms: bindings, redacted arguments, the upstream's own dry run."""
         ttl = (rule.confirm_ttl_seconds if rule and rule.confirm_ttl_seconds else None) or \
-            self.live.policy.confirm_ttl_seconds
+            self.live.of(exchange).policy.confirm_ttl_seconds
         upstream_preview = None
         if rule is not None and rule.dry_run is not None:
             # The dry run is asked for plainly: never as a task the upstream would keep for nobody.
@@ -115,6 +117,14 @@ class ConfirmGuard:
                     dry_run=rule is not None and rule.dry_run is not None, upstream_preview=upstream_preview)
 
     async def _preview(self, held: Held) -> Answer:
+        principal = held.exchange.principal
+        assert principal is not None
+        # One credential's unconfirmed previews are bounded: a flood of them cannot crowd out anyone else's.
+        if not await self.store.reserve(pending_key(principal.kind, principal.credential_id), held.preview_id,
+                                        self.max_pending, int(held.ttl) + 1):
+            return tool_result(held.exchange, held.message.get("id"), f"too many unconfirmed previews for this "
+                               f"credential (limit {self.max_pending}): confirm or let some expire, then retry",
+                               error=True, decision="refuse", reason="pending limit")
         token = new_token()
         record = {"id": held.preview_id, "expires": held.expires, **held.bindings}
         # The store keeps the bindings and the digest, never the arguments themselves.
@@ -144,6 +154,7 @@ class ConfirmGuard:
             return tool_result(exchange, msg_id, f"the confirmation token is {reason}: call {tool} without it for "
                                "a new preview", error=True, decision="refuse", reason=reason)
         preview = orjson.loads(raw)
+        await self.store.release(pending_key(preview["kind"], preview["credential_id"]), preview["id"])
         await self.store.set(used_key(token), "1", ttl=3600)
         code, problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
         if problem:

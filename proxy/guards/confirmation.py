@@ -27,6 +27,11 @@ def store_key(token: str) -> str:
     return "scopegate:preview:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def pending_key(kind: str, credential_id: str) -> str:
+    """One credential's pending previews (a bounded set in the store)."""
+    return f"scopegate:pending:{kind}:{credential_id}"
+
+
 def used_key(token: str) -> str:
     return "scopegate:preview-used:" + hashlib.sha256(token.encode()).hexdigest()
 

@@ -150,7 +150,7 @@ class ListFilter:
             principal.bound_workspace, principal.workspaces,
             frozenset(name for name, level in principal.permissions.items() if level == "none"))
         # tools: whether the bound workspace's argument is hidden
-        hidden = bool(self.live.rules.policy.hide_bound_workspace and principal is not None
+        hidden = bool(self.live.of(exchange).rules.policy.hide_bound_workspace and principal is not None
                       and principal.bound_workspace)
         return (method or "", digest, held, exchange.protocol_version, (reach, hidden))
 
@@ -160,7 +160,7 @@ class ListFilter:
         UnreadableList as `__call__` does."""
         if method is not None and method not in LISTS:  # an answer known to be no list: nothing worth keeping
             return dumps(self(exchange, response.message(), method)["result"])
-        rules = self.live.rules
+        rules = self.live.of(exchange).rules  # the request's pinned policy (the cache is keyed on it too)
         key = self.cache_key(exchange, method, hashlib.sha256(response.result).digest())
         found = self.cache.get(rules, key)
         if found is not None:
@@ -189,16 +189,16 @@ class ListFilter:
                 found = True
         if not found:
             return response
-        rules = self.live.rules
+        rules = self.live.of(exchange).rules  # the request's pinned policy (the cache is keyed on it too)
         principal = exchange.principal
         if "tools" in result and rules.policy.hide_bound_workspace and principal and principal.bound_workspace:
-            self._hide_workspace(result["tools"], rules.policy.workspace_property)
+            self._hide_workspace(result["tools"], rules.policy.workspace_property, rules)
         if (exchange.protocol_version or "") >= MODERN:
             result["cacheScope"] = "private"
         return response
 
     def _visible(self, exchange: Exchange, kind: Kind, item_key: str, items: list[Any]) -> list[Any]:
-        rules = self.live.rules
+        rules = self.live.of(exchange).rules  # the request's pinned policy (the cache is keyed on it too)
         hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         kept = []
@@ -215,22 +215,22 @@ class ListFilter:
 
     def _other_workspace(self, exchange: Exchange, uri: str) -> bool:
         """A resource in a workspace this caller may not read is not shown: it could not be read either."""
-        named, workspace = self.live.rules.resource_workspace(uri)
+        named, workspace = self.live.of(exchange).rules.resource_workspace(uri)
         if not named or exchange.principal is None:
             return named
         return workspace is None or workspace_problem(exchange.principal, workspace) is not None
 
-    def _hide_workspace(self, tools: list[dict[str, Any]], prop: str) -> None:
+    def _hide_workspace(self, tools: list[dict[str, Any]], prop: str, rules: Rules) -> None:
         """A bound credential need not (and should not guess to) name its workspace: the proxy supplies it."""
         for tool in tools:
             schema = tool.get("inputSchema")
             if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
                 continue
-            if prop in schema["properties"] and self.workspace_injected(tool["name"]):
+            if prop in schema["properties"] and self.workspace_injected(tool["name"], rules):
                 schema["properties"] = {k: v for k, v in schema["properties"].items() if k != prop}
                 if isinstance(schema.get("required"), list):
                     schema["required"] = [r for r in schema["required"] if r != prop]
 
-    def workspace_injected(self, tool: str) -> bool:
-        outcome = self.live.rules.outcome("tool", tool)
+    def workspace_injected(self, tool: str, rules: Rules) -> bool:
+        outcome = rules.outcome("tool", tool)
         return outcome is None or outcome.workspace in ("inject", None)

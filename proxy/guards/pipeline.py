@@ -75,6 +75,11 @@ class Pipeline:
     # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
     # task-augmented call, whichever guard answered it).
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
+    live: LivePolicy | None = None  # the policy the guards decide by: pinned per request
+
+    def pin(self, exchange: Exchange) -> None:
+        if self.live is not None:
+            self.live.pin(exchange)
 
     async def admit(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
         for check in self.admission:
@@ -137,7 +142,9 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # writes: a preview and a token first, or a person's approval; then one confirmed call
-            ConfirmGuard(live, store, upstream_call, HumanApproval(store, clients)),
+            # (and a credential's unconfirmed previews are bounded)
+            ConfirmGuard(live, store, upstream_call, HumanApproval(store, clients),
+                         max_pending=config.max_pending_previews),
             TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the proxy holds, for their owner
         ),
         response_hooks=(
@@ -153,4 +160,5 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         upstream_watches=(catalog.saw, lists.saw),
         # A task-augmented call the proxy answers itself (a preview, any guard's refusal) gets a task it holds.
         answer_hook=HeldTasks(store, live),
+        live=live,
     )

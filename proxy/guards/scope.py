@@ -117,7 +117,7 @@ class ScopeGuard:
             return Answer(error(msg_id, INVALID_PARAMS, "params.arguments must be an object",
                                 {"requestId": exchange.request_id}), http_status=400, decision="invalid")
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
-        rules = self.live.rules
+        rules = self.live.of(exchange).rules  # the request's pinned policy: one generation per request
         decision = None
         for kind, name in named:
             hint = None

@@ -41,9 +41,12 @@ class SessionBinding:
         self._confirmed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (owner, when), bounded
 
     def _remember(self, key: str, bound: str) -> None:
-        self._confirmed[key] = (bound, time.monotonic())
+        now = time.monotonic()
+        self._confirmed[key] = (bound, now)
         self._confirmed.move_to_end(key)
-        while len(self._confirmed) > 100_000:
+        # Oldest first: what is older than the stale window can never be used again, and the whole is bounded.
+        while self._confirmed and (len(self._confirmed) > 100_000 or
+                                   now - next(iter(self._confirmed.values()))[1] > STALE_OK_SECONDS):
             self._confirmed.popitem(last=False)
 
     async def check(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:

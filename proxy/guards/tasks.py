@@ -85,7 +85,7 @@ class HeldTasks:
     async def __call__(self, exchange: Exchange, message: Message, answer: Answer) -> Answer:
         if answer.response is None or not wants_task(message) or exchange.principal is None:
             return answer
-        return await hold(self.store, exchange, answer, self.live.policy.confirm_ttl_seconds)
+        return await hold(self.store, exchange, answer, self.live.of(exchange).policy.confirm_ttl_seconds)
 
 
 class TaskGuard:

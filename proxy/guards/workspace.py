@@ -90,7 +90,7 @@ class WorkspaceGuard:
         for kind, uri in targets(message["method"], message["params"]):  # the scope guard has checked them
             if kind != "resource":
                 continue
-            named, workspace = self.live.rules.resource_workspace(uri)
+            named, workspace = self.live.of(exchange).rules.resource_workspace(uri)
             if not named:
                 continue
             problem = (workspace_problem(exchange.principal, workspace) if workspace is not None
@@ -113,8 +113,8 @@ class WorkspaceGuard:
             return refused or message
         params = message["params"]
         tool, msg_id = params["name"], message.get("id")  # the scope guard has checked the name already
-        policy = self.live.policy
-        rule = self.live.rules.outcome("tool", tool)
+        policy = self.live.of(exchange).policy
+        rule = self.live.of(exchange).rules.outcome("tool", tool)
         mode = rule.workspace if rule is not None else None  # None: the upstream's schema says
         modern = (exchange.protocol_version or "") >= "2026-07-28"
         facts = None

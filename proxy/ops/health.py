@@ -1,15 +1,17 @@
 """The operations listener (SCOPEGATE_METRICS_LISTEN, default 127.0.0.1:9464): /metrics, /healthz and /readyz.
 
-/healthz says the process answers. /readyz says whether it can do its job: a policy is loaded, the upstream accepts
-connections, and Redis answers when one is configured; when not ready it answers 503 with the reasons.
+/healthz says the process answers. /readyz says whether it can do its job: a policy is loaded, the upstream answers
+an MCP request in time, and Redis answers when one is configured; when not ready it answers 503 with the reasons.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
@@ -21,16 +23,28 @@ from proxy.store import Store, StoreUnavailable
 Check = Callable[[], Awaitable[str | None]]  # None: fine; else the reason it is not
 
 
-def upstream_check(upstream: URL, timeout: float = 1.0) -> Check:
+PING = b'{"jsonrpc":"2.0","id":"scopegate-readyz","method":"ping"}'
+PING_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+
+def upstream_check(upstream: URL, session: aiohttp.ClientSession | None = None,
+                   headers: Mapping[str, str] | None = None, timeout: float = 1.0) -> Check:
+    """A real MCP request (a ping) the upstream must answer, with any HTTP status, within `timeout`: an upstream
+    that accepts connections but never answers is not ready. Its answer is not judged (without a session a
+    stateful server refuses a ping, which still shows it is alive)."""
+
     async def check() -> str | None:
-        port = upstream.port or (443 if upstream.scheme == "https" else 80)
         try:
-            async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(upstream.host, port)
-            writer.close()
-        except (OSError, TimeoutError):
+            async with asyncio.timeout(timeout), contextlib.AsyncExitStack() as stack:
+                # The proxy's own pooled session where there is one (the supervisor of several workers has none).
+                http = session or await stack.enter_async_context(aiohttp.ClientSession())
+                async with http.post(upstream, data=PING, headers={**(headers or {}), **PING_HEADERS}) as response:
+                    status = response.status
+        except TimeoutError:
+            return f"upstream does not answer within {timeout:g} s"
+        except (OSError, aiohttp.ClientError):
             return "upstream does not accept connections"
-        return None
+        return f"upstream answers {status}" if status >= 500 else None
 
     return check
 

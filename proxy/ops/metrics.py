@@ -25,7 +25,10 @@ CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential",
                              "arguments", "store unavailable", "not a string",
                              # confirm: human (guards/human.py)
                              "rejected", "cancelled", "timeout", "unanswered", "no elicitation", "human required",
-                             "unknown approval", "batch"})
+                             "unknown approval", "batch", "pending limit"})
+# What a limit refused: a credential's concurrent streams or calls, a body sent too slowly (pending previews are
+# counted with the confirmations, reason pending_limit).
+LIMITS = frozenset({"streams", "calls", "body_timeout"})
 
 
 def bounded(value: str, allowed: frozenset[str]) -> str:
@@ -43,8 +46,11 @@ class Metrics:
                                   ["http_method"], registry=r)
         self.upstream_duration = Histogram("scopegate_upstream_duration_seconds",
                                            "Time to the upstream's response headers", registry=r)
+        # kind: connect (no connection), timeout (no response headers in time), stall (a JSON body stopped
+        # coming), response (broke while answering), cut (a stream ended mid-way)
         self.upstream_errors = Counter("scopegate_upstream_errors", "Upstream failures, by kind", ["kind"],
                                        registry=r)
+        self.limited = Counter("scopegate_limited", "Requests refused by a limit, by limit", ["limit"], registry=r)
         self.auth_failures = Counter("scopegate_auth_failures", "Refused credentials, by reason", ["reason"],
                                      registry=r)
         self.confirmations = Counter("scopegate_confirmations", "Previews issued, confirmed and refused",
@@ -54,6 +60,8 @@ class Metrics:
                                   multiprocess_mode="livesum")
         self.store_errors = Counter("scopegate_store_errors", "Shared store (Redis) operations that failed",
                                     registry=r)
+        self.store_short_circuits = Counter("scopegate_store_short_circuits", "Store operations answered "
+                                            "'unavailable' at once while the circuit breaker is open", registry=r)
         self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
         self.audit_records = Counter("scopegate_audit_records", "Audit records written, by type", ["type"],
@@ -71,6 +79,9 @@ class Metrics:
         Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
         PlatformCollector(registry=r)  # python_info
+
+    def limit(self, limit: str) -> None:
+        self.limited.labels(bounded(limit, LIMITS)).inc()
 
     def message(self, method: str, decision: str) -> None:
         self.requests.labels(bounded(method, KNOWN_METHODS), decision).inc()

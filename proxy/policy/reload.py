@@ -1,4 +1,5 @@
-"""Hot reload: a changed policy file (polled every second) or SIGHUP re-reads the policy, validates it, and swaps it in.
+"""Hot reload: a changed policy file (polled every second, loaded once it has stopped changing) or SIGHUP re-reads
+the policy, validates it, and swaps it in.
 
 An invalid new policy is refused and the old one stays in force; the failure is logged (and counted, for
 /metrics). The swap happens without an `await` in between, so no request sees half of the old and half of the new
@@ -15,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from proxy.exchange import Exchange
 from proxy.files import file_stamp
 from proxy.policy.decide import Rules
 from proxy.policy.model import Policy, PolicyError, load_policy
@@ -28,10 +30,20 @@ Follower = Callable[[Policy], Callable[[], None]]
 
 @dataclass
 class LivePolicy:
-    """The policy in force, read on every decision through this one holder."""
+    """The policy in force, read on every decision through this one holder.
+
+    A request is decided by one policy generation, whatever reload lands while its guards await: `pin` copies the
+    pair onto the Exchange at admission, and every step reads `of(exchange)`, the pinned pair when there is one.
+    """
 
     policy: Policy
     rules: Rules
+
+    def pin(self, exchange: Exchange) -> None:
+        exchange.policy = LivePolicy(self.policy, self.rules)
+
+    def of(self, exchange: Exchange) -> LivePolicy:
+        return exchange.policy if exchange.policy is not None else self
 
 
 @dataclass
@@ -42,7 +54,7 @@ class PolicyReloader:
     followers: tuple[Follower, ...] = ()
     results: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     on_result: Callable[[str], None] | None = None
-    _stamp: tuple[int, int] | None = None
+    _stamp: tuple[int, int] | None = None  # the file as last loaded (or refused)
 
     def __post_init__(self) -> None:
         self._stamp = file_stamp(self.path)
@@ -72,8 +84,19 @@ class PolicyReloader:
         if self.on_result is not None:
             self.on_result(result)
 
+    async def poll(self, settle: float = 0.25) -> bool:
+        """One look at the file: when it changed, look again `settle` seconds later and reload only if it stayed
+        the same, so a file caught half-written (an editor or `cp` still writing it) is not loaded; the next poll
+        tries again. True when it reloaded."""
+        stamp = file_stamp(self.path)
+        if stamp == self._stamp:
+            return False
+        await asyncio.sleep(settle)
+        if file_stamp(self.path) != stamp:
+            return False
+        return self.reload()
+
     async def watch(self, interval: float = 1.0) -> None:
         while True:
             await asyncio.sleep(interval)
-            if file_stamp(self.path) != self._stamp:
-                self.reload()
+            await self.poll()
