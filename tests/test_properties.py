@@ -9,7 +9,8 @@ runs on its own event loop in a thread, in front of a scripted aiohttp upstream 
 bytes. The policy is simple enough that the decision is known here without asking the proxy: `ok_*` tools and
 prompts, `ok://` resources, nothing else.
 
-Bounded (max_examples) and deterministic (derandomize, no example database), so it runs the same in every run.
+Bounded (200 examples, a few seconds) and deterministic (derandomize, no example database): the same in every
+run.
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ async def exchange(rig: Rig, request: Any) -> tuple[int, str, bytes]:
 requests = st.one_of(client_message(), st.lists(client_message(), min_size=1, max_size=4), st.none())
 
 
-@settings(max_examples=60, derandomize=True, database=None, deadline=None,
+@settings(max_examples=200, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(requests, upstream_answer()), min_size=1, max_size=3))
 def test_no_denied_call_reaches_the_upstream_and_no_hidden_item_reaches_a_client(rig: Rig, steps: list) -> None:
