@@ -246,7 +246,7 @@ def filter_cost(rounds: int = 50) -> tuple[float, float, int]:
         started = time.perf_counter()
         message = orjson.loads(body)
         parsed = time.perf_counter()
-        kept = len(listing(exchange, "tools/list", message)["result"]["tools"])
+        kept = len(listing(exchange, message, "tools/list")["result"]["tools"])
         parse += parsed - started
         filt += time.perf_counter() - parsed
     return parse / rounds * 1000, filt / rounds * 1000, kept
