@@ -72,9 +72,9 @@ class UpstreamTools:
                 self._modern.set()
                 return tools
             except NotModern:
-                if self.revision == MODERN:
-                    raise FetchFailed("the upstream stopped answering 2026-07-28 requests") from None
+                pass  # a server that never spoke it, or one replaced by an older version: ask in 2025-11-25
         self.revision = LEGACY
+        self._modern.clear()
         if self.session_id is None:
             await self._initialize()
         try:
@@ -93,7 +93,7 @@ class UpstreamTools:
                 opened: list[bool] = []
                 try:
                     await self._listen(saw, opened)
-                except (aiohttp.ClientError, OSError, TimeoutError, FetchFailed, EventTooLarge) as exc:
+                except Exception as exc:  # whatever ended it, the stream is opened again; the catalog stays safe
                     log.info("the catalog's listen stream ended: %s", type(exc).__name__)
                 if opened:  # (an upstream without listen support is left to the catalog's maximum age)
                     saw(CHANGED)
