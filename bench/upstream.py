@@ -32,6 +32,15 @@ TOOLS = [
         "annotations": {"readOnlyHint": i % 3 != 0, "destructiveHint": False},
     }
     for i in range(1000)
+] + [  # the tools the other scenarios call: listed, as the proxy asks the upstream's own list before deciding
+    {"name": "get_period_status", "description": "The status of a period.",
+     "inputSchema": {"type": "object", "properties": {"workspaceId": {"type": "string"}, "period": {"type": "string"}},
+                     "required": ["workspaceId"]}, "annotations": {"readOnlyHint": True}},
+    {"name": "tick", "description": "Progress events, then a result.",
+     "inputSchema": {"type": "object", "properties": {"count": {"type": "integer"}, "gap": {"type": "number"}}},
+     "annotations": {"readOnlyHint": True}},
+    {"name": "create_thing", "description": "Creates a thing.",
+     "inputSchema": {"type": "object", "properties": {"n": {"type": "integer"}}}},
 ]
 
 

@@ -112,4 +112,4 @@ def recognise_response(data: bytes) -> RawResponse | None:
 
 
 def splice_response(msg_id: int | str, result: bytes) -> bytes:
-    return b'{"jsonrpc":"2.0","id":' + dumps(msg_id) + b',"result":' + result + b"}"
+    return b"".join((b'{"jsonrpc":"2.0","id":', dumps(msg_id), b',"result":', result, b"}"))  # one copy of a big result
