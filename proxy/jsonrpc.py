@@ -96,11 +96,22 @@ def recognise_response(data: bytes) -> RawResponse | None:
     result = _RESULT.match(data, pos)
     if result is None or len(members) > 2:
         return None
+    if len(members) == 2:  # both before the result, as most servers write them: the text must end with its `}`
+        end = len(data) - 1
+        while end > 0 and data[end] in b" \t\n\r":
+            end -= 1
+        if end < result.end() or data[end] != 0x7D:
+            return None
+        return _response(members, data[result.end() : end])
     window = max(result.end(), len(data) - _TAIL_WINDOW)
     tail = _TAIL.search(data, window)
     if tail is None:
         return None
     members += [(m.group(1), m.group(2)) for m in _TAIL_MEMBER.finditer(tail.group(1))]
+    return _response(members, data[result.end() : tail.start()])
+
+
+def _response(members: list[tuple[bytes, bytes]], result: bytes) -> RawResponse | None:
     names = sorted(name for name, _ in members)
     if names != [b"id", b"jsonrpc"] or dict(members)[b"jsonrpc"] != b'"2.0"':
         return None
@@ -108,7 +119,7 @@ def recognise_response(data: bytes) -> RawResponse | None:
         msg_id = orjson.loads(dict(members)[b"id"])  # a string id must be UTF-8
     except orjson.JSONDecodeError:
         return None
-    return RawResponse(msg_id, data[result.end() : tail.start()])
+    return RawResponse(msg_id, result)
 
 
 def splice_response(msg_id: int | str, result: bytes) -> bytes:

@@ -115,7 +115,7 @@ def _whole_path(live: LivePolicy, exchange: Exchange, method: str, body: bytes) 
     (b'{"jsonrpc":"2.0","id":"7","result":{}}', "7", b"{}"),
     (b'{"result":{"x":{"id":5}},"jsonrpc":"2.0","id":3}', 3, b'{"x":{"id":5}}'),
     (b'{"id":-2,"result":[],"jsonrpc":"2.0"}', -2, b"[]"),
-    (b' \r\n{ "jsonrpc" : "2.0" ,\t"id" : 0 , "result" : {"a":"}"} }\n', 0, b' {"a":"}"}'),
+    (b' \r\n{ "jsonrpc" : "2.0" ,\t"id" : 0 , "result" : {"a":"}"} }\n', 0, b' {"a":"}"} '),
 ])
 def test_recognised_responses(data: bytes, msg_id: Any, result: bytes) -> None:
     found = recognise_response(data)
