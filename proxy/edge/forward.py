@@ -30,7 +30,17 @@ from proxy.edge.sse import event_data
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
-from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, JSON, Message, dumps, error, is_request, rpc_error
+from proxy.jsonrpc import (
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    JSON,
+    Message,
+    dumps,
+    dumps_kept,
+    error,
+    is_request,
+    rpc_error,
+)
 from proxy.ops.audit import AuditWriter
 from proxy.ops.metrics import AUTH_REASONS, Metrics, bounded
 from proxy.store import StoreUnavailable
@@ -256,7 +266,7 @@ class Forwarder:
 
         if not forward:
             return self._answer_locally(frame.is_batch, answers, last_answer, rid)
-        payload = dumps(forward if frame.is_batch else forward[0])
+        payload = dumps_kept(forward if frame.is_batch else forward[0])  # held as long as the upstream answers
         lists_asked = any(method in LISTS for method in asked.values())
         messages = ServerMessages(self.pipeline, exchange, asked)
         return await self._forward(request, exchange, payload, messages, answers, frame.is_batch, lists_asked)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
 from proxy.guards.workspace import workspace_problem
-from proxy.jsonrpc import Message, RawResponse, dumps
+from proxy.jsonrpc import Message, RawResponse, dumps, dumps_kept
 from proxy.policy.decide import Kind, Rules, remembered
 from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
@@ -167,7 +167,7 @@ class ListFilter:
             return found
         message = response.message()
         listed = isinstance(message["result"], dict) and any(k in message["result"] for k in SHAPES)
-        made = dumps(self(exchange, message, method)["result"])
+        made = dumps_kept(self(exchange, message, method)["result"])  # its size is what the LRU counts
         if listed:
             self.cache.put(rules, key, made)
         return made
