@@ -167,10 +167,12 @@ class ListFilter:
             return found
         message = response.message()
         listed = isinstance(message["result"], dict) and any(k in message["result"] for k in SHAPES)
-        made = dumps_kept(self(exchange, message, method)["result"])  # its size is what the LRU counts
-        if listed:
-            self.cache.put(rules, key, made)
-        return made
+        made = self(exchange, message, method)["result"]
+        if not listed:
+            return dumps(made)
+        kept = dumps_kept(made)  # its size is what the LRU counts
+        self.cache.put(rules, key, kept)
+        return kept
 
     def __call__(self, exchange: Exchange, response: Message, method: str | None) -> Message:
         """`response` with every list in its result filtered, whatever method (if any) it answers."""
