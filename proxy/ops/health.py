@@ -54,7 +54,8 @@ def store_check(store: Store) -> Check:
         try:
             await store.ping()
         except StoreUnavailable:
-            return "redis does not answer"
+            return ("redis does not answer: PATs and scopegate's OAuth grants (their revocation lives there), "
+                    "sessions and writes are refused until it does; JWTs of external issuers still read")
         return None
 
     return check
