@@ -119,7 +119,7 @@ async def test_healthz_and_readyz_follow_upstream_and_redis(start_proxy: Any, re
         assert body["policy"] == "pat-workspaces"
         redis_server.stop()
         status, body = await ready()
-        assert status == 503 and body["checks"]["redis"] == "redis does not answer"
+        assert status == 503 and body["checks"]["redis"].startswith("redis does not answer: PATs")
         redis_server.start()
         assert (await ready())[0] == 200
         own.stop()
