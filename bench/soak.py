@@ -49,7 +49,7 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
 
 
-def start() -> tuple[list[subprocess.Popen[bytes]], str, int]:
+def start(flags: tuple[str, ...] = ()) -> tuple[list[subprocess.Popen[bytes]], str, int]:
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     up_port, gate_port = free_port(), free_port()
@@ -59,7 +59,7 @@ def start() -> tuple[list[subprocess.Popen[bytes]], str, int]:
     gate = subprocess.Popen([py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen",
                              f"127.0.0.1:{gate_port}", "--log-level", "warning", "--pat-file",
                              str(BENCH_FOLDER / "pats.yaml"), "--policy", str(BENCH_POLICY), "--metrics-listen",
-                             "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+                             "127.0.0.1:0", *flags], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_for_port(gate_port, gate, "soak: scopegate")
     return [upstream, gate], f"http://127.0.0.1:{gate_port}/mcp", gate.pid
 
@@ -77,6 +77,8 @@ async def idle_streams(url: str, pid: int, count: int) -> None:
         body = tick(2, 600.0)  # one event, then ten minutes of silence
         for _ in range(count):
             resp = await http.post(url, data=body, headers=headers("tools/call", "tick"))
+            if resp.status != 200:
+                raise SystemExit(f"soak: stream {len(opened) + 1} was answered {resp.status}")
             await resp.content.readuntil(b"\n\n")  # the first event arrived: the stream is open end to end
             opened.append(resp)
         await asyncio.sleep(2)
@@ -135,7 +137,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the mixed soak")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
     args = parser.parse_args()
-    processes, url, pid = start()
+    # One credential holds every idle stream: its limits (calls in flight, upstream connections) made room for them.
+    room = str(args.streams + 100)
+    flags = ("--max-calls-per-credential", room, "--call-connections", room) if args.streams else ()
+    processes, url, pid = start(flags)
     try:
         if args.streams:
             asyncio.run(idle_streams(url, pid, args.streams))
