@@ -37,13 +37,14 @@ from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
 from proxy.guards.tasks import HeldTasks, TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
-from proxy.identity.authenticate import Authenticate, Challenge
+from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal
 from proxy.identity.metadata import WELL_KNOWN
 from proxy.jsonrpc import Message, RawResponse, dumps
 
 if TYPE_CHECKING:
     from proxy.identity.jwt_auth import JwtVerifier
     from proxy.identity.loader import Identity
+    from proxy.identity.principal import Principal
     from proxy.policy.reload import LivePolicy
     from proxy.store import Store
 
@@ -117,6 +118,18 @@ class Pipeline:
         return dumps(rewritten["result"])
 
 
+def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
+    """The `anonymous:` principal of the policy in force (a reload can turn it on or off), made once per policy."""
+    made: list[tuple[object, Principal | None]] = []
+
+    def current() -> Principal | None:
+        if not made or made[0][0] is not live.policy:
+            made[:] = [(live.policy, anonymous_principal(live.policy))]
+        return made[0][1]
+
+    return current
+
+
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None) -> Pipeline:
     """The whole pipeline, in order."""
@@ -133,7 +146,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
             *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
-            Authenticate(identity.registry, verifier, store, challenge),  # a Principal, or 401
+            Authenticate(identity.registry, verifier, store, challenge, anonymous_of(live)),  # a Principal, or 401
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(

@@ -11,19 +11,20 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from proxy.identity.jwt_auth import JwtVerifier, TokenRejected
 from proxy.identity.pats import Registry, looks_like_pat
-from proxy.identity.principal import OAUTH_GRANT_PREFIX
+from proxy.identity.principal import OAUTH_GRANT_PREFIX, Principal
 from proxy.jsonrpc import rpc_error
+from proxy.policy.model import Policy
 from proxy.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
-    from proxy.identity.principal import Principal
 
 log = logging.getLogger("scopegate.auth")
 
@@ -61,9 +62,21 @@ class Challenge:
                          request_id=exchange.request_id, headers={"WWW-Authenticate": value})
 
 
+def anonymous_principal(policy: Policy) -> Principal | None:
+    """The one principal of requests without a credential, from the policy's `anonymous:` section. Pure."""
+    section = policy.anonymous
+    if section is None:
+        return None
+    bound = section.workspace
+    return Principal(subject="anonymous", credential_id="anonymous", label="anonymous", kind="anonymous",
+                     scopes=frozenset(section.scopes), workspaces=frozenset([bound]) if bound else None,
+                     bound_workspace=bound, default_workspace=bound)
+
+
 class Authenticate:
     def __init__(self, registry: Registry | None, verifier: JwtVerifier | None, store: Store,
-                 challenge: Challenge) -> None:
+                 challenge: Challenge, anonymous: Callable[[], Principal | None] = lambda: None) -> None:
+        self.anonymous = anonymous  # the policy's `anonymous:` principal in force now, or None (the default)
         self.registry = registry
         self.verifier = verifier
         self.store = store
@@ -74,6 +87,10 @@ class Authenticate:
     async def __call__(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
+        if not request.headers.get("Authorization") and (anonymous := self.anonymous()) is not None:
+            exchange.principal = anonymous  # no credential at all; a wrong one below is still 401
+            exchange.resource_metadata = self.challenge.metadata_for(request)
+            return None
         if scheme.lower() != "bearer" or not token:
             log.info("unauthenticated request", extra={"request_id": exchange.request_id, "reason": "no bearer"})
             exchange.auth_failure = "no bearer"

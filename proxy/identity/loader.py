@@ -94,9 +94,10 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
         raise ConfigError(f"the policy needs server-side header {missing[0]} for the upstream: set "
                           f"SCOPEGATE_UPSTREAM_HEADER_{missing[0].upper().replace('-', '_')} or "
                           "SCOPEGATE_UPSTREAM_HEADERS_FILE")
-    if registry is None and not issuers:
+    if registry is None and not issuers and policy.anonymous is None:
         raise ConfigError("no credential source: set SCOPEGATE_PAT_FILE, a JWT issuer (SCOPEGATE_JWT_ISSUER), or "
-                          "issuers in the policy; every request must authenticate")
+                          "issuers in the policy (or, for a public server, an `anonymous:` section); every request "
+                          "must authenticate")
     return Identity(
         policy=policy,
         registry=registry,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 # Credential ids of grants made by scopegate's own OAuth server; no other credential id starts like this.
 OAUTH_GRANT_PREFIX = "sgo_"
 
-Kind = Literal["pat", "jwt", "oauth", "admin_key"]
+Kind = Literal["pat", "jwt", "oauth", "admin_key", "anonymous"]
 KINDS: tuple[Kind, ...] = ("pat", "jwt", "oauth", "admin_key")
 
 # Ceiling-style permission levels, weakest first; `none` is an explicit deny that wins over every grant.

@@ -121,6 +121,14 @@ class Rule(Strict):
         return "human" if self.confirm == "human" else "token"
 
 
+class Anonymous(Strict):
+    """Requests without a credential (off unless the policy has this section): a public read-only server, or a
+    conformance run. They act as one principal holding exactly these scopes; a bad token is still 401."""
+
+    scopes: tuple[Scope, ...] = ()
+    workspace: str | None = Field(None, min_length=1)  # bound: injected, and the only one they may name
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -133,6 +141,7 @@ class Policy(Strict):
     roles: dict[str, tuple[Scope, ...]] = Field(default_factory=dict)
     issuers: tuple[Issuer, ...] = ()
     oauth: OAuth | None = None
+    anonymous: Anonymous | None = None
     upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
     default: Literal["deny", "annotations"] = "deny"
     workspace_property: str = Field("workspaceId", min_length=1)  # the argument that names the workspace
@@ -225,6 +234,9 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
                 problems.append((("oauth", "scopes", n), f"scope {scope!r} is not in `scopes`"))
             if any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in policy.oauth_excluded_scopes):
                 problems.append((("oauth", "scopes", n), f"{scope!r} is in `oauth_excluded_scopes`"))
+    if policy.anonymous is not None:
+        problems += [(("anonymous", "scopes", n), f"scope {scope!r} is not in `scopes`")
+                     for n, scope in enumerate(policy.anonymous.scopes) if known and scope not in known]
     for name in ("superscope", "read_scope", "write_scope"):
         value = getattr(policy, name)
         if value is not None and known and value not in known:

@@ -1,0 +1,54 @@
+"""The policy's `anonymous:` section: off by default (no credential → 401); when present, a request without any
+credential acts as one principal holding exactly its scopes (and its workspace, bound); a wrong credential is
+still 401; a reload turns it on or off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import Config, ConfigError
+from proxy.identity.loader import load_identity
+from tests.conftest import POLICIES, TOKENS, Recorder
+from tests.test_identity import call as list_call
+from tests.test_workspaces import call
+
+ANONYMOUS = (POLICIES / "pat-workspaces.yaml").read_text().replace(
+    "default: deny\n", "default: deny\nanonymous:\n  scopes: [mcp:read]\n  workspace: acme\n", 1)
+
+
+async def test_anonymous_reads_only_what_the_section_grants(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                            tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ANONYMOUS)
+    url = await start_proxy(upstream.url, policy=str(policy))
+    status, body = await call(url, "", "list_accounts", {}, extra={"Authorization": ""})
+    assert status == 200 and body["result"]["isError"] is False
+    assert recorder.calls("tools/call")[-1]["params"]["arguments"]["workspaceId"] == "acme"  # bound: injected
+    status, body = await call(url, "", "list_accounts", {"workspaceId": "globex"}, extra={"Authorization": ""})
+    assert body["result"]["isError"] is True and "bound to workspace 'acme'" in str(body)
+    recorder.received.clear()
+    status, body = await call(url, "", "create_vendor", {"name": "x"}, extra={"Authorization": ""})
+    assert status == 403 and recorder.calls("tools/call") == []  # mcp:write is not granted
+    bad = await list_call(url, "sgp_000000000000_" + "A" * 43)
+    assert bad.status == 401  # a wrong credential is never downgraded to anonymous
+    writer = await list_call(url, TOKENS["writer"])
+    assert writer.status == 200  # credentials work as before
+
+
+async def test_off_by_default(proxy_url: str, recorder: Recorder) -> None:
+    assert (await list_call(proxy_url, None)).status == 401
+
+
+def test_an_anonymous_only_policy_is_a_credential_source(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nscopes: [mcp:read]\nanonymous: {scopes: [mcp:read]}\n"
+                      "tools:\n  - {match: list_accounts, scopes: [mcp:read]}\n")
+    from yarl import URL
+
+    assert load_identity(Config(upstream=URL("http://127.0.0.1:1/mcp"), policy=str(policy)), {}).registry is None
+    policy.write_text("version: 1\nscopes: [mcp:read]\ntools: []\n")
+    with pytest.raises(ConfigError, match="no credential source"):
+        load_identity(Config(upstream=URL("http://127.0.0.1:1/mcp"), policy=str(policy)), {})
