@@ -423,3 +423,27 @@ def test_carried_round_opens_only_with_its_handle() -> None:
     raw[-1] ^= 1
     with pytest.raises(InvalidTag):
         open_carry(handle, base64.b64encode(bytes(raw)).decode())
+
+
+async def test_questions_waiting_for_a_person_are_capped_per_credential(start_proxy: Any, upstream: Any,
+                                                                       recorder: Recorder, tmp_path: Path) -> None:
+    """A credential's open approval questions count against its pending previews like token previews do: past the
+    cap the call is refused (nothing forwarded), another credential is unaffected, and an answered question frees
+    its slot."""
+    url = await start_proxy(upstream.url, policy=human_policy(tmp_path), max_pending_previews=2)
+    approve = {"scopegate_approval": types.ElicitResult(action="accept", content={"approve": True})}
+    async with client(url, "auto", Person("accept")) as sdk, \
+            client(url, "auto", Person("accept"), token=TOKENS["other"]) as other:
+        first = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        second = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        assert isinstance(first, types.InputRequiredResult) and isinstance(second, types.InputRequiredResult)
+        over = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        assert over.is_error and "too many writes waiting for a person's approval" in over.content[0].text
+        theirs = await other.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        assert isinstance(theirs, types.InputRequiredResult)  # one credential's flood is its own
+        done = await sdk.session.call_tool(TOOL, ENTRY, input_responses=approve, request_state=first.request_state,
+                                           allow_input_required=True)
+        assert not done.is_error
+        again = await sdk.session.call_tool(TOOL, ENTRY, allow_input_required=True)
+        assert isinstance(again, types.InputRequiredResult)  # the answered question gave its slot back
+    assert posted(recorder) == [ENTRY]

@@ -41,7 +41,7 @@ from proxy.guards.approval import (
     verdict,
 )
 from proxy.guards.client_caps import ClientCapabilities
-from proxy.guards.confirmation import binding_problem
+from proxy.guards.confirmation import binding_problem, pending_key
 from proxy.guards.tasks import hold, wants_task
 from proxy.jsonrpc import Message
 from proxy.policy.model import Rule
@@ -78,10 +78,25 @@ class HumanApproval:
     USE_TOKEN: Any = object()  # approve(...) says: this call is the rule's token fallback's business
 
     def __init__(self, store: Store, capabilities: ClientCapabilities,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_pending: int = 100) -> None:
         self.store = store
         self.capabilities = capabilities
         self.clock = clock
+        self.max_pending = max_pending  # open approval questions one credential may hold, as for token previews
+
+    async def _reserve(self, held: Held) -> Answer | None:
+        """A slot among the credential's pending previews (the same bounded set token previews use), or a refusal:
+        a flood of questions cannot crowd out anyone else's."""
+        bindings = held.bindings
+        if await self.store.reserve(pending_key(bindings["kind"], bindings["credential_id"]), held.preview_id,
+                                    self.max_pending, int(held.ttl) + 61):
+            return None
+        return self._refuse(held.exchange, held.message, "pending limit", (
+            f"too many writes waiting for a person's approval for this credential (limit {self.max_pending}): "
+            "answer or let some expire, then retry"))
+
+    async def _release(self, record: dict[str, Any]) -> None:
+        await self.store.release(pending_key(record["kind"], record["credential_id"]), record["id"])
 
     async def approve(self, exchange: Exchange, message: Message, rule: Rule, has_token: bool,
                       bindings: dict[str, Any], held: Callable[[], Awaitable[Held]]) -> Message | Answer | Conversation:
@@ -142,6 +157,8 @@ class HumanApproval:
             record["carry"] = seal_carry(state, carry)
             text += ("\n(The service asked a question of its own about this change, and it was answered; approving "
                      "sends that answer on to the service.)")
+        if (refused := await self._reserve(held)) is not None:
+            return refused
         await self.store.set(record_key(state), orjson.dumps(record).decode(), ttl=held.ttl + 60)
         result = {"resultType": "input_required", "requestState": state, "inputRequests": {
             INPUT_KEY: {"method": "elicitation/create", "params": elicitation(text)}}}
@@ -157,6 +174,7 @@ class HumanApproval:
                 f"{tool} not applied: this approval is unknown, already used or long expired. Call {tool} again to "
                 "ask the person anew."))
         record = orjson.loads(raw)
+        await self._release(record)  # taken: answered or refused, it no longer waits
         now = self.clock()
         if record["expires"] <= now:
             return self._refuse(exchange, message, "timeout", f"{tool} not applied: {_REFUSED['timeout']}.")
@@ -193,10 +211,15 @@ class HumanApproval:
     async def _ask_and_wait(self, held: Held, send: Send) -> Message | Answer:
         exchange, message, tool = held.exchange, held.message, held.tool
         handle = new_handle(ELICIT_ID_PREFIX)
-        await self.store.set(record_key(handle), self._record(held).decode(), ttl=held.ttl + 60)
-        await send({"jsonrpc": "2.0", "id": handle, "method": "elicitation/create",
-                    "params": elicitation(self._text(held))})
-        raw = await self.store.pop_wait(answer_key(handle), held.ttl)
+        if (refused := await self._reserve(held)) is not None:
+            return refused
+        try:
+            await self.store.set(record_key(handle), self._record(held).decode(), ttl=held.ttl + 60)
+            await send({"jsonrpc": "2.0", "id": handle, "method": "elicitation/create",
+                        "params": elicitation(self._text(held))})
+            raw = await self.store.pop_wait(answer_key(handle), held.ttl)
+        finally:
+            await self._release({"id": held.preview_id, **held.bindings})
         if raw is None:
             await self.store.delete(record_key(handle))  # a late answer finds nothing to complete
             return self._refuse(exchange, message, "timeout", f"{tool} not applied: {_REFUSED['timeout']}.")

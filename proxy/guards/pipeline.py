@@ -156,7 +156,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
-            ConfirmGuard(live, store, upstream_call, HumanApproval(store, clients),
+            ConfirmGuard(live, store, upstream_call,
+                         HumanApproval(store, clients, max_pending=config.max_pending_previews),
                          max_pending=config.max_pending_previews),
             TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the proxy holds, for their owner
         ),
