@@ -286,3 +286,21 @@ def test_every_install_uses_the_constraints_file() -> None:
     names = {d.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower() for d in wanted}
     assert names - pinned == set(), f"not in constraints.txt (run make constraints): {names - pinned}"
     assert "proxy/demo" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_callers_inside_the_cluster_are_allowed_by_the_services_names() -> None:
+    """A Pod calling http://scopegate.mcp.svc/mcp must not get 403 Host not allowed: the Service's names, loopback
+    and the public URL's host are on the Host allow-list, plus any extra the values name."""
+    from proxy.config import load
+
+    docs = render({**FULL, "allowedHosts": ["gate.internal"]})
+    (deployment,) = kinds(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    (service,) = [s for s in kinds(docs, "Service") if not s["metadata"]["name"].endswith("-metrics")]
+    name = service["metadata"]["name"]
+    config = load({"SCOPEGATE_UPSTREAM": env["SCOPEGATE_UPSTREAM"], "SCOPEGATE_ALLOWED_HOSTS":
+                   env["SCOPEGATE_ALLOWED_HOSTS"], "SCOPEGATE_PUBLIC_URL": env["SCOPEGATE_PUBLIC_URL"]}, {})
+    for host in (name, f"{name}.mcp", f"{name}.mcp.svc:443", f"{name}.mcp.svc.cluster.local", "localhost:8443",
+                 "mcp.example.com", "gate.internal"):
+        assert config.origin_policy.host_allowed(host), host
+    assert not config.origin_policy.host_allowed("evil.example")
