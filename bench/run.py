@@ -348,13 +348,19 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
               f"{filter_ms:.2f} ms ({filter_ms / parse_ms:.2f}x parsing; {kept} tools kept); seen before, finding "
               f"it filtered in the cache {cached_ms:.2f} ms")
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
+
+
+
+def stop(processes: list[subprocess.Popen[bytes]], seconds: float = 15) -> None:
+    """Terminate every process this run started, then wait for each (killed if it will not go)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 async def workers_run(workers: int, seconds: float, concurrency: int, rounds: int) -> None:
@@ -399,13 +405,7 @@ async def workers_run(workers: int, seconds: float, concurrency: int, rounds: in
                       f"{ratio(r.cpu_us, one.cpu_us):>8}")
             print()
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BENCH_FOLDER, BENCH_POLICY, CALL, LIST, ROOT, headers, tick
+from run import BENCH_FOLDER, BENCH_POLICY, CALL, LIST, ROOT, headers, stop, tick
 
 from proxy.demo.run import free_port, wait_for_port
 
@@ -147,13 +147,7 @@ def main() -> None:
         else:
             asyncio.run(soak(url, pid, args.minutes, args.interval))
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop(processes)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,16 @@ class LegacySession:
         return self.http.post(self.url, data=orjson.dumps(message), headers=self.headers())
 
 
+async def rpc(session: LegacySession, msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """One request in the session; its one response, whether the server answered with JSON or an SSE stream."""
+    async with session.post({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}) as resp:
+        body = await resp.read()
+    if resp.headers["Content-Type"].startswith("application/json"):
+        return orjson.loads(body)
+    (data,) = [line[5:] for line in body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
+    return orjson.loads(data)
+
+
 def slow_call(msg_id: int, steps: int, delay: float) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",

@@ -11,13 +11,12 @@ from typing import Any
 import aiohttp
 import jsonschema
 import mcp_types as types
-import orjson
 import pytest
 
 from proxy.guards.confirmation import PREVIEW_SCHEMA, with_preview
 from tests.conftest import MODES, TOKENS, Upstream, sdk_client
 from tests.fastmcp_billing import POLICY, applied, billing_upstream  # noqa: F401  (the `billing` fixture)
-from tests.rawmcp import LegacySession
+from tests.rawmcp import LegacySession, rpc
 
 
 @pytest.fixture
@@ -99,15 +98,6 @@ async def test_fastmcp_client_previews_and_confirms(billing_proxy: str, billing:
         assert made.structured_content["status"] == "confirmation_required"
     assert [c["arguments"] for c in applied(billing.recorder, "void_invoice")] == [{"number": 7}]
     assert applied(billing.recorder, "create_invoice") == []
-
-
-async def rpc(session: LegacySession, msg_id: int, method: str, params: dict) -> dict:
-    async with session.post({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}) as resp:
-        body = await resp.read()
-    if resp.headers["Content-Type"].startswith("application/json"):
-        return orjson.loads(body)
-    (data,) = [line[5:] for line in body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
-    return orjson.loads(data)
 
 
 async def test_task_augmented_held_write_gets_a_proxy_held_task(billing_proxy: str, billing: Upstream) -> None:

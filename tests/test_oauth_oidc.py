@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from html import unescape
 from pathlib import Path
@@ -22,7 +21,7 @@ import yaml
 
 from proxy.demo.run import free_port
 from tests import test_oauth
-from tests.conftest import POLICIES
+from tests.conftest import POLICIES, npm_installed
 from tests.test_oauth import LIST, authorization_url, exchange, hidden, mcp_headers, pkce, register
 
 oauth_proxy = test_oauth.oauth_proxy  # the same fixture: a proxy with the OAuth server on
@@ -36,17 +35,7 @@ SECRET = "test-client-secret-made-for-this-run"
 
 @pytest.fixture(scope="session")
 def oidc_package() -> Path:
-    npm = shutil.which("npm")
-    assert npm is not None and shutil.which("node") is not None, "node and npm are needed (Node 20 or newer)"
-    marker = CACHE / f".installed-{PACKAGE}"
-    if not marker.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        (CACHE / "package.json").write_text('{"private": true, "type": "module"}\n')
-        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", PACKAGE], cwd=CACHE,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        marker.touch()
-    return CACHE
+    return npm_installed(PACKAGE, CACHE)
 
 
 @pytest.fixture

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import TOKENS, Upstream
+from tests.conftest import TOKENS, Upstream, npm_installed
 from tests.fastmcp_billing import POLICY, applied, billing_upstream  # noqa: F401  (the `billing` fixture)
 
 SDK = "@modelcontextprotocol/sdk@1.32.2"
@@ -25,17 +24,7 @@ SCRIPT = Path(__file__).resolve().parent / "ts" / "confirm_client.mjs"
 @pytest.fixture(scope="session")
 def ts_sdk() -> Path:
     """The SDK installed once into a folder the tests own (re-used while the pinned version stays the same)."""
-    npm = shutil.which("npm")
-    assert npm is not None and shutil.which("node") is not None, "node and npm are needed (Node 18 or newer)"
-    marker = CACHE / f".installed-{SDK.replace('/', '_')}"
-    if not marker.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        (CACHE / "package.json").write_text('{"private": true, "type": "module"}\n')
-        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", SDK], cwd=CACHE,
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        marker.touch()
-    return CACHE
+    return npm_installed(SDK, CACHE)
 
 
 async def test_typescript_sdk_confirms_previews_tasks_and_human_approval(ts_sdk: Path, start_proxy: Any,

@@ -14,7 +14,7 @@ from mcp import types
 from proxy.guards.workspace import decode_header, encode_header, project_problem, workspace_problem
 from proxy.identity.principal import Principal
 from tests.conftest import MODERN_META, MODES, POLICIES, TOKENS, Recorder, sdk_client
-from tests.rawmcp import LegacySession
+from tests.rawmcp import LegacySession, rpc
 
 PERIOD = {"period": "2026-10"}
 
@@ -241,14 +241,6 @@ async def test_a_task_augmented_call_refused_for_its_workspace_gets_a_held_task(
     """2025-11-25 tasks: a client that asked for a task chokes on a plain result. Whichever guard refuses the call
     (here the workspace guard), the refusal comes back as a task the proxy holds, its result the refusal; nothing
     reaches the upstream."""
-    async def rpc(session: LegacySession, msg_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        async with session.post({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}) as resp:
-            body = await resp.read()
-        if resp.headers["Content-Type"].startswith("application/json"):
-            return orjson.loads(body)
-        (data,) = [line[5:] for line in body.decode().splitlines() if line.startswith("data:") and line[5:].strip()]
-        return orjson.loads(data)
-
     async with aiohttp.ClientSession() as http:
         reader = LegacySession(http, proxy_url, token=TOKENS["reader"])  # bound to acme
         await reader.open()
