@@ -258,7 +258,7 @@ def filter_cost(rounds: int = 50) -> tuple[float, float, float, int]:
         started = time.perf_counter()
         found = recognise_response(body)
         assert found is not None
-        splice_response(found.msg_id, listing.raw(exchange, "tools/list", found))
+        splice_response(found.msg_id, listing.raw(exchange, found, "tools/list"))
         cached += time.perf_counter() - started
     return parse / rounds * 1000, filt / rounds * 1000, cached / rounds * 1000, kept
 
