@@ -107,6 +107,9 @@ def test_the_published_schema_is_the_models_and_every_example_uses_it() -> None:
         assert [e.message for e in validator.iter_errors(yaml.safe_load(text))] == [], example.name
     broken = {"version": 1, "tools": [{"match": "x", "efect": "write"}]}
     assert not validator.is_valid(broken)  # an editor flags what the loader refuses
+    for confirm in (True, False, "human"):  # ... and accepts what the loader accepts
+        assert validator.is_valid({"version": 1, "tools": [{"match": "x", "effect": "write", "confirm": confirm}]})
+    assert not validator.is_valid({"version": 1, "tools": [{"match": "x", "confirm": "maybe"}]})
 
 
 @pytest.mark.parametrize("policy", EXAMPLES, ids=lambda p: p.stem)

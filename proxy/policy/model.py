@@ -15,7 +15,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from proxy.policy import source
 from proxy.policy.source import Located
@@ -97,7 +105,10 @@ class Rule(Strict):
     effect: Literal["read", "write"] = "read"
     # Who confirms a write: `token` (the agent brings the preview's token back), `human` (the person at the client
     # approves through MCP elicitation), `none`. `true` means `token`, `false` means `none`; unset: token for writes.
-    confirm: Literal["token", "human", "none"] | None = None
+    confirm: Annotated[Literal["token", "human", "none"] | None, WithJsonSchema({"anyOf": [
+        {"enum": ["token", "human", "none"], "type": "string"},
+        {"type": "boolean", "description": "true: token, false: none (the loader accepts both)"},
+        {"type": "null"}]})] = None
     fallback: Literal["refuse", "token"] = "refuse"  # `confirm: human` and a client that cannot show a form
     confirm_ttl_seconds: int | None = Field(None, ge=5, le=86400)  # default: the policy's
     dry_run: DryRun | None = None  # the upstream's own preview: the call is made once with this argument set
