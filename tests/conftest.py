@@ -330,20 +330,21 @@ def app_token_upstream() -> Any:
     server.stop()
 
 
-def npm_installed(package: str, folder: Path) -> Path:
+def npm_installed(package: str, folder: Path, also: tuple[str, ...] = ()) -> Path:
     """`package` (name@version) installed once into `folder`, a git-ignored place the tests own; re-used while the
-    pinned version stays the same. Needs node and npm (Node 20 or newer)."""
+    pinned version stays the same. `also`: dependencies pinned beside it (npm then uses those, not its ranges'
+    newest). Needs node and npm (Node 20 or newer)."""
     import shutil
     import subprocess
 
     npm = shutil.which("npm")
     assert npm is not None and shutil.which("node") is not None, "node and npm are needed (Node 20 or newer)"
-    marker = folder / f".installed-{package.replace('/', '_')}"
+    marker = folder / f".installed-{'+'.join(p.replace('/', '_') for p in (package, *also))}"
     if not marker.exists():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "package.json").write_text('{"private": true, "type": "module"}\n')
-        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", package], cwd=folder,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error", package, *also],
+                              cwd=folder, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         marker.touch()
     return folder
