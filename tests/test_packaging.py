@@ -92,7 +92,7 @@ def test_sidecar_pod_service_and_security() -> None:
     assert probes == ("/healthz", "/readyz")
     (policy,) = kinds(docs, "NetworkPolicy")
     ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
-    assert sorted(ports) == [8443, 9464] and 8080 not in ports
+    assert ports == [8443]  # scopegate's port; the metrics port is closed unless metricsFrom names peers
     assert len(kinds(docs, "HorizontalPodAutoscaler")) == 1 and len(kinds(docs, "PodDisruptionBudget")) == 1
     assert "checksum/policy" in deployment["spec"]["template"]["metadata"]["annotations"]
 
