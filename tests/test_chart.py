@@ -306,3 +306,27 @@ def test_helm_test_pod_calls_the_service_by_name_and_is_no_endpoint_of_it() -> N
     assert mtls["spec"]["containers"][0]["command"][-4] == "mtls"
     assert kinds(render(STANDALONE), "Pod")[0]["spec"]["containers"][0]["command"][-3] == "/mcp"
 
+
+
+def test_every_value_is_documented_in_the_charts_readme() -> None:
+    """Each value of values.yaml, nested ones too (down to Kubernetes objects passed through), has a row in the
+    chart's README table: `a.b.c` itself, or `.c` in a row that names `a.b.` (the table's shorthand)."""
+    rows = [line for line in (CHART / "README.md").read_text().splitlines() if line.startswith("| `")]
+    missing = []
+
+    def walk(values: Any, node: dict[str, Any], path: list[str]) -> None:
+        node = resolve(node)
+        if not isinstance(values, dict) or "properties" not in node:
+            return
+        for key, value in values.items():
+            full = [*path, key]
+            dotted = ".".join(full)
+            parent = ".".join(path) + "."
+            if not any(f"`{dotted}`" in row or f"`{dotted}." in row
+                       or (path and f"`.{key}`" in row and f"`{parent}" in row) for row in rows):
+                missing.append(dotted)
+            if key not in ("securityContext", "podSecurityContext", "resources"):  # Kubernetes' own fields
+                walk(value, node["properties"][key], full)
+
+    walk(DEFAULTS, SCHEMA, [])
+    assert missing == [], f"not in helm/scopegate/README.md: {missing}"
