@@ -46,17 +46,19 @@ async def next_event(resp: aiohttp.ClientResponse) -> Event | None:
 class LegacySession:
     """A 2025-11-25 session opened by hand: initialize, then initialized."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None,
+                 anonymous: bool = False) -> None:
         from tests.conftest import TOKENS
 
         self.http = http
         self.url = url
         self.session_id = ""
         self.token = token or TOKENS["writer"]
+        self.auth = {} if anonymous else {"Authorization": f"Bearer {self.token}"}  # anonymous: no header at all
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {
-            "Authorization": f"Bearer {self.token}",
+            **self.auth,
             "Content-Type": "application/json",
             "Accept": ACCEPT,
             "Mcp-Session-Id": self.session_id,
@@ -75,7 +77,7 @@ class LegacySession:
                 "clientInfo": {"name": "t", "version": "1"},
             },
         }
-        first = {"Accept": ACCEPT, "Content-Type": "application/json", "Authorization": f"Bearer {self.token}"}
+        first = {"Accept": ACCEPT, "Content-Type": "application/json", **self.auth}
         async with self.http.post(self.url, data=orjson.dumps(init), headers=first) as r:
             assert r.status == 200, await r.text()
             self.session_id = r.headers["Mcp-Session-Id"]

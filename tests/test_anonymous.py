@@ -52,3 +52,38 @@ def test_an_anonymous_only_policy_is_a_credential_source(tmp_path: Path) -> None
     policy.write_text("version: 1\nscopes: [mcp:read]\ntools: []\n")
     with pytest.raises(ConfigError, match="no credential source"):
         load_identity(Config(upstream=URL("http://127.0.0.1:1/mcp"), policy=str(policy)), {})
+
+
+async def test_sessions_never_cross_between_anonymous_and_credentialed_callers(start_proxy: Any, upstream: Any,
+                                                                             recorder: Recorder,
+                                                                             tmp_path: Path) -> None:
+    """Every anonymous caller is the one principal, so a credentialed caller's session must not become usable by
+    dropping the credential (a downgrade onto someone's session), nor an anonymous session by adding one."""
+    import aiohttp
+
+    from tests.rawmcp import LegacySession
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(ANONYMOUS)
+    url = await start_proxy(upstream.url, policy=str(policy))
+    listing = {"jsonrpc": "2.0", "id": 9, "method": "tools/list", "params": {}}
+    async with aiohttp.ClientSession() as http:
+        writer, anonymous = LegacySession(http, url), LegacySession(http, url, anonymous=True)
+        await writer.open()
+        await anonymous.open()
+        recorder.received.clear()
+        for session, headers in ((writer, anonymous.auth), (anonymous, writer.auth),
+                                 (anonymous, {"Authorization": f"Bearer {TOKENS['reader']}"})):
+            hijack = {**session.headers(), "Authorization": ""} | headers
+            hijack = {k: v for k, v in hijack.items() if v}  # no Authorization header at all when anonymous
+            async with http.post(url, json=listing, headers=hijack) as resp:
+                assert resp.status == 404, (resp.status, await resp.text())
+            async with http.get(url, headers=hijack) as resp:  # nor its stream
+                assert resp.status == 404
+            async with http.delete(url, headers=hijack) as resp:  # nor ending it
+                assert resp.status == 404
+        assert recorder.received == []  # none reached the upstream
+        async with anonymous.post(listing) as resp:  # each still works for its owner
+            assert resp.status == 200
+        async with writer.post(listing) as resp:
+            assert resp.status == 200
