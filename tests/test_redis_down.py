@@ -59,3 +59,57 @@ async def test_redis_down_at_start(start_proxy: Any, upstream: Any, recorder: Re
     assert resp.status == 503 and ready["ready"] is False
     reason = ready["checks"]["redis"]
     assert reason.startswith("redis does not answer") and "refused" in reason and "JWT" in reason, reason
+
+
+INIT = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+
+
+async def test_no_upstream_session_is_left_open_when_redis_cannot_bind_it(start_proxy: Any, upstream: Any,
+                                                                          recorder: Recorder,
+                                                                          redis_server: Any) -> None:
+    from tests.rawmcp import LegacySession, rpc
+
+    url = await start_proxy(upstream.url, redis_url=redis_server.url, jwt_issuer=ISSUER,
+                            jwt_dev_hs256_secret=SECRET, public_url=URL(AUDIENCE))
+    reader = token("mcp:read")
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "Authorization": f"Bearer {reader}"}
+    async with aiohttp.ClientSession() as http:
+        session = LegacySession(http, url, reader)
+        await session.open()  # bound in Redis: scopegate now knows this upstream hands out sessions
+        redis_server.stop()
+        recorder.received.clear()
+        async with http.post(url, json=INIT, headers=headers) as resp:
+            await resp.read()
+        assert resp.status == 503 and resp.headers.get("Retry-After") == "1"
+        assert recorder.received == []  # refused before the upstream opened a session nobody could use
+        # Reads go on: in the session already bound (its binding confirmed moments ago), and stateless.
+        listed = await rpc(session, 2, "tools/call", {"name": "list_accounts", "arguments": {"workspaceId": "acme"}})
+        assert listed["result"]["isError"] is False
+        status, body = await call(url, reader, "list_accounts", {"workspaceId": "acme"})
+        assert status == 200 and body["result"]["isError"] is False
+
+
+async def test_a_session_opened_while_redis_is_down_is_ended_upstream(start_proxy: Any, upstream: Any,
+                                                                      recorder: Recorder) -> None:
+    """A fresh proxy cannot know the upstream hands out sessions before it has seen one: the first `initialize`
+    reaches it, and the session it opens, unbound, is ended there at once."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    url = await start_proxy(upstream.url, redis_url=dead, jwt_issuer=ISSUER, jwt_dev_hs256_secret=SECRET,
+                            public_url=URL(AUDIENCE))
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json",
+               "Authorization": f"Bearer {token('mcp:read')}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=INIT, headers=headers) as resp:
+            await resp.read()
+        assert resp.status == 503 and "Mcp-Session-Id" not in resp.headers
+        ended = [r for r in recorder.received if r.method == "DELETE"]
+        assert [r.method for r in recorder.received] == ["POST", "DELETE"] and ended[0].headers["mcp-session-id"]
+        assert "authorization" not in ended[0].headers  # the client's token never reaches the upstream
+        # The upstream no longer knows the session: asked directly, it says so.
+        direct = {**headers, "Mcp-Session-Id": ended[0].headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        del direct["Authorization"]
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        async with http.post(upstream.url, json=ping, headers=direct) as resp:
+            assert resp.status == 404

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import ClientResponse, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import Config
@@ -126,6 +127,20 @@ class Forwarder:
             ),
             http_method=request.method,
         )
+
+    async def _end_session(self, exchange: Exchange, session_id: str) -> None:
+        """The upstream opened a session the store could not bind: nobody may use it, so it is ended at once rather
+        than left open upstream until it times out. Best effort: the client is refused either way."""
+        headers = CIMultiDict(exchange.upstream_headers)  # the server-side headers too: the upstream may need them
+        for name in ("Content-Type", "Content-Length", "Mcp-Method"):
+            headers.popall(name, None)
+        headers["Mcp-Session-Id"] = session_id
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                async with self.session.delete(self.upstream, headers=headers) as ended:
+                    await ended.read()
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            log.warning("could not end an unbound upstream session", extra={"request_id": exchange.request_id})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -320,6 +335,9 @@ class Forwarder:
             await self.pipeline.on_response(exchange, upstream.status, headers)
         except StoreUnavailable:
             upstream.close()
+            opened = headers.get("Mcp-Session-Id")
+            if opened and opened != exchange.session_id:
+                await self._end_session(exchange, opened)
             return rpc_error(503, INTERNAL_ERROR, "session store unavailable, retry shortly",
                              request_id=exchange.request_id, headers={"Retry-After": "1"})
         messages.session = headers.get("Mcp-Session-Id") or exchange.session_id

@@ -150,6 +150,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(
+            sessions.opening,  # no `initialize` opens an upstream session that the store could not bind
             clients,  # note what an `initialize` declares (can this client ask its person?)
             ApprovalAnswers(store),  # answers to the proxy's own approval questions: never the upstream's business
             ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)

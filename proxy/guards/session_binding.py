@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.jsonrpc import INVALID_REQUEST, rpc_error
+from proxy.exchange import Answer
+from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error, rpc_error
 from proxy.store import Store, StoreUnavailable
 
 if TYPE_CHECKING:
-    from proxy.exchange import Exchange
+    from proxy.exchange import Exchange, Message
     from proxy.identity.principal import Principal
 
 KEY = "scopegate:session:"
@@ -39,6 +40,21 @@ class SessionBinding:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._confirmed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (owner, when), bounded
+        self.upstream_sessions = False  # seen the upstream hand out a session: its `initialize` needs a binding
+
+    async def opening(self, exchange: Exchange, message: Message) -> Message | Answer:
+        """Guard: an `initialize` outside a session makes the upstream open one that must then be bound here. While
+        the store cannot bind it, it is refused before the upstream opens a session nobody could use. Only once the
+        upstream is known to hand out sessions: a stateless upstream's `initialize` needs no binding, and flows."""
+        if message.get("method") != "initialize" or exchange.session_id is not None or not self.upstream_sessions:
+            return message
+        try:
+            await self.store.exists(KEY + "probe")  # the breaker's answer when open: no wait on a dead store
+        except StoreUnavailable:
+            return Answer(error(message.get("id"), INTERNAL_ERROR, "session store unavailable, retry shortly"),
+                          http_status=503, headers=(("Retry-After", "1"),), decision="refuse",
+                          reason="store unavailable")
+        return message
 
     def _remember(self, key: str, bound: str) -> None:
         now = time.monotonic()
@@ -75,6 +91,7 @@ class SessionBinding:
             return
         new_id = headers.get("Mcp-Session-Id")
         if new_id and new_id != exchange.session_id:
+            self.upstream_sessions = True
             await self.store.set(session_key(new_id), owner(exchange.principal), ttl=TTL_SECONDS)
             self._remember(session_key(new_id), owner(exchange.principal))
         elif exchange.http_method == "DELETE" and exchange.session_id:
