@@ -24,8 +24,14 @@ class Store(Protocol):
     async def get(self, key: str, *, refresh_ttl: int | None = None) -> str | None: ...
     async def set(self, key: str, value: str, *, ttl: int | None = None) -> None: ...
     async def exists(self, key: str) -> bool: ...
-    async def delete(self, key: str) -> None: ...
-    async def take(self, key: str) -> str | None: ...  # get and delete, atomically: a value is taken once only
+    async def delete(self, *keys: str) -> None: ...
+    # Get and delete, atomically: a value is taken once only. With `mark`, taking it also sets `mark` (for
+    # `mark_ttl` seconds) in the same step, so no one can look between the two (e.g. "this token is used").
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None: ...
+    # `key` set like `set`, as a member of `group`; when the group then has more than `limit` live members, the
+    # least recently used ones (those a `get` with `refresh_ttl` touched longest ago: the soonest to expire) are
+    # deleted, and their keys returned. Atomic. Each member of a group is given the same `ttl`.
+    async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]: ...
     # A hand-over between replicas: one pushes a value, whichever replica waits on the key gets it (once).
     async def push(self, key: str, value: str, *, ttl: int) -> None: ...
     async def pop_wait(self, key: str, seconds: float) -> str | None: ...  # None when nothing came in time
@@ -49,11 +55,14 @@ class MemoryStore:
     Each kind of key (sessions, previews, used-token markers, quotas, ...) has its own bound, and a full kind makes
     room only by dropping expired keys: a flood of one kind never evicts another, and never evicts a live key (a
     session binding, someone's pending confirmation). When a kind is full of live keys the write is refused
-    (StoreUnavailable), which every caller already treats as "fail closed".
+    (StoreUnavailable), which every caller already treats as "fail closed". The one exception is asked for by name:
+    `set_capped` drops its own group's least recently used members (one credential's oldest sessions).
     """
 
     def __init__(self, limit: int = 100_000, on_full: Callable[[], None] | None = None) -> None:
         self._spaces: dict[str, OrderedDict[str, tuple[str, float | None]]] = {}
+        self._groups: dict[str, dict[str, None]] = {}  # set_capped's groups: group -> member keys
+        self._group_of: dict[str, str] = {}  # member key -> its group, so a key leaving its space leaves its group
         self._quotas: dict[str, dict[str, float]] = {}
         self._swept: dict[int, float] = {}
         self._limit = limit
@@ -74,9 +83,19 @@ class MemoryStore:
             return None
         value, expires = item
         if expires is not None and expires <= time.monotonic():
-            del space[key]
+            self._drop(space, key)
             return None
         return value
+
+    def _drop(self, space: OrderedDict[str, tuple[str, float | None]], key: str) -> None:
+        """Every way out of a space passes here: a member leaves its group with it (no group outlives its keys)."""
+        space.pop(key, None)
+        group = self._group_of.pop(key, None)
+        if group is not None:
+            members = self._groups[group]
+            del members[key]
+            if not members:
+                del self._groups[group]
 
     def _make_room(self, space: OrderedDict[str, tuple[str, float | None]]) -> None:
         now = time.monotonic()
@@ -84,7 +103,7 @@ class MemoryStore:
         if now - self._swept.get(id(space), float("-inf")) >= 1.0:
             self._swept[id(space)] = now
             for key in [k for k, (_, expires) in space.items() if expires is not None and expires <= now]:
-                del space[key]
+                self._drop(space, key)
         if len(space) >= self._limit:
             if self.on_full is not None:
                 self.on_full()
@@ -105,13 +124,47 @@ class MemoryStore:
     async def exists(self, key: str) -> bool:
         return self._live(key) is not None
 
-    async def delete(self, key: str) -> None:
-        self._space(key).pop(key, None)
+    async def delete(self, *keys: str) -> None:
+        for key in keys:
+            self._drop(self._space(key), key)
 
-    async def take(self, key: str) -> str | None:
-        value = self._live(key)  # no await in between: one event loop, so this is atomic
-        self._space(key).pop(key, None)
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None:
+        # No await from here to the end: one event loop, so this is atomic.
+        value = self._live(key)
+        if value is None:
+            return None
+        if mark is not None:
+            marks = self._space(mark)
+            try:
+                if mark not in marks and len(marks) >= self._limit:
+                    self._make_room(marks)
+                marks[mark] = ("1", time.monotonic() + mark_ttl if mark_ttl else None)
+            except StoreUnavailable:
+                pass  # a full kind of marks (counted by on_full) must not stop the take: the take is the guarantee
+        self._drop(self._space(key), key)
         return value
+
+    async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]:
+        # No await: atomic. Members all get the same ttl and `get` refreshes it, so the soonest to expire is the
+        # least recently used; nothing needs touching on a read.
+        space, now = self._space(key), time.monotonic()
+        if (old := self._group_of.get(key)) is not None and old != group:
+            self._drop(space, key)
+        members = self._groups.get(group, {})
+        expired = [m for m in members if (expires := space[m][1]) is not None and expires <= now]
+        for member in expired:
+            self._drop(space, member)  # no live member is evicted while an expired one takes room
+        others = [m for m in members if m != key]
+        over = len(others) + 1 - limit
+        if over <= 0 and key not in space and len(space) >= self._limit:
+            self._make_room(space)  # nothing of its own to give up: the kind's bound decides (may refuse)
+        evicted = sorted(others, key=lambda m: space[m][1] or float("inf"))[:max(over, 0)]
+        for member in evicted:
+            self._drop(space, member)
+        space[key] = (value, now + ttl)
+        self._groups.setdefault(group, {})[key] = None
+        self._group_of[key] = group
+        return evicted
 
     async def push(self, key: str, value: str, *, ttl: int) -> None:
         # Kept only while someone waits: pop_wait drops what arrives after it gave up, so nothing piles up.
@@ -183,6 +236,41 @@ return 1
 """
 
 
+# KEYS[1] the value's key, KEYS[2] the key it is marked with; ARGV the mark's ttl (0: none). GETDEL, SET: one step.
+_TAKE_MARKING = """
+local value = redis.call('GETDEL', KEYS[1])
+if value and tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
+elseif value then redis.call('SET', KEYS[2], '1') end
+return value
+"""
+
+# KEYS[1] the key, KEYS[2] its group: a sorted set of member keys; ARGV value, ttl, limit, now. Every member has the
+# same ttl and reads refresh it (GETEX), so a member's remaining ttl says when it was last used: the group needs no
+# write on a read, and is read only when it holds more than `limit` (the members' keys are named by the group, so
+# this needs one Redis, not a Cluster). The group lives twice a member's ttl past its newest member's birth.
+_SET_CAPPED = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+redis.call('EXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
+local limit = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[2]) <= limit then return {} end
+local live = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local left = redis.call('PTTL', member)
+  if left == -2 then redis.call('ZREM', KEYS[2], member)
+  elseif member ~= KEYS[1] then table.insert(live, {left, member}) end
+end
+table.sort(live, function(a, b) return a[1] < b[1] end)
+local evicted = {}
+for i = 1, #live + 1 - limit do
+  redis.call('DEL', live[i][2])
+  redis.call('ZREM', KEYS[2], live[i][2])
+  table.insert(evicted, live[i][2])
+end
+return evicted
+"""
+
+
 class RedisStore:
     """redis.asyncio with sub-second timeouts, one retry, and an overall budget per operation (library-notes.md).
 
@@ -208,6 +296,8 @@ class RedisStore:
         )
         self._redis = Redis.from_pool(pool)
         self._reserve = self._redis.register_script(_RESERVE)
+        self._take_marking = self._redis.register_script(_TAKE_MARKING)
+        self._set_capped = self._redis.register_script(_SET_CAPPED)
         self.on_error = on_error
         self.on_short_circuit = on_short_circuit
         self.breaker_seconds = breaker_seconds
@@ -250,11 +340,17 @@ class RedisStore:
     async def exists(self, key: str) -> bool:
         return bool(await self._run(self._redis.exists(key)))
 
-    async def delete(self, key: str) -> None:
-        await self._run(self._redis.delete(key))
+    async def delete(self, *keys: str) -> None:
+        if keys:
+            await self._run(self._redis.delete(*keys))
 
-    async def take(self, key: str) -> str | None:
-        return await self._run(self._redis.getdel(key))  # atomic on the server: one taker per value
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None:
+        if mark is None:
+            return await self._run(self._redis.getdel(key))  # atomic on the server: one taker per value
+        return await self._run(self._take_marking(keys=[key, mark], args=[mark_ttl]))
+
+    async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]:
+        return list(await self._run(self._set_capped(keys=[key, group], args=[value, ttl, limit, time.time()])))
 
     async def push(self, key: str, value: str, *, ttl: int) -> None:
         async def both() -> None:
