@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from proxy.canonical import digest
+from proxy.edge.app import FORWARDER
+from proxy.guards.confirm import ConfirmGuard
 from tests.conftest import MODERN_META, MODES, POLICIES, TOKENS, Recorder, sdk_client
 from tests.rawmcp import LegacySession
 
@@ -133,13 +135,54 @@ async def test_another_session(proxy_url: str, recorder: Recorder) -> None:
     assert upstream_calls(recorder, "create_vendor") == []
 
 
-async def test_twenty_concurrent_confirmations_forward_once(proxy_url: str, recorder: Recorder) -> None:
-    token = (await call(proxy_url, VENDOR))["structuredContent"]["confirmationToken"]
-    results = await asyncio.gather(*(call(proxy_url, {**VENDOR, "confirmationToken": token}, msg_id=i)
-                                     for i in range(20)))
-    assert sum(1 for r in results if r["isError"] is False) == 1
-    assert all("already used" in r["content"][0]["text"] for r in results if r["isError"])
-    assert len(upstream_calls(recorder, "create_vendor")) == 1
+class SlowAfterTake:
+    """The proxy's own store, with 50 ms more before the winning take's caller goes on (as a loaded Redis adds)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def take(self, *args: Any, **kwargs: Any) -> Any:
+        value = await self._store.take(*args, **kwargs)
+        if value is not None:  # the winner's next round trip is the slow one
+            await asyncio.sleep(0.05)
+        return value
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_two_hundred_concurrent_confirmations_forward_once(store: str, start_proxy: Any, upstream: Any,
+                                                           recorder: Recorder, tmp_path_factory: Any) -> None:
+    """The attacker's replay: one token, two hundred confirmations at once (through two replicas sharing Redis). Exactly
+    one is forwarded, and every other is told the token is already used: taking the preview and marking the token
+    used are one step, so no confirmation falls in between and sees neither."""
+    server = None
+    if store == "redis":
+        from tests.conftest import RedisServer
+
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+        server.start()
+    try:
+        settings: dict[str, Any] = {"max_calls_per_credential": 1000}  # all at once: no 429 for any
+        if server is not None:
+            settings["redis_url"] = server.url
+        urls = [await start_proxy(upstream.url, **settings)]
+        if server is not None:
+            urls.append(await start_proxy(upstream.url, **settings))
+        for runner in start_proxy.runners:  # a slow store round trip after the take: the window, held open
+            (guard,) = [g for g in runner.app[FORWARDER].pipeline.guards if isinstance(g, ConfirmGuard)]
+            guard.store = SlowAfterTake(guard.store)
+        token = (await call(urls[0], VENDOR))["structuredContent"]["confirmationToken"]
+        results = await asyncio.gather(*(call(urls[i % len(urls)], {**VENDOR, "confirmationToken": token}, msg_id=i)
+                                         for i in range(200)))
+        assert sum(1 for r in results if r["isError"] is False) == 1
+        assert [r["content"][0]["text"] for r in results if r["isError"]] == [
+            "the confirmation token is already used: call create_vendor without it for a new preview"] * 199
+        assert len(upstream_calls(recorder, "create_vendor")) == 1
+    finally:
+        if server is not None:
+            server.stop()
 
 
 async def test_redis_down_writes_refused_reads_flow_then_recovery(start_proxy: Any, upstream: Any,

@@ -147,7 +147,9 @@ class ConfirmGuard:
         if not isinstance(token, str):
             return tool_result(exchange, msg_id, f"{TOKEN_ARGUMENT} must be a string", error=True,
                                decision="refuse", reason="not a string")
-        raw = await self.store.take(store_key(token))  # atomic: of concurrent confirmations, one gets it
+        # Atomic, and the token is marked used in the same step: of concurrent confirmations one gets it, and every
+        # other one is told "already used" (none looks in between and finds neither).
+        raw = await self.store.take(store_key(token), mark=used_key(token), mark_ttl=3600)
         if raw is None:
             used = await self.store.exists(used_key(token))
             reason = "already used" if used else "unknown"
@@ -155,7 +157,6 @@ class ConfirmGuard:
                                "a new preview", error=True, decision="refuse", reason=reason)
         preview = orjson.loads(raw)
         await self.store.release(pending_key(preview["kind"], preview["credential_id"]), preview["id"])
-        await self.store.set(used_key(token), "1", ttl=3600)
         code, problem = binding_problem(preview, self.clock(), **self._bindings(exchange, tool, args))
         if problem:
             return tool_result(exchange, msg_id, f"{tool} not applied: {problem}", error=True, decision="refuse",
