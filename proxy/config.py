@@ -208,6 +208,8 @@ SETTINGS = (
             "(default 16)"),
     Setting("max_calls_per_credential", _positive_int, "concurrent upstream calls one credential may have in flight; "
             "then 429 (default 64)"),
+    Setting("max_sessions_per_credential", _positive_int, "sessions one credential may hold; past it, its least "
+            "recently used session is dropped (404) (default 1000)"),
     Setting("max_pending_previews", _positive_int, "unconfirmed write previews one credential may hold (default 100)"),
     Setting("memory_store_keys", _positive_int, "in-memory store (no Redis): most keys per kind (default 100000)"),
     Setting("redis_breaker_seconds", _seconds, "after a Redis failure, answer 'store unavailable' at once for this "
@@ -267,6 +269,7 @@ class Config:
     max_streams_per_credential: int = 16
     max_calls_per_credential: int = 64
     max_pending_previews: int = 100
+    max_sessions_per_credential: int = 1000
     memory_store_keys: int = 100_000
     redis_breaker_seconds: float = 2.0
     log_level: str = "INFO"

@@ -151,16 +151,17 @@ class MemoryStore:
         if (old := self._group_of.get(key)) is not None and old != group:
             self._drop(space, key)
         members = self._groups.get(group, {})
-        expired = [m for m in members if (expires := space[m][1]) is not None and expires <= now]
-        for member in expired:
-            self._drop(space, member)  # no live member is evicted while an expired one takes room
-        others = [m for m in members if m != key]
-        over = len(others) + 1 - limit
-        if over <= 0 and key not in space and len(space) >= self._limit:
+        evicted: list[str] = []
+        if len(members) - (key in members) >= limit:  # at its limit: the group is walked only then
+            expired = [m for m in members if (expires := space[m][1]) is not None and expires <= now]
+            for member in expired:
+                self._drop(space, member)  # no live member is evicted while an expired one takes room
+            others = [m for m in members if m != key]
+            evicted = sorted(others, key=lambda m: space[m][1] or float("inf"))[:max(len(others) + 1 - limit, 0)]
+            for member in evicted:
+                self._drop(space, member)
+        if key not in space and len(space) >= self._limit:
             self._make_room(space)  # nothing of its own to give up: the kind's bound decides (may refuse)
-        evicted = sorted(others, key=lambda m: space[m][1] or float("inf"))[:max(over, 0)]
-        for member in evicted:
-            self._drop(space, member)
         space[key] = (value, now + ttl)
         self._groups.setdefault(group, {})[key] = None
         self._group_of[key] = group

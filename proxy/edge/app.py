@@ -113,7 +113,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
-                                                           fetch_tools)
+                                                           fetch_tools, session_evictions=metrics.session_evictions.inc)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
 CAPABILITIES_META = "io.modelcontextprotocol/clientCapabilities"
 TTL_SECONDS = 7 * 86400  # as long as the session binding; refreshed on every read
+KEY = "scopegate:session-elicit:"  # + the session binding's hash: it ends with the binding (session_binding.py)
 
 
 def _key(session_id: str) -> str:
-    return "scopegate:session-elicit:" + hashlib.sha256(session_id.encode()).hexdigest()
+    return KEY + hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class ClientCapabilities:

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config
 from proxy.exchange import Answer, Conversation, Exchange
+from proxy.guards import client_caps
 from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
@@ -131,13 +132,17 @@ def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
 
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
-          live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None) -> Pipeline:
-    """The whole pipeline, in order."""
+          live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
+          session_evictions: Callable[[int], None] | None = None) -> Pipeline:
+    """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
     challenge = Challenge(metadata_url, identity.policy.scopes)
-    sessions = SessionBinding(store)
+    # A credential's sessions beyond its quota drop its least recently used; what a session's client can do
+    # (client_caps) is kept beside its binding and goes with it.
+    sessions = SessionBinding(store, config.max_sessions_per_credential, companions=(client_caps.KEY,),
+                              on_evict=session_evictions)
     secrets = identity.secret_headers
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)

@@ -3,13 +3,24 @@
 Sessions are not authentication (mcp-protocol.md): a leaked session id must not let a second caller ride on the
 first one's session. The binding is made when the upstream hands out a session id, checked on every later request,
 and dropped when the session is deleted. Keys hold a hash of the session id, never the id itself.
+
+Bounded and fair: one credential holds at most `max_per_credential` bindings. Many clients never send DELETE and a
+binding lives a week past its last use, so a busy honest credential must not be refused for a week: at its quota,
+its own least recently used binding is dropped instead (that session then gets 404, and its client initializes
+again). One credential's flood thus recycles its own room and never takes what others need. What the proxy keeps
+per session beside the binding (`companions`: keys named by the same hash) ends with it.
+
+The upstream is not told of a dropped session: the store holds only the id's hash, so the proxy cannot name it. The
+upstream keeps it until its own idle timeout, as it does for every client that leaves without DELETE.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,6 +35,7 @@ if TYPE_CHECKING:
     from proxy.identity.principal import Principal
 
 KEY = "scopegate:session:"
+GROUP = "scopegate:sessions-of:"  # one credential's bindings, for its quota (a sorted set in Redis)
 TTL_SECONDS = 7 * 86400  # refreshed on every use: an idle session is forgotten after a week
 STALE_OK_SECONDS = 600.0  # while the store is down, bindings it confirmed this recently still hold
 
@@ -36,9 +48,17 @@ def owner(principal: Principal) -> str:
     return f"{principal.kind}:{principal.credential_id}"
 
 
+def group_key(bound: str) -> str:
+    return GROUP + hashlib.sha256(bound.encode()).hexdigest()
+
+
 class SessionBinding:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, max_per_credential: int = 1000, companions: tuple[str, ...] = (),
+                 on_evict: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.max_per_credential = max_per_credential
+        self.companions = companions  # key prefixes of per-session state named by the binding's hash
+        self.on_evict = on_evict
         self._confirmed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (owner, when), bounded
         self.upstream_sessions = False  # seen the upstream hand out a session: its `initialize` needs a binding
 
@@ -92,8 +112,23 @@ class SessionBinding:
         new_id = headers.get("Mcp-Session-Id")
         if new_id and new_id != exchange.session_id:
             self.upstream_sessions = True
-            await self.store.set(session_key(new_id), owner(exchange.principal), ttl=TTL_SECONDS)
-            self._remember(session_key(new_id), owner(exchange.principal))
+            key, bound = session_key(new_id), owner(exchange.principal)
+            evicted = await self.store.set_capped(key, bound, ttl=TTL_SECONDS, group=group_key(bound),
+                                                  limit=self.max_per_credential)
+            self._remember(key, bound)
+            if evicted:
+                if self.on_evict is not None:
+                    self.on_evict(len(evicted))
+                for gone in evicted:
+                    self._confirmed.pop(gone, None)
+                # Those sessions are gone: should the store fail now, what was kept beside them waits out its ttl.
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.delete(*self._beside(evicted))
         elif exchange.http_method == "DELETE" and exchange.session_id:
-            self._confirmed.pop(session_key(exchange.session_id), None)
-            await self.store.delete(session_key(exchange.session_id))
+            key = session_key(exchange.session_id)
+            self._confirmed.pop(key, None)
+            await self.store.delete(key, *self._beside([key]))
+
+    def _beside(self, keys: list[str]) -> list[str]:
+        """The companions' keys of these sessions' bindings."""
+        return [prefix + key.removeprefix(KEY) for key in keys for prefix in self.companions]

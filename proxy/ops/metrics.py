@@ -58,6 +58,9 @@ class Metrics:
         # livesum: in worker mode (prometheus_client multiprocess, edge/workers.py) the sum over live workers
         self.open_streams = Gauge("scopegate_open_streams", "SSE streams being relayed now", registry=r,
                                   multiprocess_mode="livesum")
+        self.session_evictions = Counter("scopegate_session_evictions", "Session bindings dropped because their "
+                                         "credential opened more than its quota (its least recently used)",
+                                         registry=r)
         self.store_errors = Counter("scopegate_store_errors", "Shared store (Redis) operations that failed",
                                     registry=r)
         self.store_short_circuits = Counter("scopegate_store_short_circuits", "Store operations answered "
