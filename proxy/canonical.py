@@ -49,6 +49,8 @@ def canonical(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise NotCanonical("an object key that is not a string")
+        if all(type(v) is str for v in value.values()):  # the common flat object of strings: nothing to change
+            return value
         return {k: canonical(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [canonical(v, depth + 1) for v in value]

@@ -7,6 +7,7 @@ upstream session, and merges the guards' own answers with the upstream's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -112,11 +113,15 @@ class Forwarder:
         self.audit = audit
         self.event_ids = event_ids or EventIds(os.urandom(32))
         self.open_streams: set[ClientResponse] = set()
+        self._rid_prefix = os.urandom(8).hex()
+        self._rid_count = itertools.count()
 
     def _exchange(self, request: web.Request) -> Exchange:
         rid = request.headers.get("X-Request-Id", "")
         if not _REQUEST_ID.fullmatch(rid):
-            rid = os.urandom(16).hex()
+            # Unique, not secret (a client may choose its own): a random prefix per process and a counter, which
+            # spares a getrandom call on every request.
+            rid = f"{self._rid_prefix}{next(self._rid_count):016x}"
         request[REQUEST_ID] = rid  # for the edge's last-resort error answer
         return Exchange(
             request_id=rid,
@@ -184,7 +189,7 @@ class Forwarder:
                 status = response.status if response is not None else None
                 self._refused(exchange, "error", f"HTTP {status}" if status else "no answer")
             latency = time.perf_counter() - started
-            self.metrics.duration.labels(request.method).observe(latency)
+            self.metrics.took(request.method, latency)
             if exchange.outcomes and self.audit is not None:
                 self.audit.add(exchange, latency)
 
@@ -228,8 +233,11 @@ class Forwarder:
         rid = exchange.request_id
         limit = self.config.max_body_bytes
         try:
-            async with asyncio.timeout(self.config.body_timeout):  # a client that trickles holds nothing for long
+            if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
                 body = await read_body(request, limit)
+            else:
+                async with asyncio.timeout(self.config.body_timeout):  # a client that trickles holds nothing long
+                    body = await read_body(request, limit)
         except BodyTooLarge:
             self._refused(exchange, "invalid", "body too large")
             return rpc_error(413, INVALID_REQUEST, f"request body exceeds {limit} bytes", request_id=rid)
@@ -409,10 +417,16 @@ class Forwarder:
         return rpc_error(502, INTERNAL_ERROR, "upstream answer not understood", request_id=exchange.request_id)
 
     async def _read_whole(self, upstream: ClientResponse) -> bytes:
-        """The whole body, each read bounded: an upstream that stops sending mid-body is given up on."""
+        """The whole body, each wait bounded: an upstream that stops sending mid-body is given up on. What has
+        already arrived is taken without a timer (a small answer usually comes with its headers)."""
         chunks = []
         content = upstream.content
         while True:
+            if chunk := content.read_nowait():
+                chunks.append(chunk)
+                continue
+            if content.at_eof():
+                return b"".join(chunks)
             try:
                 async with asyncio.timeout(self.config.read_timeout):
                     chunk = await content.readany()

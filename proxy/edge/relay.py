@@ -24,6 +24,9 @@ from proxy.guards.pipeline import Pipeline
 from proxy.jsonrpc import Message, dumps, recognise_response, splice_response
 
 MAX_EVENT_BYTES = 32 * 1024 * 1024
+# Below this size a body is parsed whole: cheaper than recognising it in its bytes (measured crossover about 2 KB:
+# a one-tool list 20 us recognised vs 13 us parsed, an eight-tool list 28 us vs 64 us).
+PLAIN_MIN_BYTES = 2048
 
 
 class Unreadable(Exception):
@@ -68,7 +71,10 @@ class ServerMessages:
     def plain(self, data: bytes) -> bytes | None:
         """`data` checked without parsing more than needed when it is plainly one response (`recognise_response`):
         its result goes to `Pipeline.rewrite_raw` (a list seen before is not parsed again) and the id is spliced
-        back. A plain response announces nothing, so the watches need not see it. None: parse it whole."""
+        back. A plain response announces nothing, so the watches need not see it. None: parse it whole (always for a
+        small body: there the whole parse is the cheaper one)."""
+        if len(data) < PLAIN_MIN_BYTES:
+            return None
         found = recognise_response(data)
         if found is None:
             return None

@@ -56,7 +56,7 @@ def decision_record(exchange: Exchange, outcome: dict[str, Any], latency: float,
            {"subject": None, "credential_id": None, "label": None, "kind": None}),
         **outcome,
         "upstream_status": exchange.upstream_status,
-        "latency_ms": round(latency * 1000, 3),
+        "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }
 
 

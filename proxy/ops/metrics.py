@@ -40,6 +40,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._durations: dict[str, Histogram] = {}
         self.requests = Counter("scopegate_requests", "MCP messages handled, by method and decision",
                                 ["method", "decision"], registry=r)
         self.duration = Histogram("scopegate_request_duration_seconds", "Time to answer a request, by HTTP method",
@@ -87,7 +89,18 @@ class Metrics:
         self.limited.labels(bounded(limit, LIMITS)).inc()
 
     def message(self, method: str, decision: str) -> None:
-        self.requests.labels(bounded(method, KNOWN_METHODS), decision).inc()
+        # Every message passes here: the labelled child is looked up once per (bounded) label pair, not made anew.
+        key = (bounded(method, KNOWN_METHODS), decision)
+        child = self._requests.get(key)
+        if child is None:
+            child = self._requests[key] = self.requests.labels(*key)
+        child.inc()
+
+    def took(self, http_method: str, seconds: float) -> None:
+        child = self._durations.get(http_method)
+        if child is None:  # HTTP methods reaching the endpoint are its routes' (POST, GET, DELETE): bounded
+            child = self._durations[http_method] = self.duration.labels(http_method)
+        child.observe(seconds)
 
     def confirmation(self, decision: str, reason: str) -> None:
         if decision == "preview":

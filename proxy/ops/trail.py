@@ -33,6 +33,10 @@ UNSIGNED = "unsigned"
 
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k not in ("hash", "signature")}
+    return _hash(body)
+
+
+def _hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -128,7 +132,7 @@ class Chain:
     def link(self, record: dict[str, Any]) -> dict[str, Any]:
         """Raises (and leaves the chain as it was) when the record cannot be serialised."""
         linked = {**record, "chain": self.id, "seq": self.seq + 1, "prev": self.prev}
-        linked["hash"] = record_hash(linked)
+        linked["hash"] = _hash(linked)  # record_hash(linked) without the copy: decision records carry neither field
         self.seq += 1
         self.prev = linked["hash"]
         self.unsealed += 1
