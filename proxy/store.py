@@ -61,7 +61,9 @@ class MemoryStore:
 
     def __init__(self, limit: int = 100_000, on_full: Callable[[], None] | None = None) -> None:
         self._spaces: dict[str, OrderedDict[str, tuple[str, float | None]]] = {}
-        self._groups: dict[str, dict[str, None]] = {}  # set_capped's groups: group -> member keys
+        # set_capped's groups: group -> its member keys, least recently used first (a refreshing `get` moves a key
+        # to the end: one dict lookup), so giving up the least recently used costs O(1), not a walk of the group
+        self._groups: dict[str, OrderedDict[str, None]] = {}
         self._group_of: dict[str, str] = {}  # member key -> its group, so a key leaving its space leaves its group
         self._quotas: dict[str, dict[str, float]] = {}
         self._swept: dict[int, float] = {}
@@ -113,6 +115,8 @@ class MemoryStore:
         value = self._live(key)
         if value is not None and refresh_ttl is not None:
             self._space(key)[key] = (value, time.monotonic() + refresh_ttl)
+            if (group := self._group_of.get(key)) is not None:
+                self._groups[group].move_to_end(key)
         return value
 
     async def set(self, key: str, value: str, *, ttl: int | None = None) -> None:
@@ -145,25 +149,25 @@ class MemoryStore:
         return value
 
     async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]:
-        # No await: atomic. Members all get the same ttl and `get` refreshes it, so the soonest to expire is the
-        # least recently used; nothing needs touching on a read.
+        # No await: atomic. Members all get the same ttl, so the group's order (least recently used first) is also
+        # the order they expire in: the expired are at its front, and go before any live member is given up.
         space, now = self._space(key), time.monotonic()
         if (old := self._group_of.get(key)) is not None and old != group:
             self._drop(space, key)
-        members = self._groups.get(group, {})
+        members = self._groups.get(group, OrderedDict())
         evicted: list[str] = []
-        if len(members) - (key in members) >= limit:  # at its limit: the group is walked only then
-            expired = [m for m in members if (expires := space[m][1]) is not None and expires <= now]
-            for member in expired:
-                self._drop(space, member)  # no live member is evicted while an expired one takes room
-            others = [m for m in members if m != key]
-            evicted = sorted(others, key=lambda m: space[m][1] or float("inf"))[:max(len(others) + 1 - limit, 0)]
-            for member in evicted:
-                self._drop(space, member)
+        while len(members) - (key in members) >= limit:
+            oldest = next(m for m in members if m != key)
+            expires = space[oldest][1]
+            if expires is None or expires > now:
+                evicted.append(oldest)
+            self._drop(space, oldest)
         if key not in space and len(space) >= self._limit:
             self._make_room(space)  # nothing of its own to give up: the kind's bound decides (may refuse)
         space[key] = (value, now + ttl)
-        self._groups.setdefault(group, {})[key] = None
+        members = self._groups.setdefault(group, OrderedDict())
+        members[key] = None
+        members.move_to_end(key)
         self._group_of[key] = group
         return evicted
 
@@ -245,28 +249,38 @@ elseif value then redis.call('SET', KEYS[2], '1') end
 return value
 """
 
-# KEYS[1] the key, KEYS[2] its group: a sorted set of member keys; ARGV value, ttl, limit, now. Every member has the
-# same ttl and reads refresh it (GETEX), so a member's remaining ttl says when it was last used: the group needs no
-# write on a read, and is read only when it holds more than `limit` (the members' keys are named by the group, so
-# this needs one Redis, not a Cluster). The group lives twice a member's ttl past its newest member's birth.
+# KEYS[1] the key, KEYS[2] its group: a sorted set of member keys; ARGV value, ttl, limit. A member's score is a
+# lower bound of its last use (ms, Redis' clock): its birth, or a use seen since. Reads write nothing to the group:
+# every member has the same ttl and reads refresh it (GETEX), so a member's remaining ttl tells its last use. Past
+# the limit, the lowest score is looked at: used since, it is scored again (its last use) and the next lowest looked
+# at; else it is the least recently used, and dropped. Each member is looked at once at most between
+# its uses: a flood costs O(log n) a session, not a walk of the group. Member keys are named by the group, not
+# declared: this needs one Redis (or a primary with replicas), not a Cluster. The group outlives its newest member's
+# birth by twice the ttl.
 _SET_CAPPED = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local ttl_ms = tonumber(ARGV[2]) * 1000
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[4], KEYS[1])
+redis.call('ZADD', KEYS[2], now, KEYS[1])
 redis.call('EXPIRE', KEYS[2], 2 * tonumber(ARGV[2]))
 local limit = tonumber(ARGV[3])
-if redis.call('ZCARD', KEYS[2]) <= limit then return {} end
-local live = {}
-for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local left = redis.call('PTTL', member)
-  if left == -2 then redis.call('ZREM', KEYS[2], member)
-  elseif member ~= KEYS[1] then table.insert(live, {left, member}) end
-end
-table.sort(live, function(a, b) return a[1] < b[1] end)
 local evicted = {}
-for i = 1, #live + 1 - limit do
-  redis.call('DEL', live[i][2])
-  redis.call('ZREM', KEYS[2], live[i][2])
-  table.insert(evicted, live[i][2])
+while redis.call('ZCARD', KEYS[2]) > limit do
+  local lowest = redis.call('ZRANGE', KEYS[2], 0, 1, 'WITHSCORES')
+  local member, score = lowest[1], tonumber(lowest[2])
+  if member == KEYS[1] then member, score = lowest[3], tonumber(lowest[4]) end
+  local left = redis.call('PTTL', member)
+  local used = now + left - ttl_ms
+  if left >= 0 and used > score then
+    redis.call('ZADD', KEYS[2], used, member)
+  else
+    if left ~= -2 then
+      redis.call('DEL', member)
+      table.insert(evicted, member)
+    end
+    redis.call('ZREM', KEYS[2], member)
+  end
 end
 return evicted
 """
@@ -351,7 +365,7 @@ class RedisStore:
         return await self._run(self._take_marking(keys=[key, mark], args=[mark_ttl]))
 
     async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]:
-        return list(await self._run(self._set_capped(keys=[key, group], args=[value, ttl, limit, time.time()])))
+        return list(await self._run(self._set_capped(keys=[key, group], args=[value, ttl, limit])))
 
     async def push(self, key: str, value: str, *, ttl: int) -> None:
         async def both() -> None:
