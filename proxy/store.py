@@ -68,7 +68,8 @@ class MemoryStore:
         self._quotas: dict[str, dict[str, float]] = {}
         self._swept: dict[int, float] = {}
         self._limit = limit
-        self._lists: dict[str, list[str]] = {}
+        self._lists: dict[str, tuple[list[str], float]] = {}  # key -> (values, expiry), as RPUSH + EXPIRE keep them
+        self._lists_swept = float("-inf")
         self._arrived: dict[str, asyncio.Event] = {}
         self.on_full = on_full
 
@@ -171,9 +172,30 @@ class MemoryStore:
         self._group_of[key] = group
         return evicted
 
+    def _values(self, key: str) -> list[str]:
+        entry = self._lists.get(key)
+        if entry is None:
+            return []
+        if entry[1] <= time.monotonic():
+            del self._lists[key]
+            return []
+        return entry[0]
+
     async def push(self, key: str, value: str, *, ttl: int) -> None:
-        # Kept only while someone waits: pop_wait drops what arrives after it gave up, so nothing piles up.
-        self._lists.setdefault(key, []).append(value)
+        # Kept `ttl` seconds, as Redis keeps it: long enough for a waiter that has not started waiting yet, and no
+        # longer, so an answer nobody waits for any more (its waiter gave up or went away) does not pile up.
+        now = time.monotonic()
+        if now - self._lists_swept >= 1.0:  # a walk over every list: at most once a second
+            self._lists_swept = now
+            for name in [k for k, (_, expires) in self._lists.items() if expires <= now]:
+                del self._lists[name]
+        values = self._values(key)
+        if not values and len(self._lists) >= self._limit:
+            if self.on_full is not None:
+                self.on_full()
+            raise StoreUnavailable("memory store full")
+        values.append(value)
+        self._lists[key] = (values, now + ttl)
         if key in self._arrived:
             self._arrived[key].set()
 
@@ -181,14 +203,14 @@ class MemoryStore:
         arrived = self._arrived.setdefault(key, asyncio.Event())
         try:
             async with asyncio.timeout(seconds):
-                while not self._lists.get(key):
+                while not self._values(key):
                     arrived.clear()
                     await arrived.wait()
         except TimeoutError:
             return None
         finally:
             self._arrived.pop(key, None)
-        values = self._lists.pop(key)
+        values, _ = self._lists.pop(key)
         return values[0]
 
     async def get_or_set(self, key: str, value: str) -> str:

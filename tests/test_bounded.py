@@ -519,3 +519,38 @@ def test_the_session_binding_cache_keeps_nothing_past_its_window() -> None:
     binding._confirmed["old"] = ("pat:alice", time.monotonic() - STALE_OK_SECONDS - 1)
     binding._remember("new", "pat:bob")
     assert list(binding._confirmed) == ["new"]
+
+
+async def test_answers_nobody_waits_for_expire_and_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A late approval answer (its waiter gave up or its client went away) is kept as long as Redis would keep it
+    (the push's ttl), then dropped: a flood of them cannot grow the memory store, and a full store refuses."""
+    import time
+    from types import SimpleNamespace
+
+    clock = SimpleNamespace(monotonic=lambda: now, time=time.time)
+    now = 1000.0
+    monkeypatch.setattr("proxy.store.time", clock)
+    store = MemoryStore(limit=100)
+    await store.push("scopegate:approval-answer:early", "yes", ttl=60)
+    assert await store.pop_wait("scopegate:approval-answer:early", 0.01) == "yes"  # an answer before its waiter
+    for n in range(1000):  # answers to questions whose waiters are gone, one a second
+        await store.push(f"scopegate:approval-answer:late{n}", "yes", ttl=60)
+        now += 1.0
+    assert len(store._lists) <= 62  # the last minute's, nothing older
+    assert await store.pop_wait("scopegate:approval-answer:late0", 0.01) is None
+    with pytest.raises(StoreUnavailable):  # within one second: the bound holds before any expiry
+        for n in range(200):
+            await store.push(f"scopegate:approval-answer:burst{n}", "yes", ttl=60)
+
+
+async def test_the_last_used_stamps_remember_a_bounded_number_of_credentials() -> None:
+    """One entry per credential that ever authenticated (OAuth grants come and go): the oldest is forgotten first."""
+    from proxy.identity.authenticate import LAST_USED_KEEP, Authenticate, Challenge
+
+    auth = Authenticate(None, None, MemoryStore(), Challenge(None, ()))
+    for n in range(LAST_USED_KEEP + 100):
+        auth._stamp(f"sgo_grant{n}")
+    await asyncio.sleep(0.05)  # let the background writes run
+    assert len(auth._last_used) == LAST_USED_KEEP
+    assert f"sgo_grant{LAST_USED_KEEP + 99}" in auth._last_used and "sgo_grant0" not in auth._last_used
+    assert await auth.store.get(f"scopegate:pat:last_used:sgo_grant{LAST_USED_KEEP + 99}") is not None

@@ -32,6 +32,7 @@ UNAUTHORIZED = -32001
 REVOKED_KEY = "scopegate:pat:revoked:"
 LAST_USED_KEY = "scopegate:pat:last_used:"
 LAST_USED_EVERY = 60.0
+LAST_USED_KEEP = 10_000  # credentials whose last stamp this process remembers (the oldest is forgotten first)
 # While Redis is unreachable, a credential Redis confirmed as not revoked this recently keeps working, so reads keep
 # flowing through an outage; any other credential is refused (503) until Redis answers again.
 STALE_OK_SECONDS = 600.0
@@ -157,6 +158,11 @@ class Authenticate:
         now = time.monotonic()
         if now - self._last_used.get(credential_id, float("-inf")) < LAST_USED_EVERY:
             return
+        # One entry per credential seen, and credentials come and go (OAuth grants): bounded, oldest stamp first
+        # (re-inserted on every stamp). A credential forgotten early is only stamped again on its next request.
+        self._last_used.pop(credential_id, None)
+        if len(self._last_used) >= LAST_USED_KEEP:
+            del self._last_used[next(iter(self._last_used))]
         self._last_used[credential_id] = now
 
         async def write() -> None:
