@@ -38,14 +38,15 @@ class WorkspaceFact:
     reason: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class Exchange:
     """One HTTP request through the proxy: what the steps read, and what they leave for later steps."""
 
     request_id: str
     session_id: str | None
     protocol_version: str | None
-    upstream_headers: CIMultiDict[str]  # guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument)
+    # Guards may adjust them (e.g. Mcp-Param-* when they rewrite an argument); the forwarder empties them once sent.
+    upstream_headers: CIMultiDict[str]
     http_method: str = "POST"
     policy: LivePolicy | None = None  # forwarder: the policy generation pinned for the whole request
     principal: Principal | None = None  # authentication: every later step may rely on it

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -98,6 +99,17 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+@dataclass(slots=True)
+class Outgoing:
+    """What a request sends upstream once its guards are done, and what relaying the answer needs."""
+
+    payload: bytes | None
+    messages: ServerMessages
+    answers: list[Message]  # the guards' own answers, merged into the upstream's
+    is_batch: bool | None
+    lists_asked: bool = False
+
+
 class Forwarder:
     def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
                  metrics: Metrics | None = None, audit: AuditWriter | None = None,
@@ -175,12 +187,17 @@ class Forwarder:
                 return response
             try:
                 if request.method == "POST":
-                    response = await self._post(request, exchange)
-                    return response
-                self.metrics.message(request.method, "allow")
-                self._outcome(exchange, {"method": request.method}, "allow", "")
-                response = await self._forward(request, exchange, None, ServerMessages(self.pipeline, exchange), [],
-                                               None)
+                    # _post returns what to forward rather than forwarding itself, so that its frame (the body,
+                    # the parsed frame, its lists) is gone while a stream it opened stays open for hours.
+                    prepared = await self._post(request, exchange)
+                    if isinstance(prepared, web.StreamResponse):
+                        response = prepared
+                        return response
+                else:
+                    self.metrics.message(request.method, "allow")
+                    self._outcome(exchange, {"method": request.method}, "allow", "")
+                    prepared = Outgoing(None, ServerMessages(self.pipeline, exchange), [], None)
+                response = await self._forward(request, exchange, prepared)
                 return response
             finally:
                 budget.release(who)
@@ -229,7 +246,7 @@ class Forwarder:
             self.metrics.confirmation(decision, reason)
         self._outcome(exchange, message, decision, reason)
 
-    async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse:
+    async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | Outgoing:
         rid = exchange.request_id
         limit = self.config.max_body_bytes
         try:
@@ -291,8 +308,7 @@ class Forwarder:
             return self._answer_locally(frame.is_batch, answers, last_answer, rid)
         payload = dumps_kept(forward if frame.is_batch else forward[0])  # held as long as the upstream answers
         lists_asked = any(method in LISTS for method in asked.values())
-        messages = ServerMessages(self.pipeline, exchange, asked)
-        return await self._forward(request, exchange, payload, messages, answers, frame.is_batch, lists_asked)
+        return Outgoing(payload, ServerMessages(self.pipeline, exchange, asked), answers, frame.is_batch, lists_asked)
 
     @staticmethod
     def _answer_locally(is_batch: bool, answers: list[Message], last: Answer | None, rid: str) -> web.Response:
@@ -305,23 +321,15 @@ class Forwarder:
         headers.update(last.headers if last is not None else ())
         return web.Response(status=status, body=dumps(answers[0]), content_type=JSON, headers=headers)
 
-    async def _forward(
-        self,
-        request: web.Request,
-        exchange: Exchange,
-        payload: bytes | None,
-        messages: ServerMessages,
-        answers: list[Message],
-        is_batch: bool | None,
-        lists_asked: bool = False,
-    ) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, exchange: Exchange, out: Outgoing) -> web.StreamResponse:
         started = time.perf_counter()
         session = self.stream_session if long_lived(request) else self.session
+        messages, answers = out.messages, out.answers
         deadline = asyncio.timeout(self.config.response_timeout)
         try:
             async with deadline:
                 upstream = await session.request(
-                    request.method, self.upstream, data=payload, headers=exchange.upstream_headers
+                    request.method, self.upstream, data=out.payload, headers=exchange.upstream_headers
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if deadline.expired():
@@ -335,6 +343,8 @@ class Forwarder:
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         exchange.upstream_status = upstream.status
+        exchange.upstream_headers = CIMultiDict()  # sent; aiohttp keeps its own copy as long as the answer lasts
+        out.payload = None  # sent, and an open stream's frames hold `out` for hours
 
         headers = client_response_headers(upstream.headers)
         headers["X-Request-Id"] = exchange.request_id
@@ -352,16 +362,18 @@ class Forwarder:
         media = upstream.headers.get("Content-Type", "").partition(";")[0].strip().lower()
         encoding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
         try:
-            if request.method == "DELETE" or (upstream.status >= 300 and not lists_asked and not answers):
+            if request.method == "DELETE" or (upstream.status >= 300 and not out.lists_asked and not answers):
                 # No list travels here, and clients rely on the upstream's own error bodies (a 2026-07-28 client
                 # falls back to initialize on them): relayed as they are. (With the guards' own answers to merge
                 # into a batch's reply, the body is read like any other.)
                 response = web.Response(status=upstream.status, body=await self._read_whole(upstream),
                                         headers=headers)
             elif media == "text/event-stream" and encoding == "identity":
-                response = await self._stream(request, upstream, headers, messages, answers)
+                response = web.StreamResponse(status=upstream.status, headers=headers)
+                del headers  # the response copied them; this frame lives as long as the stream
+                await self._stream(request, response, upstream, messages, answers)
             else:
-                response = await self._whole(upstream, headers, messages, answers, is_batch, media, encoding)
+                response = await self._whole(upstream, headers, messages, answers, out.is_batch, media, encoding)
             finished = True
             return response
         except Unreadable as exc:
@@ -439,12 +451,11 @@ class Forwarder:
     async def _stream(
         self,
         request: web.Request,
+        response: web.StreamResponse,
         upstream: ClientResponse,
-        headers: Any,
         messages: ServerMessages,
         answers: list[Message],
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers=headers)
+    ) -> None:
         await response.prepare(request)
         self.open_streams.add(upstream)
         self.metrics.open_streams.inc()
@@ -465,7 +476,6 @@ class Forwarder:
             self.metrics.open_streams.dec()
         if cut:
             await self._cut(request, response, messages)
-        return response
 
     async def _cut(self, request: web.Request, response: web.StreamResponse, messages: ServerMessages) -> None:
         """The upstream's stream ended mid-way: the client must not mistake that for a finished stream. Requests

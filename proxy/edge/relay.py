@@ -45,6 +45,8 @@ class ServerMessages:
     included) is the first for that id; rewriters are told the method then, and None for everything else.
     """
 
+    __slots__ = ("asked", "exchange", "pipeline", "session")  # one per open stream
+
     def __init__(self, pipeline: Pipeline, exchange: Exchange, asked: dict[tuple[str, Any], str] | None = None,
                  session: str | None = None) -> None:
         self.pipeline = pipeline
@@ -129,6 +131,21 @@ def sse_event(msg: Message) -> bytes:
     return b"event: message\ndata: " + dumps(msg) + b"\n\n"
 
 
+def _relay_chunk(chunk: bytes, splitter: EventSplitter, messages: ServerMessages,
+                 event_ids: EventIds) -> tuple[bytes, Exception | None]:
+    """The events `chunk` completes, relayed, and what stopped them if something did. A function of its own so that
+    nothing it touched (the chunk's events, in and out) outlives it while the stream waits for the next."""
+    events: list[bytes] = []
+    try:
+        for event in splitter.feed(chunk):
+            events.append(relay_event(event, messages, event_ids))
+    except EventTooLarge:
+        return b"".join(events), Unreadable("event too large")
+    except Exception as exc:  # raised by the caller once what came before it is written
+        return b"".join(events), exc
+    return b"".join(events), None
+
+
 async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, messages: ServerMessages,
                     event_ids: EventIds) -> None:
     """Copy an SSE stream to the client event by event, as each completes. Returns when the upstream ends it; an
@@ -137,15 +154,12 @@ async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, messag
     splitter = EventSplitter(MAX_EVENT_BYTES)
     content = upstream.content
     while chunk := await content.readany():
-        events: list[bytes] = []
-        try:
-            for event in splitter.feed(chunk):
-                events.append(relay_event(event, messages, event_ids))
-        except EventTooLarge:
-            raise Unreadable("event too large") from None
-        finally:
-            if events:  # the events before a bad one still go: the stream ends at the bad one, not before
-                await client.write(b"".join(events))
+        out, failure = _relay_chunk(chunk, splitter, messages, event_ids)
+        if out:  # the events before a bad one still go: the stream ends at the bad one, not before
+            await client.write(out)
+        if failure is not None:
+            raise failure
+        del chunk, out  # an idle stream waits in readany() for hours: it holds neither meanwhile
     last = splitter.finish()
     if last is not None:
         await client.write(relay_event(last, messages, event_ids))

@@ -18,6 +18,8 @@ _LINE = re.compile(rb"\r\n|\r|\n")
 class EventSplitter:
     """Feed it chunks; it yields complete events. What is left at the end of the stream is returned by `rest`."""
 
+    __slots__ = ("_buf", "_max", "_scan_from")  # one per open stream
+
     def __init__(self, max_event_bytes: int) -> None:
         self._buf = bytearray()
         self._scan_from = 0
@@ -39,7 +41,10 @@ class EventSplitter:
                 self._scan_from = len(self._buf)
                 return
             event = bytes(self._buf[:end])
-            del self._buf[:end]
+            if end == len(self._buf):
+                self._buf = bytearray()  # whole events, nothing left: drop the grown buffer (an idle stream keeps it)
+            else:
+                del self._buf[:end]
             self._scan_from = 0
             yield event
 
