@@ -1,14 +1,17 @@
 """Memory: what an idle open SSE stream costs scopegate, and whether a long mixed load makes it grow.
 
-    python bench/soak.py --streams 1000            # RSS per idle open stream
+    python bench/soak.py --streams 1000            # RSS per idle open stream, scopegate's and the floor's
     python bench/soak.py --minutes 10              # mixed soak: RSS and open FDs sampled, the slope printed
 
 Both start the fixed-answer upstream (bench/upstream.py) and scopegate as `make bench` does. An idle stream is a
 `tools/call` of `tick` that sends one event, then waits (the upstream sleeps between events): the proxy holds the
-client's connection, the upstream's and the relay in between. The soak runs small calls, 1,000-tool lists and short
-SSE streams at once, each on fresh and reused connections, and samples scopegate's RSS and FD count every few
-seconds; the slope over the second half (after warm-up) says whether anything grows. Not part of `make test`:
-it measures, it asserts nothing; the machine it runs on is shared, so read figures as what they are.
+client's connection, the upstream's and the relay in between. The figure is the RSS the process gained while the
+streams opened (after a warm-up of the same requests), divided by their number; the same streams are then opened
+through the bare pass-through (bench/floor.py) so what aiohttp itself costs shows apart from scopegate's own. The
+soak runs small calls, 1,000-tool lists and short SSE streams at once, each on fresh and reused connections, and
+samples scopegate's RSS and FD count every few seconds; the slope over the second half (after warm-up) says whether
+anything grows. Not part of `make test`: it measures, it asserts nothing; the machine it runs on is shared, so read
+figures as what they are.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
 
 
-def start(flags: tuple[str, ...] = ()) -> tuple[list[subprocess.Popen[bytes]], str, int]:
+def start(flags: tuple[str, ...] = ()) -> tuple[list[subprocess.Popen[bytes]], str, int, str]:
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     up_port, gate_port = free_port(), free_port()
@@ -61,10 +64,10 @@ def start(flags: tuple[str, ...] = ()) -> tuple[list[subprocess.Popen[bytes]], s
                              str(BENCH_FOLDER / "pats.yaml"), "--policy", str(BENCH_POLICY), "--metrics-listen",
                              "127.0.0.1:0", *flags], env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
     wait_for_port(gate_port, gate, "soak: scopegate")
-    return [upstream, gate], f"http://127.0.0.1:{gate_port}/mcp", gate.pid
+    return [upstream, gate], f"http://127.0.0.1:{gate_port}/mcp", gate.pid, upstream_url
 
 
-async def idle_streams(url: str, pid: int, count: int) -> None:
+async def idle_streams(url: str, pid: int, count: int, name: str = "scopegate") -> float:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as http:
         # Warm up: the same kinds of request first, so what is measured is the streams, not first-use allocations.
@@ -84,11 +87,20 @@ async def idle_streams(url: str, pid: int, count: int) -> None:
         await asyncio.sleep(2)
         after_rss, after_fds = rss_kb(pid), fds(pid)
         per = (after_rss - before_rss) / count
-        print(f"{count} idle open SSE streams: scopegate RSS {before_rss} KB -> {after_rss} KB, "
+        print(f"{count} idle open SSE streams: {name} RSS {before_rss} KB -> {after_rss} KB, "
               f"{per:.1f} KB per stream; FDs {before_fds} -> {after_fds} ({(after_fds - before_fds) / count:.1f} "
               f"per stream: the client's connection and the upstream's)")
         for resp in opened:
             resp.close()
+        return per
+
+
+def start_floor(upstream_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    floor = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), "--port", str(port), "--upstream",
+                              upstream_url])
+    wait_for_port(port, floor, "soak: floor")
+    return floor, f"http://127.0.0.1:{port}/mcp"
 
 
 async def soak(url: str, pid: int, minutes: float, interval: float) -> None:
@@ -140,10 +152,16 @@ def main() -> None:
     # One credential holds every idle stream: its limits (calls in flight, upstream connections) made room for them.
     room = str(args.streams + 100)
     flags = ("--max-calls-per-credential", room, "--call-connections", room) if args.streams else ()
-    processes, url, pid = start(flags)
+    processes, url, pid, upstream_url = start(flags)
     try:
         if args.streams:
-            asyncio.run(idle_streams(url, pid, args.streams))
+            ours = asyncio.run(idle_streams(url, pid, args.streams))
+            # The same streams through the bare pass-through (bench/floor.py): what aiohttp itself costs per stream
+            # (both connections, parsers, buffers, tasks), so what scopegate adds on top shows apart from it.
+            floor, floor_url = start_floor(upstream_url)
+            processes.append(floor)
+            floors = asyncio.run(idle_streams(floor_url, floor.pid, args.streams, "floor"))
+            print(f"scopegate adds {ours - floors:.1f} KB per idle stream to the floor's {floors:.1f} KB")
         else:
             asyncio.run(soak(url, pid, args.minutes, args.interval))
     finally:
