@@ -19,6 +19,7 @@ from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
+from proxy.edge.upstream_http import Pool
 from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
@@ -44,6 +45,9 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 RELOADER = web.AppKey("policy_reloader", PolicyReloader)
 OPS_PORT = web.AppKey("ops_port", int)
 SHUTDOWN_TIMEOUT = 3.0
+
+
+OWN_CONNECTIONS = 8  # the proxy's own upstream requests: catalog fetches, its subscriptions/listen, readiness
 
 
 def upstream_session(config: Config, connections: int,
@@ -100,10 +104,14 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
         if oauth is not None:
             oauth.attach(store)
         ops: web.AppRunner | None = None
+        hooks = tracing.upstream_hooks() if tracing is not None else None
+        # The request path's own pools (calls apart from long-lived streams, so neither can use up the other's
+        # connections); the proxy's own upstream requests (its catalog, readiness pings) use aiohttp's client.
+        calls = Pool(config.upstream, config.call_connections, config.connect_timeout, hooks=hooks)
+        streams = Pool(config.upstream, config.stream_connections, config.connect_timeout, hooks=hooks)
         try:
             traces = [tracing.client_trace()] if tracing is not None else None
-            async with upstream_session(config, config.call_connections, traces) as session, \
-                    upstream_session(config, config.stream_connections, traces) as stream_session, \
+            async with upstream_session(config, OWN_CONNECTIONS, traces) as session, \
                     aiohttp.ClientSession() as key_session:
                 verifier = identity.verifier(config, key_session)
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
@@ -122,8 +130,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
-                app[FORWARDER] = Forwarder(config, chosen, session, metrics, audit, EventIds(key),
-                                           stream_session=stream_session)
+                app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())
@@ -161,6 +168,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     await audit.close()
                     await fetch_tools.close()
         finally:
+            await calls.close()
+            await streams.close()
             if ops is not None:
                 await ops.cleanup()
             if oauth is not None:

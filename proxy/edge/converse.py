@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_sse, sse_event
+from proxy.edge.upstream_http import UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.jsonrpc import INTERNAL_ERROR, Message, dumps, error
 
@@ -77,9 +78,8 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
     """The message upstream; its answer (JSON or SSE) onto the stream the client already has."""
     msg_id = message.get("id")
     try:
-        upstream = await forwarder.session.post(forwarder.upstream, data=dumps(message),
-                                                headers=exchange.upstream_headers)
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        upstream = await forwarder.session.request("POST", data=dumps(message), headers=exchange.upstream_headers)
+    except (TimeoutError, UpstreamBroken, ValueError, OSError) as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
         forwarder.metrics.upstream_errors.labels("connect").inc()
         await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream unavailable")))
@@ -116,7 +116,7 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
             forwarder.metrics.upstream_errors.labels("response").inc()
             answer = error(msg_id, INTERNAL_ERROR, f"upstream answered HTTP {upstream.status}")
         await response.write(sse_event(answer))
-    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+    except (TimeoutError, UpstreamBroken, OSError) as exc:
         log.warning("upstream failed mid-response: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
         forwarder.metrics.upstream_errors.labels("response").inc()
         await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "upstream failed")))

@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
-from aiohttp import ClientResponse, web
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -30,6 +29,7 @@ from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import event_data
+from proxy.edge.upstream_http import Pool, Response, UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
@@ -111,9 +111,9 @@ class Outgoing:
 
 
 class Forwarder:
-    def __init__(self, config: Config, pipeline: Pipeline, session: aiohttp.ClientSession,
+    def __init__(self, config: Config, pipeline: Pipeline, session: Pool,
                  metrics: Metrics | None = None, audit: AuditWriter | None = None,
-                 event_ids: EventIds | None = None, stream_session: aiohttp.ClientSession | None = None) -> None:
+                 event_ids: EventIds | None = None, stream_session: Pool | None = None) -> None:
         self.upstream: URL = config.upstream
         self.config = config
         self.pipeline = pipeline
@@ -124,7 +124,7 @@ class Forwarder:
         self.metrics = metrics or Metrics()
         self.audit = audit
         self.event_ids = event_ids or EventIds(os.urandom(32))
-        self.open_streams: set[ClientResponse] = set()
+        self.open_streams: set[Response] = set()
         self._rid_prefix = os.urandom(8).hex()
         self._rid_count = itertools.count()
 
@@ -154,9 +154,12 @@ class Forwarder:
         headers["Mcp-Session-Id"] = session_id
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                async with self.session.delete(self.upstream, headers=headers) as ended:
+                ended = await self.session.request("DELETE", headers=headers)
+                try:
                     await ended.read()
-        except (TimeoutError, aiohttp.ClientError, OSError):
+                finally:
+                    ended.release()  # reused when it was read whole, else closed
+        except (TimeoutError, UpstreamBroken, ValueError, OSError):
             log.warning("could not end an unbound upstream session", extra={"request_id": exchange.request_id})
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -328,10 +331,11 @@ class Forwarder:
         deadline = asyncio.timeout(self.config.response_timeout)
         try:
             async with deadline:
-                upstream = await session.request(
-                    request.method, self.upstream, data=out.payload, headers=exchange.upstream_headers
-                )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers)
+        except ValueError:  # a header value the upstream request cannot carry (CR, LF or NUL)
+            return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
+                             request_id=exchange.request_id)
+        except (TimeoutError, UpstreamBroken, OSError) as exc:
             if deadline.expired():
                 log.warning("upstream sent no response headers within %g s", self.config.response_timeout,
                             extra={"request_id": exchange.request_id})
@@ -384,7 +388,7 @@ class Forwarder:
             self.metrics.upstream_errors.labels("stall").inc()
             return rpc_error(504, UPSTREAM_TIMEOUT, f"upstream stopped sending its answer for "
                              f"{self.config.read_timeout:g} s", request_id=exchange.request_id)
-        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except (TimeoutError, UpstreamBroken, OSError) as exc:
             # The upstream failed after it had started answering.
             log.warning("upstream failed mid-response: %s", type(exc).__name__,
                         extra={"request_id": exchange.request_id})
@@ -398,7 +402,7 @@ class Forwarder:
 
     async def _whole(
         self,
-        upstream: ClientResponse,
+        upstream: Response,
         headers: Any,
         messages: ServerMessages,
         answers: list[Message],
@@ -428,7 +432,7 @@ class Forwarder:
         self._outcome(exchange, {"method": "response"}, "refuse", "unreadable answer")
         return rpc_error(502, INTERNAL_ERROR, "upstream answer not understood", request_id=exchange.request_id)
 
-    async def _read_whole(self, upstream: ClientResponse) -> bytes:
+    async def _read_whole(self, upstream: Response) -> bytes:
         """The whole body, each wait bounded: an upstream that stops sending mid-body is given up on. What has
         already arrived is taken without a timer (a small answer usually comes with its headers)."""
         chunks = []
@@ -452,7 +456,7 @@ class Forwarder:
         self,
         request: web.Request,
         response: web.StreamResponse,
-        upstream: ClientResponse,
+        upstream: Response,
         messages: ServerMessages,
         answers: list[Message],
     ) -> None:
@@ -469,7 +473,7 @@ class Forwarder:
             self._unreadable(messages.exchange, exc)
         except ConnectionResetError:
             pass  # the client left; the caller closes the upstream response
-        except aiohttp.ClientError:
+        except UpstreamBroken:
             cut = True  # the upstream broke the stream off (or shutdown closed it)
         finally:
             self.open_streams.discard(upstream)
@@ -497,16 +501,20 @@ class Forwarder:
     async def probe(self, exchange: Exchange, message: Message) -> Message | None:
         """Send one request upstream and return its response message (JSON or SSE), or None if there is none.
         Used for a write's dry run: the upstream's own preview, made with the caller's server-side headers."""
+        up = None
         try:
             # Bounded as a whole: a dry run that never ends must not hold the preview (or the caller) forever.
-            async with asyncio.timeout(self.config.response_timeout), \
-                    self.session.post(self.upstream, data=dumps(message), headers=exchange.upstream_headers) as up:
+            async with asyncio.timeout(self.config.response_timeout):
+                up = await self.session.request("POST", data=dumps(message), headers=exchange.upstream_headers)
                 body = await up.read()
-                if not up.headers.get("Content-Type", "").startswith("text/event-stream"):
-                    found = orjson.loads(body) if body else None
-                    return found if isinstance(found, dict) else None
-        except (aiohttp.ClientError, TimeoutError, OSError, orjson.JSONDecodeError):
+            if not up.headers.get("Content-Type", "").startswith("text/event-stream"):
+                found = orjson.loads(body) if body else None
+                return found if isinstance(found, dict) else None
+        except (UpstreamBroken, ValueError, TimeoutError, OSError, orjson.JSONDecodeError):
             return None
+        finally:
+            if up is not None:
+                up.release()  # reused when it was read whole, else closed
         for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
             data = event_data(event)
             try:

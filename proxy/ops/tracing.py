@@ -132,6 +132,27 @@ class Tracing:
         config.on_request_exception.append(failed)
         return config
 
+    def upstream_hooks(self) -> tuple[Any, Any, Any]:
+        """The same client span for the request path's own upstream client (edge/upstream_http.py)."""
+        kind = self.trace.SpanKind.CLIENT
+
+        async def start(method: str, url: Any, headers: Any) -> Any:
+            span = self.tracer.start_span(f"upstream {method}", kind=kind, attributes={
+                "http.request.method": method, "server.address": url.host or "", "server.port": url.port or 0})
+            self.propagate.inject(headers, context=self.trace.set_span_in_context(span))
+            return span
+
+        async def end(span: Any, status: int) -> None:
+            span.set_attribute("http.response.status_code", status)
+            span.end()
+
+        async def failed(span: Any, exc: BaseException) -> None:
+            span.record_exception(exc)
+            span.set_status(self.trace.Status(self.trace.StatusCode.ERROR, type(exc).__name__))
+            span.end()
+
+        return start, end, failed
+
     def store(self, store: Any) -> Any:
         """The shared store with a span around each of its calls (Redis round trips)."""
         return _TracedStore(store, self.tracer)

@@ -1,0 +1,422 @@
+"""The request path's HTTP/1.1 client to the one upstream: pooled keep-alive connections, responses parsed by llhttp
+(httptools), bodies handed over as they arrive.
+
+Why not aiohttp's client here: a proxy in front of one fixed upstream uses none of its per-request machinery
+(redirects, cookies, auth, proxies, URL building, default headers, trace hooks), which cost more CPU than anything
+else in a small call (`make bench`; issue notes). What is kept is what a proxy must not get wrong:
+
+- a connection is reused only after a whole, well-framed answer the upstream agreed to keep alive, with nothing
+  after it; anything else (a parse error, bytes nobody asked for, an answer cut short) closes it;
+- header names and values that would split the request (CR, LF, NUL) are refused, never written;
+- a body is read as it arrives, the upstream paused while too much waits unread (no buffering of SSE streams);
+- at most `limit` connections at once: further requests wait for one (the caller's deadline bounds the wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import httptools
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+MAX_HEADER_BYTES = 64 * 1024  # status line and headers of one answer
+HIGH_WATER = 1 << 20  # unread body bytes at which the upstream is paused (until the reader takes them)
+_OWN = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # framed by this client alone
+_NO_BODY = (204, 304)
+
+
+class UpstreamBroken(Exception):
+    """The upstream answered with what HTTP does not allow, or the connection broke before the answer was whole."""
+
+
+# What a request may be traced with: start(method, url, headers) -> context; end(context, status); failed(context,
+# exception). Tracing (ops/tracing.py) provides them; headers may be added to (`traceparent`).
+Hooks = tuple[Callable[[str, URL, CIMultiDict[str]], Awaitable[Any]],
+              Callable[[Any, int], Awaitable[None]],
+              Callable[[Any, BaseException], Awaitable[None]]]
+
+
+class Body:
+    """A response body as it arrives: `read_nowait`, `readany`, `at_eof`, the calls the relay makes."""
+
+    __slots__ = ("_chunks", "_connection", "_eof", "_error", "_size", "_waiter")
+
+    def __init__(self, connection: Connection) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._connection = connection
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > HIGH_WATER:
+            self._connection.pause()
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._eof:
+            self._error = error
+        self._wake()
+
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+    def read_nowait(self) -> bytes:
+        """What has arrived and not been read (b"" for nothing yet, or at the end). Raises what broke the body once
+        nothing that came before the break is left."""
+        if not self._chunks:
+            if self._error is not None:
+                raise self._error
+            return b""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._connection.resume()  # everything waiting was taken: the upstream may send again (if it was paused)
+        return data
+
+    async def readany(self) -> bytes:
+        """The next bytes of the body, b"" at its end."""
+        while not self._chunks and not self._eof and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self.read_nowait()
+
+
+class Response:
+    __slots__ = ("_connection", "content", "headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], content: Body, connection: Connection) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+        self._connection = connection
+
+    async def read(self) -> bytes:
+        """The whole body (for answers known to be small: the dry run, a converse call's JSON answer)."""
+        chunks = []
+        while chunk := await self.content.readany():
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool if the answer was whole and may be followed."""
+        self._connection.finished()
+
+    def close(self) -> None:
+        """Done with it before its end (or unsure): the connection is closed, never reused."""
+        self._connection.abort()
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection: one request at a time, its answer parsed as it comes."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.idle_since = 0.0
+        self.usable = True  # false once anything makes a further answer on this connection untrustworthy
+        self._lost = False
+        self._paused = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._waiting = False  # a request is out and its answer not complete
+        self._head: asyncio.Future[Response] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._body: Body | None = None
+        self._until_close = False  # no length and not chunked: the body ends when the connection does
+        self._complete = False
+
+    # -- asyncio.Protocol --
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self._waiting:  # bytes nobody asked for: this connection cannot be trusted with another request
+            self.abort()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._broken(UpstreamBroken("the upstream switched protocols"))
+        except httptools.HttpParserError as exc:
+            raised = exc.__context__  # what one of the callbacks below raised, if it was one of them
+            self._broken(raised if isinstance(raised, UpstreamBroken) else
+                         UpstreamBroken(f"malformed answer from the upstream ({exc})"))
+        except UpstreamBroken as exc:
+            self._broken(exc)
+
+    def eof_received(self) -> bool | None:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.usable = False
+        self.pool.forget(self)
+        if not self._waiting:
+            return
+        if self._body is not None and self._until_close and exc is None:
+            self._body.feed_eof()  # the one clean way such a body ends
+            self._waiting = False
+            return
+        self._broken(UpstreamBroken("the upstream closed the connection before its answer was whole"))
+
+    def pause_writing(self) -> None:  # requests are small and written whole: nothing to wait for
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- parser callbacks --
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request
+            raise UpstreamBroken("the upstream sent more than one answer")
+
+    def on_status(self, status: bytes) -> None:
+        self._count(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # 1xx: informational, the real answer follows (its headers are not relayed)
+            self._headers.clear()
+            self._header_bytes = 0
+            return
+        headers = CIMultiDictProxy(CIMultiDict(self._headers))
+        chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
+        self._until_close = "Content-Length" not in headers and not chunked and status not in _NO_BODY
+        self._body = Body(self)
+        head = self._head
+        if head is not None and not head.done():
+            head.set_result(Response(status, headers, self._body, self))
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._body is None:  # the end of a 1xx answer
+            return
+        self._complete = True
+        if not self.parser.should_keep_alive():
+            self.usable = False
+        self._body.feed_eof()
+        self._waiting = False
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise UpstreamBroken(f"the upstream's answer headers exceed {MAX_HEADER_BYTES} bytes")
+
+    # -- use --
+    def send(self, head: bytes, body: bytes | None) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self._reset()
+        self._waiting = True
+        self._head = asyncio.get_running_loop().create_future()
+        self.transport.write(head + body if body else head)
+        return self._head
+
+    def _broken(self, error: UpstreamBroken) -> None:
+        head, body = self._head, self._body
+        self._waiting = False
+        self.abort()
+        if head is not None and not head.done():
+            head.set_exception(error)
+        if body is not None:
+            body.fail(error)
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self._lost:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self._lost:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def finished(self) -> None:
+        """The caller is done: back to the pool when the answer was whole and the connection may carry another."""
+        if self._complete and self.usable and not self._lost and not self._paused:
+            self._reset()
+            self.pool.put_back(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.usable = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.pool.forget(self)
+
+
+class Pool:
+    """At most `limit` connections to the upstream; idle ones kept `keepalive` seconds for the next request."""
+
+    def __init__(self, upstream: URL, limit: int, connect_timeout: float, ssl_context: ssl.SSLContext | None = None,
+                 keepalive: float = 30.0, hooks: Hooks | None = None) -> None:
+        self.upstream = upstream
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        # https: verified against the system's CAs, as aiohttp's client did
+        self.ssl = (ssl_context or ssl.create_default_context()) if upstream.scheme == "https" else None
+        self.keepalive = keepalive
+        self.hooks = hooks
+        self.host = upstream.host or ""
+        self.port = upstream.port or (443 if upstream.scheme == "https" else 80)
+        default = self.port == (443 if upstream.scheme == "https" else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._host_header = host if default else f"{host}:{self.port}"
+        self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    # -- bookkeeping the connections call --
+    def forget(self, connection: Connection) -> None:
+        if connection in self._open:
+            self._open.discard(connection)
+            if connection in self._idle:
+                self._idle.remove(connection)
+            self._wake_one()
+
+    def put_back(self, connection: Connection) -> None:
+        if self._closed:
+            connection.abort()
+            return
+        connection.idle_since = time.monotonic()
+        self._idle.append(connection)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    # -- requests --
+    def head(self, method: str, target: str, headers: Iterable[tuple[str, str]], length: int | None) -> bytes:
+        """The request line and headers, or ValueError for a header that would split the request."""
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
+        for name, value in headers:
+            if name.lower() in _OWN:
+                continue
+            if "\r" in name or "\n" in name or "\0" in name or ":" in name \
+                    or "\r" in value or "\n" in value or "\0" in value:
+                raise ValueError(f"header {name!r} would split the request")
+            lines.append(f"{name}: {value}\r\n")
+        if length is not None:
+            lines.append(f"Content-Length: {length}\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def _idle_one(self) -> Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            connection = self._idle.pop()  # the most recently used: the likeliest to be alive
+            if connection.usable and not connection._lost and now - connection.idle_since < self.keepalive:
+                return connection
+            connection.abort()
+        return None
+
+    async def _connection(self) -> Connection:
+        """An idle connection at once, else a new one or the next one freed, within the connect timeout (a full
+        pool is answered like an unreachable upstream, never queued for longer)."""
+        connection = self._idle_one()
+        if connection is not None:
+            return connection
+        async with asyncio.timeout(self.connect_timeout):
+            return await self._wait_or_connect()
+
+    async def _wait_or_connect(self) -> Connection:
+        while True:
+            connection = self._idle_one()
+            if connection is not None:
+                return connection
+            if len(self._open) < self.limit:
+                return await self._connect()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass the slot on
+                raise
+
+    async def _connect(self) -> Connection:
+        if self._closed:
+            raise OSError("upstream pool closed")
+        loop = asyncio.get_running_loop()
+        connection = Connection(self)
+        self._open.add(connection)  # counted while connecting: the limit holds for connects too
+        try:
+            await loop.create_connection(lambda: connection, self.host, self.port, ssl=self.ssl)
+        except BaseException:
+            self.forget(connection)
+            raise
+        return connection
+
+    async def request(self, method: str, url: URL | str | None = None, *, data: bytes | None = None,
+                      headers: Mapping[str, str] | None = None) -> Response:
+        """Send one request and return its answer's head; its body arrives on `content`. The caller ends it with
+        `release()` (read to the end) or `close()`. Raises OSError (no connection), UpstreamBroken (a malformed or
+        cut answer) or ValueError (a header that would split the request)."""
+        target_url = self.upstream if url is None else URL(url) if isinstance(url, str) else url
+        out = CIMultiDict(headers or {})
+        context = None
+        if self.hooks is not None:
+            context = await self.hooks[0](method, target_url, out)
+        try:
+            length = len(data) if data is not None else (0 if method in ("POST", "PUT", "PATCH") else None)
+            head = self.head(method, target_url.raw_path_qs, out.items(), length)
+            connection = await self._connection()
+            try:
+                response = await connection.send(head, data)
+            except BaseException:
+                connection.abort()
+                raise
+        except BaseException as exc:
+            if context is not None:
+                await self.hooks[2](context, exc)  # type: ignore[index]
+            raise
+        if context is not None:
+            await self.hooks[1](context, response.status)  # type: ignore[index]
+        return response
+
+    async def close(self) -> None:
+        self._closed = True
+        for connection in list(self._open):
+            connection.abort()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(OSError("upstream pool closed"))
+        self._waiters.clear()
