@@ -9,7 +9,13 @@ else in a small call (`make bench`; issue notes). What is kept is what a proxy m
   after it; anything else (a parse error, bytes nobody asked for, an answer cut short) closes it;
 - header names and values that would split the request (CR, LF, NUL) are refused, never written;
 - a body is read as it arrives, the upstream paused while too much waits unread (no buffering of SSE streams);
-- at most `limit` connections at once: further requests wait for one (the caller's deadline bounds the wait).
+- at most `limit` connections at once: further requests wait for one (the caller's deadline bounds the wait);
+- an idle connection is reused for at most `IDLE_SECONDS`, less than the 5 s after which uvicorn and Node's HTTP
+  server (the usual MCP server stacks) close it: past that, reusing it races the upstream's close, and the request
+  fails (measured: 3-7 % of requests spaced at the upstream's keep-alive timeout were 502s);
+- when an upstream closes a reused connection before any byte of the answer came (that race, with some other
+  upstream), an idempotent request (GET, DELETE) is sent once more on a new connection, as aiohttp's client does;
+  a POST never is: it may have been carried out (a write), so it fails rather than risk running twice.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ MAX_HEADER_BYTES = 64 * 1024  # status line and headers of one answer
 HIGH_WATER = 1 << 20  # unread body bytes at which the upstream is paused (until the reader takes them)
 _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # framed by this client alone
 _NO_BODY = (204, 304)
+IDLE_SECONDS = 4.0  # below the upstream's own keep-alive timeout (uvicorn's and Node's: 5 s)
+_RETRIED = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # idempotent (RFC 9110 §9.2.2)
 
 
 class UpstreamBroken(Exception):
@@ -136,6 +144,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.idle_since = 0.0
+        self.answers = 0  # whole answers this connection carried: above 0 it is a reused one
+        self.heard = False  # any byte of the current request's answer arrived
         self.usable = True  # false once anything makes a further answer on this connection untrustworthy
         self._lost = False
         self._paused = False
@@ -155,6 +165,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         if not self._waiting:  # bytes nobody asked for: this connection cannot be trusted with another request
             self.abort()
             return
@@ -170,6 +181,7 @@ class Connection(asyncio.Protocol):
             self._broken(exc)
 
     def eof_received(self) -> bool | None:
+        self.usable = False  # the upstream is closing it: not to be picked while the close is under way
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -224,6 +236,7 @@ class Connection(asyncio.Protocol):
         if self._body is None:  # the end of a 1xx answer
             return
         self._complete = True
+        self.answers += 1
         if not self.parser.should_keep_alive():
             self.usable = False
         self._body.feed_eof()
@@ -239,6 +252,7 @@ class Connection(asyncio.Protocol):
         assert self.transport is not None
         self._reset()
         self._waiting = True
+        self.heard = False
         self._head = asyncio.get_running_loop().create_future()
         self.transport.write(head + body if body else head)
         return self._head
@@ -281,13 +295,13 @@ class Pool:
     """At most `limit` connections to the upstream; idle ones kept `keepalive` seconds for the next request."""
 
     def __init__(self, upstream: URL, limit: int, connect_timeout: float, ssl_context: ssl.SSLContext | None = None,
-                 keepalive: float = 30.0, hooks: Hooks | None = None) -> None:
+                 keepalive: float | None = None, hooks: Hooks | None = None) -> None:
         self.upstream = upstream
         self.limit = limit
         self.connect_timeout = connect_timeout
         # https: verified against the system's CAs, as aiohttp's client did
         self.ssl = (ssl_context or ssl.create_default_context()) if upstream.scheme == "https" else None
-        self.keepalive = keepalive
+        self.keepalive = IDLE_SECONDS if keepalive is None else keepalive
         self.hooks = hooks
         self.host = upstream.host or ""
         self.port = upstream.port or (443 if upstream.scheme == "https" else 80)
@@ -342,7 +356,8 @@ class Pool:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: the likeliest to be alive
-            if connection.usable and not connection._lost and now - connection.idle_since < self.keepalive:
+            if connection.usable and not connection._lost and now - connection.idle_since < self.keepalive \
+                    and connection.transport is not None and not connection.transport.is_closing():
                 return connection
             connection.abort()
         return None
@@ -398,12 +413,22 @@ class Pool:
         try:
             length = len(data) if data is not None else (0 if method in ("POST", "PUT", "PATCH") else None)
             head = self.head(method, target_url.raw_path_qs, out.items(), length)
-            connection = await self._connection()
-            try:
-                response = await connection.send(head, data)
-            except BaseException:
-                connection.abort()
-                raise
+            retry = method in _RETRIED
+            while True:
+                connection = await self._connection()
+                try:
+                    response = await connection.send(head, data)
+                    break
+                except UpstreamBroken:
+                    connection.abort()
+                    # Closed under a reused connection before anything was heard: the upstream most likely closed it
+                    # idle as the request went out. Safe to send again only when sending twice does no harm.
+                    if not (retry and connection.answers and not connection.heard):
+                        raise
+                    retry = False
+                except BaseException:
+                    connection.abort()
+                    raise
         except BaseException as exc:
             if context is not None:
                 await self.hooks[2](context, exc)  # type: ignore[index]
