@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import trustme
 import uvicorn
 from yarl import URL
 
@@ -445,3 +447,33 @@ async def test_a_client_that_stops_reading_pauses_the_upstream_end_to_end(start_
     await asyncio.wait_for(stalled.wait(), 20)
     assert sent < total / 3, sent  # the kernel's buffers on two connections and the relay's 1 MB, not 48 MB
     writer.close()
+
+
+# --- HTTPS upstream ----------------------------------------------------------------------------------------------
+
+async def test_an_https_upstream_is_verified_and_a_private_ca_is_trusted_through_ssl_cert_file(
+        start_proxy: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream behind a certificate no trusted CA signed is refused (502, nothing sent); trusted through
+    SSL_CERT_FILE (OpenSSL's own variable, read when the proxy starts, as aiohttp's client did) it is used, with
+    its keep-alive connections."""
+    authority = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    up = RawUpstream(answering(lambda r: pong(r.msg_id)))
+    up.server = await asyncio.start_server(up.handle, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{up.server.sockets[0].getsockname()[1]}/mcp"
+    try:
+        untrusting = await start_proxy(url)
+        ca = tmp_path / "ca.pem"
+        authority.cert_pem.write_to_path(str(ca))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        trusting = await start_proxy(url)
+        async with aiohttp.ClientSession() as http:
+            status, body = await call(http, untrusting, 1)
+            assert status == 502 and b"upstream unavailable" in body, body
+            assert up.requests == []  # refused during the handshake: nothing was sent
+            for msg_id in (2, 3, 4):
+                assert (await call(http, trusting, msg_id))[0] == 200
+        assert [r.msg_id for r in up.requests] == [2, 3, 4] and len({r.connection for r in up.requests}) == 1
+    finally:
+        up.stop()

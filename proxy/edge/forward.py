@@ -29,7 +29,7 @@ from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import event_data
-from proxy.edge.upstream_http import Pool, Response, UpstreamBroken
+from proxy.edge.upstream_http import HeaderRefused, Pool, Response, UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
@@ -332,7 +332,7 @@ class Forwarder:
         try:
             async with deadline:
                 upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers)
-        except ValueError:  # a header value the upstream request cannot carry (CR, LF or NUL)
+        except HeaderRefused:  # a header value the upstream request cannot carry (CR, LF or NUL)
             return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
                              request_id=exchange.request_id)
         except (TimeoutError, UpstreamBroken, OSError) as exc:

@@ -43,6 +43,11 @@ class UpstreamBroken(Exception):
     """The upstream answered with what HTTP does not allow, or the connection broke before the answer was whole."""
 
 
+class HeaderRefused(ValueError):
+    """A header the request cannot carry (it would split it). Its own class: a failed certificate check is a
+    ValueError too (ssl.SSLCertVerificationError), and must not be taken for the client's fault."""
+
+
 # What a request may be traced with: start(method, url, headers) -> context; end(context, status); failed(context,
 # exception). Tracing (ops/tracing.py) provides them; headers may be added to (`traceparent`).
 Hooks = tuple[Callable[[str, URL, CIMultiDict[str]], Awaitable[Any]],
@@ -338,14 +343,14 @@ class Pool:
 
     # -- requests --
     def head(self, method: str, target: str, headers: Iterable[tuple[str, str]], length: int | None) -> bytes:
-        """The request line and headers, or ValueError for a header that would split the request."""
+        """The request line and headers, or HeaderRefused for a header that would split the request."""
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
         for name, value in headers:
             if name.lower() in _OWN:
                 continue
             if "\r" in name or "\n" in name or "\0" in name or ":" in name \
                     or "\r" in value or "\n" in value or "\0" in value:
-                raise ValueError(f"header {name!r} would split the request")
+                raise HeaderRefused(f"header {name!r} would split the request")
             lines.append(f"{name}: {value}\r\n")
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
@@ -404,7 +409,7 @@ class Pool:
                       headers: Mapping[str, str] | None = None) -> Response:
         """Send one request and return its answer's head; its body arrives on `content`. The caller ends it with
         `release()` (read to the end) or `close()`. Raises OSError (no connection), UpstreamBroken (a malformed or
-        cut answer) or ValueError (a header that would split the request)."""
+        cut answer; a failed TLS handshake is an OSError) or HeaderRefused (a header that would split the request)."""
         target_url = self.upstream if url is None else URL(url) if isinstance(url, str) else url
         out = CIMultiDict(headers or {})
         context = None
