@@ -52,35 +52,43 @@ def decision_record(exchange: Exchange, outcome: dict[str, Any], latency: float,
         "time": timestamp(time.time() if now is None else now),
         "request_id": exchange.request_id,
         "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
-        **(principal.audit_fields() if principal is not None else
-           {"subject": None, "credential_id": None, "label": None, "kind": None}),
+        **(principal.audit_fields() if principal is not None else NO_PRINCIPAL),
         **outcome,
         "upstream_status": exchange.upstream_status,
         "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }
 
 
+NO_PRINCIPAL: dict[str, Any] = {"subject": None, "credential_id": None, "label": None, "kind": None}
+
+
 def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Exchange,
                raw_arguments: bool = False) -> dict[str, Any]:
-    params = message.get("params") if isinstance(message.get("params"), dict) else {}
-    target = params.get("name") if isinstance(params.get("name"), str) else params.get("uri")
+    params = message.get("params")
+    if not isinstance(params, dict):
+        params = {}
+    target = params.get("name")
+    if not isinstance(target, str):
+        target = params.get("uri")
     arguments = params.get("arguments")
     workspace = None
     for fact in exchange.workspaces:
         if fact.tool == target:
             workspace = fact.workspace
-    return {
+    if workspace is None and isinstance(arguments, dict):
+        workspace = arguments.get("workspaceId")
+    outcome = {
         "method": message.get("method", "response"),
         "target": target if isinstance(target, str) else None,
-        "workspace": workspace if workspace is not None else
-        (arguments.get("workspaceId") if isinstance(arguments, dict) else None),
+        "workspace": workspace,
         "decision": decision,
         "reason": reason,
         "arguments_digest": None,
-        "preview_id": reason if decision == "preview" else
-        exchange.confirmed.get(str(message.get("id"))),
-        **({"arguments": arguments} if raw_arguments and isinstance(arguments, dict) else {}),
+        "preview_id": reason if decision == "preview" else exchange.confirmed.get(str(message.get("id"))),
     }
+    if raw_arguments and isinstance(arguments, dict):
+        outcome["arguments"] = arguments
+    return outcome
 
 
 def build_record(exchange: Exchange, outcome: Outcome, latency: float, now: float,
@@ -173,14 +181,15 @@ class AuditWriter:
 
     def _line(self, record: dict[str, Any]) -> Line:
         try:
-            linked = self.chain.link(record)
+            line = self.chain.link_line(record)
         except (TypeError, orjson.JSONEncodeError):  # a raw value orjson cannot write (the chain is unchanged)
-            linked = self.chain.link(serialisable(record))
-        if "error" in linked:
+            record = serialisable(record)
+            line = self.chain.link_line(record)
+        if "error" in record:
             self.metrics.audit_incomplete.inc()
-            log.warning("audit record written incomplete: %s", linked["error"],
-                        extra={"request_id": linked.get("request_id")})
-        return "decision", orjson.dumps(linked)
+            log.warning("audit record written incomplete: %s", record["error"],
+                        extra={"request_id": record.get("request_id")})
+        return "decision", line
 
     async def flush(self, final: bool = False) -> None:
         async with self._lock:

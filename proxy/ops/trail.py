@@ -33,10 +33,6 @@ UNSIGNED = "unsigned"
 
 def record_hash(record: dict[str, Any]) -> str:
     body = {k: v for k, v in record.items() if k not in ("hash", "signature")}
-    return _hash(body)
-
-
-def _hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -130,13 +126,22 @@ class Chain:
         return record
 
     def link(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Raises (and leaves the chain as it was) when the record cannot be serialised."""
-        linked = {**record, "chain": self.id, "seq": self.seq + 1, "prev": self.prev}
-        linked["hash"] = _hash(linked)  # record_hash(linked) without the copy: decision records carry neither field
-        self.seq += 1
-        self.prev = linked["hash"]
-        self.unsealed += 1
+        """`link_line`, parsed."""
+        linked: dict[str, Any] = orjson.loads(self.link_line(record))
         return linked
+
+    def link_line(self, record: dict[str, Any]) -> bytes:
+        """The record linked into the chain, as the line the trail keeps: its members in sorted order, then its
+        hash, which is the hash of exactly the bytes before it (`record_hash` of the parsed line gives the same,
+        since orjson writes what it reads back byte for byte). Serialised once. Raises, and leaves the chain as it
+        was, when the record cannot be serialised."""
+        body = orjson.dumps({**record, "chain": self.id, "seq": self.seq + 1, "prev": self.prev},
+                            option=orjson.OPT_SORT_KEYS)
+        digest = hashlib.sha256(body).hexdigest()
+        self.seq += 1
+        self.prev = digest
+        self.unsealed += 1
+        return b"".join((body[:-1], b',"hash":"', digest.encode(), b'"}'))
 
     def due(self, clock: float | None = None) -> bool:
         clock = time.monotonic() if clock is None else clock
