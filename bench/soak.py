@@ -7,7 +7,7 @@ Both start the fixed-answer upstream (bench/upstream.py) and scopegate as `make 
 `tools/call` of `tick` that sends one event, then waits (the upstream sleeps between events): the proxy holds the
 client's connection, the upstream's and the relay in between. The figure is the RSS the process gained while the
 streams opened (after a warm-up of the same requests), divided by their number; the same streams are then opened
-through the bare pass-through (bench/floor.py) so what aiohttp itself costs shows apart from scopegate's own. The
+through the bare pass-through (bench/floor.py), for scale: what any Python proxy on aiohttp pays per stream. The
 soak runs small calls, 1,000-tool lists and short SSE streams at once, each on fresh and reused connections, and
 samples scopegate's RSS and FD count every few seconds; the slope over the second half (after warm-up) says whether
 anything grows. Not part of `make test`: it measures, it asserts nothing; the machine it runs on is shared, so read
@@ -156,12 +156,12 @@ def main() -> None:
     try:
         if args.streams:
             ours = asyncio.run(idle_streams(url, pid, args.streams))
-            # The same streams through the bare pass-through (bench/floor.py): what aiohttp itself costs per stream
-            # (both connections, parsers, buffers, tasks), so what scopegate adds on top shows apart from it.
+            # The same streams through the bare pass-through (bench/floor.py, aiohttp on both sides): the scale for
+            # scopegate's figure (what two connections, their parsers, buffers and tasks cost in Python anyway).
             floor, floor_url = start_floor(upstream_url)
             processes.append(floor)
             floors = asyncio.run(idle_streams(floor_url, floor.pid, args.streams, "floor"))
-            print(f"scopegate adds {ours - floors:.1f} KB per idle stream to the floor's {floors:.1f} KB")
+            print(f"per idle stream: scopegate {ours:.1f} KB, the floor {floors:.1f} KB ({ours - floors:+.1f} KB)")
         else:
             asyncio.run(soak(url, pid, args.minutes, args.interval))
     finally:

@@ -347,7 +347,7 @@ class Forwarder:
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         exchange.upstream_status = upstream.status
-        exchange.upstream_headers = CIMultiDict()  # sent; aiohttp keeps its own copy as long as the answer lasts
+        exchange.upstream_headers = CIMultiDict()  # sent; nothing reads them again, and a stream lasts hours
         out.payload = None  # sent, and an open stream's frames hold `out` for hours
 
         headers = client_response_headers(upstream.headers)
