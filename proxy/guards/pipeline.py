@@ -93,6 +93,9 @@ class Pipeline:
     async def guard(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
         for guard in self.guards:
             outcome = await guard(exchange, message)
+            if type(outcome) is dict:  # passed on (possibly rewritten): the common case, checked first
+                message = outcome
+                continue
             if isinstance(outcome, Answer) and self.answer_hook is not None:
                 return await self.answer_hook(exchange, message, outcome)
             if isinstance(outcome, Answer | Conversation):

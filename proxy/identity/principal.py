@@ -47,10 +47,6 @@ class Principal:
     role: str | None = None
     expires_at: float | None = None  # Unix time
 
-    def audit_fields(self) -> dict[str, Any]:
-        """What an audit record may say about the caller: never a token or a secret."""
-        return {"subject": self.subject, "credential_id": self.credential_id, "label": self.label, "kind": self.kind}
-
 
 def matches_any(scope: str, patterns: Iterable[str]) -> bool:
     return any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in patterns)

@@ -43,27 +43,12 @@ def timestamp(now: float) -> str:
     return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
 
 
-def decision_record(exchange: Exchange, outcome: dict[str, Any], latency: float,
-                    now: float | None = None) -> dict[str, Any]:
-    """One audit record from an exchange and one message's outcome (see Forwarder). Pure but for the clock."""
+def decision_record(exchange: Exchange, message: dict[str, Any], decision: str, reason: str, latency: float,
+                    now: float, raw_arguments: bool = False) -> dict[str, Any]:
+    """One audit record from an exchange and one message's outcome (see Forwarder), in one dict (one per call:
+    it is made for every message). Pure."""
     principal = exchange.principal
     session = exchange.session_id
-    return {
-        "time": timestamp(time.time() if now is None else now),
-        "request_id": exchange.request_id,
-        "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
-        **(principal.audit_fields() if principal is not None else NO_PRINCIPAL),
-        **outcome,
-        "upstream_status": exchange.upstream_status,
-        "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
-    }
-
-
-NO_PRINCIPAL: dict[str, Any] = {"subject": None, "credential_id": None, "label": None, "kind": None}
-
-
-def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Exchange,
-               raw_arguments: bool = False) -> dict[str, Any]:
     params = message.get("params")
     if not isinstance(params, dict):
         params = {}
@@ -71,13 +56,23 @@ def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Ex
     if not isinstance(target, str):
         target = params.get("uri")
     arguments = params.get("arguments")
+    if not isinstance(arguments, dict):
+        arguments = None
     workspace = None
     for fact in exchange.workspaces:
         if fact.tool == target:
             workspace = fact.workspace
-    if workspace is None and isinstance(arguments, dict):
+    if workspace is None and arguments is not None:
         workspace = arguments.get("workspaceId")
-    outcome = {
+    record = {
+        "time": timestamp(now),
+        "request_id": exchange.request_id,
+        "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
+        # who the caller is, never with what: no token or secret is ever a field of a record
+        "subject": principal.subject if principal is not None else None,
+        "credential_id": principal.credential_id if principal is not None else None,
+        "label": principal.label if principal is not None else None,
+        "kind": principal.kind if principal is not None else None,
         "method": message.get("method", "response"),
         "target": target if isinstance(target, str) else None,
         "workspace": workspace,
@@ -85,10 +80,12 @@ def outcome_of(message: dict[str, Any], decision: str, reason: str, exchange: Ex
         "reason": reason,
         "arguments_digest": None,
         "preview_id": reason if decision == "preview" else exchange.confirmed.get(str(message.get("id"))),
+        "upstream_status": exchange.upstream_status,
+        "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }
-    if raw_arguments and isinstance(arguments, dict):
-        outcome["arguments"] = arguments
-    return outcome
+    if raw_arguments and arguments is not None:
+        record["arguments"] = arguments
+    return record
 
 
 def build_record(exchange: Exchange, outcome: Outcome, latency: float, now: float,
@@ -97,23 +94,19 @@ def build_record(exchange: Exchange, outcome: Outcome, latency: float, now: floa
     a decision that happened is written, whatever its arguments hold."""
     message, decision, reason = outcome
     try:
-        record = decision_record(exchange, outcome_of(message, decision, reason, exchange, raw_arguments),
-                                 latency, now)
+        record = decision_record(exchange, message, decision, reason, latency, now, raw_arguments)
     except Exception as exc:  # a bug must not cost the record: keep what the outcome itself says
         return {"time": timestamp(now), "request_id": exchange.request_id, "decision": decision,
                 "reason": reason if isinstance(reason, str) else None, "error": f"record: {type(exc).__name__}"}
-    errors = []
-    params = message.get("params") if isinstance(message, dict) else None
+    params = message.get("params")
     arguments = params.get("arguments") if isinstance(params, dict) else None
     if isinstance(arguments, dict):
         try:
             record["arguments_digest"] = digest(arguments)
         except (NotCanonical, TypeError, orjson.JSONEncodeError) as exc:
-            errors.append(f"arguments digest: {exc}")
+            record["error"] = f"arguments digest: {exc}"
             if "arguments" in record:  # what has no canonical form is not written raw either (NaN would be null)
                 record["arguments"] = None
-    if errors:
-        record["error"] = "; ".join(errors)
     return record
 
 
