@@ -10,6 +10,7 @@ expected, and a problem nobody foresaw still says what it was, without a traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS.values():
         module.add_parser(sub)
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks what may come next (README: shell completion); else no import
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command].main(args)
