@@ -52,10 +52,10 @@ def instructions(command: list[str], port: int, calls: int) -> int:
                 time.sleep(1)
         for _ in range(20):
             call(conn)
-        subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, capture_output=True)
         for _ in range(calls):
             call(conn)
-        subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, capture_output=True)
         conn.close()
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=300)
