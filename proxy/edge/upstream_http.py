@@ -313,6 +313,7 @@ class Pool:
         default = self.port == (443 if upstream.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._host_header = host if default else f"{host}:{self.port}"
+        self._target = upstream.raw_path_qs  # every request goes to the one upstream URL
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -405,19 +406,21 @@ class Pool:
             raise
         return connection
 
-    async def request(self, method: str, url: URL | str | None = None, *, data: bytes | None = None,
+    async def request(self, method: str, *, data: bytes | None = None,
                       headers: Mapping[str, str] | None = None) -> Response:
-        """Send one request and return its answer's head; its body arrives on `content`. The caller ends it with
-        `release()` (read to the end) or `close()`. Raises OSError (no connection), UpstreamBroken (a malformed or
-        cut answer; a failed TLS handshake is an OSError) or HeaderRefused (a header that would split the request)."""
-        target_url = self.upstream if url is None else URL(url) if isinstance(url, str) else url
-        out = CIMultiDict(headers or {})
-        context = None
-        if self.hooks is not None:
-            context = await self.hooks[0](method, target_url, out)
+        """Send one request to the upstream and return its answer's head; its body arrives on `content`. The caller
+        ends it with `release()` (read to the end) or `close()`. Raises OSError (no connection; a failed TLS
+        handshake too), UpstreamBroken (a malformed or cut answer) or HeaderRefused (a header that would split the
+        request)."""
+        hooks, context = self.hooks, None
+        if headers is None:
+            headers = {}
+        if hooks is not None:
+            headers = CIMultiDict(headers)  # the trace hook adds `traceparent`: to this request only
+            context = await hooks[0](method, self.upstream, headers)
         try:
             length = len(data) if data is not None else (0 if method in ("POST", "PUT", "PATCH") else None)
-            head = self.head(method, target_url.raw_path_qs, out.items(), length)
+            head = self.head(method, self._target, headers.items(), length)
             retry = method in _RETRIED
             while True:
                 connection = await self._connection()
@@ -435,11 +438,11 @@ class Pool:
                     connection.abort()
                     raise
         except BaseException as exc:
-            if context is not None:
-                await self.hooks[2](context, exc)  # type: ignore[index]
+            if hooks is not None:
+                await hooks[2](context, exc)
             raise
-        if context is not None:
-            await self.hooks[1](context, response.status)  # type: ignore[index]
+        if hooks is not None:
+            await hooks[1](context, response.status)
         return response
 
     async def close(self) -> None:
