@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from proxy.demo.run import free_port, wait_for_port
+from proxy.demo.run import free_port, stop_process, wait_for_port
 from proxy.identity.pats import create_record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -355,12 +355,9 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
 def stop(processes: list[subprocess.Popen[bytes]], seconds: float = 15) -> None:
     """Terminate every process this run started, then wait for each (killed if it will not go)."""
     for process in processes:
-        process.terminate()
+        process.terminate()  # all at once, then each waited for
     for process in processes:
-        try:
-            process.wait(timeout=seconds)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, seconds)
 
 
 async def workers_run(workers: int, seconds: float, concurrency: int, rounds: int) -> None:

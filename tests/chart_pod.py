@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from proxy.demo.run import stop_process
+
 SIOCSIFFLAGS = 0x8914
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
 
@@ -170,13 +172,7 @@ def main(spec_path: str) -> None:
         out["helm_test"] = {"exit": done.returncode, "output": done.stdout + done.stderr}
     finally:
         for process in reversed(processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
     out["logs"] = {p.stem: p.read_text(errors="replace")[-3000:] for p in logs.glob("*.log")}
     print(json.dumps(out))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from proxy.demo.event_store import resumable_app
-from proxy.demo.run import free_port
+from proxy.demo.run import free_port, stop_process
 from tests.conformance_server import build_conformance_server
 from tests.conftest import ThreadedServer, npm_installed
 
@@ -99,12 +99,7 @@ def scopegate(upstream: str, policy: Path, log: Path) -> Iterator[str]:
                     time.sleep(0.05)
             yield f"http://127.0.0.1:{port}/mcp"
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 async def run_suite(suite: Path, url: str, out: Path, *which: str) -> dict[str, list[dict]]:

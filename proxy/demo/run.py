@@ -45,6 +45,16 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, second
     raise SystemExit(f"{what} did not listen on port {port} within {seconds:.0f}s")
 
 
+def stop_process(process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:
+    """Terminate a child process and wait for it; killed if it will not go within `seconds`."""
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A port nothing listens on right now (for local demo, test and bench processes)."""
     with socket.socket() as probe:
@@ -173,8 +183,4 @@ Ctrl-C stops both.
         setup_logging("INFO")
         run(config, load_identity(config, {}))
     finally:
-        upstream.terminate()
-        try:
-            upstream.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            upstream.kill()
+        stop_process(upstream, 5)
