@@ -233,6 +233,18 @@ def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
     return headers
 
 
+def kernel_buffers(send: int) -> int:
+    """The most the kernel may hold on a path whose reader stopped: one receive buffer (autotuned up to tcp_rmem's
+    largest) and `send` send buffers (up to tcp_wmem's largest). Machines differ (16 MB on one, 40 MB on another),
+    so backpressure tests size their streams from this, not from a constant."""
+    try:
+        rmem = int(Path("/proc/sys/net/ipv4/tcp_rmem").read_text().split()[2])
+        wmem = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, IndexError, ValueError):
+        rmem = wmem = 8 * 1024 * 1024
+    return rmem + send * wmem
+
+
 async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
