@@ -7,8 +7,7 @@ not from a browser and passes the Origin check; a request without `Host` fails t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
@@ -35,30 +34,48 @@ def _host_matches(pattern: str, value: str, *, portless_means_any: bool) -> bool
     return p_port == v_port
 
 
+MEMO = 4096  # distinct Host (and Origin) values decided once each; bounded, so junk cannot grow it
+
+
 @dataclass(frozen=True)
 class OriginPolicy:
     hosts: tuple[str, ...]
     origins: tuple[str, ...]
+    # A proxy sees a handful of distinct Host and Origin values: each is decided once, per policy (a plain dict:
+    # an lru_cache keyed on the policy would hash this dataclass on every request).
+    _hosts_seen: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _origins_seen: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def host_allowed(self, host: str | None) -> bool:
-        return bool(host) and _host_allowed(self, host)  # type: ignore[arg-type]
+        if not host:
+            return False
+        allowed = self._hosts_seen.get(host)
+        if allowed is None:
+            allowed = any(_host_matches(p, host, portless_means_any=True) for p in self.hosts)
+            _remember(self._hosts_seen, host, allowed)
+        return allowed
 
     def origin_allowed(self, origin: str | None) -> bool:
-        return origin is None or _origin_allowed(self, origin)
+        if origin is None:
+            return True
+        allowed = self._origins_seen.get(origin)
+        if allowed is None:
+            allowed = _origin_allowed(self.origins, origin)
+            _remember(self._origins_seen, origin, allowed)
+        return allowed
 
 
-# A proxy sees a handful of distinct Host and Origin values: decide each once. Bounded, so junk cannot grow it.
-@lru_cache(maxsize=4096)
-def _host_allowed(policy: OriginPolicy, host: str) -> bool:
-    return any(_host_matches(p, host, portless_means_any=True) for p in policy.hosts)
+def _remember(seen: dict[str, bool], value: str, allowed: bool) -> None:
+    if len(seen) >= MEMO:
+        seen.clear()  # junk values: start over rather than grow (real values come back at once)
+    seen[value] = allowed
 
 
-@lru_cache(maxsize=4096)
-def _origin_allowed(policy: OriginPolicy, origin: str) -> bool:
+def _origin_allowed(patterns: tuple[str, ...], origin: str) -> bool:
     scheme, sep, rest = origin.strip().lower().partition("://")
     if not sep or "/" in rest:
         return False
-    for pattern in policy.origins:
+    for pattern in patterns:
         p_scheme, _, p_rest = pattern.lower().partition("://")
         if p_scheme == scheme and _host_matches(p_rest, rest, portless_means_any=False):
             return True

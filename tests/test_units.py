@@ -129,3 +129,19 @@ def test_origin_patterns() -> None:
     assert policy.host_allowed("mcp.example.com:443") and not policy.host_allowed("mcp.example.com:444")
     public = default_policy("mcp.example.com", "https://mcp.example.com")
     assert public.host_allowed("mcp.example.com") and public.origin_allowed("https://mcp.example.com")
+
+
+def test_origin_decisions_are_remembered_within_bounds_and_stay_right() -> None:
+    """Each Host/Origin is decided once per policy; junk values cannot grow the memo, and asking again (from the
+    memo) gives the same answer as the first time."""
+    from proxy.origin import MEMO
+
+    policy = OriginPolicy(hosts=("mcp.example.com",), origins=("https://app.example.com",))
+    for i in range(MEMO * 2 + 7):
+        assert not policy.host_allowed(f"junk{i}.example") and not policy.origin_allowed(f"https://junk{i}.example")
+        assert len(policy._hosts_seen) <= MEMO and len(policy._origins_seen) <= MEMO
+    for _ in range(2):
+        assert policy.host_allowed("MCP.example.com:8443") and not policy.host_allowed("evil.example")
+        assert policy.origin_allowed("https://app.example.com") and not policy.origin_allowed("https://evil.example")
+    other = OriginPolicy(hosts=("evil.example",), origins=())
+    assert other.host_allowed("evil.example") and not other.host_allowed("mcp.example.com")  # memo is per policy
