@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from multidict import CIMultiDict
 
@@ -17,6 +17,21 @@ if TYPE_CHECKING:
     from proxy.identity.principal import Principal
     from proxy.policy.decide import Decision
     from proxy.policy.reload import LivePolicy
+
+
+_Guard = TypeVar("_Guard", bound=Callable[..., Any])
+RESPONSE = None  # the `method` of a response, for a guard's `methods`
+
+
+def acts_on(*methods: str | None) -> Callable[[_Guard], _Guard]:
+    """A guard that is a function or method says which messages it acts on (`methods`, see pipeline.Guard); a bound
+    method reads its function's attributes."""
+
+    def mark(guard: _Guard) -> _Guard:
+        guard.methods = frozenset(methods)  # type: ignore[attr-defined]
+        return guard
+
+    return mark
 
 
 class Outcome(NamedTuple):

@@ -33,6 +33,8 @@ class ClientCapabilities:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    methods = frozenset({"initialize"})
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message:
         """Guard: note what `initialize` declares, for the response hook."""
         if message.get("method") == "initialize":

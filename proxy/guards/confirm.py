@@ -53,6 +53,8 @@ class ConfirmGuard:
         self.human = human
         self.clock = clock
 
+    methods = frozenset({"tools/call"})
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
         if message.get("method") != "tools/call" or exchange.principal is None:
             return message

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from proxy.exchange import Answer, Conversation, Exchange, Send, tool_result
+from proxy.exchange import RESPONSE, Answer, Conversation, Exchange, Send, tool_result
 from proxy.guards.approval import (
     ELICIT_ID_PREFIX,
     INPUT_KEY,
@@ -234,6 +234,8 @@ class ApprovalAnswers:
     """Guard: a client's response to the proxy's own `elicitation/create` (2025-11-25) is the proxy's business,
     never the upstream's. It is handed to whichever replica holds the waiting call, if it comes from the credential
     and session the question was put to; otherwise it is dropped (and counted)."""
+
+    methods = frozenset({RESPONSE})
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -18,7 +18,7 @@ Upstream watches (below) see every parsed message the upstream sends, before the
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
@@ -55,7 +55,27 @@ ResponseHook = Callable[[Exchange, int, CIMultiDict[str]], Awaitable[None]]
 
 
 class Guard(Protocol):
+    """A guard may say which messages it acts on: `methods`, the `method` values it looks at (None stands for a
+    response, which has no method); the pipeline then does not call it for any other message. Without `methods` it
+    sees every message. What it says must be what its own first check is (each guard keeps that check too)."""
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation: ...
+
+
+def plans(guards: tuple[Guard, ...]) -> tuple[dict[str | None, tuple[Guard, ...]], tuple[Guard, ...]]:
+    """For each method some guard names, the guards that act on it, in order; and the guards for any other
+    method (those without `methods`). Pure."""
+    named: set[str | None] = set()
+    for guard in guards:
+        named |= getattr(guard, "methods", frozenset())
+    every = tuple(g for g in guards if getattr(g, "methods", None) is None)
+    by_method = {method: tuple(g for g in guards if method in getattr(g, "methods", (method,))) for method in named}
+    return by_method, every
+
+
+class MethodChanged(Exception):
+    """A guard rewrote a message into one of another method: never forwarded (the guards after it were chosen
+    for the method it had)."""
 
 
 class Rewriter(Protocol):
@@ -79,6 +99,14 @@ class Pipeline:
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
     live: LivePolicy | None = None  # the policy the guards decide by: pinned per request
 
+    _by_method: dict[str | None, tuple[Guard, ...]] = field(init=False, repr=False, compare=False)
+    _every: tuple[Guard, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_method, every = plans(self.guards)
+        object.__setattr__(self, "_by_method", by_method)
+        object.__setattr__(self, "_every", every)
+
     def pin(self, exchange: Exchange) -> None:
         if self.live is not None:
             self.live.pin(exchange)
@@ -91,9 +119,12 @@ class Pipeline:
         return None
 
     async def guard(self, exchange: Exchange, message: Message) -> Message | Answer | Conversation:
-        for guard in self.guards:
+        method = message.get("method")  # a string (framing checked it) or None: a response
+        for guard in self._by_method.get(method, self._every):
             outcome = await guard(exchange, message)
             if type(outcome) is dict:  # passed on (possibly rewritten): the common case, checked first
+                if outcome is not message and outcome.get("method") != method:
+                    raise MethodChanged(f"a guard changed {method!r} into {outcome.get('method')!r}")
                 message = outcome
                 continue
             if isinstance(outcome, Answer) and self.answer_hook is not None:

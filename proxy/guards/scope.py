@@ -102,6 +102,8 @@ class ScopeGuard:
         self.live = live
         self.catalog = catalog
 
+    methods = frozenset(GATED)
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
         method = message.get("method")
         if method not in GATED:

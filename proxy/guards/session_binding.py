@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.exchange import Answer
+from proxy.exchange import Answer, acts_on
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error, rpc_error
 from proxy.store import Store, StoreUnavailable
 
@@ -62,6 +62,7 @@ class SessionBinding:
         self._confirmed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # key -> (owner, when), bounded
         self.upstream_sessions = False  # seen the upstream hand out a session: its `initialize` needs a binding
 
+    @acts_on("initialize")
     async def opening(self, exchange: Exchange, message: Message) -> Message | Answer:
         """Guard: an `initialize` outside a session makes the upstream open one that must then be bound here. While
         the store cannot bind it, it is refused before the upstream opens a session nobody could use. Only once the

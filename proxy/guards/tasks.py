@@ -94,6 +94,8 @@ class TaskGuard:
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    methods = METHODS
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
         if message.get("method") not in METHODS or exchange.principal is None:
             return message

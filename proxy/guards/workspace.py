@@ -103,6 +103,8 @@ class WorkspaceGuard:
                               http_status=403, decision="deny", reason="workspace")
         return None
 
+    methods = frozenset(GATED)
+
     async def __call__(self, exchange: Exchange, message: Message) -> Message | Answer:
         method = message.get("method")
         if exchange.principal is None or method not in GATED:

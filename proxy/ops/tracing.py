@@ -99,6 +99,8 @@ class Tracing:
                     span.set_attribute("http.response.status_code", outcome.status)
                 return outcome
 
+        if (methods := getattr(step, "methods", None)) is not None:
+            traced.methods = methods  # type: ignore[attr-defined]  # a span where the guard acts, as untraced
         return traced
 
     def pipeline(self, pipeline: Any) -> Any:
