@@ -110,6 +110,21 @@ def test_headers_drop_hop_by_hop_and_what_connection_lists() -> None:
     assert dict(down) == {"Content-Type": "text/event-stream", "Mcp-Session-Id": "s"}
 
 
+def test_header_decisions_are_remembered_per_spelling_within_bounds() -> None:
+    """Each header name is decided once as spelled; asked again (from the memo, in any spelling, after junk names
+    filled and cleared it) the answer is the same: the client's credential and forwarding claims never cross."""
+    from proxy.edge import headers
+
+    for round_ in range(3):
+        junk = [(f"X-Junk-{round_}-{i}", "j") for i in range(headers._Crossing.MEMO + 5)]
+        client = CIMultiDict([*junk, ("AUTHORIZATION", "Bearer t"), ("authorization", "Bearer u"), ("Cookie", "c"),
+                              ("x-forwarded-for", "10.0.0.1"), ("Proxy-Authorization", "p"), ("Accept", "a")])
+        up = upstream_request_headers(client)
+        assert "Authorization" not in up and "Cookie" not in up and "X-Forwarded-For" not in up
+        assert "Proxy-Authorization" not in up and up["Accept"] == "a" and len(up) == len(junk) + 2
+        assert len(headers._UPSTREAM.seen) <= headers._Crossing.MEMO
+
+
 @pytest.mark.parametrize(
     ("host", "allowed"),
     [("localhost:8000", True), ("127.0.0.1", True), ("[::1]:9", True), ("LOCALHOST:1", True),

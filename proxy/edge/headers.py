@@ -42,18 +42,41 @@ def _connection_listed(headers: Mapping[str, str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",") if token.strip()}
 
 
-def _filtered(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    if "connection" in headers:
-        drop = drop | _connection_listed(headers)
-    return CIMultiDict(
-        [(name, value) for name, value in headers.items() if (lower := name.lower()) not in drop
-         and not lower.startswith(("proxy-", "x-forwarded-"))]
-    )
+class _Crossing:
+    """Which header names cross in one direction, each name decided once as it is spelled (a proxy sees the same
+    few spellings on every request; bounded, so junk names cannot grow it)."""
+
+    MEMO = 1024
+
+    def __init__(self, drop: frozenset[str]) -> None:
+        self.drop = drop
+        self.seen: dict[str, bool] = {}
+
+    def decide(self, name: str) -> bool:
+        lower = name.lower()
+        crosses = lower not in self.drop and not lower.startswith(("proxy-", "x-forwarded-"))
+        if len(self.seen) >= self.MEMO:
+            self.seen.clear()
+        self.seen[name] = crosses
+        return crosses
+
+    def filtered(self, headers: Mapping[str, str]) -> CIMultiDict[str]:
+        seen, decide = self.seen, self.decide
+        kept = [(name, value) for name, value in headers.items()
+                if (crosses := seen.get(name)) or (crosses is None and decide(name))]
+        if "connection" in headers:  # names it lists are hop-by-hop too, this once
+            listed = _connection_listed(headers)
+            kept = [(name, value) for name, value in kept if name.lower() not in listed]
+        return CIMultiDict(kept)
+
+
+_UPSTREAM = _Crossing(_NOT_UPSTREAM)
+_DOWNSTREAM = _Crossing(_NOT_DOWNSTREAM)
 
 
 def upstream_request_headers(client: Mapping[str, str], extra: Iterable[tuple[str, str]] = ()) -> CIMultiDict[str]:
     """Headers for the upstream request: the client's, less what must not cross, plus the proxy's own."""
-    out = _filtered(client, _NOT_UPSTREAM)
+    out = _UPSTREAM.filtered(client)
     out["Accept-Encoding"] = "identity"
     for name, value in extra:
         out[name] = value
@@ -62,4 +85,4 @@ def upstream_request_headers(client: Mapping[str, str], extra: Iterable[tuple[st
 
 def client_response_headers(upstream: Mapping[str, str]) -> CIMultiDict[str]:
     """Headers for the client's response: the upstream's, less hop-by-hop and framing headers."""
-    return _filtered(upstream, _NOT_DOWNSTREAM)
+    return _DOWNSTREAM.filtered(upstream)
