@@ -26,6 +26,12 @@ class NotCanonical(ValueError):
 def canonical(value: Any, depth: int = 0) -> Any:
     """One form per meaning. A whole number is an int when orjson can write it as one, else the double it equals
     (the wire cannot tell them apart: orjson reads a literal past 64 bits as a double); keys are sorted on dump."""
+    if type(value) is dict and depth < MAX_DEPTH:  # the common flat object of strings: nothing to change
+        for key, item in value.items():
+            if type(item) is not str or type(key) is not str:
+                break
+        else:
+            return value
     if isinstance(value, str) or value is None or isinstance(value, bool):
         return value
     if isinstance(value, float):
@@ -49,8 +55,6 @@ def canonical(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
             raise NotCanonical("an object key that is not a string")
-        if all(type(v) is str for v in value.values()):  # the common flat object of strings: nothing to change
-            return value
         return {k: canonical(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [canonical(v, depth + 1) for v in value]
@@ -59,6 +63,7 @@ def canonical(value: Any, depth: int = 0) -> Any:
 
 def digest(arguments: dict[str, Any]) -> str:
     """SHA-256 of the canonical form without the confirmation token. Raises NotCanonical."""
-    body = orjson.dumps(canonical({k: v for k, v in arguments.items() if k != TOKEN_ARGUMENT}),
-                        option=orjson.OPT_SORT_KEYS)
+    if TOKEN_ARGUMENT in arguments:
+        arguments = {k: v for k, v in arguments.items() if k != TOKEN_ARGUMENT}
+    body = orjson.dumps(canonical(arguments), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(body).hexdigest()

@@ -43,20 +43,32 @@ def timestamp(now: float) -> str:
     return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
 
 
+_session_hashes: dict[str, str] = {}  # a session's many records hash its id once (bounded: cleared when full)
+
+
+def session_hash(session: str) -> str:
+    hashed = _session_hashes.get(session)
+    if hashed is None:
+        if len(_session_hashes) >= 10_000:
+            _session_hashes.clear()
+        hashed = _session_hashes[session] = hashlib.sha256(session.encode()).hexdigest()[:16]
+    return hashed
+
+
 def decision_record(exchange: Exchange, message: dict[str, Any], decision: str, reason: str, latency: float,
                     now: float, raw_arguments: bool = False) -> dict[str, Any]:
     """One audit record from an exchange and one message's outcome (see Forwarder), in one dict (one per call:
     it is made for every message). Pure."""
-    principal = exchange.principal
-    session = exchange.session_id
     params = message.get("params")
-    if not isinstance(params, dict):
+    if type(params) is not dict:
         params = {}
     target = params.get("name")
     if not isinstance(target, str):
         target = params.get("uri")
+        if not isinstance(target, str):
+            target = None
     arguments = params.get("arguments")
-    if not isinstance(arguments, dict):
+    if type(arguments) is not dict:
         arguments = None
     workspace = None
     for fact in exchange.workspaces:
@@ -64,22 +76,30 @@ def decision_record(exchange: Exchange, message: dict[str, Any], decision: str, 
             workspace = fact.workspace
     if workspace is None and arguments is not None:
         workspace = arguments.get("workspaceId")
+    session = exchange.session_id
+    # who the caller is, never with what: no token or secret is ever a field of a record
+    principal = exchange.principal
+    if principal is not None:
+        subject, credential_id = principal.subject, principal.credential_id
+        label, kind = principal.label, principal.kind
+    else:
+        subject = credential_id = label = kind = None
     record = {
         "time": timestamp(now),
         "request_id": exchange.request_id,
-        "session": hashlib.sha256(session.encode()).hexdigest()[:16] if session else None,
-        # who the caller is, never with what: no token or secret is ever a field of a record
-        "subject": principal.subject if principal is not None else None,
-        "credential_id": principal.credential_id if principal is not None else None,
-        "label": principal.label if principal is not None else None,
-        "kind": principal.kind if principal is not None else None,
+        "session": session_hash(session) if session else None,
+        "subject": subject,
+        "credential_id": credential_id,
+        "label": label,
+        "kind": kind,
         "method": message.get("method", "response"),
-        "target": target if isinstance(target, str) else None,
+        "target": target,
         "workspace": workspace,
         "decision": decision,
         "reason": reason,
         "arguments_digest": None,
-        "preview_id": reason if decision == "preview" else exchange.confirmed.get(str(message.get("id"))),
+        "preview_id": reason if decision == "preview" else (exchange.confirmed.get(str(message.get("id")))
+                                                            if exchange.confirmed else None),
         "upstream_status": exchange.upstream_status,
         "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }

@@ -26,8 +26,15 @@ class StreamSink:
     """JSON lines to stdout (the default: the platform's log pipeline keeps them)."""
 
     async def write(self, lines: list[Line]) -> None:
-        sys.stdout.write("".join(line.decode() + "\n" for _, line in lines))  # sys.stdout as it is now (tests swap it)
-        sys.stdout.flush()
+        out = sys.stdout  # as it is now (tests swap it, for one without a byte buffer)
+        data = b"".join(line + b"\n" for _, line in lines)
+        if (raw := getattr(out, "buffer", None)) is not None:
+            out.flush()  # what was written as text before goes first
+            raw.write(data)
+            raw.flush()
+        else:
+            out.write(data.decode())
+            out.flush()
 
     async def last_checkpoint(self) -> dict[str, Any] | None:
         return None  # what went to stdout before this process is out of its reach

@@ -133,10 +133,10 @@ class Chain:
     def link_line(self, record: dict[str, Any]) -> bytes:
         """The record linked into the chain, as the line the trail keeps: its members in sorted order, then its
         hash, which is the hash of exactly the bytes before it (`record_hash` of the parsed line gives the same,
-        since orjson writes what it reads back byte for byte). Serialised once. Raises, and leaves the chain as it
-        was, when the record cannot be serialised."""
-        body = orjson.dumps({**record, "chain": self.id, "seq": self.seq + 1, "prev": self.prev},
-                            option=orjson.OPT_SORT_KEYS)
+        since orjson writes what it reads back byte for byte). Serialised once; `record` itself is given its chain,
+        seq and prev (no copy). Raises, and leaves the chain as it was, when the record cannot be serialised."""
+        record["chain"], record["seq"], record["prev"] = self.id, self.seq + 1, self.prev
+        body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
         digest = hashlib.sha256(body).hexdigest()
         self.seq += 1
         self.prev = digest
