@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from proxy.exchange import Answer, Exchange
 from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
-from proxy.policy.decide import Decision, Kind, decide
+from proxy.policy.decide import Decision, Kind, remembered
 from proxy.policy.reload import LivePolicy
 
 FORBIDDEN = -32003
@@ -33,6 +33,7 @@ GATED: dict[str, Gate] = {
     "subscriptions/listen": Gate("resource", "notifications.resourceSubscriptions[]"),  # 2026-07-28
     "completion/complete": Gate(None, "ref"),  # ref/prompt: ref.name; ref/resource: ref.uri
 }
+_PLAIN = frozenset({"name", "uri"})  # gates whose name is one member of params
 _COMPLETION_REFS: dict[str, tuple[Kind, str]] = {"ref/prompt": ("prompt", "name"), "ref/resource": ("resource", "uri")}
 # What a listen filter may ask for through the proxy: anything else (an extension's `taskIds`, say) cannot be judged
 # by the policy, so it is refused rather than passed on.
@@ -49,6 +50,10 @@ def targets(method: str, params: Any) -> list[tuple[Kind, str]]:
     gate = GATED[method]
     if not isinstance(params, dict):
         raise Malformed("params must be an object")
+    if gate.where in _PLAIN:  # a call, a prompt, a read: one name, a member of params (the common case)
+        value = params.get(gate.where)
+        if type(value) is str and value:
+            return [(gate.kind, value)]  # type: ignore[list-item]
     if gate.kind is None:
         ref = params.get("ref")
         if not isinstance(ref, dict) or ref.get("type") not in _COMPLETION_REFS:
@@ -129,7 +134,7 @@ class ScopeGuard:
                 except CatalogUnavailable:
                     return unavailable(msg_id, exchange.request_id)
                 hint = facts.read_only if facts is not None else None
-            decision = decide(rules, held, kind, name, hint)
+            decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
