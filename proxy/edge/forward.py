@@ -29,7 +29,7 @@ from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import event_data
-from proxy.edge.upstream_http import HeaderRefused, Pool, Response, UpstreamBroken
+from proxy.edge.upstream_http import HeaderRefused, HeadTimeout, Pool, Response, UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
 from proxy.guards.pipeline import Pipeline
@@ -90,6 +90,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None:
         if request.content_length > limit:
             raise BodyTooLarge
+        if request.content.is_eof():  # all of it arrived (Content-Length bytes, checked above): take it as it is
+            return request.content.read_nowait()
         return await request.read()  # bounded by Content-Length, and by client_max_size (the same limit)
     body = bytearray()
     while chunk := await request.content.readany():
@@ -328,15 +330,14 @@ class Forwarder:
         started = time.perf_counter()
         session = self.stream_session if long_lived(request) else self.session
         messages, answers = out.messages, out.answers
-        deadline = asyncio.timeout(self.config.response_timeout)
         try:
-            async with deadline:
-                upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers)
+            upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
+                                             head_timeout=self.config.response_timeout)
         except HeaderRefused:  # a header value the upstream request cannot carry (CR, LF or NUL)
             return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
                              request_id=exchange.request_id)
         except (TimeoutError, UpstreamBroken, OSError) as exc:
-            if deadline.expired():
+            if isinstance(exc, HeadTimeout):
                 log.warning("upstream sent no response headers within %g s", self.config.response_timeout,
                             extra={"request_id": exchange.request_id})
                 self.metrics.upstream_errors.labels("timeout").inc()

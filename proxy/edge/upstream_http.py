@@ -43,6 +43,10 @@ class UpstreamBroken(Exception):
     """The upstream answered with what HTTP does not allow, or the connection broke before the answer was whole."""
 
 
+class HeadTimeout(TimeoutError):
+    """No answer head within the request's `head_timeout`: the connection is given up (never reused, never retried)."""
+
+
 class HeaderRefused(ValueError):
     """A header the request cannot carry (it would split it). Its own class: a failed certificate check is a
     ValueError too (ssl.SSLCertVerificationError), and must not be taken for the client's fault."""
@@ -216,7 +220,9 @@ class Connection(asyncio.Protocol):
         self._count(len(status))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
+        self._header_bytes += len(name) + len(value) + 4  # _count, inline: called for every header
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise UpstreamBroken(f"the upstream's answer headers exceed {MAX_HEADER_BYTES} bytes")
         self._headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
@@ -262,7 +268,7 @@ class Connection(asyncio.Protocol):
         self.transport.write(head + body if body else head)
         return self._head
 
-    def _broken(self, error: UpstreamBroken) -> None:
+    def _broken(self, error: Exception) -> None:
         head, body = self._head, self._body
         self._waiting = False
         self.abort()
@@ -270,6 +276,10 @@ class Connection(asyncio.Protocol):
             head.set_exception(error)
         if body is not None:
             body.fail(error)
+
+    def head_timed_out(self) -> None:
+        if self._head is not None and not self._head.done():
+            self._broken(HeadTimeout("no answer head in time"))
 
     def pause(self) -> None:
         if not self._paused and self.transport is not None and not self._lost:
@@ -314,6 +324,7 @@ class Pool:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._host_header = host if default else f"{host}:{self.port}"
         self._target = upstream.raw_path_qs  # every request goes to the one upstream URL
+        self._names: dict[str, bool] = {}  # header name as spelled -> sent as given (see _name)
         self._idle: list[Connection] = []
         self._open: set[Connection] = set()
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -345,18 +356,34 @@ class Pool:
     # -- requests --
     def head(self, method: str, target: str, headers: Iterable[tuple[str, str]], length: int | None) -> bytes:
         """The request line and headers, or HeaderRefused for a header that would split the request."""
+        names = self._names
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
         for name, value in headers:
-            if name.lower() in _OWN:
-                continue
-            if "\r" in name or "\n" in name or "\0" in name or ":" in name \
-                    or "\r" in value or "\n" in value or "\0" in value:
-                raise HeaderRefused(f"header {name!r} would split the request")
-            lines.append(f"{name}: {value}\r\n")
+            sent = names.get(name)
+            if sent is None:
+                sent = self._name(name)
+            if sent:
+                lines.append(f"{name}: {value}\r\n")
         if length is not None:
             lines.append(f"Content-Length: {length}\r\n")
         lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        text = "".join(lines)
+        # Names were checked above; a value with CR, LF or NUL shows as a line ending too many (or a NUL): one scan
+        # of the whole head rather than three of each value. (The first entry holds two lines.)
+        ends = len(lines) + 1
+        if text.count("\n") != ends or text.count("\r") != ends or "\0" in text:
+            raise HeaderRefused("a header value would split the request")
+        return text.encode("utf-8", "surrogateescape")
+
+    def _name(self, name: str) -> bool:
+        """Whether a header of this name is sent as given (False: this client frames it itself); HeaderRefused for
+        a name that would split the request. Remembered per spelling (bounded)."""
+        if "\r" in name or "\n" in name or "\0" in name or ":" in name:
+            raise HeaderRefused(f"header {name!r} would split the request")
+        if len(self._names) >= 1024:
+            self._names.clear()
+        sent = self._names[name] = name.lower() not in _OWN
+        return sent
 
     def _idle_one(self) -> Connection | None:
         now = time.monotonic()
@@ -406,12 +433,13 @@ class Pool:
             raise
         return connection
 
-    async def request(self, method: str, *, data: bytes | None = None,
-                      headers: Mapping[str, str] | None = None) -> Response:
+    async def request(self, method: str, *, data: bytes | None = None, headers: Mapping[str, str] | None = None,
+                      head_timeout: float | None = None) -> Response:
         """Send one request to the upstream and return its answer's head; its body arrives on `content`. The caller
         ends it with `release()` (read to the end) or `close()`. Raises OSError (no connection; a failed TLS
-        handshake too), UpstreamBroken (a malformed or cut answer) or HeaderRefused (a header that would split the
-        request)."""
+        handshake too), UpstreamBroken (a malformed or cut answer), HeadTimeout (no answer head within
+        `head_timeout` seconds of sending; one timer, no timeout scope) or HeaderRefused (a header that would split
+        the request)."""
         hooks, context = self.hooks, None
         if headers is None:
             headers = {}
@@ -424,9 +452,13 @@ class Pool:
             retry = method in _RETRIED
             while True:
                 connection = await self._connection()
+                timer = None if head_timeout is None else \
+                    asyncio.get_running_loop().call_later(head_timeout, connection.head_timed_out)
                 try:
                     response = await connection.send(head, data)
                     break
+                except HeadTimeout:
+                    raise  # given up, never sent again
                 except UpstreamBroken:
                     connection.abort()
                     # Closed under a reused connection before anything was heard: the upstream most likely closed it
@@ -437,6 +469,9 @@ class Pool:
                 except BaseException:
                     connection.abort()
                     raise
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except BaseException as exc:
             if hooks is not None:
                 await hooks[2](context, exc)
