@@ -770,3 +770,24 @@ async def test_oauth_events_join_the_audit_trail_without_secrets(oauth_proxy: An
     text = trail.read_text()
     for secret in (code, tokens["access_token"], tokens["refresh_token"], verifier, oauth_proxy.tokens["writer"]):
         assert secret not in text
+
+
+async def test_every_route_answers_an_unexpected_failure_itself(oauth_proxy: Any,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge's last line of defence (catch_all) wraps each handler as it is added, not as a middleware: no route
+    is left out (OAuth pages and endpoints, metadata, CORS preflights, the MCP endpoint), and a handler that fails
+    unexpectedly is answered with a JSON-RPC 500 naming the request, never aiohttp's own page or a traceback."""
+    from proxy.identity.oauth.server import OAuthServer
+
+    async def explode(self: Any, request: Any) -> Any:
+        raise RuntimeError(f"jwks exploded on {request.headers.get('Authorization')}")
+
+    monkeypatch.setattr(OAuthServer, "jwks", explode)
+    proxy = await oauth_proxy.start()
+    routes = list(oauth_proxy.runners[-1].app.router.routes())
+    assert len(routes) > 20 and {r.method for r in routes} >= {"GET", "POST", "DELETE", "OPTIONS"}
+    assert [f"{r.method} {r.resource.canonical}" for r in routes if not getattr(r.handler, "catches_all", False)] == []
+    async with httpx2.AsyncClient() as http:
+        failed = await http.get(f"{proxy.issuer}/jwks.json", headers={"Authorization": "Bearer secret-xyz"})
+    assert failed.status_code == 500 and failed.json()["error"]["code"] == -32603
+    assert "Traceback" not in failed.text and "secret-xyz" not in failed.text and "exploded" not in failed.text

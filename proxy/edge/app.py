@@ -89,7 +89,7 @@ def audit_chain(config: Config) -> Chain:
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[catch_all])
+    app = web.Application(client_max_size=config.max_body_bytes)  # every handler wrapped in catch_all as added
     oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
     tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
 
@@ -188,10 +188,10 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     app.on_shutdown.append(close_streams)
     path = config.upstream.path or "/"
     add_routes(app, path, str(config.public_url) if config.public_url else None, identity.authorization_servers,
-               identity.policy.scopes, config.origin_policy.host_allowed)
+               identity.policy.scopes, config.origin_policy.host_allowed, wrap=catch_all)
     if oauth is not None:
-        oauth.add_routes(app, config.origin_policy.host_allowed)
-    endpoint = tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint
+        oauth.add_routes(app, config.origin_policy.host_allowed, wrap=catch_all)
+    endpoint = catch_all(tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, endpoint)
     Cors(config.origin_policy).install(app)  # last: it answers preflights on every route above

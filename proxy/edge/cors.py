@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy.edge.errors import catch_all
 from proxy.origin import OriginPolicy
 
 METHODS = ("GET", "POST", "DELETE")
@@ -71,5 +72,5 @@ class Cors:
         """Answer preflights on every route the app has (call it last), and decorate every answer."""
         for resource in list(app.router.resources()):
             if not any(route.method == "OPTIONS" for route in resource):
-                resource.add_route("OPTIONS", self.preflight)
+                resource.add_route("OPTIONS", catch_all(self.preflight))
         app.on_response_prepare.append(self.on_prepare)

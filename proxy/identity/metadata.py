@@ -9,6 +9,7 @@ a client must not be able to make it name another.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -28,7 +29,10 @@ def metadata_document(resource: str, authorization_servers: list[str], scopes: t
 
 
 def add_routes(app: web.Application, mcp_path: str, public_url: str | None, authorization_servers: list[str],
-               scopes: tuple[str, ...], host_allowed: Callable[[str | None], bool]) -> None:
+               scopes: tuple[str, ...], host_allowed: Callable[[str | None], bool],
+               wrap: Callable[[Any], Any] = lambda handler: handler) -> None:
+    """`wrap`: what the edge puts around every handler (its last line of defence)."""
+
     async def handler(request: web.Request) -> web.Response:
         if not host_allowed(request.headers.get("Host")):
             return rpc_error(403, INVALID_REQUEST, "Host not allowed")
@@ -36,6 +40,6 @@ def add_routes(app: web.Application, mcp_path: str, public_url: str | None, auth
         body = dumps(metadata_document(resource, authorization_servers, scopes))
         return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"})
 
-    app.router.add_get(WELL_KNOWN, handler)
+    app.router.add_get(WELL_KNOWN, wrap(handler))
     if mcp_path not in ("", "/"):
-        app.router.add_get(WELL_KNOWN + mcp_path, handler)
+        app.router.add_get(WELL_KNOWN + mcp_path, wrap(handler))

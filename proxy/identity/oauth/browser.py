@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -269,7 +270,7 @@ class Pages:
             projects = tuple(p for p in projects if p in chosen)
         return workspace, workspaces, projects
 
-def add_routes(app: web.Application, server: OAuthServer) -> None:
+def add_routes(app: web.Application, server: OAuthServer, wrap: Callable[[Any], Any]) -> None:
     pages = Pages(server)
 
     def guarded(handler: Any) -> Any:
@@ -281,7 +282,7 @@ def add_routes(app: web.Application, server: OAuthServer) -> None:
             except StoreUnavailable:
                 return pages.error("The service cannot check this right now; try again shortly.", 503)
 
-        return run
+        return wrap(run)
 
     base = pages.path
     app.router.add_get(base + "/authorize", guarded(pages.authorize))

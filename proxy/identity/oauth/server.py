@@ -130,18 +130,20 @@ class OAuthServer:
         if self.store is not None and self.oidc is not None:
             await self.oidc.close()
 
-    def add_routes(self, app: web.Application, host_allowed: Callable[[str | None], bool]) -> None:
-        """Every route answers only for Hosts the proxy serves (DNS rebinding), like the MCP endpoint."""
+    def add_routes(self, app: web.Application, host_allowed: Callable[[str | None], bool],
+                   wrap: Callable[[Any], Any] = lambda handler: handler) -> None:
+        """Every route answers only for Hosts the proxy serves (DNS rebinding), like the MCP endpoint. `wrap`: what
+        the edge puts around every handler (its last line of defence)."""
         from proxy.identity.oauth import browser
 
         self.host_allowed = host_allowed
-        app.router.add_get(METADATA_PATH, self.guarded(self.metadata))
-        app.router.add_get(BASE + "/jwks.json", self.guarded(self.jwks))
-        app.router.add_post(BASE + "/token", self.guarded(self.token))
-        app.router.add_post(BASE + "/revoke", self.guarded(self.revoke))
+        app.router.add_get(METADATA_PATH, wrap(self.guarded(self.metadata)))
+        app.router.add_get(BASE + "/jwks.json", wrap(self.guarded(self.jwks)))
+        app.router.add_post(BASE + "/token", wrap(self.guarded(self.token)))
+        app.router.add_post(BASE + "/revoke", wrap(self.guarded(self.revoke)))
         if self.settings.dynamic_registration:
-            app.router.add_post(BASE + "/register", self.guarded(self.register))
-        browser.add_routes(app, self)
+            app.router.add_post(BASE + "/register", wrap(self.guarded(self.register)))
+        browser.add_routes(app, self, wrap)
 
     def admitted(self, request: web.Request) -> bool:
         return self.host_allowed(request.headers.get("Host"))
