@@ -25,6 +25,7 @@ import itertools
 import os
 import subprocess
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.upstream_http import Connection, HeaderRefused, HeadTimeout, Pool
 from proxy.exchange import Answer, Exchange
 from proxy.guards.approval import ELICIT_ID_PREFIX
+from proxy.guards.pipeline import MethodChanged, Pipeline
 from proxy.guards.scope import GATED, Malformed, ScopeGuard, targets
 from proxy.guards.tasks import TASK_PREFIX
 from proxy.origin import MEMO, OriginPolicy
@@ -293,6 +295,44 @@ async def test_a_batch_mixing_methods_forwards_only_what_its_own_guards_allow(st
     assert answered[3]["error"]["code"] == -32003
     (received,) = recorder.posts()
     assert [m.get("method") for m in received.json()] == ["ping", "notifications/initialized", "Tools/Call"]
+
+
+async def test_a_guard_that_changes_the_method_in_place_is_refused_and_nothing_is_forwarded(
+        start_proxy: Any, upstream: Any, recorder: Recorder) -> None:
+    """`MethodChanged` for a rewrite into another method held for copies only: a guard that changed the method of
+    the very dict it was given (or took it away, or gave a response one) passed unchecked, and the guards after it
+    had been chosen for the old method; a mapping other than a dict was not checked at all. Red with the check made
+    for new dicts only (as it was)."""
+    async def rename_in_place(exchange: Exchange, msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("method") == "tools/call":
+            msg["method"] = "ping"
+        return msg
+
+    async def unmethod_in_place(exchange: Exchange, msg: dict[str, Any]) -> dict[str, Any]:
+        msg.pop("method", None)
+        return msg
+
+    async def method_for_a_response(exchange: Exchange, msg: dict[str, Any]) -> dict[str, Any]:
+        msg["method"] = "tools/call"
+        return msg
+
+    async def another_mapping(exchange: Exchange, msg: dict[str, Any]) -> Any:
+        return OrderedDict({**msg, "method": "ping"})
+
+    exchange = Exchange("r", None, None, CIMultiDict(), principal=WRITER)
+    for guard, msg in ((rename_in_place, message("tools/call", name="x")),
+                       (unmethod_in_place, message("tools/list")), (method_for_a_response, message(None)),
+                       (another_mapping, message("tools/call", name="x"))):
+        with pytest.raises(MethodChanged):
+            await Pipeline(guards=(guard,)).guard(exchange, msg)
+    assert (await Pipeline(guards=(rename_in_place,)).guard(exchange, message("ping")))["method"] == "ping"
+
+    url = await start_proxy(upstream.url, pipeline=Pipeline(guards=(rename_in_place,)))
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "ping"},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "x"}}]
+    async with aiohttp.ClientSession() as http, http.post(url, data=orjson.dumps(batch), headers=BATCH_AUDIENCE) as r:
+        assert r.status == 500 and (await r.json())["error"]["message"] == "internal error"
+    assert recorder.posts() == []
 
 
 async def test_tracing_keeps_each_guards_plan(tmp_path: Path, pat_file: str) -> None:

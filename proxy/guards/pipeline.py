@@ -74,8 +74,8 @@ def plans(guards: tuple[Guard, ...]) -> tuple[dict[str | None, tuple[Guard, ...]
 
 
 class MethodChanged(Exception):
-    """A guard rewrote a message into one of another method: never forwarded (the guards after it were chosen
-    for the method it had)."""
+    """A guard rewrote a message into one of another method (a new dict, or the one it was given, changed in
+    place): never forwarded (the guards after it were chosen for the method it had)."""
 
 
 class Rewriter(Protocol):
@@ -123,7 +123,8 @@ class Pipeline:
         for guard in self._by_method.get(method, self._every):
             outcome = await guard(exchange, message)
             if type(outcome) is dict:  # passed on (possibly rewritten): the common case, checked first
-                if outcome is not message and outcome.get("method") != method:
+                # A copy or the very dict it was given (guards rewrite in place too): the method must be the same.
+                if outcome.get("method") != method:
                     raise MethodChanged(f"a guard changed {method!r} into {outcome.get('method')!r}")
                 message = outcome
                 continue
@@ -131,6 +132,8 @@ class Pipeline:
                 return await self.answer_hook(exchange, message, outcome)
             if isinstance(outcome, Answer | Conversation):
                 return outcome
+            if outcome.get("method") != method:  # another mapping: held to the same rule
+                raise MethodChanged(f"a guard changed {method!r} into {outcome.get('method')!r}")
             message = outcome
         return message
 
