@@ -433,6 +433,9 @@ async def test_odd_spellings_cross_the_whole_proxy_as_they_should(start_proxy: A
 
 SPLITTING = ["a\rb", "a\nb", "a\r\nb", "a\0b", "a\r\n b", "\r\n\r\nGET /admin HTTP/1.1\r\nHost: x", "a\r", "\n",
              "x" * 65536 + "\r\nX-Late: 1"]
+NOT_TOKENS = ["X Foo", "X\tFoo", "X\x01Foo", "X\x0bFoo", "X\x7fFoo", "X\u00e9", "Mcp-Param-Work Space", "X(Foo)",
+              "X/Foo", 'X"Foo', "X{Foo}", "X@Foo", "X=Foo", "X,Foo", "X;Foo", "X?Foo", "X[Foo]", "X\\Foo",
+              "Transfer-Encoding ", " Content-Length", "", "X\udcffFoo"]
 
 
 async def test_nothing_that_would_split_a_request_is_written_and_the_connection_serves_the_next(
@@ -461,6 +464,58 @@ async def test_nothing_that_would_split_a_request_is_written_and_the_connection_
         assert b"GET /admin" not in request and b"X-Late" not in request and b"X-Evil" not in request
     assert b"\r\nAuthorization: Bearer second\r\n" in up.requests[-1]
     await pool.close()
+
+
+async def test_a_header_name_that_is_not_a_token_is_never_written(pool_upstream: Any) -> None:
+    """RFC 9110 says a field name is a token; a space, a tab, a control character, a separator or a non-ASCII
+    letter makes some parsers read another header than the one meant (`Transfer-Encoding ` taken for
+    `Transfer-Encoding`: request smuggling). aiohttp's server refuses such names from clients; an upstream's own
+    `x-mcp-header` token (mirrored as `Mcp-Param-{token}`) is not checked anywhere else. Each is refused, before and
+    after its name was remembered, nothing is written, and the connection serves the next request. Red without
+    the token check (as before: only CR, LF, NUL and `:` were refused in names)."""
+    up = pool_upstream(lambda n, req: pool_tests.OK)
+    pool = await pool_tests.serve(up)
+    assert await pool_tests.whole(pool) == (200, b"{}")
+    for name in NOT_TOKENS:
+        for _ in range(2):
+            with pytest.raises(HeaderRefused):
+                await pool.request("POST", data=b"{}", headers={"Accept": "a", name: "v"})
+    assert await pool_tests.whole(pool, **{"X-Ok!#$%&'*+.^_`|~": "v"}) == (200, b"{}")  # every token character
+    assert up.connections == 1 and len(up.requests) == 2
+    await pool.close()
+
+
+def tagged_catalog(token: str) -> Any:
+    """An upstream catalog whose one tool mirrors `workspaceId` into a header named by `token` (x-mcp-header)."""
+    def catalog(msg_id: Any) -> bytes:
+        tool = {"name": "tagged", "inputSchema": {"type": "object", "properties": {
+            "workspaceId": {"type": "string", "x-mcp-header": token}}}}
+        body = orjson.dumps({"jsonrpc": "2.0", "id": msg_id, "result": {"tools": [tool]}})
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    return catalog
+
+
+async def test_an_upstream_header_token_that_is_no_header_name_is_refused_not_written(
+        start_proxy: Any, raw_upstream: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misbehaving upstream names its `x-mcp-header` with a space: the proxy, mirroring a 2026-07-28 call's
+    workspace into `Mcp-Param-Work Space`, refuses the call (400) and writes nothing; a well-named token is sent.
+    Red without the token check on names (the malformed header line reached the upstream)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nname: t\nscopes: [mcp:read]\ndefault: deny\n"
+                      "tools:\n  - {match: tagged, scopes: [mcp:read], workspace: verify}\n")
+    for token, status in (("Work Space", 400), ("Workspace", 200)):
+        monkeypatch.setattr(raw, "catalog", tagged_catalog(token))
+        up, url = await raw_upstream(raw.answering(lambda r: raw.pong(r.msg_id)))
+        proxy = await start_proxy(url, policy=str(policy))
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "tagged", "arguments": {"workspaceId": "acme"}, "_meta": MODERN_META}})
+        async with aiohttp.ClientSession() as http, \
+                http.post(proxy, data=body, headers=modern_headers("tools/call", "tagged")) as resp:
+            assert resp.status == status, await resp.text()
+        if status == 400:
+            assert up.requests == []
+        else:
+            assert b"\r\nMcp-Param-Workspace: acme\r\n" in up.requests[0].head
 
 
 # --- 5. one timer for the answer head ------------------------------------------------------------------------------

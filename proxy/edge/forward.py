@@ -333,7 +333,7 @@ class Forwarder:
         try:
             upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
                                              head_timeout=self.config.response_timeout)
-        except HeaderRefused:  # a header value the upstream request cannot carry (CR, LF or NUL)
+        except HeaderRefused:  # a header the upstream request cannot carry (CR, LF or NUL; a name no HTTP token)
             return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
                              request_id=exchange.request_id)
         except (TimeoutError, UpstreamBroken, OSError) as exc:

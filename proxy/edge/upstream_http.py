@@ -7,7 +7,8 @@ else in a small call (`make bench`; issue notes). What is kept is what a proxy m
 
 - a connection is reused only after a whole, well-framed answer the upstream agreed to keep alive, with nothing
   after it; anything else (a parse error, bytes nobody asked for, an answer cut short) closes it;
-- header names and values that would split the request (CR, LF, NUL) are refused, never written;
+- header values that would split the request (CR, LF, NUL) and names that are not HTTP tokens are refused, never
+  written;
 - a body is read as it arrives, the upstream paused while too much waits unread (no buffering of SSE streams);
 - at most `limit` connections at once: further requests wait for one (the caller's deadline bounds the wait);
 - an idle connection is reused for at most `IDLE_SECONDS`, less than the 5 s after which uvicorn and Node's HTTP
@@ -21,6 +22,7 @@ else in a small call (`make bench`; issue notes). What is kept is what a proxy m
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -34,6 +36,7 @@ from yarl import URL
 MAX_HEADER_BYTES = 64 * 1024  # status line and headers of one answer
 HIGH_WATER = 1 << 20  # unread body bytes at which the upstream is paused (until the reader takes them)
 _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # framed by this client alone
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2: what a header name may be
 _NO_BODY = (204, 304)
 IDLE_SECONDS = 4.0  # below the upstream's own keep-alive timeout (uvicorn's and Node's: 5 s)
 _RETRIED = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})  # idempotent (RFC 9110 §9.2.2)
@@ -377,9 +380,11 @@ class Pool:
 
     def _name(self, name: str) -> bool:
         """Whether a header of this name is sent as given (False: this client frames it itself); HeaderRefused for
-        a name that would split the request. Remembered per spelling (bounded)."""
-        if "\r" in name or "\n" in name or "\0" in name or ":" in name:
-            raise HeaderRefused(f"header {name!r} would split the request")
+        a name that is not an RFC 9110 token (CR, LF, NUL or `:` would split the request; a space, a control
+        character or a separator makes some parsers read another header than the one meant, `Transfer-Encoding `
+        for `Transfer-Encoding`). Remembered per spelling (bounded); a refused name is not remembered."""
+        if _TOKEN.fullmatch(name) is None:
+            raise HeaderRefused(f"header {name!r} would split the request (not an HTTP token)")
         if len(self._names) >= 1024:
             self._names.clear()
         sent = self._names[name] = name.lower() not in _OWN
