@@ -433,3 +433,17 @@ async def test_upstream_headers_from_a_file(start_proxy: Any, upstream: Any, rec
     assert (await call(url, TOKENS["writer"])).status == 200
     (received,) = recorder.received
     assert received.headers["x-app-token"] == "from-file-1234" and received.headers["x-tenant"] == "t-42"
+
+
+def test_an_upstream_header_name_with_a_line_end_is_a_configuration_error(tmp_path: Path) -> None:
+    """A name is a whole token: one ending in LF (a YAML key, an environment variable's name) is refused when the
+    proxy starts, not on every request once it listens. Red with the name matched by `^...$` (a final LF passes)."""
+    from proxy.config import ConfigError
+    from proxy.identity.upstream_secrets import load_secret_headers
+
+    path = tmp_path / "upstream-headers.yaml"
+    path.write_text('"x-app-token\\n": from-file-1234\n')
+    for source, env in ((str(path), {}), (None, {"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN\n": "v"})):
+        with pytest.raises(ConfigError, match="expected a header name"):
+            load_secret_headers(source, env)
+    assert load_secret_headers(None, {"SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN": "v"}) == {"x-app-token": "v"}

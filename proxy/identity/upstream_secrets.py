@@ -14,7 +14,7 @@ import yaml
 from proxy.config import ConfigError
 
 ENV_PREFIX = "SCOPEGATE_UPSTREAM_HEADER_"
-_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 9110 token
+_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # RFC 9110 token (fullmatch: `$` would let a final LF in)
 
 
 def load_secret_headers(path: str | None, env: Mapping[str, str]) -> dict[str, str]:
@@ -34,7 +34,7 @@ def load_secret_headers(path: str | None, env: Mapping[str, str]) -> dict[str, s
             headers[key[len(ENV_PREFIX):].replace("_", "-")] = value
     out = {}
     for name, value in headers.items():
-        if not _NAME.match(name) or not isinstance(value, str) or not value:
+        if not _NAME.fullmatch(name) or not isinstance(value, str) or not value:
             raise ConfigError(f"upstream header {name!r}: expected a header name and a non-empty string value")
         if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
             raise ConfigError(f"upstream header {name!r}: the value has control characters")
