@@ -135,13 +135,16 @@ async def test_redis_stream_sink(start_proxy: Any, upstream: Any, recorder: Reco
 async def test_raw_arguments_only_when_configured(start_proxy: Any, upstream: Any, recorder: Recorder,
                                                   tmp_path: Path) -> None:
     plain, raw = tmp_path / "plain.jsonl", tmp_path / "raw.jsonl"
+    stray = "cft_" + "s" * 40  # a confirmation token on a read call: never stripped by the confirm guard
     for path, setting in ((plain, False), (raw, True)):
         url = await start_proxy(upstream.url, audit_sink=f"file:{path}", audit_arguments=setting)
         await call(url, "list_accounts", {"workspaceId": "acme"})
+        await call(url, "list_accounts", {"workspaceId": "acme", "confirmationToken": stray})
     await flush(start_proxy)
     assert "arguments\"" not in plain.read_text()
-    (record,) = [r for r in map(orjson.loads, raw.read_text().splitlines()) if "decision" in r]
-    assert record["arguments"] == {"workspaceId": "acme"}
+    records = [r for r in map(orjson.loads, raw.read_text().splitlines()) if "decision" in r]
+    assert [r["arguments"] for r in records] == [{"workspaceId": "acme"}] * 2  # a token is a secret: never raw
+    assert stray not in raw.read_text() and len({r["arguments_digest"] for r in records}) == 1
 
 
 async def test_every_refusal_is_a_record(start_proxy: Any, upstream: Any, recorder: Recorder, tmp_path: Path) -> None:

@@ -736,6 +736,19 @@ def test_remembered_decisions_are_per_scope_set_and_survive_a_flood(monkeypatch:
         assert len(rules.listing_memo) <= 50
 
 
+def test_a_flood_of_junk_names_does_not_stop_real_ones_being_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its bound the memo starts over rather than stop remembering: after a client's junk names, the next real
+    name is remembered again (red when a full memo takes nothing more: every real decision uncached until reload)."""
+    monkeypatch.setattr(decide_module, "_CACHE_LIMIT", 10)
+    rules = Rules(load_policy(str(POLICIES / "pat-workspaces.yaml")))
+    reader, writer = frozenset({"mcp:read"}), frozenset({"mcp:read", "mcp:write"})
+    for i in range(120):
+        assert not remembered(rules, reader, "tool", f"junk-{i}").allowed
+    assert len(rules.listing_memo) <= 50
+    assert remembered(rules, writer, "tool", "create_vendor").allowed
+    assert (writer, "tool", "create_vendor", None) in rules.listing_memo
+
+
 async def test_a_policy_reload_between_requests_is_decided_by_the_new_policy(tmp_path: Path) -> None:
     """The scope guard remembers decisions; a reload (a new Rules, as PolicyReloader makes) between two requests:
     the second is decided by the new policy, while a request pinned before the reload keeps the old one. Red with
@@ -797,8 +810,9 @@ async def test_a_trail_with_hostile_argument_keys_verifies_and_says_what_was_cal
     """Raw arguments in the records (SCOPEGATE_AUDIT_ARGUMENTS=true), whose keys are the record's own chain, seq,
     prev, hash, time and decision, with a confirmation token beside them (a read: forwarded as it is), and a write
     previewed then confirmed with the same hostile keys: `scopegate audit verify` passes, every record keeps its
-    own chain/seq/prev, the raw arguments are as sent, and each digest leaves out the token (the preview's and the
-    confirmation's are the same). Red with the digest not leaving the token out."""
+    own chain/seq/prev, the raw arguments are as sent less any token (a secret, wherever it came), and each digest
+    leaves out the token (the preview's and the confirmation's are the same). Red with the digest not leaving the
+    token out."""
     from tests.test_operations import call
 
     trail = tmp_path / "audit.jsonl"
@@ -828,6 +842,7 @@ async def test_a_trail_with_hostile_argument_keys_verifies_and_says_what_was_cal
         plain = {k: v for k, v in arguments.items() if k != "confirmationToken"}
         return hashlib.sha256(orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    assert calls[0]["arguments"] == read and calls[0]["arguments_digest"] == expected(read)
+    assert calls[0]["arguments"] == {k: v for k, v in read.items() if k != "confirmationToken"}
+    assert calls[0]["arguments_digest"] == expected(read) and "sgc_not_a_real_one" not in trail.read_text()
     assert calls[1]["arguments_digest"] == calls[2]["arguments_digest"] == expected(write)
     assert token not in trail.read_text()  # a write's token is the proxy's: never forwarded, never written

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from proxy import __version__
-from proxy.canonical import NotCanonical, digest
+from proxy.canonical import TOKEN_ARGUMENT, NotCanonical, digest
 from proxy.exchange import Exchange, Outcome
 from proxy.ops.metrics import Metrics
 from proxy.ops.sinks import Line, Sink
@@ -104,7 +104,10 @@ def decision_record(exchange: Exchange, message: dict[str, Any], decision: str, 
         "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }
     if raw_arguments and arguments is not None:
-        record["arguments"] = arguments
+        # A confirmation token is a secret, wherever a client put it (a read call's stray one is never stripped
+        # by the confirm guard): never written, like the digest leaves it out.
+        record["arguments"] = arguments if TOKEN_ARGUMENT not in arguments else \
+            {k: v for k, v in arguments.items() if k != TOKEN_ARGUMENT}
     return record
 
 
