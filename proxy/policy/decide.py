@@ -150,6 +150,7 @@ def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
         return memo[key]
     except KeyError:
         verdict = decide(rules, held, kind, name, read_only_hint)
-        if len(memo) < _CACHE_LIMIT * 5:
-            memo[key] = verdict
+        if len(memo) >= _CACHE_LIMIT * 5:
+            memo.clear()  # names come from clients: a flood of junk ones starts it over, real ones come back at once
+        memo[key] = verdict
         return verdict
