@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from proxy.memo import remember
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
@@ -51,8 +53,8 @@ class OriginPolicy:
             return False
         allowed = self._hosts_seen.get(host)
         if allowed is None:
-            allowed = any(_host_matches(p, host, portless_means_any=True) for p in self.hosts)
-            _remember(self._hosts_seen, host, allowed)
+            allowed = remember(self._hosts_seen, host,
+                               any(_host_matches(p, host, portless_means_any=True) for p in self.hosts), MEMO)
         return allowed
 
     def origin_allowed(self, origin: str | None) -> bool:
@@ -60,15 +62,8 @@ class OriginPolicy:
             return True
         allowed = self._origins_seen.get(origin)
         if allowed is None:
-            allowed = _origin_allowed(self.origins, origin)
-            _remember(self._origins_seen, origin, allowed)
+            allowed = remember(self._origins_seen, origin, _origin_allowed(self.origins, origin), MEMO)
         return allowed
-
-
-def _remember(seen: dict[str, bool], value: str, allowed: bool) -> None:
-    if len(seen) >= MEMO:
-        seen.clear()  # junk values: start over rather than grow (real values come back at once)
-    seen[value] = allowed
 
 
 def _origin_allowed(patterns: tuple[str, ...], origin: str) -> bool:

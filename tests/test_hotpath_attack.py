@@ -53,7 +53,7 @@ from proxy.policy.reload import LivePolicy
 from tests import test_upstream_attack as raw
 from tests import test_upstream_http as pool_tests
 from tests.conftest import MODERN_META, POLICIES, TOKENS, Recorder, modern_headers, wait_until
-from tests.test_guard_plans import WRITER, message, names, real_pipeline
+from tests.test_guard_plans import WRITER, message, real_pipeline, skipped_guards_pass_untouched
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 
@@ -61,17 +61,8 @@ from tests.test_guard_plans import WRITER, message, names, real_pipeline
 @pytest.fixture
 async def pool_upstream() -> Any:
     """tests/test_upstream_http.py's raw upstream, for the upstream client alone."""
-    made: list[pool_tests.RawUpstream] = []
-
-    def make(answer: pool_tests.Answer) -> pool_tests.RawUpstream:
-        up = pool_tests.RawUpstream(answer)
-        made.append(up)
-        return up
-
-    yield make
-    for up in made:
-        if up.server is not None:
-            up.server.close()
+    async with pool_tests.raw_upstreams() as make:
+        yield make
 
 
 @pytest.fixture
@@ -249,17 +240,7 @@ async def test_every_guard_a_plan_skips_passes_attack_messages_on_untouched(tmp_
     all (the upstream matches methods exactly: the SDKs answer them "method not found"). Red with the scope
     guard's first check made wider than its declaration (the method stripped and lower-cased before the check)."""
     pipeline = real_pipeline(tmp_path, pat_file)
-    checked = 0
-    for guard in pipeline.guards:
-        for msg in ATTACKS:
-            if msg.get("method") in guard.methods:  # type: ignore[attr-defined]
-                continue
-            exchange = Exchange("r", "s", "2025-11-25", CIMultiDict(), principal=WRITER)
-            pipeline.pin(exchange)
-            before = copy.deepcopy(msg)
-            assert await guard(exchange, msg) is msg and msg == before, (names((guard,)), msg)
-            checked += 1
-    assert checked > 150
+    assert await skipped_guards_pass_untouched(pipeline, ATTACKS) > 150
     for method in LOOKALIKES:
         assert pipeline._by_method.get(method, pipeline._every) == (), method
 

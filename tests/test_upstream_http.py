@@ -62,8 +62,9 @@ class RawUpstream:
         return URL(f"http://127.0.0.1:{port}/mcp")
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[Callable[[Answer], RawUpstream]]:
+@contextlib.asynccontextmanager
+async def raw_upstreams() -> AsyncIterator[Callable[[Answer], RawUpstream]]:
+    """Makes raw upstreams; closes the servers of those it made on the way out."""
     made: list[RawUpstream] = []
 
     def make(answer: Answer) -> RawUpstream:
@@ -71,10 +72,18 @@ async def upstream() -> AsyncIterator[Callable[[Answer], RawUpstream]]:
         made.append(up)
         return up
 
-    yield make
-    for up in made:
-        if up.server is not None:
-            up.server.close()
+    try:
+        yield make
+    finally:
+        for up in made:
+            if up.server is not None:
+                up.server.close()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Callable[[Answer], RawUpstream]]:
+    async with raw_upstreams() as make:
+        yield make
 
 
 async def serve(up: RawUpstream) -> Pool:

@@ -336,13 +336,13 @@ class Forwarder:
         except HeaderRefused:  # a header the upstream request cannot carry (CR, LF or NUL; a name no HTTP token)
             return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
                              request_id=exchange.request_id)
+        except HeadTimeout:
+            log.warning("upstream sent no response headers within %g s", self.config.response_timeout,
+                        extra={"request_id": exchange.request_id})
+            self.metrics.upstream_errors.labels("timeout").inc()
+            return rpc_error(504, UPSTREAM_TIMEOUT, f"upstream did not answer within "
+                             f"{self.config.response_timeout:g} s", request_id=exchange.request_id)
         except (TimeoutError, UpstreamBroken, OSError) as exc:
-            if isinstance(exc, HeadTimeout):
-                log.warning("upstream sent no response headers within %g s", self.config.response_timeout,
-                            extra={"request_id": exchange.request_id})
-                self.metrics.upstream_errors.labels("timeout").inc()
-                return rpc_error(504, UPSTREAM_TIMEOUT, f"upstream did not answer within "
-                                 f"{self.config.response_timeout:g} s", request_id=exchange.request_id)
             log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
             self.metrics.upstream_errors.labels("connect").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)

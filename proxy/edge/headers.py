@@ -6,6 +6,8 @@ from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict
 
+from proxy.memo import remember
+
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the proxy re-frames or owns itself.
 HOP_BY_HOP = frozenset(
     {
@@ -54,11 +56,8 @@ class _Crossing:
 
     def decide(self, name: str) -> bool:
         lower = name.lower()
-        crosses = lower not in self.drop and not lower.startswith(("proxy-", "x-forwarded-"))
-        if len(self.seen) >= self.MEMO:
-            self.seen.clear()
-        self.seen[name] = crosses
-        return crosses
+        return remember(self.seen, name, lower not in self.drop and not lower.startswith(("proxy-", "x-forwarded-")),
+                        self.MEMO)
 
     def filtered(self, headers: Mapping[str, str]) -> CIMultiDict[str]:
         seen, decide = self.seen, self.decide

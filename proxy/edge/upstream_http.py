@@ -33,6 +33,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.memo import remember
+
 MAX_HEADER_BYTES = 64 * 1024  # status line and headers of one answer
 HIGH_WATER = 1 << 20  # unread body bytes at which the upstream is paused (until the reader takes them)
 _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # framed by this client alone
@@ -385,10 +387,7 @@ class Pool:
         for `Transfer-Encoding`). Remembered per spelling (bounded); a refused name is not remembered."""
         if _TOKEN.fullmatch(name) is None:
             raise HeaderRefused(f"header {name!r} would split the request (not an HTTP token)")
-        if len(self._names) >= 1024:
-            self._names.clear()
-        sent = self._names[name] = name.lower() not in _OWN
-        return sent
+        return remember(self._names, name, name.lower() not in _OWN, 1024)
 
     def _idle_one(self) -> Connection | None:
         now = time.monotonic()

@@ -122,17 +122,13 @@ class Pipeline:
         method = message.get("method")  # a string (framing checked it) or None: a response
         for guard in self._by_method.get(method, self._every):
             outcome = await guard(exchange, message)
-            if type(outcome) is dict:  # passed on (possibly rewritten): the common case, checked first
-                # A copy or the very dict it was given (guards rewrite in place too): the method must be the same.
-                if outcome.get("method") != method:
-                    raise MethodChanged(f"a guard changed {method!r} into {outcome.get('method')!r}")
-                message = outcome
-                continue
-            if isinstance(outcome, Answer) and self.answer_hook is not None:
-                return await self.answer_hook(exchange, message, outcome)
-            if isinstance(outcome, Answer | Conversation):
-                return outcome
-            if outcome.get("method") != method:  # another mapping: held to the same rule
+            if type(outcome) is not dict:  # passed on (possibly rewritten) is the common case, checked first
+                if isinstance(outcome, Answer) and self.answer_hook is not None:
+                    return await self.answer_hook(exchange, message, outcome)
+                if isinstance(outcome, Answer | Conversation):
+                    return outcome
+            # A copy, the very dict it was given (guards rewrite in place too) or another mapping: same method.
+            if outcome.get("method") != method:
                 raise MethodChanged(f"a guard changed {method!r} into {outcome.get('method')!r}")
             message = outcome
         return message

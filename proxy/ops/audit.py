@@ -25,6 +25,7 @@ import orjson
 from proxy import __version__
 from proxy.canonical import TOKEN_ARGUMENT, NotCanonical, digest
 from proxy.exchange import Exchange, Outcome
+from proxy.memo import remember
 from proxy.ops.metrics import Metrics
 from proxy.ops.sinks import Line, Sink
 from proxy.ops.trail import Chain
@@ -49,9 +50,7 @@ _session_hashes: dict[str, str] = {}  # a session's many records hash its id onc
 def session_hash(session: str) -> str:
     hashed = _session_hashes.get(session)
     if hashed is None:
-        if len(_session_hashes) >= 10_000:
-            _session_hashes.clear()
-        hashed = _session_hashes[session] = hashlib.sha256(session.encode()).hexdigest()[:16]
+        hashed = remember(_session_hashes, session, hashlib.sha256(session.encode()).hexdigest()[:16], 10_000)
     return hashed
 
 

@@ -12,6 +12,7 @@ from fnmatch import translate
 from typing import Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
+from proxy.memo import remember
 from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
 
 Kind = Literal["tool", "prompt", "resource"]
@@ -149,8 +150,4 @@ def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
     try:
         return memo[key]
     except KeyError:
-        verdict = decide(rules, held, kind, name, read_only_hint)
-        if len(memo) >= _CACHE_LIMIT * 5:
-            memo.clear()  # names come from clients: a flood of junk ones starts it over, real ones come back at once
-        memo[key] = verdict
-        return verdict
+        return remember(memo, key, decide(rules, held, kind, name, read_only_hint), _CACHE_LIMIT * 5)
