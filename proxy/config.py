@@ -102,8 +102,21 @@ def _redis_url(name: str, value: str) -> str:
         scheme = URL(value).scheme
     except ValueError:
         scheme = ""
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(f"{name}: expected a redis://, rediss:// or unix:// URL")
+    if scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+        raise ConfigError(f"{name}: expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    if scheme == "redis+sentinel":
+        from proxy.store import sentinel_parts
+
+        try:
+            sentinel_parts(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+    return value
+
+
+def _state_dir(name: str, value: str) -> str:
+    if not os.path.isdir(value) or not os.access(value, os.W_OK):
+        raise ConfigError(f"{name}: no writable directory at {value!r}")
     return value
 
 
@@ -225,7 +238,10 @@ SETTINGS = (
             "OAuth server: the first signs, all are published (rotation)"),
     Setting("oidc_client_secret_file", _file, "file holding the client secret scopegate uses at the OIDC provider "
             "of the policy's oauth.oidc (none: a public client with PKCE)"),
-    Setting("redis_url", _redis_url, "redis://, rediss:// or unix:// URL; unset: in-process memory (one replica)"),
+    Setting("redis_url", _redis_url, "redis://, rediss://, unix:// or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE "
+            "URL; unset: in-process memory (one replica)"),
+    Setting("state_dir", _state_dir, "directory for the durable credential state without Redis (revocations, grants, "
+            "consents, last use: a SQLite file); unset: kept in memory and lost on restart"),
     Setting("upstream_headers_file", _file, "YAML/JSON map of server-side headers for the upstream (x-app-token)"),
     Setting("tool_prefix", _csv, "comma-separated tool-name prefixes: only matching tools are visible and callable"),
     Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
@@ -282,6 +298,7 @@ class Config:
     oauth_signing_keys: tuple[str, ...] = ()
     oidc_client_secret_file: str | None = None
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    state_dir: str | None = None
     upstream_headers_file: str | None = None
     tool_prefix: tuple[str, ...] = ()
     default_workspace: str | None = None
@@ -331,6 +348,9 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
                           "revocations must be shared by the workers")
     if values.get("workers", 1) > 1 and values["listen"][1] == 0:
         raise ConfigError("SCOPEGATE_WORKERS: workers share one port, so SCOPEGATE_LISTEN needs a port other than 0")
+    if "state_dir" in values and "redis_url" in values:
+        raise ConfigError("SCOPEGATE_STATE_DIR is for one replica without Redis: with SCOPEGATE_REDIS_URL the "
+                          "credential state lives in Redis (unset one of them)")
     if values.get("audit_sink") == "redis" and "redis_url" not in values:
         raise ConfigError("SCOPEGATE_AUDIT_SINK=redis needs SCOPEGATE_REDIS_URL")
     jwt_sources = [k for k in ("jwks_url", "jwt_public_key_file", "jwt_dev_hs256_secret") if k in values]

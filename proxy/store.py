@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 BUDGET_SECONDS = 0.5
 
@@ -26,8 +26,10 @@ class Store(Protocol):
     async def exists(self, key: str) -> bool: ...
     async def delete(self, *keys: str) -> None: ...
     # Get and delete, atomically: a value is taken once only. With `mark`, taking it also sets `mark` (for
-    # `mark_ttl` seconds) in the same step, so no one can look between the two (e.g. "this token is used").
-    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None: ...
+    # `mark_ttl` seconds) in the same step, so no one can look between the two (e.g. "this token is used"); the
+    # mark holds "1", or with `mark_with_value` the value taken (a later presenter learns whose it was).
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0,
+                   mark_with_value: bool = False) -> str | None: ...
     # `key` set like `set`, as a member of `group`; when the group then has more than `limit` live members, the
     # least recently used ones (those a `get` with `refresh_ttl` touched longest ago: the soonest to expire) are
     # deleted, and their keys returned. Atomic. Each member of a group is given the same `ttl`.
@@ -133,7 +135,8 @@ class MemoryStore:
         for key in keys:
             self._drop(self._space(key), key)
 
-    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None:
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0,
+                   mark_with_value: bool = False) -> str | None:
         # No await from here to the end: one event loop, so this is atomic.
         value = self._live(key)
         if value is None:
@@ -143,7 +146,7 @@ class MemoryStore:
             try:
                 if mark not in marks and len(marks) >= self._limit:
                     self._make_room(marks)
-                marks[mark] = ("1", time.monotonic() + mark_ttl if mark_ttl else None)
+                marks[mark] = (value if mark_with_value else "1", time.monotonic() + mark_ttl if mark_ttl else None)
             except StoreUnavailable:
                 pass  # a full kind of marks (counted by on_full) must not stop the take: the take is the guarantee
         self._drop(self._space(key), key)
@@ -263,11 +266,15 @@ return 1
 """
 
 
-# KEYS[1] the value's key, KEYS[2] the key it is marked with; ARGV the mark's ttl (0: none). GETDEL, SET: one step.
+# KEYS[1] the value's key, KEYS[2] the key it is marked with; ARGV the mark's ttl (0: none), whether the mark holds
+# the value (1) or "1" (0). GETDEL, SET: one step.
 _TAKE_MARKING = """
 local value = redis.call('GETDEL', KEYS[1])
-if value and tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[2], '1', 'EX', ARGV[1])
-elseif value then redis.call('SET', KEYS[2], '1') end
+if not value then return value end
+local mark = '1'
+if ARGV[2] == '1' then mark = value end
+if tonumber(ARGV[1]) > 0 then redis.call('SET', KEYS[2], mark, 'EX', ARGV[1])
+else redis.call('SET', KEYS[2], mark) end
 return value
 """
 
@@ -322,16 +329,29 @@ class RedisStore:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=64,
-            timeout=BUDGET_SECONDS,  # waiting for a free connection
-            socket_timeout=0.25,
-            socket_connect_timeout=0.25,
-            retry=Retry(NoBackoff(), 1),
-            decode_responses=True,
-        )
-        self._redis = Redis.from_pool(pool)
+        self.sentinel: Any = None
+        timeouts: dict[str, Any] = {"socket_timeout": 0.25, "socket_connect_timeout": 0.25,
+                                    "retry": Retry(NoBackoff(), 1)}
+        if url.startswith("redis+sentinel://"):
+            # The Sentinels name the primary; after a failover the pool finds the new one (a read-only answer from
+            # a demoted primary makes it ask again), so a failover is a pause of seconds, not an outage.
+            from redis.asyncio.sentinel import Sentinel
+
+            sentinels, service, password, db = sentinel_parts(url)
+            self.sentinel = Sentinel(sentinels, sentinel_kwargs={"socket_timeout": 0.25,
+                                                                 "socket_connect_timeout": 0.25},
+                                     **timeouts)
+            self._redis = self.sentinel.master_for(service, password=password, db=db, decode_responses=True,
+                                                   max_connections=64, **timeouts)
+        else:
+            pool = BlockingConnectionPool.from_url(
+                url,
+                max_connections=64,
+                timeout=BUDGET_SECONDS,  # waiting for a free connection
+                decode_responses=True,
+                **timeouts,
+            )
+            self._redis = Redis.from_pool(pool)
         self._reserve = self._redis.register_script(_RESERVE)
         self._take_marking = self._redis.register_script(_TAKE_MARKING)
         self._set_capped = self._redis.register_script(_SET_CAPPED)
@@ -381,10 +401,11 @@ class RedisStore:
         if keys:
             await self._run(self._redis.delete(*keys))
 
-    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0) -> str | None:
+    async def take(self, key: str, *, mark: str | None = None, mark_ttl: int = 0,
+                   mark_with_value: bool = False) -> str | None:
         if mark is None:
             return await self._run(self._redis.getdel(key))  # atomic on the server: one taker per value
-        return await self._run(self._take_marking(keys=[key, mark], args=[mark_ttl]))
+        return await self._run(self._take_marking(keys=[key, mark], args=[mark_ttl, int(mark_with_value)]))
 
     async def set_capped(self, key: str, value: str, *, ttl: int, group: str, limit: int) -> list[str]:
         return list(await self._run(self._set_capped(keys=[key, group], args=[value, ttl, limit])))
@@ -428,6 +449,34 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        if self.sentinel is not None:
+            for connection in self.sentinel.sentinels:
+                await connection.aclose()
+
+
+def sentinel_parts(url: str) -> tuple[list[tuple[str, int]], str, str | None, int]:
+    """`redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]` -> (sentinels, service, password, db).
+    Pure; ValueError says what is wrong. The password is the primary's (the Sentinels' own is not supported)."""
+    from urllib.parse import unquote
+
+    rest = url.removeprefix("redis+sentinel://")
+    password = None
+    if "@" in rest:
+        credentials, rest = rest.rsplit("@", 1)
+        password = unquote(credentials.partition(":")[2]) or None
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    sentinels = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT for each Sentinel, got {item!r}")
+        sentinels.append((host.strip("[]"), int(port)))
+    if not service:
+        raise ValueError("name the Sentinels' service after the hosts: redis+sentinel://HOST:PORT/SERVICE")
+    if db and not db.isdigit():
+        raise ValueError(f"the database after the service must be a number, got {db!r}")
+    return sentinels, service, password, int(db or 0)
 
 
 def open_store(url: str | None, on_error: Callable[[], None] | None = None, *, memory_keys: int = 100_000,
