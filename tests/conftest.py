@@ -317,15 +317,24 @@ def issue(tmp_path: Path) -> Any:
     path = tmp_path / "policy-pats.yaml"
 
     def _issue(name: str, scopes: list[str] | None = None, kind: str = "pat", workspace: str | None = None,
-               role: str | None = None, workspaces: list[str] | None = None, **extra: Any) -> str:
-        record, token = create_record(kind=kind, label=name, subject=f"user-{name}", scopes=scopes or [],
-                                      workspace=workspace, workspaces=workspaces, role=role, expires_in=3600,
+               role: str | None = None, workspaces: list[str] | None = None, subject: str | None = None,
+               expires_in: int = 3600, **extra: Any) -> str:
+        record, token = create_record(kind=kind, label=name, subject=subject or f"user-{name}", scopes=scopes or [],
+                                      workspace=workspace, workspaces=workspaces, role=role, expires_in=expires_in,
                                       extra=extra)
         records.append(record)
         write_records(path, records)
         return token
 
+    def _rewrite(**changes: Any) -> None:
+        """Change records in the file as an operator would (`revoked`, `expires`...): by credential id."""
+        for record in records:
+            for field_name, value in changes.get(record.id, {}).items():
+                setattr(record, field_name, value)
+        write_records(path, records)
+
     _issue.path = str(path)  # type: ignore[attr-defined]
+    _issue.rewrite = _rewrite  # type: ignore[attr-defined]
     return _issue
 
 

@@ -545,12 +545,14 @@ async def test_answers_nobody_waits_for_expire_and_stay_bounded(monkeypatch: pyt
 
 async def test_the_last_used_stamps_remember_a_bounded_number_of_credentials() -> None:
     """One entry per credential that ever authenticated (OAuth grants come and go): the oldest is forgotten first."""
+    from proxy.durable import SqliteState
     from proxy.identity.authenticate import LAST_USED_KEEP, Authenticate, Challenge
+    from proxy.identity.lifecycle import Tree
 
-    auth = Authenticate(None, None, MemoryStore(), Challenge(None, ()))
+    auth = Authenticate(None, None, Tree(SqliteState(None)), Challenge(None, ()))
     for n in range(LAST_USED_KEEP + 100):
         auth._stamp(f"sgo_grant{n}")
     await asyncio.sleep(0.05)  # let the background writes run
     assert len(auth._last_used) == LAST_USED_KEEP
     assert f"sgo_grant{LAST_USED_KEEP + 99}" in auth._last_used and "sgo_grant0" not in auth._last_used
-    assert await auth.store.get(f"scopegate:pat:last_used:sgo_grant{LAST_USED_KEEP + 99}") is not None
+    assert (await auth.tree.last_used([f"sgo_grant{LAST_USED_KEEP + 99}"])) != {}

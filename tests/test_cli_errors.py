@@ -21,6 +21,8 @@ POLICY = ROOT / "policies" / "pat-workspaces.yaml"
 CEILING = ROOT / "policies" / "org-ceiling.yaml"
 SCOPEGATE = shutil.which("scopegate", path=str(Path(sys.executable).parent))
 
+CREATE = ("pat", "create", "--subject=alice")  # every PAT names its one person
+
 
 def scopegate(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     assert SCOPEGATE, "the scopegate console script is missing from the virtualenv (pip install -e .)"
@@ -74,21 +76,23 @@ CASES = {
     "audit file in a missing directory": (["{serve}", "--audit-sink", "file:{tmp}/missing/audit.jsonl"],
                                           "--audit-sink: no writable directory"),
     "redis URL with a bad port": (["{serve}", "--redis-url", "redis://localhost:99999"], "--redis-url: expected"),
-    "pat create with an empty label": (["pat", "create", "--file", "{registry}", "--label", ""], "--label"),
-    "pat create in a missing directory": (["pat", "create", "--file", "{tmp}/missing/pats.yaml", "--label", "x"],
+    "pat create without a subject (tokens of different people must not share one)": (
+        ["pat", "create", "--file", "{registry}", "--label", "x"], "required: --subject"),
+    "pat create with an empty label": ([*CREATE, "--file", "{registry}", "--label", ""], "--label"),
+    "pat create in a missing directory": ([*CREATE, "--file", "{tmp}/missing/pats.yaml", "--label", "x"],
                                           "--file: no directory"),
-    "pat create with a bad lifetime": (["pat", "create", "--file", "{registry}", "--label", "x", "--expires", "1y"],
+    "pat create with a bad lifetime": ([*CREATE, "--file", "{registry}", "--label", "x", "--expires", "1y"],
                                        "--expires"),
     "pat create with a scope the policy lacks": (
-        ["pat", "create", "--file", "{registry}", "--label", "x", "--scope", "mcp:reed", "--policy", str(POLICY)],
+        [*CREATE, "--file", "{registry}", "--label", "x", "--scope", "mcp:reed", "--policy", str(POLICY)],
         "'mcp:reed' is not a scope of the policy (did you mean 'mcp:read'?)"),
     "pat create with a role the policy lacks": (
-        ["pat", "create", "--file", "{registry}", "--label", "x", "--role", "memebr", "--policy", str(CEILING)],
+        [*CREATE, "--file", "{registry}", "--label", "x", "--role", "memebr", "--policy", str(CEILING)],
         "--role: 'memebr' is not a role of the policy (did you mean 'member'?)"),
     "pat create with no role where the policy has roles": (
-        ["pat", "create", "--file", "{registry}", "--label", "x", "--policy", str(CEILING)], "--role: the policy"),
+        [*CREATE, "--file", "{registry}", "--label", "x", "--policy", str(CEILING)], "--role: the policy"),
     "pat create with a broken policy": (
-        ["pat", "create", "--file", "{registry}", "--label", "x", "--policy", "{tmp}/nothing.yaml"], "--policy:"),
+        [*CREATE, "--file", "{registry}", "--label", "x", "--policy", "{tmp}/nothing.yaml"], "--policy:"),
     "pat list of a missing registry": (["pat", "list", "--file", "{tmp}/nothing.yaml"], "cannot read"),
     "pat revoke of an unknown id": (["pat", "revoke", "0123456789ab", "--file", "{registry}"], "no credential"),
     "audit verify of a missing file": (["audit", "verify", "{tmp}/missing.jsonl", "--unsigned"], "cannot read"),
@@ -151,14 +155,14 @@ def test_revoking_a_revoked_credential_says_so(registry: Path) -> None:
 
 def test_pat_create_checks_against_the_policy_from_the_environment(tmp_path: Path) -> None:
     path = tmp_path / "pats.yaml"
-    refused = scopegate("pat", "create", "--file", str(path), "--label", "x", "--scope", "journal:read",
+    refused = scopegate(*CREATE, "--file", str(path), "--label", "x", "--scope", "journal:read",
                         env={"SCOPEGATE_POLICY": str(POLICY)})
     one_line(refused, "'journal:read' is not a scope of the policy")
     assert not path.exists()  # nothing was written
-    beyond = scopegate("pat", "create", "--file", str(path), "--label", "x", "--role", "viewer", "--scope",
+    beyond = scopegate(*CREATE, "--file", str(path), "--label", "x", "--role", "viewer", "--scope",
                        "can_manage_kg", "--policy", str(CEILING))
     one_line(beyond, "beyond role 'viewer'")
-    made = scopegate("pat", "create", "--file", str(path), "--label", "x", "--scope", "mcp:read",
+    made = scopegate(*CREATE, "--file", str(path), "--label", "x", "--scope", "mcp:read",
                      env={"SCOPEGATE_POLICY": str(POLICY)})
     assert made.returncode == 0 and made.stdout.startswith("sgp_"), made.stderr
     assert [r.scopes for r in read_records(path)] == [["mcp:read"]]

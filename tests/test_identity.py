@@ -322,7 +322,12 @@ async def test_pat_revoked_in_redis_with_a_read_only_registry(
     # Last use comes from Redis: the writer was just used through the second proxy.
     writer_id = TOKENS["writer"].split("_")[1]
     (row,) = [line for line in listing.stdout.splitlines() if line.startswith(writer_id)]
-    assert row.split()[4].startswith("20")
+    assert row.split()[5].startswith("20")
+    # The revocation lives in Redis only, and the listing says so: by whom, not "active".
+    lines = listing.stdout.splitlines()
+    at = next(n for n, line in enumerate(lines) if line.startswith(other_id))
+    revoked, by = lines[at], lines[at + 1]
+    assert revoked.split()[2] == "revoked" and "by cli:" in by and "scopegate pat revoke" in by
 
 
 async def test_redis_down_reads_flow_for_confirmed_pats_others_fail_closed(

@@ -73,9 +73,11 @@ async def oauth_proxy(tmp_path: Path, upstream: Upstream, recorder: Recorder, is
     key_file.write_bytes(pem(key))
     started = OAuthProxy("", "", key)
 
-    async def _start(policy: str | None = None, public: str | None = None, **settings: Any) -> OAuthProxy:
-        """`public`: another replica's public URL (replicas share it; each listens on its own port here)."""
-        port = free_port()
+    async def _start(policy: str | None = None, public: str | None = None, port: int | None = None,
+                     **settings: Any) -> OAuthProxy:
+        """`public`: another replica's public URL (replicas share it; each listens on its own port here). `port`:
+        listen there (a restart on the same address)."""
+        port = port or free_port()
         started.local = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         public = public or f"http://127.0.0.1:{port}/mcp"
         settings.setdefault("oauth_signing_keys", (str(key_file),))
@@ -84,6 +86,7 @@ async def oauth_proxy(tmp_path: Path, upstream: Upstream, recorder: Recorder, is
                         metrics_listen=("127.0.0.1", 0), **settings)
         runner, _ = await start(config, load_identity(config, {}))
         started.runners.append(runner)
+        started.app = runner.app  # type: ignore[attr-defined]
         started.url, started.issuer = public, public.removesuffix("/mcp") + "/oauth"
         return started
 
@@ -687,18 +690,20 @@ async def test_step_up_reconsent_keeps_the_grant_and_the_session(mode: str, oaut
 async def test_anonymous_flood_cannot_evict_a_revocation_in_memory_mode(oauth_proxy: Any) -> None:
     """The in-process store evicts its oldest entries when full; what anyone may create without signing in lives
     in a store of its own, so filling it never brings a revoked grant back."""
+    from proxy.durable import SqliteState
+    from proxy.identity.lifecycle import Tree
     from proxy.identity.oauth.server import OAuthServer
     from proxy.store import MemoryStore
 
-    store = MemoryStore(limit=50)
+    store, tree = MemoryStore(limit=50), Tree(SqliteState(None))
     server = OAuthServer(small_settings(oauth_proxy), None)
-    server.attach(store)
-    await server.grants.revoke("a" * 24)
+    server.attach(store, tree)
+    await server.grants.revoke("a" * 24, by="test", reason="a test")
     for index in range(200):  # registrations and parked requests: all anonymous
         await server.clients.register({"redirect_uris": [REDIRECT], "client_name": f"flood {index}"},
                                       server.settings.metadata())
-        await server.sessions.park(b"{}")
-    assert await store.exists("scopegate:pat:revoked:sgo_" + "a" * 24)
+        await server.sessions.park(b"{}", signed_in=False)
+    assert await tree.revoked_any(("sgo_" + "a" * 24,))
 
 
 def small_settings(oauth_proxy: Any) -> Any:
@@ -759,12 +764,12 @@ async def test_oauth_events_join_the_audit_trail_without_secrets(oauth_proxy: An
         lines = [json.loads(line) for line in trail.read_text().splitlines()] if trail.exists() else []
         return [r for r in lines if str(r.get("method", "")).startswith("oauth/")]
 
-    assert await wait_until(lambda: len(events()) >= 4)
+    assert await wait_until(lambda: len(events()) >= 5)
     seen = [(r["method"], r["decision"], r["reason"]) for r in events()]
-    assert seen == [("oauth/register", "allow", "RFC 7591"), ("oauth/consent", "allow", "mcp:read"),
-                    ("oauth/token", "allow", "authorization_code"),
-                    ("oauth/token", "deny", "code replayed: grant revoked")]
-    consent = events()[1]
+    assert seen == [("oauth/register", "allow", "RFC 7591"), ("oauth/signin", "allow", "pat"),
+                    ("oauth/consent", "allow", "mcp:read"), ("oauth/token", "allow", "authorization_code"),
+                    ("oauth/token", "deny", "authorization code replayed: grant revoked")]
+    consent = events()[2]
     assert consent["target"] == client_id and consent["subject"] == "user-writer"
     assert consent["credential_id"] == "sgo_" + claims_of(tokens["access_token"])["gid"]
     text = trail.read_text()

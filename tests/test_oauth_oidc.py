@@ -129,6 +129,15 @@ async def test_oidc_account_without_a_mapped_role_cannot_sign_in(sso: Any) -> No
     assert "scopegate_session" not in page.headers.get("set-cookie", "")
 
 
+async def test_oidc_an_unverified_email_is_not_a_person(sso: Any) -> None:
+    """mallory's provider account carries alice's address, unverified: taking it as the person would hand her
+    alice's grants and Connected apps. The sign-in is refused and no session starts."""
+    browser, page, _, _ = await sign_in_and_consent(sso, "mallory")
+    await browser.aclose()
+    assert page.status_code == 403 and "has not verified this e-mail address" in page.text
+    assert "scopegate_session" not in page.headers.get("set-cookie", "")
+
+
 async def test_oidc_callback_only_in_the_browser_that_started_it(sso: Any) -> None:
     """Login CSRF: an attacker's own provider answer (code + state) opened in the victim's browser is refused."""
     attacker = httpx2.AsyncClient(follow_redirects=False, timeout=20)

@@ -1,10 +1,13 @@
-"""`scopegate pat create|list|revoke`: the PAT registry file (and live revocations in Redis)."""
+"""`scopegate pat create|list|revoke`: the PAT registry file, and the running proxy's credential state (Redis, or
+the state directory's file) where revocations, who made them and what they ended are kept."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from proxy.identity import pat_admin
@@ -19,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create = actions.add_parser("create", help="create a token; it is printed once")
     create.add_argument("--file", help=file_help)
     create.add_argument("--label", required=True, help='what it is for, e.g. "Month-end review script"')
-    create.add_argument("--subject", default=os.environ.get("USER", "user"), help="the user it acts for")
+    create.add_argument("--subject", required=True,
+                        help="the one person it acts for (their stable id, e.g. alice@example.com): their sign-in "
+                             "sees and revokes their own tokens only")
     create.add_argument("--scope", action="append", default=[], help="a scope (repeat, or space-separated)")
     create.add_argument("--workspace", help="bind the token to this one workspace")
     create.add_argument("--workspaces", help="comma-separated workspaces a user-scoped token may name")
@@ -29,12 +34,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--policy", default=os.environ.get("SCOPEGATE_POLICY"),
                         help="check scopes and role against this policy (default: $SCOPEGATE_POLICY)")
 
-    listing = actions.add_parser("list", help="list credentials (never their tokens)")
+    state_help = "the proxy's state directory when it runs without Redis (default: $SCOPEGATE_STATE_DIR)"
+    listing = actions.add_parser("list", help="list credentials and their status (never their tokens)")
     listing.add_argument("--file", help=file_help)
+    listing.add_argument("--state-dir", help=state_help)
+    listing.add_argument("--json", action="store_true", help="one JSON document: every credential and its status")
 
-    revoke = actions.add_parser("revoke", help="revoke a credential by id")
+    revoke = actions.add_parser("revoke", help="revoke a credential by id, and every grant signed in with it")
     revoke.add_argument("id")
     revoke.add_argument("--file", help=file_help)
+    revoke.add_argument("--state-dir", help=state_help)
 
 
 def _path(args: argparse.Namespace) -> Path:
@@ -54,16 +63,23 @@ def _policy(path: str | None) -> Policy | None:
         raise SystemExit(f"scopegate pat create: --policy: {first}") from None
 
 
+def _state(args: argparse.Namespace) -> pat_admin.StateSource:
+    redis_url = os.environ.get("SCOPEGATE_REDIS_URL") or None
+    state_dir = getattr(args, "state_dir", None) or os.environ.get("SCOPEGATE_STATE_DIR") or None
+    if redis_url and getattr(args, "state_dir", None):
+        raise pat_admin.AdminError("--state-dir: SCOPEGATE_REDIS_URL is set; the state is in Redis")
+    return pat_admin.StateSource(redis_url, None if redis_url else state_dir)
+
+
 def main(args: argparse.Namespace) -> None:
     path = _path(args)
-    redis_url = os.environ.get("SCOPEGATE_REDIS_URL")
     try:
-        _run(args, path, redis_url)
+        _run(args, path, _state(args))
     except pat_admin.AdminError as exc:
         raise SystemExit(f"scopegate pat {args.pat_command}: {exc}") from None
 
 
-def _run(args: argparse.Namespace, path: Path, redis_url: str | None) -> None:
+def _run(args: argparse.Namespace, path: Path, state: pat_admin.StateSource) -> None:
     if args.pat_command == "create":
         record, token = pat_admin.create(
             path, kind="admin_key" if args.admin_key else "pat", label=args.label, subject=args.subject,
@@ -77,16 +93,30 @@ def _run(args: argparse.Namespace, path: Path, redis_url: str | None) -> None:
         print("the token is shown once; store it now:", file=sys.stderr)
         print(token)
     elif args.pat_command == "list":
-        print(f"{'id':<13}{'kind':<10}{'status':<9}{'expires':<27}{'last used':<27}{'scopes':<30}label")
-        for row in pat_admin.rows(path, redis_url):
+        found = pat_admin.rows(path, state)
+        if args.json:
+            print(json.dumps({"credentials": [row.as_json() for row in found]}, indent=2))
+            return
+        if not state:
+            print("scopegate pat list: no SCOPEGATE_REDIS_URL or state directory: statuses are the file's only",
+                  file=sys.stderr)
+        print(f"{'id':<13}{'kind':<10}{'status':<9}{'subject':<22}{'expires':<27}{'last used':<27}"
+              f"{'scopes':<30}label")
+        for row in found:
             r = row.record
             used = row.last_used.isoformat() if row.last_used else "-"
             expires = r.expires.isoformat() if r.expires else "never"
             scopes = " ".join(r.scopes) or "-"
             where = f" [workspace {r.workspace}]" if r.workspace else ""
-            print(f"{r.id:<13}{r.kind:<10}{row.status:<9}{expires:<27}{used:<27}{scopes:<30}{r.label}{where}")
+            print(f"{r.id:<13}{r.kind:<10}{row.status:<9}{r.subject:<22}{expires:<27}{used:<27}{scopes:<30}"
+                  f"{r.label}{where}")
+            if row.revocation is not None:
+                v = row.revocation
+                when = datetime.fromtimestamp(v.at, UTC).isoformat() if v.at else "(time not recorded)"
+                ended = f"; ended {', '.join(v.cascaded)}" if v.cascaded else ""
+                print(f"{'':<13}revoked {when} by {v.by}: {v.reason}{ended}")
     elif args.pat_command == "revoke":
-        done, failed, already = pat_admin.revoke(path, args.id, redis_url)
+        done, failed, already = pat_admin.revoke(path, args.id, state, f"cli:{os.environ.get('USER', 'operator')}")
         for problem in failed:
             print(f"scopegate pat revoke: {problem}", file=sys.stderr)
         if done:

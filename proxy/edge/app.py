@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
+from proxy.durable import StateError, open_state
 from proxy.edge.cors import Cors
 from proxy.edge.errors import catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
@@ -25,6 +26,7 @@ from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
 from proxy.guards.pipeline import Pipeline
+from proxy.identity.lifecycle import Tree
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
 from proxy.identity.oauth.server import OAuthServer
@@ -44,6 +46,8 @@ log = logging.getLogger("scopegate")
 FORWARDER = web.AppKey("forwarder", Forwarder)
 RELOADER = web.AppKey("policy_reloader", PolicyReloader)
 OPS_PORT = web.AppKey("ops_port", int)
+CREDENTIALS = web.AppKey("credentials", Tree)  # the durable credential state (revocations, grants): the tree
+OAUTH = web.AppKey("oauth", OAuthServer)  # scopegate's own authorization server, when on
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -91,6 +95,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
     app = web.Application(client_max_size=config.max_body_bytes)  # every handler wrapped in catch_all as added
     oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
+    if oauth is not None:
+        app[OAUTH] = oauth
     tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -99,10 +105,21 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                            breaker_seconds=config.redis_breaker_seconds,
                            on_short_circuit=metrics.store_short_circuits.inc)
         untraced = store  # startup reads (the event id key) belong to no request's trace
+        try:
+            durable = open_state(config.state_dir, untraced)
+        except StateError as exc:
+            await store.close()
+            raise ConfigError(f"SCOPEGATE_STATE_DIR: {exc}") from None
+        tree = Tree(durable, child_ttl=oauth.settings.grant_lifetime + oauth.settings.access_ttl if oauth else None)
+        app[CREDENTIALS] = tree
+        if oauth is not None and not durable.durable:
+            log.warning("credential state is in memory: revocations made on Connected apps, OAuth grants and "
+                        "registered clients are lost on restart; set SCOPEGATE_STATE_DIR (one replica) or "
+                        "SCOPEGATE_REDIS_URL")
         if tracing is not None and config.redis_url:
             store = tracing.store(store)
         if oauth is not None:
-            oauth.attach(store)
+            oauth.attach(store, tree)
         ops: web.AppRunner | None = None
         hooks = tracing.upstream_hooks() if tracing is not None else None
         # The request path's own pools (calls apart from long-lived streams, so neither can use up the other's
@@ -121,7 +138,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
-                                                           fetch_tools, session_evictions=metrics.session_evictions.inc)
+                                                           fetch_tools, session_evictions=metrics.session_evictions.inc,
+                                                           tree=tree)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
@@ -174,6 +192,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 await ops.cleanup()
             if oauth is not None:
                 await oauth.close()
+            await durable.close()
             await store.close()
             if tracing is not None:
                 tracing.shutdown()

@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import Config
+from proxy.durable import SqliteState
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.guards import client_caps
 from proxy.guards.catalog import Catalog, FetchTools
@@ -39,6 +40,7 @@ from proxy.guards.session_binding import SessionBinding
 from proxy.guards.tasks import HeldTasks, TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
 from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal
+from proxy.identity.lifecycle import Tree
 from proxy.identity.metadata import WELL_KNOWN
 from proxy.jsonrpc import Message, RawResponse, dumps
 
@@ -166,8 +168,9 @@ def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
-          session_evictions: Callable[[int], None] | None = None) -> Pipeline:
-    """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped."""
+          session_evictions: Callable[[int], None] | None = None, tree: Tree | None = None) -> Pipeline:
+    """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped; `tree`:
+    the durable credential state (revocations), in memory when not given (tests of the pipeline alone)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -184,7 +187,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
             *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
-            Authenticate(identity.registry, verifier, store, challenge, anonymous_of(live)),  # a Principal, or 401
+            # a Principal, or 401; a token derived from another credential lives within it (the credential tree)
+            Authenticate(identity.registry, verifier, tree or Tree(SqliteState(None)), challenge, anonymous_of(live)),
             sessions.check,  # a session belongs to the credential that opened it
         ),
         guards=(

@@ -27,6 +27,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.exchange import Answer, acts_on
+from proxy.identity.principal import OAUTH_GRANT_PREFIX
 from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, error, rpc_error
 from proxy.store import Store, StoreUnavailable
 
@@ -50,6 +51,15 @@ def owner(principal: Principal) -> str:
 
 def group_key(bound: str) -> str:
     return GROUP + hashlib.sha256(bound.encode()).hexdigest()
+
+
+def quota_of(principal: Principal) -> str:
+    """Whose quota a new session counts against. A person mints OAuth grants at will (each consent is one): their
+    grants share one quota, the person's, or each new grant would bring a fresh one. Other credentials are made by
+    an operator or an issuer: one quota each."""
+    if principal.credential_id.startswith(OAUTH_GRANT_PREFIX):
+        return f"person:{principal.subject}"
+    return owner(principal)
 
 
 class SessionBinding:
@@ -114,7 +124,8 @@ class SessionBinding:
         if new_id and new_id != exchange.session_id:
             self.upstream_sessions = True
             key, bound = session_key(new_id), owner(exchange.principal)
-            evicted = await self.store.set_capped(key, bound, ttl=TTL_SECONDS, group=group_key(bound),
+            evicted = await self.store.set_capped(key, bound, ttl=TTL_SECONDS,
+                                                  group=group_key(quota_of(exchange.principal)),
                                                   limit=self.max_per_credential)
             self._remember(key, bound)
             if evicted:

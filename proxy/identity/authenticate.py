@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from proxy.identity.jwt_auth import JwtVerifier, TokenRejected
+from proxy.identity.lifecycle import Tree
 from proxy.identity.pats import Registry, looks_like_pat
-from proxy.identity.principal import OAUTH_GRANT_PREFIX, Principal
+from proxy.identity.principal import OAUTH_GRANT_PREFIX, Principal, under_parent
 from proxy.jsonrpc import rpc_error
 from proxy.policy.model import Policy
-from proxy.store import Store, StoreUnavailable
+from proxy.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("scopegate.auth")
 
 UNAUTHORIZED = -32001
-REVOKED_KEY = "scopegate:pat:revoked:"
-LAST_USED_KEY = "scopegate:pat:last_used:"
 LAST_USED_EVERY = 60.0
 LAST_USED_KEEP = 10_000  # credentials whose last stamp this process remembers (the oldest is forgotten first)
 # While Redis is unreachable, a credential Redis confirmed as not revoked this recently keeps working, so reads keep
@@ -75,15 +74,15 @@ def anonymous_principal(policy: Policy) -> Principal | None:
 
 
 class Authenticate:
-    def __init__(self, registry: Registry | None, verifier: JwtVerifier | None, store: Store,
+    def __init__(self, registry: Registry | None, verifier: JwtVerifier | None, tree: Tree,
                  challenge: Challenge, anonymous: Callable[[], Principal | None] = lambda: None) -> None:
         self.anonymous = anonymous  # the policy's `anonymous:` principal in force now, or None (the default)
         self.registry = registry
         self.verifier = verifier
-        self.store = store
+        self.tree = tree  # revocations and last use, durable
         self.challenge = challenge
         self._last_used: dict[str, float] = {}
-        self._not_revoked_at: dict[str, float] = {}
+        self._not_revoked_at: dict[tuple[str, ...], float] = {}
 
     async def __call__(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -126,31 +125,46 @@ class Authenticate:
             principal, reason = self.registry.lookup(token)
             if principal is None:
                 raise TokenRejected(f"PAT {reason}", reason)
-            if await self._revoked(principal.credential_id):
+            if await self._revoked((principal.credential_id,)):
                 raise TokenRejected("PAT revoked", "revoked")
             self._stamp(principal.credential_id)
             return principal
         if token.count(".") == 2 and self.verifier is not None:
             principal = await self.verifier.verify(token)
-            if principal.credential_id.startswith(OAUTH_GRANT_PREFIX):  # our own OAuth grants revoke like PATs
-                if await self._revoked(principal.credential_id):
-                    raise TokenRejected("OAuth grant revoked", "revoked")
+            if principal.credential_id.startswith(OAUTH_GRANT_PREFIX):  # our own OAuth grants: a node of the tree
+                principal = await self._under_parent(principal)
                 self._stamp(principal.credential_id)
             return principal
         raise TokenRejected("unrecognised token", "malformed")
 
-    async def _revoked(self, credential_id: str) -> bool:
+    async def _under_parent(self, principal: Principal) -> Principal:
+        """A grant's token holds what was consented for it, within what its parent (the credential the person
+        signed in with) holds now: a revoked, expired or vanished parent ends it; a parent narrowed since (its
+        role's ceiling, its scopes in the registry) narrows it from this request on."""
+        parent = principal.parent
+        if parent is None:
+            raise TokenRejected("OAuth token names no parent credential", "malformed")
+        if await self._revoked((principal.credential_id, parent)):
+            raise TokenRejected("OAuth grant or its parent revoked", "revoked")
+        if parent.startswith("oidc-"):
+            return principal  # a sign-in through the organisation's provider: its role's ceiling is in the claims
+        live = self.registry.live(parent) if self.registry is not None else None
+        if live is None:
+            raise TokenRejected("the credential this grant was signed in with is revoked, expired or gone", "revoked")
+        return under_parent(principal, live)
+
+    async def _revoked(self, credential_ids: tuple[str, ...]) -> bool:
         try:
-            revoked = await self.store.exists(REVOKED_KEY + credential_id)
+            revoked = await self.tree.revoked_any(credential_ids)
         except StoreUnavailable:
-            seen = self._not_revoked_at.get(credential_id)
+            seen = self._not_revoked_at.get(credential_ids)
             if seen is None or time.monotonic() - seen > STALE_OK_SECONDS:
                 raise
-            return False  # Redis is down; this credential was confirmed moments ago
+            return False  # Redis is down; these credentials were confirmed moments ago
         if revoked:
-            self._not_revoked_at.pop(credential_id, None)
-        elif credential_id in self._not_revoked_at or len(self._not_revoked_at) < 100_000:
-            self._not_revoked_at[credential_id] = time.monotonic()
+            self._not_revoked_at.pop(credential_ids, None)
+        elif credential_ids in self._not_revoked_at or len(self._not_revoked_at) < 100_000:
+            self._not_revoked_at[credential_ids] = time.monotonic()
         return revoked
 
     def _stamp(self, credential_id: str) -> None:
@@ -167,7 +181,7 @@ class Authenticate:
 
         async def write() -> None:
             try:
-                await self.store.set(LAST_USED_KEY + credential_id, str(int(time.time())))
+                await self.tree.stamp(credential_id)
             except StoreUnavailable:
                 self._last_used.pop(credential_id, None)  # try again on the next request
 

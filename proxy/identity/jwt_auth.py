@@ -26,6 +26,7 @@ from proxy.identity.principal import (
 from proxy.policy.model import ALGORITHMS, Issuer, Policy
 
 LEEWAY_SECONDS = 30
+PARENT_CLAIM = "par"  # scopegate's own access tokens: the credential the person signed in with (the grant's parent)
 
 
 class TokenRejected(Exception):
@@ -61,8 +62,12 @@ def claim_scopes(claims: Mapping[str, Any]) -> set[str]:
 
 
 def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Policy,
-                          credential_id: str | None = None) -> Principal:
-    """Pure: verified claims in, Principal out."""
+                          credential_id: str | None = None, parent: str | None = None) -> Principal:
+    """Pure: verified claims in, Principal out.
+
+    A token of scopegate's own OAuth server (`credential_id` given: its grant) holds exactly the scopes consented:
+    its per-resource `permissions` only narrow (a `none` denies), they never add the level scopes they imply for
+    the credentials that carry them directly (a PAT's, another issuer's token)."""
     permissions = claims.get("permissions") or {}
     problem = problem_in_permissions(permissions)
     if problem:
@@ -70,7 +75,9 @@ def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Pol
     capabilities = claims.get("org_capabilities") or {}
     if not isinstance(capabilities, Mapping):
         raise TokenRejected("org_capabilities must be an object")
-    grant = claim_scopes(claims) | ceiling_scopes(permissions, capabilities)
+    grant = claim_scopes(claims)
+    if credential_id is None:
+        grant |= ceiling_scopes(permissions, capabilities)
     bound = claims.get("workspace")
     workspaces = [bound] if isinstance(bound, str) else _strings(claims.get("workspaces"))
     projects = _strings(claims.get("projects"))
@@ -93,6 +100,7 @@ def principal_from_claims(claims: Mapping[str, Any], issuer: Issuer, policy: Pol
         permissions=dict(permissions),
         role=role if isinstance(role, str) else None,
         expires_at=float(claims["exp"]),
+        parent=parent,
     )
 
 
@@ -172,10 +180,12 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise TokenRejected(type(exc).__name__) from None
-        credential_id = None
+        credential_id = parent = None
         if trusted.grant_claim is not None:
-            grant = claims.get(trusted.grant_claim)
+            grant, parent = claims.get(trusted.grant_claim), claims.get(PARENT_CLAIM)
             if not isinstance(grant, str) or not grant.isalnum() or len(grant) > 64:
                 raise TokenRejected("no grant id")
+            if not isinstance(parent, str) or not 0 < len(parent) <= 64:
+                raise TokenRejected("no parent credential")
             credential_id = OAUTH_GRANT_PREFIX + grant
-        return principal_from_claims(claims, trusted.config, self.policy, credential_id)
+        return principal_from_claims(claims, trusted.config, self.policy, credential_id, parent)

@@ -1,26 +1,32 @@
 """Managing the PAT registry from outside the proxy: create, list and revoke credentials (what `scopegate pat` does).
 
-`create` returns the token once: only its hash is kept. `rows` never include tokens. `revoke` marks the record in
-the file and, when a Redis URL is given, in Redis too, which every replica checks on every request.
+`create` returns the token once: only its hash is kept. `rows` never include tokens. Revocations go to the durable
+credential state the running proxy reads (Redis, or the SQLite file in the state directory: `proxy/durable.py`),
+with who made them and what they ended (every grant signed in with the credential); the registry file is marked
+too when it is writable, so the copy an operator keeps in Git says so. `rows` reads the same state: a credential
+revoked anywhere (the CLI, Connected apps, the token endpoint) is listed as revoked, by whom and when.
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import ValidationError
 
-from proxy.identity.authenticate import LAST_USED_KEY, REVOKED_KEY
+from proxy.durable import FILE_NAME, Durable, RedisState, SqliteState, StateError
+from proxy.identity.lifecycle import Revocation, Tree
 from proxy.identity.pats import Record, RegistryError, create_record, parse_duration, read_records, write_records
 from proxy.identity.principal import matches_any
 from proxy.policy.model import Policy
 from proxy.store import RedisStore, StoreUnavailable
+
+T = TypeVar("T")
 
 
 class AdminError(Exception):
@@ -36,18 +42,41 @@ def records(path: Path, missing_ok: bool = False) -> list[Record]:
         raise AdminError(str(exc)) from None
 
 
-async def _redis(url: str | None, action: str, cred_id: str, expires: datetime | None = None) -> str | None:
-    if not url:
-        return None
-    store = RedisStore(url)
-    try:
-        if action == "revoke":
-            ttl = int(expires.timestamp() - datetime.now(UTC).timestamp()) + 3600 if expires else None
-            await store.set(REVOKED_KEY + cred_id, "1", ttl=ttl if ttl and ttl > 0 else None)
-            return "1"
-        return await store.get(LAST_USED_KEY + cred_id)
-    finally:
-        await store.close()
+@dataclass(frozen=True)
+class StateSource:
+    """Where the running proxy keeps its credential state: Redis, or a state directory, or neither (memory)."""
+
+    redis_url: str | None = None
+    state_dir: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.redis_url or self.state_dir)
+
+    def describe(self) -> str:
+        return "Redis" if self.redis_url else f"{Path(self.state_dir or '.') / FILE_NAME}"
+
+    def run(self, work: Callable[[Tree], Awaitable[T]]) -> T:
+        """Open the state, do `work` with its tree, close it. StoreUnavailable / AdminError when it cannot."""
+
+        async def go() -> T:
+            durable: Durable
+            store = None
+            if self.redis_url:
+                store = RedisStore(self.redis_url)
+                durable = RedisState(store)
+            else:
+                try:
+                    durable = SqliteState(Path(self.state_dir or ".") / FILE_NAME)
+                except StateError as exc:
+                    raise AdminError(f"--state-dir: {exc}") from None
+            try:
+                return await work(Tree(durable))
+            finally:
+                await durable.close()
+                if store is not None:
+                    await store.close()
+
+        return asyncio.run(go())
 
 
 def grant_problems(policy: Policy, *, scopes: list[str], role: str | None, workspace: str | None,
@@ -117,43 +146,86 @@ class Row:
     record: Record
     status: str  # active | expired | revoked
     last_used: datetime | None
+    revocation: Revocation | None = None  # who, when, why, what it ended (from the running proxy's state)
+
+    def as_json(self) -> dict[str, object]:
+        r = self.record
+        out: dict[str, object] = {
+            "id": r.id, "kind": r.kind, "label": r.label, "subject": r.subject, "status": self.status,
+            "scopes": r.scopes, "workspace": r.workspace, "workspaces": r.workspaces, "role": r.role,
+            "created": r.created.isoformat(), "expires": r.expires.isoformat() if r.expires else None,
+            "last_used": self.last_used.isoformat() if self.last_used else None,
+        }
+        if self.revocation is not None:
+            v = self.revocation
+            out["revoked"] = {"at": datetime.fromtimestamp(v.at, UTC).isoformat() if v.at else None, "by": v.by,
+                              "reason": v.reason, "ended": list(v.cascaded)}
+        elif r.revoked:
+            out["revoked"] = {"at": None, "by": "the registry file", "reason": "marked revoked", "ended": []}
+        return out
 
 
-def rows(path: Path, redis_url: str | None) -> list[Row]:
+def rows(path: Path, state: StateSource) -> list[Row]:
+    """Every credential of the file, with its status as the running proxy sees it. When the state cannot be read,
+    AdminError: a list that might show a revoked credential as active is worse than none."""
+    found = records(path)
+    revocations: dict[str, Revocation] = {}
+    used: dict[str, int] = {}
+    if state:
+
+        async def read(tree: Tree) -> None:
+            revocations.update(await tree.revocations(r.id for r in found))
+            used.update(await tree.last_used(r.id for r in found))
+
+        try:
+            state.run(read)
+        except StoreUnavailable:
+            raise AdminError(f"cannot read the credential state in {state.describe()}: statuses unknown") from None
     now = datetime.now(UTC)
     out = []
-    for r in records(path):
-        status = "revoked" if r.revoked else ("expired" if r.expires and r.expires <= now else "active")
-        try:
-            stamp = asyncio.run(_redis(redis_url, "last_used", r.id))
-        except StoreUnavailable:
-            stamp = None
-        out.append(Row(r, status, datetime.fromtimestamp(int(stamp), UTC) if stamp else None))
+    for r in found:
+        revocation = revocations.get(r.id)
+        status = ("revoked" if r.revoked or revocation else "expired" if r.expires and r.expires <= now
+                  else "active")
+        stamp = used.get(r.id)
+        out.append(Row(r, status, datetime.fromtimestamp(stamp, UTC) if stamp else None, revocation))
     return out
 
 
-def revoke(path: Path, cred_id: str, redis_url: str | None) -> tuple[list[str], list[str], bool]:
-    """(what was done, what failed, whether it was revoked already). Revoked in the file when it is writable, and
-    in Redis when configured.
+def revoke(path: Path, cred_id: str, state: StateSource, by: str) -> tuple[list[str], list[str], bool]:
+    """(what was done, what failed, whether it was revoked already). Revoked in the credential state (with every
+    grant signed in with it) when there is one, and marked in the file when it is writable.
 
-    A credential the file already marks revoked is reported as such (the caller exits non-zero: nothing changed
-    in the file), and still written to Redis, which heals an earlier revoke whose Redis write failed."""
+    A credential revoked already is reported as such (the caller exits non-zero); the state is written all the
+    same, which heals an earlier revoke whose state write failed and ends grants made since."""
     found = records(path)
     match = [r for r in found if r.id == cred_id]
     if not match:
         raise AdminError(f"no credential {cred_id} in {path}")
+    record = match[0]
     done, failed = [], []
-    already = match[0].revoked
-    if not already:
+    already = record.revoked
+    if state:
+        ttl = None
+        if record.expires is not None:
+            ttl = max(3600, int(record.expires.timestamp() - datetime.now(UTC).timestamp()) + 3600)
+        async def work(tree: Tree) -> tuple[Revocation | None, Revocation]:
+            before = await tree.revocation(cred_id)
+            return before, await tree.revoke(cred_id, by=by, reason="revoked with scopegate pat revoke", ttl=ttl)
+
         try:
-            match[0].revoked = True
+            before, result = state.run(work)
+        except StoreUnavailable:
+            failed.append(f"the credential state in {state.describe()} did not answer")
+        else:
+            already = already or before is not None
+            ended = f"; ended {len(result.cascaded)} grant(s) signed in with it" if result.cascaded else ""
+            done.append(f"revoked in {state.describe()} (the running proxy, next request{ended})")
+    if not record.revoked:
+        try:
+            record.revoked = True
             write_records(path, found)
             done.append(f"marked revoked in {path}")
-        except OSError as exc:  # a mounted Secret is read-only: Redis is then the way
+        except OSError as exc:  # a mounted Secret is read-only: the state is then the way
             failed.append(f"cannot write {path} ({exc.strerror})")
-    try:
-        if asyncio.run(_redis(redis_url, "revoke", cred_id, match[0].expires)):
-            done.append("revoked in Redis (every replica, next request)")
-    except StoreUnavailable:
-        failed.append("Redis did not answer")
     return done, failed, already

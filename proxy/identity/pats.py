@@ -187,6 +187,18 @@ class Registry:
             self.reload_error = str(exc)
             self._stamp = file_stamp(self.path)  # do not re-parse the same broken file on every request
 
+    def live(self, cred_id: str, now: float | None = None) -> Principal | None:
+        """The credential's principal as the file says now, or None when it is gone, marked revoked or expired (a
+        parent's check: what was signed in with it lives no longer than it does). Runtime revocations: Tree."""
+        self.maybe_refresh()
+        entry = self._records.get(cred_id)
+        if entry is None or entry[0].revoked:
+            return None
+        expires = entry[1].expires_at
+        if expires is not None and expires <= (now or time.time()):
+            return None
+        return entry[1]
+
     def lookup(self, token: str, now: float | None = None) -> tuple[Principal | None, str]:
         """(principal, "") for a valid token, else (None, reason). Pure apart from the file check above."""
         cred_id = token_id(token)

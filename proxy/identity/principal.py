@@ -8,7 +8,7 @@ kind may never hold. A credential can only narrow what its user has, never widen
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ class Principal:
     permissions: Mapping[str, str] = field(default_factory=dict)  # resource id -> read | write | admin | none
     role: str | None = None
     expires_at: float | None = None  # Unix time
+    parent: str | None = None  # the credential this one was signed in with (an OAuth grant's PAT, admin key, OIDC)
 
 
 def matches_any(scope: str, patterns: Iterable[str]) -> bool:
@@ -73,6 +74,31 @@ def effective_scopes(
         held = frozenset(s for s in held if not matches_any(s, excluded))
     return held
 
+
+
+def under_parent(child: Principal, parent: Principal) -> Principal:
+    """Pure: a derived credential within what its parent holds now. Scopes: the child's (its consent) ∩ the
+    parent's; workspaces and projects: a bound or listed set never wider than the parent's; a permission the parent
+    marks `none` stays denied. Consent and parent can only narrow each other, never widen."""
+    scopes = child.scopes & parent.scopes
+    workspaces = child.workspaces
+    if parent.workspaces is not None:
+        workspaces = parent.workspaces if workspaces is None else workspaces & parent.workspaces
+    projects = child.projects
+    if parent.projects is not None:
+        projects = parent.projects if projects is None else projects & parent.projects
+    bound = child.bound_workspace
+    if parent.bound_workspace is not None and bound != parent.bound_workspace:
+        bound = parent.bound_workspace if bound is None else None
+        if bound is None:  # bound to two different workspaces: none is left
+            workspaces = frozenset()
+    permissions = dict(child.permissions)
+    permissions.update({name: "none" for name, level in parent.permissions.items() if level == "none"})
+    if (scopes == child.scopes and workspaces == child.workspaces and projects == child.projects
+            and bound == child.bound_workspace and permissions == child.permissions):
+        return child
+    return replace(child, scopes=scopes, workspaces=workspaces, projects=projects, bound_workspace=bound,
+                   default_workspace=child.default_workspace if bound is None else bound, permissions=permissions)
 
 
 def ceiling_scopes(permissions: Mapping[str, str], capabilities: Mapping[str, Any]) -> set[str]:

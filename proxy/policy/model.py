@@ -88,6 +88,9 @@ class OAuth(Strict):
     sign_in: tuple[Literal["pat", "admin_key", "oidc"], ...] = ("pat",)  # how a person may sign in
     access_token_ttl_seconds: int = Field(1800, ge=60, le=3600)
     refresh_token_ttl_seconds: int = Field(30 * 86400, ge=3600, le=90 * 86400)
+    # A grant's absolute lifetime: past it no refresh works and the person consents again, however active the app.
+    grant_lifetime_seconds: int = Field(90 * 86400, ge=3600, le=365 * 86400)
+    max_grants_per_person: int = Field(50, ge=1, le=1000)  # live app grants one person may hold
     dynamic_registration: bool = True  # RFC 7591 /register
     client_id_metadata_documents: bool = True  # client_id may be an https URL naming the client's metadata
     clients: tuple[OAuthClient, ...] = ()

@@ -4,7 +4,8 @@
 import Provider from 'oidc-provider';
 
 const [port, redirectUri, secret] = process.argv.slice(2);
-const GROUPS = { alice: ['accountants'], victor: ['viewers'], nobody: ['marketing'] };
+const GROUPS = { alice: ['accountants'], victor: ['viewers'], nobody: ['marketing'], mallory: ['accountants'] };
+const UNVERIFIED = new Set(['mallory']); // typed an address the provider never checked
 
 const provider = new Provider(`http://127.0.0.1:${port}`, {
   clients: [{
@@ -15,7 +16,7 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',
   }],
-  claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
   scopes: ['openid', 'email', 'groups'],
   conformIdTokenClaims: false, // the requested claims go into the ID token itself
   pkce: { required: () => true },
@@ -23,7 +24,8 @@ const provider = new Provider(`http://127.0.0.1:${port}`, {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email: `${id}@example.test`, groups: GROUPS[id] || [] };
+        const email = UNVERIFIED.has(id) ? 'alice@example.test' : `${id}@example.test`;
+        return { sub: id, email, email_verified: !UNVERIFIED.has(id), groups: GROUPS[id] || [] };
       },
     };
   },

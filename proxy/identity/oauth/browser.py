@@ -16,7 +16,6 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from proxy.identity.authenticate import REVOKED_KEY
 from proxy.identity.oauth.authorization import (
     AuthorizationRequest,
     RedirectError,
@@ -26,7 +25,7 @@ from proxy.identity.oauth.authorization import (
 from proxy.identity.oauth.cimd import DocumentRefused
 from proxy.identity.oauth.clients import Client
 from proxy.identity.oauth.connected_apps import ConnectedApps
-from proxy.identity.oauth.grants import Grant, PendingCode, new_grant_id, now
+from proxy.identity.oauth.grants import PendingCode
 from proxy.identity.oauth.oidc import COOKIE as OIDC_COOKIE
 from proxy.identity.oauth.oidc import SignInFailed
 from proxy.identity.oauth.pages import render, stylesheet
@@ -103,8 +102,8 @@ class Pages:
         except RedirectError as exc:
             return _redirect(exc.redirect_uri, {"error": exc.error, "error_description": exc.description,
                                                 "state": exc.state, "iss": s.issuer})
-        request_id = await self.server.sessions.park(_encode(req))
         session = await self.server.sessions.current(request)
+        request_id = await self.server.sessions.park(_encode(req), signed_in=session is not None)
         if session is None:
             return self.page("signin.html", client=req.client, request_id=request_id, error=None)
         return self.consent_page(req, request_id, session)
@@ -130,8 +129,13 @@ class Pages:
                              error="That credential was not accepted.", status=401)
         response = web.Response(status=303, headers={"Cache-Control": "no-store"})
         await self.server.sessions.start(response, principal)
+        if req is not None:
+            await self.server.sessions.claim(str(request_id))
         response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if req
                                         else f"{self.path}/apps")
+        self.server.evidence.record("signin", "allow", principal.kind, subject=principal.subject,
+                                    credential_id=principal.credential_id, label=principal.label,
+                                    client_id=req.client.client_id if req else None)
         return response
 
     async def _principal(self, token: str) -> Principal | None:
@@ -142,7 +146,7 @@ class Pages:
         principal, _ = registry.lookup(token)
         if principal is None or principal.kind not in self.server.settings.sign_in:
             return None
-        if await self.server.store.exists(REVOKED_KEY + principal.credential_id):  # type: ignore[union-attr]
+        if await self.server.tree.revoked_any((principal.credential_id,)):
             return None
         return principal
 
@@ -179,6 +183,7 @@ class Pages:
         response = web.Response(status=303, headers={"Cache-Control": "no-store"})
         response.del_cookie(OIDC_COOKIE, path=self.path)
         await self.server.sessions.start(response, principal)
+        await self.server.sessions.claim(request_id)
         response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if request_id
                                         else f"{self.path}/apps")
         log.info("signed in through OIDC", extra={"credential_id": principal.credential_id})
@@ -232,17 +237,18 @@ class Pages:
         offered = self.server.consent_toggles(req.scopes, session.scopes)
         scopes = self.server.granted([v for v in data.getall("scope", []) if isinstance(v, str)], offered)
         workspace, workspaces, projects = self._resource_scope(session, data)
-        # The same person consenting again for the same app (a scope step-up) keeps the grant's id: its MCP
-        # sessions stay bound to one credential, and Connected apps shows one entry. The new consent replaces it.
-        earlier = next((g for g in await self.server.grants.of_subject(session.subject)
-                        if g.client_id == req.client.client_id), None)
-        grant = Grant(
-            grant_id=earlier.grant_id if earlier else new_grant_id(), subject=session.subject,
-            client_id=req.client.client_id, client_name=req.client.name, scopes=scopes,
-            signed_in_with=session.credential_id, role=session.role,
-            workspace=workspace, workspaces=workspaces, projects=projects, permissions=dict(session.permissions),
-            created=earlier.created if earlier else now(),
-        )
+        grants = self.server.grants
+        if not await grants.room_for(session.subject, session.credential_id, req.client.client_id):
+            return self.error(f"You have {grants.per_person} connected apps, as many as allowed here: revoke one on "
+                              "Connected apps, then start again from the app.", 409)
+        # One grant per consent: this credential and this client. A consent again replaces the grant it had once its
+        # code is exchanged (keeping its id when it covers it: a step-up); another credential's is a grant of its own.
+        grant = await grants.for_consent(grants.new(
+            subject=session.subject, client_id=req.client.client_id, client_name=req.client.name, scopes=scopes,
+            parent=session.credential_id, parent_kind=session.kind, role=session.role,
+            workspace=workspace, workspaces=workspaces, projects=projects,
+            permissions={name: "none" for name, level in session.permissions.items() if level == "none"},
+        ))
         code = await self.server.grants.issue_code(PendingCode(grant, req.redirect_uri, req.code_challenge))
         log.info("OAuth consent given", extra={"credential_id": grant.credential_id, "client_id": grant.client_id})
         self.server.evidence.record("consent", "allow", " ".join(grant.scopes) or "(no scope)",

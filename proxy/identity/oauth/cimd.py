@@ -41,7 +41,9 @@ MAX_BYTES = 256 * 1024
 FRESH_SECONDS = 24 * 3600
 KEEP_SECONDS = 7 * 24 * 3600  # an entry past its 24 h is kept for revalidation, not used unchecked
 MAX_REDIRECTS = 3
-CACHE_KEY = "scopegate:oauth:cimd:"
+CACHE_KEY = "scopegate:oauth-cimd:"
+CACHE_GROUP = "scopegate:anonymous-documents"
+MAX_DOCUMENTS = 5_000
 
 
 class DocumentRefused(Exception):
@@ -182,7 +184,8 @@ class MetadataDocuments:
         else:
             client = client_from_document(url, body, server_metadata)
         fresh = Cached(client, etag or (cached.etag if status == 304 and cached else None), _now() + FRESH_SECONDS)
-        await self.store.set(key, fresh.to_json(), ttl=KEEP_SECONDS)
+        # Anyone may name a document: the cache is a bounded group of its own, least recently used first out.
+        await self.store.set_capped(key, fresh.to_json(), ttl=KEEP_SECONDS, group=CACHE_GROUP, limit=MAX_DOCUMENTS)
         log.info("client metadata document %s", "revalidated" if status == 304 else "fetched",
                  extra={"client_id": url})
         return client

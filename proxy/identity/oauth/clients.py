@@ -20,9 +20,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from proxy.durable import Durable
 from proxy.store import Store
 
-CLIENT_KEY = "scopegate:oauth:client:"
+CLIENT_KEY = "scopegate:oauth-client:"  # a registration nobody has used yet: anonymous, brief, bounded
+REGISTERED_GROUP = "scopegate:anonymous-clients"
+KEPT_KEY = "scopegate:cred:client:"  # a client a grant was made for: durable, as long as a grant may live
+REGISTRATION_TTL = 86400  # an unused registration is forgotten within a day
+MAX_REGISTRATIONS = 10_000  # and when this many wait, the least recently used goes first
 MAX_REDIRECT_URIS = 10
 MAX_NAME = 200
 
@@ -107,17 +112,26 @@ def check_metadata(body: Any, server_metadata: dict[str, Any]) -> tuple[str, tup
 
 
 class Clients:
-    def __init__(self, store: Store, preregistered: tuple[Client, ...], ttl: int, documents: Any = None) -> None:
-        self.store = store
+    def __init__(self, store: Store, durable: Durable, preregistered: tuple[Client, ...], lifetime: int,
+                 documents: Any = None) -> None:
+        self.store = store  # what anyone may create: registrations
+        self.durable = durable  # clients grants were made for
         self.preregistered = {c.client_id: c for c in preregistered}
-        self.ttl = ttl
+        self.lifetime = lifetime
         self.documents = documents  # cimd.MetadataDocuments, when Client ID Metadata Documents are accepted
 
     async def register(self, body: Any, server_metadata: dict[str, Any]) -> Client:
         name, uris = check_metadata(body, server_metadata)
         client = Client("sgc_" + secrets.token_hex(16), name, uris, "registered itself (RFC 7591)")
-        await self.store.set(CLIENT_KEY + client.client_id, client.to_json().decode(), ttl=self.ttl)
+        await self.store.set_capped(CLIENT_KEY + client.client_id, client.to_json().decode(), ttl=REGISTRATION_TTL,
+                                    group=REGISTERED_GROUP, limit=MAX_REGISTRATIONS)
         return client
+
+    async def keep(self, client: Client) -> None:
+        """A self-registered client a person granted access to lives as long as a grant may: a flood of other
+        registrations, or a restart, never takes it away from its grants."""
+        if client.client_id.startswith("sgc_"):
+            await self.durable.set(KEPT_KEY + client.client_id, client.to_json().decode(), ttl=self.lifetime)
 
     async def find(self, client_id: str, server_metadata: dict[str, Any]) -> Client | None:
         """The client, or None when unknown; a metadata document that cannot be used raises cimd.DocumentRefused."""
@@ -127,5 +141,7 @@ class Clients:
             return await self.documents.client(client_id, server_metadata)
         if not client_id.startswith("sgc_") or len(client_id) > 40:
             return None
-        raw = await self.store.get(CLIENT_KEY + client_id, refresh_ttl=self.ttl)
+        raw = await self.durable.get(KEPT_KEY + client_id)
+        if raw is None:
+            raw = await self.store.get(CLIENT_KEY + client_id, refresh_ttl=REGISTRATION_TTL)
         return Client.from_json(raw) if raw else None

@@ -25,11 +25,14 @@ import jwt
 import orjson
 
 from proxy.identity.jwks import JwksKeys, KeyError_
-from proxy.identity.oauth.grants import KEY, digest
+from proxy.identity.oauth.grants import digest
 from proxy.identity.principal import Principal, matches_any
 from proxy.store import Store
 
 STATE_TTL = 600
+STATE_KEY = "scopegate:oauth-oidc:"  # anyone may start a sign-in: a bounded group of its own, oldest out first
+STATE_GROUP = "scopegate:anonymous-oidc"
+MAX_STATES = 10_000
 TIMEOUT = aiohttp.ClientTimeout(total=5)
 COOKIE = "scopegate_oidc"
 
@@ -72,6 +75,21 @@ def role_of(claims: dict[str, Any], settings: OidcSettings) -> str | None:
         if claim_value in values:
             return role
     return None
+
+
+def person_of(claims: dict[str, Any], settings: OidcSettings) -> str:
+    """Pure: who the person is here. `sub` is unique only at its issuer, so it is qualified by it; an e-mail address
+    names a person only when the provider says it verified it (anyone may type any address into many providers).
+    Raises SignInFailed otherwise: a sign-in that cannot say who it is signs nobody in."""
+    claim = settings.subject_claim
+    if claim == "sub":
+        return f"{claims['sub']}@{settings.issuer}"
+    value = claims.get(claim)
+    if not isinstance(value, str) or not value:
+        raise SignInFailed(f"the provider's answer lacks the {claim!r} claim that names people here")
+    if claim == "email" and claims.get("email_verified") is not True:
+        raise SignInFailed("the provider has not verified this e-mail address")
+    return value
 
 
 def held_scopes(offered: tuple[str, ...], ceiling: tuple[str, ...] | None) -> frozenset[str]:
@@ -122,7 +140,8 @@ class OidcSignIn:
         state, nonce, verifier, browser = (secrets.token_urlsafe(32) for _ in range(4))
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         record = {"request": request_id, "nonce": nonce, "verifier": verifier, "browser": digest(browser)}
-        await self.store.set(KEY + "oidc:" + digest(state), orjson.dumps(record).decode(), ttl=STATE_TTL)
+        await self.store.set_capped(STATE_KEY + digest(state), orjson.dumps(record).decode(), ttl=STATE_TTL,
+                                    group=STATE_GROUP, limit=MAX_STATES)
         query = urlencode({"response_type": "code", "client_id": self.settings.client_id,
                            "redirect_uri": self.redirect_uri, "scope": " ".join(self.settings.scopes),
                            "state": state, "nonce": nonce, "code_challenge": challenge,
@@ -137,7 +156,7 @@ class OidcSignIn:
         state, code = query.get("state"), query.get("code")
         if not state or not code:
             raise SignInFailed("the provider's answer lacks state or code")
-        raw = await self.store.take(KEY + "oidc:" + digest(state))
+        raw = await self.store.take(STATE_KEY + digest(state))
         if raw is None:
             raise SignInFailed("unknown or expired sign-in (start again)")
         record = orjson.loads(raw)
@@ -149,10 +168,11 @@ class OidcSignIn:
         role = role_of(claims, self.settings)
         if role is None:
             raise SignInFailed("your account has no role here")
-        subject = claims.get(self.settings.subject_claim)
-        subject = subject if isinstance(subject, str) and subject else str(claims["sub"])
+        subject = person_of(claims, self.settings)
+        # One node per sign-in: revoking it ends what was consented in it; the person may sign in again.
+        person = digest(f"{self.settings.issuer}\0{claims['sub']}")[:16]
         principal = Principal(
-            subject=subject, credential_id="oidc-" + digest(f"{self.settings.issuer}\0{claims['sub']}")[:16],
+            subject=subject, credential_id=f"oidc-{person}-{secrets.token_hex(4)}",
             label=f"{self.settings.name} sign-in", kind="oauth", scopes=held_scopes(offered, ceiling_of(role)),
             role=role,
         )

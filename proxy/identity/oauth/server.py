@@ -17,13 +17,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.identity.lifecycle import Tree
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
 from proxy.identity.oauth.cimd import MetadataDocuments
 from proxy.identity.oauth.clients import Client, Clients, RegistrationRefused
 from proxy.identity.oauth.evidence import Evidence
-from proxy.identity.oauth.grants import Grant, Grants, Replayed, access_claims, now
+from proxy.identity.oauth.grants import Grant, Grants, Replayed, TooManyGrants, access_claims, now
 from proxy.identity.oauth.keys import KeyRing
-from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn
+from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn, held_scopes
 from proxy.identity.oauth.sessions import Sessions
 from proxy.identity.pats import Registry
 from proxy.store import MemoryStore, Store, StoreUnavailable
@@ -55,6 +56,8 @@ class Settings:
         return dict(self.roles).get(role or "")
     access_ttl: int = 1800
     refresh_ttl: int = 30 * 86400
+    grant_lifetime: int = 90 * 86400  # absolute: a grant ends then, however often it was refreshed
+    grants_per_person: int = 50
 
     @property
     def secure(self) -> bool:
@@ -108,21 +111,36 @@ class OAuthServer:
         self.store: Store | None = None
         self.evidence = Evidence()  # the edge connects it to the audit trail
 
-    def attach(self, store: Store) -> None:
-        """Bind to the shared store once the app has opened it.
+    def attach(self, store: Store, tree: Tree) -> None:
+        """Bind to the shared store and the durable credential state once the app has opened them.
 
         What anyone may create without signing in (registrations, pending requests, metadata documents, OIDC
-        states) goes, in memory mode, to a store of its own: the in-process store evicts its oldest entries when
-        full, and a flood of anonymous requests must never push out a revocation. (Redis refuses writes when full
-        by default: a flood there is a denial of service, never a revocation forgotten.)"""
+        states) lives briefly, each kind in a bounded group of its own whose oldest entries go first when it is
+        full (`Store.set_capped`), and in memory mode in a store of its own: a flood of anonymous requests pushes
+        out only other anonymous entries, never a pre-registered client (in the policy), a signed-in person's
+        pending request, a grant or a revocation (durable, apart)."""
         s = self.settings
         self.store = store
-        anonymous = MemoryStore(limit=20_000) if isinstance(store, MemoryStore) else store
-        self.grants = Grants(store, s.refresh_ttl, s.access_ttl)
+        self.tree = tree
+        anonymous = MemoryStore(limit=100_000) if isinstance(store, MemoryStore) else store
+        self.grants = Grants(store, tree, refresh_ttl=s.refresh_ttl, access_ttl=s.access_ttl,
+                             lifetime=s.grant_lifetime, per_person=s.grants_per_person)
         self.documents = MetadataDocuments(anonymous) if s.metadata_documents else None
-        self.clients = Clients(anonymous, s.clients, s.refresh_ttl, self.documents)
+        self.clients = Clients(anonymous, tree.state, s.clients, s.grant_lifetime, self.documents)
         self.oidc = OidcSignIn(s.oidc, anonymous, s.issuer + "/oidc/callback") if s.oidc is not None else None
-        self.sessions = Sessions(store, s.secure, BASE, pending=anonymous)
+        self.sessions = Sessions(store, s.secure, BASE, self.parent_scopes, pending=anonymous)
+
+    async def parent_scopes(self, parent: str, role: str | None) -> frozenset[str] | None:
+        """What the credential a person signed in with holds now, or None when it is revoked, expired, gone or no
+        longer a way to sign in here: the cap on every grant and browser session made with it."""
+        if await self.tree.revoked_any((parent,)):
+            return None
+        if parent.startswith("oidc-"):
+            return held_scopes(self.settings.offered, self.settings.ceiling(role)) if self.oidc else None
+        live = self.registry.live(parent) if self.registry is not None else None
+        if live is None or live.kind not in self.settings.sign_in:
+            return None
+        return live.scopes
 
     async def close(self) -> None:
         if self.store is not None and self.documents is not None:
@@ -173,7 +191,8 @@ class OAuthServer:
     def _tokens(self, grant: Grant, scopes: tuple[str, ...], refresh_token: str) -> web.Response:
         s = self.settings
         claims = access_claims(grant, scopes, issuer=s.issuer, audience=s.resource, now=now(), ttl=s.access_ttl)
-        body = {"access_token": s.keys.sign(claims), "token_type": "Bearer", "expires_in": s.access_ttl,
+        body = {"access_token": s.keys.sign(claims), "token_type": "Bearer",
+                "expires_in": claims["exp"] - claims["iat"],
                 "refresh_token": refresh_token, "scope": " ".join(scopes)}
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=NO_STORE)
 
@@ -200,10 +219,7 @@ class OAuthServer:
         try:
             pending = await self.grants.take_code(code)
         except Replayed as exc:
-            log.warning("authorization code replayed; its grant is revoked", extra={"client_id": client_id})
-            self.evidence.record("token", "deny", "code replayed: grant revoked", client_id=client_id,
-                                 credential_id="sgo_" + str(exc))
-            return oauth_error("invalid_grant", "code already used")
+            return self._replayed("authorization code", client_id, str(exc))
         if pending is None:
             return oauth_error("invalid_grant", "unknown or expired code")
         # The code is consumed whatever happens next: a wrong verifier burns it, so it cannot be guessed at.
@@ -214,38 +230,68 @@ class OAuthServer:
         if not pkce_matches(params.get("code_verifier"), pending.code_challenge):
             self.evidence.record("token", "deny", "PKCE verification failed", client_id=client_id)
             return oauth_error("invalid_grant", "PKCE verification failed")
-        refresh_token = await self.grants.start(pending.grant)
-        log.info("OAuth grant issued", extra={"credential_id": pending.grant.credential_id, "client_id": client_id})
         grant = pending.grant
+        held = await self.parent_scopes(grant.parent, grant.role)
+        if held is None:
+            return oauth_error("invalid_grant", "the credential this was consented with is no longer valid")
+        try:
+            refresh_token = await self.grants.start(grant)
+        except Replayed as exc:
+            return self._replayed("authorization code", client_id, str(exc))
+        except TooManyGrants:
+            return oauth_error("invalid_grant", "this person holds as many app grants as allowed; revoke one first")
+        client = await self.clients.find(client_id, self.settings.metadata())
+        if client is not None:
+            await self.clients.keep(client)  # a registration that became a grant outlives the anonymous space
+        log.info("OAuth grant issued", extra={"credential_id": grant.credential_id, "client_id": client_id})
         self.evidence.record("token", "allow", "authorization_code", client_id=client_id, subject=grant.subject,
                              credential_id=grant.credential_id, label=grant.client_name)
-        return self._tokens(pending.grant, pending.grant.scopes, refresh_token)
+        return self._tokens(grant, tuple(s for s in grant.scopes if s in held), refresh_token)
+
+    def _replayed(self, what: str, client_id: str, grant_id: str) -> web.Response:
+        log.warning("%s replayed; its grant is revoked", what,
+                    extra={"credential_id": "sgo_" + grant_id, "client_id": client_id})
+        self.evidence.record("token", "deny", f"{what} replayed: grant revoked", client_id=client_id,
+                             credential_id="sgo_" + grant_id)
+        return oauth_error("invalid_grant", f"{what} already used")
 
     async def _refresh(self, params: dict[str, str], client_id: str) -> web.Response:
+        """Everything is checked before the refresh token is consumed (a refused request leaves it usable); then it
+        is replaced in one atomic step, so of two presenters of the same token one wins and the other is a replay."""
         token = params.get("refresh_token")
         if not token or len(token) > 100:
             return oauth_error("invalid_request", "refresh_token is required")
-        try:
-            rotated = await self.grants.rotate(token)
-        except Replayed as exc:
-            log.warning("refresh token replayed; the whole family is revoked",
-                        extra={"credential_id": "sgo_" + str(exc), "client_id": client_id})
-            self.evidence.record("token", "deny", "refresh token replayed: grant revoked", client_id=client_id,
-                                 credential_id="sgo_" + str(exc))
-            return oauth_error("invalid_grant", "refresh token already used")
-        if rotated is None:
+        found = await self.grants.presented(token)
+        if found is None:
             return oauth_error("invalid_grant", "unknown, expired or revoked refresh token")
-        grant, next_token = rotated
+        grant, which = found
+        if which == "previous":
+            await self.grants.revoke(grant.grant_id, by="token endpoint", reason="refresh token replayed")
+            return self._replayed("refresh token", client_id, grant.grant_id)
         if grant.client_id != client_id:
-            await self.grants.revoke(grant.grant_id)  # a stolen refresh token in the wrong hands: end the family
+            # a stolen refresh token in the wrong hands: end the family
+            await self.grants.revoke(grant.grant_id, by="token endpoint", reason="refresh token of another client")
+            self.evidence.record("token", "deny", "refresh token of another client: grant revoked",
+                                 client_id=client_id, credential_id=grant.credential_id)
             return oauth_error("invalid_grant", "refresh token was issued to another client")
+        held = await self.parent_scopes(grant.parent, grant.role)
+        if held is None or await self.tree.revoked_any((grant.credential_id,)) or grant.expires <= now():
+            self.evidence.record("token", "deny", "refresh: grant or its parent ended", client_id=client_id,
+                                 subject=grant.subject, credential_id=grant.credential_id, label=grant.client_name)
+            return oauth_error("invalid_grant", "unknown, expired or revoked refresh token")
         scopes = grant.scopes
         if params.get("scope") is not None:
             asked = tuple(dict.fromkeys(params["scope"].split()))
             if not set(asked) <= set(grant.scopes):
                 return oauth_error("invalid_scope", "a refresh can only narrow the granted scopes")
             scopes = asked
-        return self._tokens(grant, scopes, next_token)
+        try:
+            next_token = await self.grants.rotate(grant, token)
+        except Replayed:
+            return self._replayed("refresh token", client_id, grant.grant_id)
+        self.evidence.record("token", "allow", "refresh_token", client_id=client_id, subject=grant.subject,
+                             credential_id=grant.credential_id, label=grant.client_name)
+        return self._tokens(grant, tuple(s for s in scopes if s in held), next_token)
 
     async def register(self, request: web.Request) -> web.Response:
         if request.content_type != "application/json" or (request.content_length or 0) > MAX_FORM:
@@ -278,7 +324,7 @@ class OAuthServer:
         if grant_id is not None:
             grant = await self.grants.find(grant_id)
             if grant is not None and (client_id is None or client_id == grant.client_id):
-                await self.grants.revoke(grant_id)
+                await self.grants.revoke(grant_id, by=f"client {grant.client_id} (RFC 7009)", reason="app signed out")
                 self.evidence.record("revoke", "allow", "RFC 7009: grant revoked", client_id=grant.client_id,
                                      subject=grant.subject, credential_id=grant.credential_id,
                                      label=grant.client_name)
@@ -286,9 +332,8 @@ class OAuthServer:
 
     async def _grant_of(self, token: str) -> str | None:
         if token.startswith("sgr_"):
-            from proxy.identity.oauth.grants import KEY, digest
-
-            return await self.grants.store.get(KEY + "refresh:" + digest(token))
+            found = await self.grants.presented(token)  # the token itself must be one of the family's
+            return found[0].grant_id if found is not None else None
         if token.count(".") == 2:
             import jwt
 

@@ -74,6 +74,7 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         metadata_documents=oauth.client_id_metadata_documents, oidc=oidc,
         roles=tuple((role, tuple(scopes)) for role, scopes in policy.roles.items()),
         access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
+        grant_lifetime=oauth.grant_lifetime_seconds, grants_per_person=oauth.max_grants_per_person,
     )
 
 
