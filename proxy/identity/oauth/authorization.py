@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.identity.oauth.clients import Client
+from proxy.identity.oauth.uris import UriRefused, parse_redirect_uri
 from proxy.identity.principal import matches_any
 
 VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -59,6 +60,11 @@ def check_authorization(params: Mapping[str, list[str]], client: Client | None, 
         redirect_uri = client.redirect_uris[0]
     if redirect_uri not in client.redirect_uris:  # exact string match, no normalisation (OAuth 2.1 §4.1.1)
         raise ShowError("redirect_uri does not match any URI registered for this client")
+    try:
+        parse_redirect_uri(redirect_uri)  # registered before today's rules (a store outlives an upgrade)
+    except UriRefused as exc:
+        raise ShowError(f"this client's redirect URI is no longer accepted (a redirect URI {exc}): "
+                        "the client must register again") from None
     try:
         state = single(params, "state")
         checked = {name: single(params, name) for name in
