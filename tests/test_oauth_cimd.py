@@ -129,6 +129,17 @@ async def test_sdk_client_with_a_metadata_document_url(mode: str, oauth_proxy: A
     assert documents.requests == [("/client.json", None)]
 
 
+async def test_metadata_document_client_errors_stay_on_our_page(oauth_proxy: Any, documents: DocumentServer,
+                                                                loopback_allowed: Any) -> None:
+    """A metadata document is the client's own word, not the organisation's: like a self-registered client, its
+    /authorize errors are shown on scopegate's page, never redirected to the URI the document names."""
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient(timeout=30) as http:
+        page = await http.get(authorization_url(proxy, documents.base + "/client.json", pkce()[1], response_type="x"))
+    assert page.status_code == 400 and "location" not in page.headers
+    assert "(unsupported_response_type)" in page.text and "nothing was sent back to it" in page.text
+
+
 async def test_cached_for_a_day_then_revalidated_with_if_none_match(oauth_proxy: Any, documents: DocumentServer,
                                                                     loopback_allowed: Any, monkeypatch: Any) -> None:
     proxy = await oauth_proxy.start()

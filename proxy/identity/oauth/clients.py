@@ -41,6 +41,10 @@ class Client:
     name: str
     redirect_uris: tuple[str, ...]
     source: str  # shown on the consent page: where this client's name and redirect URIs came from
+    # Vouched for by the organisation (the policy). Only such a client's /authorize errors are redirected to it
+    # without a person in the loop: anyone can register a client, so its redirect URI may be anyone's site
+    # (RFC 9700 §4.11.2). Never stored: a client read back from the store is one that registered itself.
+    preregistered: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps({"client_id": self.client_id, "name": self.name,
