@@ -332,10 +332,11 @@ async def test_pkce_is_required_and_checked(attack: str, oauth_proxy: Any) -> No
         verifier, challenge = pkce()
         if attack in ("missing", "plain"):
             extra = {"code_challenge_method": "plain"} if attack == "plain" else {}
-            back = await person.authorize(authorization_url(proxy, client_id, None if attack == "missing"
-                                                            else verifier, **extra))
-            query = parse_qs(urlsplit(back.headers["location"]).query)
-            assert back.status_code == 303 and query["error"] == ["invalid_request"] and "code" not in query
+            page = await http.get(authorization_url(proxy, client_id, None if attack == "missing" else verifier,
+                                                    **extra))
+            # A client that registered itself gets its error on our page, not by redirect (RFC 9700 §4.11.2).
+            assert page.status_code == 400 and "location" not in page.headers
+            assert "(invalid_request)" in page.text
             return
         code = await code_for(proxy, person, client_id, challenge)
         wrong = pkce()[0] if attack == "wrong verifier" else None
@@ -370,6 +371,94 @@ async def test_redirect_uri_must_match_exactly_and_errors_never_redirect_there(o
             assert answer.status_code == 400 and answer.json()["error"] == "invalid_redirect_uri"
 
 
+CLICKJACK = "https://host\\ https: ; frame-ancestors *;/cb"  # main registered it and wrote it into the CSP
+
+
+async def test_registration_refuses_redirect_uris_with_more_than_one_reading(oauth_proxy: Any, issue: Any,
+                                                                             tmp_path: Path) -> None:
+    """RFC 7591 end to end: each is refused with invalid_redirect_uri and nothing is registered. main registered
+    the first ones (and the CSP of their consent page carried `frame-ancestors *`), registered the CR/LF one (the
+    303 after Allow then could not be written and the code was lost), and answered 500 to the unclosed `[`."""
+    from proxy.config import ConfigError
+
+    proxy = await oauth_proxy.start()
+    hostile = [CLICKJACK, "https://host https: ; frame-ancestors *;/cb", "https://a.test;frame-ancestors=*/cb",
+               "https://a.test/cb\r\nSet-Cookie: x=1", "https://a.test/c\nb", "https://evil.test\\@good.test/cb",
+               "https://good.test@evil.test/cb", "https://a.test/c\x00b", "https://[::1/cb", "https://127.1/cb",
+               "http://0x7f.1/cb"]
+    async with httpx2.AsyncClient() as http:
+        for bad in hostile:
+            answer = await http.post(proxy.endpoint("register"), json={"client_name": "X", "redirect_uris": [bad]})
+            assert answer.status_code == 400, (bad, answer.text)
+            assert answer.json()["error"] == "invalid_redirect_uri"
+            assert answer.json()["error_description"].startswith("a redirect URI ")
+            both = await http.post(proxy.endpoint("register"), json={"redirect_uris": [REDIRECT, bad]})
+            assert both.status_code == 400  # one bad URI refuses the whole registration
+    # A pre-registered client's redirect URI goes through the same rules when the policy is loaded.
+    policy = oauth_policy(tmp_path, clients=[{"client_id": "desk", "client_name": "Desk",
+                                              "redirect_uris": [CLICKJACK]}])
+    config = Config(upstream=URL("http://127.0.0.1:9/mcp"), policy=policy, pat_file=issue.path,
+                    public_url=URL("http://127.0.0.1:9/mcp"), oauth_signing_keys=(str(tmp_path / "signing.pem"),))
+    with pytest.raises(ConfigError, match=r"oauth.clients.0.redirect_uris: a redirect URI must not contain a "
+                                          r"backslash"):
+        load_identity(config, {})
+
+
+async def test_stale_registration_with_a_hostile_redirect_uri_is_refused_at_authorize(oauth_proxy: Any,
+                                                                                      redis_server: Any) -> None:
+    """Registrations live in the store for 30 days and outlive an upgrade: one made under the old rules is not
+    served a consent page (whose CSP would be built from it), nor redirected to."""
+    from redis.asyncio import Redis
+
+    from proxy.identity.oauth.clients import CLIENT_KEY, Client
+
+    proxy = await oauth_proxy.start(redis_url=redis_server.url)
+    client_id = "sgc_" + secrets.token_hex(16)
+    redis = Redis.from_url(redis_server.url)
+    await redis.set(CLIENT_KEY + client_id, Client(client_id, "Framer", (CLICKJACK,), "registered itself (RFC 7591)")
+                    .to_json(), ex=600)
+    await redis.aclose()
+    _, challenge = pkce()
+    async with httpx2.AsyncClient() as http:
+        for extra in ({}, {"response_type": "x"}):
+            page = await http.get(authorization_url(proxy, client_id, challenge, redirect_uri=CLICKJACK, **extra))
+            assert page.status_code == 400 and "location" not in page.headers
+            assert "no longer accepted" in page.text and "must register again" in page.text
+            csp = page.headers["content-security-policy"]
+            assert "frame-ancestors 'none'" in csp and "form-action 'self';" in csp and "*" not in csp
+
+
+async def test_self_registered_clients_get_errors_on_our_page_preregistered_by_redirect(oauth_proxy: Any,
+                                                                                       tmp_path: Path) -> None:
+    """RFC 9700 §4.11.2: anyone can register `https://evil.example/...`; main then sent
+    /authorize?client_id=...&response_type=x there from scopegate's origin (an open redirector). A client the
+    organisation pre-registered keeps RFC 6749 §4.1.2.1 error redirects."""
+    policy = oauth_policy(tmp_path, clients=[{"client_id": "desk-assistant", "client_name": "Desk Assistant",
+                                              "redirect_uris": [REDIRECT]}])
+    proxy = await oauth_proxy.start(policy=policy)
+    evil = "https://evil.example/landing"  # never contacted: nothing follows the answers
+    async with httpx2.AsyncClient() as http:
+        client_id = await register(http, proxy, evil)
+        for extra in ({"response_type": "x"}, {"code_challenge": "-"}, {"code_challenge_method": "plain"},
+                      {"resource": "https://other.test/mcp"}, {"scope": "bad\\scope"}):
+            page = await http.get(authorization_url(proxy, client_id, pkce()[1], redirect_uri=evil, **extra))
+            assert page.status_code == 400 and "location" not in page.headers, (extra, page.headers)
+            assert "nothing was sent back to it" in page.text and "evil.example" not in page.text
+        repeated = f"{authorization_url(proxy, client_id, pkce()[1], redirect_uri=evil)}&state=again"
+        page = await http.get(repeated)
+        assert page.status_code == 400 and "location" not in page.headers and "more than once" in page.text
+
+        # The pre-registered client: the same mistake is sent back to it, with state and iss (RFC 9207).
+        back = await http.get(authorization_url(proxy, "desk-assistant", pkce()[1], response_type="x"))
+        assert back.status_code == 303 and back.headers["location"].startswith(REDIRECT + "?")
+        query = parse_qs(urlsplit(back.headers["location"]).query)
+        assert query["error"] == ["unsupported_response_type"] and query["state"] == ["st-1"]
+        assert query["iss"] == [proxy.issuer]
+        # And its happy path still ends at its redirect URI with a code.
+        code = await code_for(proxy, Person(oauth_proxy.tokens["writer"]), "desk-assistant", pkce()[1])
+        assert code
+
+
 async def test_code_is_single_use_and_replay_revokes_its_grant(oauth_proxy: Any) -> None:
     proxy = await oauth_proxy.start()
     async with httpx2.AsyncClient() as http:
@@ -393,9 +482,8 @@ async def test_code_of_another_client_and_resource_of_another_server_refused(oau
         code = await code_for(proxy, person, client_id, challenge)
         stolen = await exchange(http, proxy, thief, code, verifier)
         assert stolen.status_code == 400 and stolen.json()["error"] == "invalid_grant"
-        back = await person.authorize(authorization_url(proxy, client_id, challenge,
-                                                        resource="https://other.test/mcp"))
-        assert parse_qs(urlsplit(back.headers["location"]).query)["error"] == ["invalid_target"]
+        page = await http.get(authorization_url(proxy, client_id, challenge, resource="https://other.test/mcp"))
+        assert page.status_code == 400 and "location" not in page.headers and "(invalid_target)" in page.text
 
 
 async def test_token_for_another_audience_or_issuer_key_is_refused(oauth_proxy: Any) -> None:

@@ -6,6 +6,7 @@ on Connected apps and the client's next call is refused."""
 from __future__ import annotations
 
 import asyncio
+import html
 import shutil
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,97 @@ async def use_then_revoke(proxy: Any, auth: Any, mode: str, page: Any, recorder:
 
         await client.call_tool("list_accounts", {})  # refused: the redirect handler raises CutOff
         raise AssertionError("the call after the revocation went through")
+
+
+class Framer:
+    """Someone else's page on loopback: another port, so another origin but the same site, and the person's
+    `SameSite=Lax` session cookie goes along into its frames. It frames what it is given, invisibly in a real
+    attack (opacity 0 over a button of its own); visibly here."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.runner: web.AppRunner | None = None
+
+    async def start(self, targets: dict[str, str]) -> None:
+        """`targets`: frame name -> URL; the frame named `control` shows the framer's own page."""
+        targets = {"control": self.url + "own", **targets}
+        frames = "".join(f'<iframe name="{name}" src="{html.escape(url)}" width="900" height="700"></iframe>'
+                         for name, url in targets.items())
+
+        async def page(request: web.Request) -> web.Response:
+            return web.Response(text=f"<!doctype html><title>Win a prize</title>{frames}", content_type="text/html")
+
+        async def own(request: web.Request) -> web.Response:
+            return web.Response(text="<!doctype html><p>the framer's own page</p>", content_type="text/html")
+
+        app = web.Application()
+        app.router.add_get("/", page)
+        app.router.add_get("/own", own)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+
+async def test_consent_page_cannot_be_framed_through_a_hostile_redirect_uri(oauth_proxy: Any, browser: Any,
+                                                                             redis_server: Any) -> None:
+    """Issue 24 item 1, in Chromium. main registered this redirect URI and wrote its netloc raw into the consent
+    page's CSP: `form-action 'self' https://localhost\\ https: ; frame-ancestors *;` before its own
+    `frame-ancestors 'none'`. The first directive of a name wins (and then X-Frame-Options is ignored), so another
+    site framed the consent and one click on Allow sent the code away. Now the registration is refused; a record
+    made under the old rules (the store keeps it 30 days, across an upgrade) gets an error page that cannot be
+    framed; and an honest client's consent page cannot be framed either."""
+    from redis.asyncio import Redis
+
+    from proxy.identity.oauth.clients import CLIENT_KEY, Client
+
+    hostile = "https://localhost\\ https: ; frame-ancestors *;/cb"
+    proxy = await oauth_proxy.start(redis_url=redis_server.url)
+    callback = Callback()
+    await callback.start()
+    _, challenge = test_oauth.pkce()
+    async with httpx2.AsyncClient() as http:
+        refused = await http.post(proxy.endpoint("register"), json={"client_name": "Framer",
+                                                                    "redirect_uris": [hostile]})
+        assert refused.status_code == 400 and refused.json()["error"] == "invalid_redirect_uri"
+        honest = await test_oauth.register(http, proxy, callback.uri)
+    stale = "sgc_" + "f" * 32
+    redis = Redis.from_url(redis_server.url)
+    await redis.set(CLIENT_KEY + stale, Client(stale, "Framer", (hostile,), "registered itself (RFC 7591)")
+                    .to_json(), ex=600)
+    await redis.aclose()
+
+    def authorize(client_id: str, redirect_uri: str) -> str:
+        return test_oauth.authorization_url(proxy, client_id, challenge, redirect_uri=redirect_uri)
+
+    page = await browser.new_page()
+    try:
+        # The person is signed in to scopegate in this browser: the honest client's consent page shows.
+        await page.goto(authorize(honest, callback.uri))
+        await page.get_by_label("Your personal access token or admin key").fill(oauth_proxy.tokens["writer"])
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("button", name="Allow").wait_for()
+
+        framer = Framer()
+        await framer.start({"stale": authorize(stale, hostile), "honest": authorize(honest, callback.uri)})
+        try:
+            await page.goto(framer.url, wait_until="load")
+            control = page.frame(name="control")  # a frame that may load does load: the check below can see one
+            assert control is not None and await control.get_by_text("the framer's own page").count() == 1
+            for name in ("stale", "honest"):
+                frame = page.frame(name=name)
+                assert frame is not None
+                # Chromium replaces a frame its CSP forbids with its own error page: nothing of ours renders.
+                assert frame.url.startswith("chrome-error://"), (name, frame.url)
+                assert await frame.get_by_role("button", name="Allow").count() == 0
+        finally:
+            await framer.runner.cleanup()  # type: ignore[union-attr]
+        # What the frame would have shown: our error page for the stale record, refused before any consent.
+        shown = await page.goto(authorize(stale, hostile))
+        assert shown is not None and shown.status == 400
+        assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
+        assert "*" not in shown.headers["content-security-policy"]
+        assert await page.get_by_text("no longer accepted").count() == 1
+    finally:
+        await page.close()
+        await callback.runner.cleanup()  # type: ignore[union-attr]

@@ -129,6 +129,17 @@ async def test_sdk_client_with_a_metadata_document_url(mode: str, oauth_proxy: A
     assert documents.requests == [("/client.json", None)]
 
 
+async def test_metadata_document_client_errors_stay_on_our_page(oauth_proxy: Any, documents: DocumentServer,
+                                                                loopback_allowed: Any) -> None:
+    """A metadata document is the client's own word, not the organisation's: like a self-registered client, its
+    /authorize errors are shown on scopegate's page, never redirected to the URI the document names."""
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient(timeout=30) as http:
+        page = await http.get(authorization_url(proxy, documents.base + "/client.json", pkce()[1], response_type="x"))
+    assert page.status_code == 400 and "location" not in page.headers
+    assert "(unsupported_response_type)" in page.text and "nothing was sent back to it" in page.text
+
+
 async def test_cached_for_a_day_then_revalidated_with_if_none_match(oauth_proxy: Any, documents: DocumentServer,
                                                                     loopback_allowed: Any, monkeypatch: Any) -> None:
     proxy = await oauth_proxy.start()
@@ -155,7 +166,7 @@ async def test_cached_for_a_day_then_revalidated_with_if_none_match(oauth_proxy:
     ("https://localhost:{port}/client.json", "localhost resolves to 127.0.0.1, not a public address"),
     ("https://[::1]:{port}/client.json", "::1 is not a public address"),
     ("https://[::ffff:127.0.0.1]:{port}/client.json", "127.0.0.1 is not a public address"),  # IPv4-mapped
-    ("https://user:pw@localhost:{port}/client.json", "credentials or a fragment"),
+    ("https://user:pw@localhost:{port}/client.json", "must not carry user information"),
     ("https://localhost:{port}/", "a URL without a path"),
 ])
 async def test_ssrf_guard_refuses_before_connecting(client_id: str, reason: str, oauth_proxy: Any,
@@ -174,8 +185,53 @@ def test_non_public_addresses_refused(address: str) -> None:
     assert cimd.address_refused(address) is not None
 
 
+@pytest.mark.parametrize(("address", "reaches"), [
+    # 6to4 (2002::/16) carries its IPv4 address in bits 16-47; `is_global` judges the prefix and said public.
+    ("2002:a9fe:a9fe::1", "169.254.169.254"), ("2002:7f00:1::", "127.0.0.1"), ("2002:a00:1::", "10.0.0.1"),
+    ("2002:c0a8:101::", "192.168.1.1"), ("2002:6440:1::", "100.64.0.1"), ("2002::", "0.0.0.0"),
+    # Teredo (2001::/32): server in bits 32-63, client (inverted) in the last 32.
+    ("2001:0:a00:1::", "10.0.0.1"), ("2001:0:5db8:d70e::80ff:fffe", "127.0.0.1"),
+    # NAT64, RFC 6052 well-known prefix: the last 32 bits.
+    ("64:ff9b::a9fe:a9fe", "169.254.169.254"), ("64:ff9b::7f00:1", "127.0.0.1"), ("64:ff9b::c0a8:1", "192.168.0.1"),
+])
+def test_ipv6_carrying_a_non_public_ipv4_is_refused_by_what_it_reaches(address: str, reaches: str) -> None:
+    assert cimd.address_refused(address) == f"{address} (which reaches {reaches}) is not a public address"
+
+
+@pytest.mark.parametrize("address", [
+    "fec0::1", "fec0:0:0:ffff::1", "feff::1",  # deprecated site-local fec0::/10: `is_global` said public
+    "64:ff9b:1::a00:1", "64:ff9b:1:ffff::5db8:d822",  # local-use NAT64 (RFC 8215): where IPv4 sits is local choice
+    "::7f00:1", "::a9fe:a9fe",  # deprecated IPv4-compatible
+])
+def test_site_local_and_local_use_translation_prefixes_refused(address: str) -> None:
+    assert cimd.address_refused(address) == f"{address} is not a public address"
+
+
+@pytest.mark.parametrize(("host", "reads"), [
+    ("127.1", "127.0.0.1"), ("2130706433", "127.0.0.1"), ("0x7f.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"),
+    ("0177.0.0.1", "127.0.0.1"), ("017700000001", "127.0.0.1"), ("127.0.0.1.", "127.0.0.1"), ("10.1", "10.0.0.1"),
+    ("169.254.43518", "169.254.169.254"), ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"), ("0", "0.0.0.0"),
+    ("[::1]", "::1"), ("fe80::1%eth0", "fe80::1"),
+])
+def test_hosts_inet_aton_reads_as_addresses_are_checked_as_addresses(host: str, reads: str) -> None:
+    """main's `ip_address` took these for names; getaddrinfo and browsers read them as addresses."""
+    assert str(cimd.literal_address(host)) == reads
+    assert cimd.address_refused(host) == f"{reads} is not a public address"
+    assert cimd.url_refused(f"https://{host}/client.json") is not None  # and never fetched
+
+
+def test_names_stay_names_for_the_resolver() -> None:
+    for name in ("example.com", "app.example", "localhost", "xn--bcher-kva.example", "1.2.3.example"):
+        assert cimd.literal_address(name) is None
+        with pytest.raises(ValueError):
+            cimd.address_refused(name)
+        assert cimd.url_refused(f"https://{name}/client.json") is None  # checked when it resolves
+
+
 def test_public_addresses_allowed() -> None:
-    assert cimd.address_refused("93.184.215.14") is None and cimd.address_refused("2606:4700::1111") is None
+    for address in ("93.184.215.14", "2606:4700::1111", "2002:5db8:d70e::1", "::ffff:93.184.215.14",
+                    "1.1.1.1", "2a00:1450:4001::1"):
+        assert cimd.address_refused(address) is None, address
 
 
 @pytest.mark.parametrize(("path", "reason"), [

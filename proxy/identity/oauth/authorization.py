@@ -1,7 +1,9 @@
 """Pure checks of what a client sends to /authorize and /token, and of what a user may grant on the consent page.
 
 Before the client and its redirect URI are known to be right, an error is shown on our own page and never sent to
-the redirect URI (OAuth 2.1 §4.1.2.1: no open redirector). After that, errors go back to the client by redirect.
+the redirect URI (OAuth 2.1 §4.1.2.1: no open redirector). After that, errors go back by redirect only to a client
+the organisation pre-registered; a client that registered itself (RFC 7591 or a metadata document) chose its own
+redirect URI, so its errors are shown on our page too (RFC 9700 §4.11.2).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from proxy.identity.oauth.clients import Client
+from proxy.identity.oauth.uris import UriRefused, parse_redirect_uri
 from proxy.identity.principal import matches_any
 
 VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
@@ -60,14 +63,27 @@ def check_authorization(params: Mapping[str, list[str]], client: Client | None, 
     if redirect_uri not in client.redirect_uris:  # exact string match, no normalisation (OAuth 2.1 §4.1.1)
         raise ShowError("redirect_uri does not match any URI registered for this client")
     try:
+        parse_redirect_uri(redirect_uri)  # registered before today's rules (a store outlives an upgrade)
+    except UriRefused as exc:
+        raise ShowError(f"this client's redirect URI is no longer accepted (a redirect URI {exc}): "
+                        "the client must register again") from None
+    state: str | None = None
+    trusted = client.preregistered
+
+    def fail(error: str, description: str) -> RedirectError | ShowError:
+        if trusted:
+            return RedirectError(error, description, redirect_uri, state)
+        # Anyone can register a client with anyone's site as its redirect URI: an automatic redirect there would
+        # make scopegate's origin an open redirector (RFC 9700 §4.11.2). The person reads the error here instead.
+        return ShowError(f"{description} ({error}). The app that sent you here asked for something this server "
+                         "does not allow; nothing was sent back to it.")
+
+    try:
         state = single(params, "state")
         checked = {name: single(params, name) for name in
                    ("response_type", "code_challenge", "code_challenge_method", "resource", "scope")}
     except ShowError as exc:
-        raise RedirectError("invalid_request", str(exc), redirect_uri, None) from None
-
-    def fail(error: str, description: str) -> RedirectError:
-        return RedirectError(error, description, redirect_uri, state)
+        raise fail("invalid_request", str(exc)) from None
 
     if checked["response_type"] != "code":
         raise fail("unsupported_response_type", "only response_type=code is supported")

@@ -30,6 +30,7 @@ from proxy.identity.oauth.oidc import COOKIE as OIDC_COOKIE
 from proxy.identity.oauth.oidc import SignInFailed
 from proxy.identity.oauth.pages import render, stylesheet
 from proxy.identity.oauth.sessions import Session
+from proxy.identity.oauth.uris import UriRefused, parse_redirect_uri
 from proxy.identity.pats import looks_like_pat
 from proxy.identity.principal import Principal
 from proxy.store import StoreUnavailable
@@ -195,11 +196,15 @@ class Pages:
                 "projects": list(session.projects or ()), "workspaces": None}
 
     def consent_page(self, req: AuthorizationRequest, request_id: str, session: Session) -> web.Response:
+        try:
+            target = parse_redirect_uri(req.redirect_uri)  # checked at /authorize; the CSP needs its parts
+        except UriRefused as exc:
+            return self.error(f"This app's redirect URI is not accepted (a redirect URI {exc}).")
         return self.page(
             "consent.html", client=req.client, redirect_uri=req.redirect_uri, request_id=request_id,
             subject=session.subject, csrf=session.csrf,
             toggles=self.server.consent_toggles(req.scopes, session.scopes),
-            workspaces=self.workspace_choice(session), form_target=req.redirect_uri,
+            workspaces=self.workspace_choice(session), form_target=target,
         )
 
     async def consent_get(self, request: web.Request) -> web.StreamResponse:

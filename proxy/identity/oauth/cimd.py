@@ -1,10 +1,13 @@
 """Client ID Metadata Documents: a `client_id` that is an HTTPS URL names the JSON document describing the client.
 
 Fetching a URL an anonymous client chose is a server-side request forgery waiting to happen, so:
-- only `https://` URLs with a host and a path, no credentials, no fragment; the same for every redirect (at most 3);
+- only `https://` URLs with a host and a path, no credentials, no fragment, parsed strictly (uris.py: one reading,
+  the same as aiohttp's); the same for every redirect (at most 3);
 - every address the host resolves to must be globally routable: no private, loopback, link-local (cloud metadata
-  lives there), shared, multicast or reserved address. An IP-literal host is checked before anything else; a name is
-  checked inside the connector's resolver, so the address checked is the address connected to (no DNS rebinding
+  lives there), shared, multicast, reserved or site-local address, nor an IPv6 address that carries such an IPv4
+  address to a translator or tunnel (IPv4-mapped, 6to4, Teredo, NAT64; the local-use NAT64 prefix entirely). An
+  IP-literal host, also one only `inet_aton` reads as an address (`127.1`), is checked before anything else; a name
+  is checked inside the connector's resolver, so the address checked is the address connected to (no DNS rebinding
   between check and use), and no DNS cache is kept;
 - 5 s for the whole fetch, 256 KiB at most, `application/json`, no cookies, no proxy from the environment;
 - the document must be an object whose `client_id` is exactly the URL, with valid RFC 7591 metadata, redirect URIs
@@ -23,15 +26,16 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from proxy.identity.oauth.clients import Client, RegistrationRefused, check_metadata
+from proxy.identity.oauth.uris import UriRefused, parse_uri
 from proxy.store import Store
 
 log = logging.getLogger("scopegate.oauth")
@@ -62,30 +66,83 @@ TESTING: Testing | None = None
 _now = time.time  # the cache's clock (tests move it forward)
 
 
+def literal_address(host: str) -> IPv4Address | IPv6Address | None:
+    """The address a host names literally, read as leniently as anything that might connect to it does, or None
+    for a name. `socket.inet_aton` (and so getaddrinfo, and browsers) read `127.1`, `2130706433`, `0x7f.1` and
+    `0177.0.0.1` as IPv4 addresses that `ip_address` does not: each is an address here, so it is checked."""
+    text = host.strip("[]").split("%", 1)[0]
+    try:
+        return ip_address(text)
+    except ValueError:
+        pass
+    if not text or ":" in text:
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(text.removesuffix(".")))
+    except (OSError, ValueError):
+        return None
+
+
+NAT64_WELL_KNOWN = IPv6Network("64:ff9b::/96")  # RFC 6052: the IPv4 address is the last 32 bits
+NAT64_LOCAL_USE = IPv6Network("64:ff9b:1::/48")  # RFC 8215: where the IPv4 address sits is the operator's choice
+SITE_LOCAL = IPv6Network("fec0::/10")  # deprecated (RFC 3879), still routed inside some networks
+
+
+def embedded_ipv4(address: IPv6Address) -> tuple[IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address carries to a translator or tunnel, which may deliver to them."""
+    found: list[IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:  # 2002::/16
+        found.append(address.sixtofour)
+    if address.teredo is not None:  # 2001::/32: (server, client)
+        found.extend(address.teredo)
+    if address in NAT64_WELL_KNOWN:
+        found.append(IPv4Address(int(address) & 0xFFFFFFFF))
+    return tuple(found)
+
+
+def _not_public(address: IPv4Address | IPv6Address) -> bool:
+    return not address.is_global or address.is_multicast or address.is_reserved
+
+
 def address_refused(host: str) -> str | None:
-    """None when `host` (an IP address) is one we may connect to, else why not."""
-    address = ip_address(host.split("%", 1)[0])
+    """None when `host` (an IP address, also as inet_aton reads one) is one we may connect to, else why not.
+    ValueError when `host` is a name (checked where it resolves)."""
+    address = literal_address(host)
+    if address is None:
+        raise ValueError(f"{host!r} is not an IP address")
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     if TESTING is not None and any(address in net for net in TESTING.allowed):
         return None
-    if not address.is_global or address.is_multicast or address.is_reserved:
+    if isinstance(address, IPv6Address):
+        # `is_global` judges the IPv6 prefix, not the IPv4 address a 6to4 relay, a Teredo server or a NAT64
+        # gateway delivers to: 2002:a9fe:a9fe:: is "global" and reaches 169.254.169.254.
+        for inner in embedded_ipv4(address):
+            if _not_public(inner):
+                return f"{address} (which reaches {inner}) is not a public address"
+        if address in NAT64_LOCAL_USE or address in SITE_LOCAL:
+            return f"{address} is not a public address"
+    if _not_public(address):
         return f"{address} is not a public address"
     return None
 
 
 def url_refused(url: str, *, need_path: bool = True) -> str | None:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        return "not an https:// URL"
-    if parts.username is not None or parts.password is not None or parts.fragment:
-        return "a URL with credentials or a fragment"
-    if need_path and parts.path in ("", "/"):
-        return "a URL without a path"
+    """None for a URL we may fetch a document from (its host is checked again where it resolves), else why not.
+    Parsed strictly (uris.py), so the host checked here is the host aiohttp connects to."""
     try:
-        return address_refused(parts.hostname)
-    except ValueError:
+        uri = parse_uri(url)
+    except UriRefused as exc:
+        return f"not a URL with one reading: it {exc}"
+    if uri.scheme != "https" or uri.host is None:
+        return "not an https:// URL"
+    if need_path and uri.path in ("", "/"):
+        return "a URL without a path"
+    if uri.address is None:
         return None  # a name: checked when it resolves
+    return address_refused(str(uri.address))
 
 
 class GuardedResolver(AbstractResolver):
@@ -139,8 +196,7 @@ def client_from_document(url: str, body: bytes, server_metadata: dict[str, Any])
         name, uris = check_metadata(document, server_metadata)
     except RegistrationRefused as exc:
         raise DocumentRefused(f"the client's metadata document: {exc.description}") from None
-    host = urlsplit(url).hostname
-    return Client(url, name, uris, f"a metadata document published at {host} ({url})")
+    return Client(url, name, uris, f"a metadata document published at {parse_uri(url).host} ({url})")
 
 
 class MetadataDocuments:

@@ -5,22 +5,21 @@ so every replica knows them), and, later, Client ID Metadata Documents. Every cl
 S256 is what binds a code to the client that asked for it, so a registration that asks for a secret method is
 registered as `none` (RFC 7591 §3.2.1 lets the server say so in its answer).
 
-Registration metadata is validated with Authlib's RFC 7591 claims (URIs, scope, grant and response types against
-our metadata), then with our own rules for redirect URIs (https, http on loopback only, or a native app's private
-scheme; never a fragment).
+Registration metadata is validated with our own rules for redirect URIs first (uris.py: RFC 3986 URIs whose parse
+is unambiguous; https, http on loopback only, or a native app's private scheme; never a fragment), then with
+Authlib's RFC 7591 claims (URIs, scope, grant and response types against our metadata).
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
 from proxy.durable import Durable
+from proxy.identity.oauth.uris import UriRefused, parse_redirect_uri
 from proxy.store import Store
 
 CLIENT_KEY = "scopegate:oauth-client:"  # a registration nobody has used yet: anonymous, brief, bounded
@@ -47,6 +46,10 @@ class Client:
     name: str
     redirect_uris: tuple[str, ...]
     source: str  # shown on the consent page: where this client's name and redirect URIs came from
+    # Vouched for by the organisation (the policy). Only such a client's /authorize errors are redirected to it
+    # without a person in the loop: anyone can register a client, so its redirect URI may be anyone's site
+    # (RFC 9700 §4.11.2). Never stored: a client read back from the store is one that registered itself.
+    preregistered: bool = False
 
     def to_json(self) -> bytes:
         return orjson.dumps({"client_id": self.client_id, "name": self.name,
@@ -58,29 +61,13 @@ class Client:
         return cls(data["client_id"], data["name"], tuple(data["redirect_uris"]), data["source"])
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def redirect_uri_problem(uri: Any) -> str | None:
-    """None for an acceptable redirect URI, else why not (OAuth 2.1 §2.3.1, RFC 8252 for native apps)."""
-    if not isinstance(uri, str) or not uri or len(uri) > 2000:
-        return "a redirect URI must be a non-empty string"
-    parts = urlsplit(uri)
-    if parts.fragment or "#" in uri:
-        return "a redirect URI must not have a fragment"
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http":
-        return None if parts.hostname and _loopback(parts.hostname) else "http redirect URIs must be loopback"
-    if parts.scheme and "." in parts.scheme and parts.scheme not in ("javascript", "data", "file", "vbscript"):
-        return None  # a native app's private-use scheme, reverse-DNS style (RFC 8252 §7.1)
-    return f"redirect URI scheme {parts.scheme or '(none)'!r} is not allowed"
+    """None for an acceptable redirect URI, else why not (OAuth 2.1 §2.3.1, RFC 8252; the rules: uris.py)."""
+    try:
+        parse_redirect_uri(uri)
+    except UriRefused as exc:
+        return f"a redirect URI {exc}"
+    return None
 
 
 def check_metadata(body: Any, server_metadata: dict[str, Any]) -> tuple[str, tuple[str, ...]]:

@@ -46,7 +46,7 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
             if problem:
                 raise ConfigError(f"{config.policy}: oauth.clients.{index}.redirect_uris: {problem}")
         clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
-                              "pre-registered in this server's policy"))
+                              "pre-registered in this server's policy", preregistered=True))
     oidc = None
     if oauth.oidc is None and config.oidc_client_secret_file:
         raise ConfigError("SCOPEGATE_OIDC_CLIENT_SECRET_FILE is set but the policy has no oauth.oidc section")
