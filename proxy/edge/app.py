@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.config import Config, ConfigError
 from proxy.edge.cors import Cors
-from proxy.edge.errors import catch_all, scrub_aiohttp_logs
+from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
@@ -89,6 +89,7 @@ def audit_chain(config: Config) -> Chain:
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
+    answer_parser_errors()  # nor its own error answers
     app = web.Application(client_max_size=config.max_body_bytes)  # every handler wrapped in catch_all as added
     oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
     tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
