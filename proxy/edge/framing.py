@@ -148,8 +148,8 @@ def header_problem(method_said: list[str], name_said: list[str], frame: Frame) -
         return "Mcp-Name header names nothing in this request's body" if name_said else None
     params = message.get("params")
     named = params.get(member) if isinstance(params, dict) else None
-    if not name_said:
-        return f"Mcp-Name header is required with Mcp-Method {method}" if method_said else None
+    if not name_said:  # as the SDK's own check: required when the body names something (else it is malformed)
+        return f"Mcp-Name header is required with Mcp-Method {method}" if method_said and named is not None else None
     if decode_header(name_said[0]) != named:
         return f"Mcp-Name header does not match the request body's {member!r}"
     return None
