@@ -121,8 +121,11 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
+                # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
+                key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
-                                                           fetch_tools, session_evictions=metrics.session_evictions.inc)
+                                                           fetch_tools, session_evictions=metrics.session_evictions.inc,
+                                                           seal_key=key)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
@@ -130,7 +133,6 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
-                key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,

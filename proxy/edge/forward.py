@@ -443,7 +443,10 @@ class Forwarder:
         if media != JSON:
             raise Unreadable("content type")
         # Local answers exist only for batches: they join the upstream's reply, whatever its status.
-        return web.Response(status=status, body=relay_json(body, messages, answers), headers=headers)
+        relayed = relay_json(body, messages, answers)
+        if messages.exchange.tasks is not None:
+            await messages.settle()
+        return web.Response(status=status, body=relayed, headers=headers)
 
     def _unreadable(self, exchange: Exchange, exc: Exception) -> web.Response:
         """An answer where a list may travel that the proxy cannot check: refused, never relayed raw."""
