@@ -192,3 +192,29 @@ def test_sealed_ids_unseal_only_for_their_credential_and_session() -> None:
     assert ids.unseal("pat:a", "s1", "task-1") is None
     assert ids.unseal("pat:a", "s1", sealed[:-2] + "AA") is None
     assert TaskIds(b"j" * 32).unseal("pat:a", "s1", sealed) is None
+
+
+async def test_what_cannot_be_told_apart_is_not_recorded_and_client_task_ids_are_left_alone(tmp_path: Path) -> None:
+    """Two task-augmented calls under one id (a batch may try it): which tool made the task cannot be known, so
+    neither is recorded. The upstream's own `tasks/*` requests ask about the client's tasks: their ids stay."""
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    policy = load_policy(tmp_path / "policy.yaml")
+    live = LivePolicy(policy, Rules(policy))
+    store = MemoryStore()
+    upstream = UpstreamTasks(store, TaskIds(b"k" * 32))
+    guard = TaskGuard(store, upstream, ScopeGuard(live, Catalog(None)), None)
+    made = Exchange(request_id="r", session_id="s1", protocol_version="2025-03-26", upstream_headers=CIMultiDict(),
+                    principal=principal({"mcp:read", "mcp:write"}))
+    live.pin(made)
+    for tool in ("report", "rebuild_index"):
+        await guard(made, {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": tool, "arguments": {}, "task": {}}})
+    created = upstream.answer(made, "s1", {"jsonrpc": "2.0", "id": 1, "result": {"task": {"taskId": "u-1"}}},
+                              "tools/call")
+    assert created["result"]["task"]["taskId"].startswith(SEALED_PREFIX)
+    assert made.tasks is not None and made.tasks.created == []
+
+    asking = {"jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {"taskId": "client-task-1"}}
+    assert upstream.from_server(made, "s1", asking)["params"]["taskId"] == "client-task-1"
+    status = {"jsonrpc": "2.0", "method": STATUS, "params": {"taskId": "u-1", "status": "working"}}
+    assert upstream.from_server(made, "s1", status)["params"]["taskId"] == created["result"]["task"]["taskId"]
