@@ -54,6 +54,16 @@ class WorkspaceFact:
 
 
 @dataclass(slots=True)
+class TaskTraffic:
+    """The task guard's record of one request's traffic with the upstream's tasks, for the relay: which task-augmented
+    calls it forwarded (so a `CreateTaskResult` answering one is known to come from that tool) and the tasks those
+    answers created, which the relay records before the client sees their ids."""
+
+    calls: dict[tuple[str, Any], str] = field(default_factory=dict)  # (id type, id) of a task-augmented call -> tool
+    created: list[tuple[str, str]] = field(default_factory=list)  # (upstream task id, tool), not yet recorded
+
+
+@dataclass(slots=True)
 class Exchange:
     """One HTTP request through the proxy: what the steps read, and what they leave for later steps."""
 
@@ -71,6 +81,7 @@ class Exchange:
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
     client_capabilities: dict[str, Any] | None = None  # client capabilities guard: what `initialize` declared
+    tasks: TaskTraffic | None = None  # task guard: set only when this request touches the upstream's tasks
     upstream_status: int | None = None  # forwarder
     outcomes: list[Outcome] = field(default_factory=list)  # forwarder: one per message, audited after the request
 

@@ -74,7 +74,7 @@ def names(guards: tuple[Any, ...]) -> list[str]:
 def test_the_plans_of_the_real_pipeline(tmp_path: Path, pat_file: str) -> None:
     pipeline = real_pipeline(tmp_path, pat_file)
     plan = pipeline._by_method
-    assert names(plan["tools/call"]) == ["ScopeGuard", "WorkspaceGuard", "ConfirmGuard"]
+    assert names(plan["tools/call"]) == ["ScopeGuard", "WorkspaceGuard", "ConfirmGuard", "TaskGuard"]
     assert names(plan["initialize"]) == ["opening", "ClientCapabilities"]
     assert names(plan[None]) == ["ApprovalAnswers"]
     assert names(plan["tasks/get"]) == ["TaskGuard"]

@@ -16,7 +16,7 @@ from aiohttp import web
 from proxy.config import Config, ConfigError
 from proxy.durable import StateError, open_state
 from proxy.edge.cors import Cors
-from proxy.edge.errors import catch_all, scrub_aiohttp_logs
+from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
 from proxy.edge.forward import Forwarder
 from proxy.edge.tls import server_context
@@ -93,6 +93,7 @@ def audit_chain(config: Config) -> Chain:
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
+    answer_parser_errors()  # nor its own error answers
     app = web.Application(client_max_size=config.max_body_bytes)  # every handler wrapped in catch_all as added
     oauth = OAuthServer(identity.oauth, identity.registry) if identity.oauth is not None else None
     if oauth is not None:
@@ -137,9 +138,11 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                     return await app[FORWARDER].probe(exchange, message)
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
+                # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
+                key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools, session_evictions=metrics.session_evictions.inc,
-                                                           tree=tree)
+                                                           seal_key=key, tree=tree)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
@@ -147,7 +150,6 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
-                key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,

@@ -111,6 +111,8 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
             answer = messages.one(answer) if isinstance(answer, dict) else None  # checked like any other answer
         except (orjson.JSONDecodeError, Unreadable):
             answer = None
+        if exchange.tasks is not None:
+            await messages.settle()
         if not isinstance(answer, dict):
             # What the upstream said cannot travel as one SSE event unparsed: say so, in the call's own terms.
             forwarder.metrics.upstream_errors.labels("response").inc()

@@ -8,6 +8,10 @@ request data.
   request.
 - `scrub_aiohttp_logs` does the same for aiohttp's own loggers: a malformed request line or header (a token with a
   control character, a header past the size limit) makes aiohttp log an error whose text quotes the raw bytes.
+- `answer_parser_errors` does it for aiohttp's own answer to such a request: aiohttp writes the parser's message
+  as a text/plain 400, and that message quotes the start of the offending bytes (an `Authorization` header's token,
+  say) back to whoever is on the connection, and to every log and proxy on the way. Its answer is a JSON-RPC error
+  like every other refusal, built from the status alone.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
-from proxy.jsonrpc import INTERNAL_ERROR, rpc_error
+from proxy.jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, rpc_error
 
 log = logging.getLogger("scopegate.edge")
 
@@ -81,3 +86,35 @@ def scrub_aiohttp_logs() -> None:
         logger = logging.getLogger(name)
         if _SCRUB not in logger.filters:
             logger.addFilter(_SCRUB)
+
+
+_AIOHTTP_HANDLE_ERROR = web_protocol.RequestHandler.handle_error
+
+
+def parser_error_answer(status: int) -> web.Response:
+    """aiohttp's answer to a request it could not parse (or a failure outside every handler), from the status only:
+    nothing of the request's bytes is in it."""
+    if status >= 500:
+        answer = rpc_error(status, INTERNAL_ERROR, "internal error" if status != 504 else "request timed out")
+    elif status == 413:
+        answer = rpc_error(status, INVALID_REQUEST, "request too large")
+    elif status == 431:
+        answer = rpc_error(status, INVALID_REQUEST, "request header fields too large")
+    else:
+        answer = rpc_error(status, INVALID_REQUEST, "malformed HTTP request")
+    answer.force_close()  # as aiohttp does: the connection cannot be trusted to be in step any more
+    return answer
+
+
+def _handle_error(self: web_protocol.RequestHandler, request: Any, status: int = 500, exc: BaseException | None = None,
+                  message: str | None = None) -> web.StreamResponse:
+    # aiohttp's own first: it logs (scrubbed, above) and raises when a response has already started. Its text
+    # answer is dropped unread; `message` (the parser's words, quoting the request) is never used.
+    _AIOHTTP_HANDLE_ERROR(self, request, status, exc, None)
+    return parser_error_answer(status)
+
+
+def answer_parser_errors() -> None:
+    """Make aiohttp's own error answers JSON-RPC errors that echo nothing (process-wide, as its loggers are: aiohttp
+    builds them in its connection handler, outside any application, with no setting to choose another class)."""
+    web_protocol.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]

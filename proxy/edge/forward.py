@@ -25,10 +25,10 @@ from proxy.edge.budget import Budget
 from proxy.edge.converse import converse
 from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.event_ids import EventIds
-from proxy.edge.framing import FrameError, parse_body
+from proxy.edge.framing import HEADER_MISMATCH, FrameError, header_problem, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
-from proxy.edge.sse import event_data
+from proxy.edge.sse import BOM, event_data
 from proxy.edge.upstream_http import HeaderRefused, HeadTimeout, Pool, Response, UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
@@ -51,6 +51,11 @@ from proxy.store import StoreUnavailable
 log = logging.getLogger("scopegate.forward")
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def json_media(content_type: str | None) -> bool:
+    """Whether a POST's Content-Type is JSON (`application/json`, any parameters, any case)."""
+    return content_type is not None and content_type.partition(";")[0].strip().lower() == JSON
 
 
 def error_message(response: web.StreamResponse) -> str:
@@ -253,6 +258,14 @@ class Forwarder:
 
     async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | Outgoing:
         rid = exchange.request_id
+        headers = request.headers
+        content_type = headers.get("Content-Type")
+        if content_type != JSON:
+            if not json_media(content_type):
+                # MCP bodies are JSON: anything else is the client's mistake, said here (not an upstream failure).
+                self._refused(exchange, "invalid", "content type")
+                return rpc_error(415, INVALID_REQUEST, "Content-Type must be application/json", request_id=rid)
+            exchange.upstream_headers["Content-Type"] = JSON  # what goes upstream is JSON the proxy serialised
         limit = self.config.max_body_bytes
         try:
             if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
@@ -280,6 +293,12 @@ class Forwarder:
         except FrameError as exc:
             self._refused(exchange, "invalid", exc.message)
             return rpc_error(exc.http_status, exc.code, exc.message, msg_id=exc.msg_id, request_id=rid)
+        if "Mcp-Method" in headers or "Mcp-Name" in headers:  # 2026-07-28 routing headers: they must tell the truth
+            problem = header_problem(headers.getall("Mcp-Method", []), headers.getall("Mcp-Name", []), frame)
+            if problem is not None:
+                self._refused(exchange, "invalid", "header mismatch")
+                msg_id = None if frame.is_batch else frame.messages[0].get("id")
+                return rpc_error(400, HEADER_MISMATCH, problem, msg_id=msg_id, request_id=rid)
 
         answers: list[Message] = list(frame.answers)
         last_answer: Answer | None = None
@@ -424,7 +443,10 @@ class Forwarder:
         if media != JSON:
             raise Unreadable("content type")
         # Local answers exist only for batches: they join the upstream's reply, whatever its status.
-        return web.Response(status=status, body=relay_json(body, messages, answers), headers=headers)
+        relayed = relay_json(body, messages, answers)
+        if messages.exchange.tasks is not None:
+            await messages.settle()
+        return web.Response(status=status, body=relayed, headers=headers)
 
     def _unreadable(self, exchange: Exchange, exc: Exception) -> web.Response:
         """An answer where a list may travel that the proxy cannot check: refused, never relayed raw."""
@@ -516,7 +538,7 @@ class Forwarder:
         finally:
             if up is not None:
                 up.release()  # reused when it was read whole, else closed
-        for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        for event in body.removeprefix(BOM).replace(b"\r\n", b"\n").split(b"\n\n"):
             data = event_data(event)
             try:
                 found = orjson.loads(data) if data else None

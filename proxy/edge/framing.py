@@ -12,10 +12,14 @@ from typing import Any
 
 import orjson
 
+from proxy.guards.workspace import decode_header
 from proxy.jsonrpc import INVALID_REQUEST, PARSE_ERROR, Message, error
 
 # Protocol revisions in which a POST body may be a JSON-RPC array. An absent MCP-Protocol-Version means 2025-03-26.
 BATCH_VERSIONS = frozenset({"2025-03-26"})
+HEADER_MISMATCH = -32020  # 2026-07-28: a routing header that disagrees with the body
+# 2026-07-28 methods whose target is mirrored into `Mcp-Name`: method -> the params member it mirrors.
+NAMED_BY = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
 class FrameError(Exception):
@@ -123,3 +127,29 @@ def parse_body(body: bytes, *, max_depth: int, max_batch: int, protocol_version:
         msg_id = obj.get("id") if isinstance(obj, dict) and _valid_id(obj.get("id")) else None
         raise FrameError(INVALID_REQUEST, f"Invalid request: {problem}", msg_id=msg_id)
     return Frame(messages=[obj], is_batch=False)
+
+
+def header_problem(method_said: list[str], name_said: list[str], frame: Frame) -> str | None:
+    """Why the 2026-07-28 routing headers (`Mcp-Method`, `Mcp-Name`: every value of each) disagree with the body,
+    or None when they agree. Whatever routes or logs by these headers (a gateway, the upstream's own logs) must see
+    the call the proxy decided on, so a header naming another method or tool is refused, never forwarded. Absent
+    headers agree (clients of earlier revisions send none); with `Mcp-Method` present, a method that names a tool,
+    prompt or resource needs `Mcp-Name`, as the 2026-07-28 revision requires. Pure."""
+    if len(method_said) > 1 or len(name_said) > 1:
+        return "Mcp-Method and Mcp-Name may each be sent once"
+    if frame.is_batch:
+        return "Mcp-Method and Mcp-Name describe one message, not a batch"
+    message = frame.messages[0]
+    method = message.get("method")
+    if method_said and method_said[0] != method:
+        return "Mcp-Method header does not match the request body's method"
+    member = NAMED_BY.get(method) if isinstance(method, str) else None
+    if member is None:
+        return "Mcp-Name header names nothing in this request's body" if name_said else None
+    params = message.get("params")
+    named = params.get(member) if isinstance(params, dict) else None
+    if not name_said:  # as the SDK's own check: required when the body names something (else it is malformed)
+        return f"Mcp-Name header is required with Mcp-Method {method}" if method_said and named is not None else None
+    if decode_header(name_said[0]) != named:
+        return f"Mcp-Name header does not match the request body's {member!r}"
+    return None

@@ -57,8 +57,10 @@ class ServerMessages:
     def one(self, msg: Message) -> Message:
         for watch in self.pipeline.upstream_watches:
             watch(msg)
+        tasks = self.pipeline.tasks
         if "result" not in msg and "error" not in msg:
-            return msg  # a request or notification from the server: no result to filter
+            # a request or notification from the server: no result to filter; ids of the upstream's tasks sealed
+            return tasks.from_server(self.exchange, self.session, msg) if tasks is not None else msg
         method = None
         if "method" not in msg:
             try:
@@ -66,17 +68,26 @@ class ServerMessages:
             except TypeError:  # an unhashable id from a misbehaving upstream: answers nothing of ours
                 method = None
         try:
-            return self.pipeline.rewrite(self.exchange, msg, method)
+            msg = self.pipeline.rewrite(self.exchange, msg, method)
         except UnreadableList as exc:
             raise Unreadable(f"list not understood: {exc}") from None
+        if self.exchange.tasks is not None and tasks is not None:  # this request touched tasks: seal their ids
+            msg = tasks.answer(self.exchange, self.session, msg, method)
+        return msg
+
+    async def settle(self) -> None:
+        """Before what was just relayed leaves: the upstream tasks it created are recorded for their caller (so
+        the client's first `tasks/get` finds them). Called only when the request touched tasks."""
+        if self.pipeline.tasks is not None:
+            await self.pipeline.tasks.record(self.exchange, self.session)
 
     def plain(self, data: bytes) -> bytes | None:
         """`data` checked without parsing more than needed when it is plainly one response (`recognise_response`):
         its result goes to `Pipeline.rewrite_raw` (a list seen before is not parsed again) and the id is spliced
         back. A plain response announces nothing, so the watches need not see it. None: parse it whole (always for a
         small body: there the whole parse is the cheaper one)."""
-        if len(data) < PLAIN_MIN_BYTES:
-            return None
+        if len(data) < PLAIN_MIN_BYTES or self.exchange.tasks is not None:
+            return None  # (an answer about tasks is parsed whole: its task ids are sealed)
         found = recognise_response(data)
         if found is None:
             return None
@@ -155,6 +166,8 @@ async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, messag
     content = upstream.content
     while chunk := await content.readany():
         out, failure = _relay_chunk(chunk, splitter, messages, event_ids)
+        if messages.exchange.tasks is not None:
+            await messages.settle()
         if out:  # the events before a bad one still go: the stream ends at the bad one, not before
             await client.write(out)
         if failure is not None:
@@ -162,4 +175,7 @@ async def relay_sse(upstream: ClientResponse, client: web.StreamResponse, messag
         del chunk, out  # an idle stream waits in readany() for hours: it holds neither meanwhile
     last = splitter.finish()
     if last is not None:
-        await client.write(relay_event(last, messages, event_ids))
+        out = relay_event(last, messages, event_ids)
+        if messages.exchange.tasks is not None:
+            await messages.settle()
+        await client.write(out)

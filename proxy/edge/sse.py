@@ -3,6 +3,11 @@
 The splitter hands back each complete event as the exact bytes it arrived as (terminator included). `rebuild` makes
 the event the client gets: its data replaced by what the proxy checked, its id by the sealed one, and every other
 line (`event:`, `retry:`, comments, fields it does not know) kept in place.
+
+The splitter reads the stream as a client does: one UTF-8 byte-order mark at the very start of the stream is
+dropped (the SSE spec tells clients to ignore it, and they do), so the first event is the one the client will read.
+Left in place, it would hide the first line's field name (`\ufeffdata` is no `data` field to the proxy) while the
+client reads that line as data: an answer relayed unchecked.
 """
 
 from __future__ import annotations
@@ -13,20 +18,28 @@ from collections.abc import Iterator
 # An event ends at a blank line; the SSE spec allows CRLF, LF and CR line endings, mixed.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _LINE = re.compile(rb"\r\n|\r|\n")
+BOM = b"\xef\xbb\xbf"  # U+FEFF in UTF-8
 
 
 class EventSplitter:
     """Feed it chunks; it yields complete events. What is left at the end of the stream is returned by `rest`."""
 
-    __slots__ = ("_buf", "_max", "_scan_from")  # one per open stream
+    __slots__ = ("_buf", "_max", "_scan_from", "_started")  # one per open stream
 
     def __init__(self, max_event_bytes: int) -> None:
         self._buf = bytearray()
         self._scan_from = 0
         self._max = max_event_bytes
+        self._started = False  # whether the stream's first bytes (and a BOM among them) have been seen
 
     def feed(self, chunk: bytes) -> Iterator[bytes]:
         self._buf += chunk
+        if not self._started:
+            if len(self._buf) < len(BOM) and BOM.startswith(self._buf):
+                return  # maybe the start of a BOM split across chunks: wait for the rest
+            if self._buf.startswith(BOM):
+                del self._buf[: len(BOM)]
+            self._started = True
         while True:
             # A terminator may straddle chunks: rescan the last two bytes of what was already scanned.
             match = _EVENT_END.search(self._buf, max(self._scan_from - 3, 0))

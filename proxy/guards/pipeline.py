@@ -17,6 +17,7 @@ Upstream watches (below) see every parsed message the upstream sends, before the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -37,7 +38,7 @@ from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
-from proxy.guards.tasks import HeldTasks, TaskGuard
+from proxy.guards.tasks import HeldTasks, TaskGuard, TaskIds, UpstreamTasks
 from proxy.guards.workspace import WorkspaceGuard
 from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal
 from proxy.identity.lifecycle import Tree
@@ -100,6 +101,9 @@ class Pipeline:
     # task-augmented call, whichever guard answered it).
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
     live: LivePolicy | None = None  # the policy the guards decide by: pinned per request
+    # The upstream's task ids, sealed to their caller wherever the relay meets them (answers to requests that
+    # touched tasks, the upstream's own messages), and the tasks its answers create recorded before they are relayed.
+    tasks: UpstreamTasks | None = None
 
     _by_method: dict[str | None, tuple[Guard, ...]] = field(init=False, repr=False, compare=False)
     _every: tuple[Guard, ...] = field(init=False, repr=False, compare=False)
@@ -168,9 +172,11 @@ def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
 
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
-          session_evictions: Callable[[int], None] | None = None, tree: Tree | None = None) -> Pipeline:
-    """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped; `tree`:
-    the durable credential state (revocations), in memory when not given (tests of the pipeline alone)."""
+          session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
+          tree: Tree | None = None) -> Pipeline:
+    """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
+    `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
+    `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -183,6 +189,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
     lists = ListFilter(live)
+    scope = ScopeGuard(live, catalog)
+    tasks = UpstreamTasks(store, TaskIds(seal_key if seal_key is not None else os.urandom(32)))
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -195,14 +203,16 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             sessions.opening,  # no `initialize` opens an upstream session that the store could not bind
             clients,  # note what an `initialize` declares (can this client ask its person?)
             ApprovalAnswers(store),  # answers to the proxy's own approval questions: never the upstream's business
-            ScopeGuard(live, catalog),  # calls, reads, prompts: the policy's decision, or 403 (step-up)
+            scope,  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
             ConfirmGuard(live, store, upstream_call,
                          HumanApproval(store, clients, max_pending=config.max_pending_previews),
                          max_pending=config.max_pending_previews),
-            TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the proxy holds, for their owner
+            # tasks/*: the proxy's own tasks for their owner; the upstream's for the caller whose call made them (ids
+            # unsealed, the creating tool's scope), tasks/list reduced to the caller's own
+            TaskGuard(store, tasks, scope, upstream_call),
         ),
         response_hooks=(
             *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
@@ -218,4 +228,5 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         # A task-augmented call the proxy answers itself (a preview, any guard's refusal) gets a task it holds.
         answer_hook=HeldTasks(store, live),
         live=live,
+        tasks=tasks,
     )

@@ -139,3 +139,14 @@ class ScopeGuard:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
         return message
+
+    async def tool_decision(self, exchange: Exchange, name: str) -> Decision:
+        """The decision a call of tool `name` would get from this caller now (as `__call__` makes it, kept inline
+        there for the hot path). Raises CatalogUnavailable when it needs the upstream's hint and cannot have it."""
+        rules = self.live.of(exchange).rules
+        hint = None
+        if rules.policy.default == "annotations" and rules.outcome("tool", name) is None:
+            facts = await self.catalog.facts(name)
+            hint = facts.read_only if facts is not None else None
+        held = exchange.principal.scopes if exchange.principal is not None else frozenset()
+        return remembered(rules, held, "tool", name, hint)
