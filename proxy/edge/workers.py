@@ -33,7 +33,7 @@ from proxy.config import Config
 from proxy.store import Store
 
 WORKER_MARK = "_SCOPEGATE_WORKER"  # not a SCOPEGATE_ setting: set by the supervisor on the workers it starts
-READY = b"scopegate-worker-ready\n"  # a worker's first line on stdout, once it listens (never relayed)
+READY = b"scopegate-worker-ready\n"  # a worker's line on stdout once it listens (never relayed)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FIRST_PAUSE, LONGEST_PAUSE, HEALTHY_AFTER = 0.5, 30.0, 60.0
 STOP_WAIT = 10.0
@@ -65,14 +65,10 @@ class Supervisor:
             sys.executable, "-m", "proxy", *self.argv, env=env, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
 
     async def _relay(self, slot: int, proc: asyncio.subprocess.Process) -> None:
-        """A worker's stdout (its audit records) to ours, whole lines only; its first line says it listens."""
+        """A worker's stdout (its audit records) to ours, whole lines only; the READY line says it listens. That
+        line is not its first with the stdout audit sink: the genesis is written before the worker listens."""
         assert proc.stdout is not None
         out = sys.stdout.buffer
-        first = await proc.stdout.readline()
-        if first == READY:
-            self.ready.add(slot)
-        elif first:
-            out.write(first)
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -80,6 +76,9 @@ class Supervisor:
                 line = await proc.stdout.read(LINE_LIMIT)
             if not line:
                 return
+            if line == READY:
+                self.ready.add(slot)
+                continue
             out.write(line)
             out.flush()
 
