@@ -215,7 +215,7 @@ class FlakySink:
             raise OSError("disk full")
         self.lines.extend(line for _, line in lines)
 
-    async def last_checkpoint(self) -> None:
+    async def last_checkpoint(self, slot: int = 0) -> None:
         return None
 
     async def close(self) -> None:
@@ -268,3 +268,40 @@ async def test_records_written_equal_decisions_under_concurrent_load(start_proxy
     records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if "decision" in r]
     assert decisions == len(records) == 180
     assert not [r for r in records if "error" in r]  # 1e20 included: every record whole
+
+
+async def test_an_anchor_outside_the_trail_finds_a_rollback(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                            tmp_path: Path, signing_key: tuple[str, str]) -> None:
+    """SCOPEGATE_AUDIT_ANCHOR gets every seal once the trail holds it."""
+    trail, anchor = tmp_path / "audit.jsonl", tmp_path / "anchor.jsonl"
+    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}", audit_anchor=f"file:{anchor}",
+                            audit_signing_key_file=signing_key[0], audit_checkpoint_records=3)
+    for _ in range(4):
+        await call(url, "list_accounts", {"workspaceId": "acme"})
+    await flush(start_proxy)
+    older = trail.read_bytes()  # a copy taken now: whole by itself
+    for _ in range(4):
+        await call(url, "list_accounts", {"workspaceId": "acme"})
+    await start_proxy.runners.pop().cleanup()
+    seals = [orjson.loads(line) for line in anchor.read_bytes().splitlines()]
+    trail_seals = [r for r in map(orjson.loads, trail.read_bytes().splitlines()) if r.get("type")]
+    assert seals == trail_seals and seals[-1]["final"] is True and len(seals) >= 4
+    ok = cli("audit", "verify", str(trail), "--key", signing_key[1], "--anchor", str(anchor))
+    assert ok.returncode == 0 and "and what was kept outside it" in ok.stdout, ok.stdout
+    trail.write_bytes(older)  # rolled back
+    assert cli("audit", "verify", str(trail), "--key", signing_key[1]).returncode == 0  # alone, it cannot tell
+    done = cli("audit", "verify", str(trail), "--key", signing_key[1], "--anchor", str(anchor))
+    assert done.returncode == 1 and "but the anchor names its seq" in done.stdout, done.stdout
+
+
+def test_the_anchor_is_not_the_sink(tmp_path: Path) -> None:
+    from proxy.config import ConfigError, load
+
+    base = {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:9/mcp"}
+    for sink, anchor, says in (("stdout", "stdout", "the audit sink itself"),
+                               (f"file:{tmp_path}/a", f"file:{tmp_path}/a", "the audit sink itself"),
+                               ("stdout", "redis", "expected stdout or file:PATH"),
+                               ("stdout", f"file:{tmp_path}/missing/a", "no writable directory")):
+        with pytest.raises(ConfigError, match=says):
+            load({**base, "SCOPEGATE_AUDIT_SINK": sink, "SCOPEGATE_AUDIT_ANCHOR": anchor}, {})
+    assert load({**base, "SCOPEGATE_AUDIT_ANCHOR": f"file:{tmp_path}/a"}, {}).audit_anchor == f"file:{tmp_path}/a"

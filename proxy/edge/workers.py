@@ -12,7 +12,9 @@
   port (/metrics: the sum over workers; /healthz; /readyz: the upstream and Redis checks plus "every worker up").
   One scrape target with totals, and probes that ask the one process that knows whether its workers are up.
 - Audit: each worker keeps its own chain. On stdout the supervisor relays each worker's output a whole line at a
-  time, so two workers' records never interleave inside a line; a file sink appends one write per batch.
+  time, so two workers' records never interleave inside a line; a file sink appends one write per batch. Each slot
+  chains to its own predecessor: a worker started again names its slot's previous chain's last seal (the file and
+  Redis sinks find it by slot; on stdout the supervisor keeps each slot's last seal line and hands it over).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.ops.sinks import PREDECESSOR_ENV, SEAL_PREFIXES
 from proxy.store import Store
 
 WORKER_MARK = "_SCOPEGATE_WORKER"  # not a SCOPEGATE_ setting: set by the supervisor on the workers it starts
@@ -55,12 +58,15 @@ class Supervisor:
         self.metrics_dir = metrics_dir
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # slot -> running worker
         self.ready: set[int] = set()  # slots whose worker listens
+        self.seals: dict[int, bytes] = {}  # slot -> the last seal its worker wrote to stdout (for its successor)
         self.restarts = 0
         self.stopping = asyncio.Event()
         self._store: Store | None = None  # the ops listener's, for /readyz
 
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         env = {**os.environ, WORKER_MARK: str(slot)}
+        if slot in self.seals:
+            env[PREDECESSOR_ENV] = self.seals[slot].strip().decode()
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *self.argv, env=env, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
 
@@ -79,6 +85,8 @@ class Supervisor:
             if line == READY:
                 self.ready.add(slot)
                 continue
+            if line.startswith(SEAL_PREFIXES):  # one prefix test per line: seals are written first-key-first
+                self.seals[slot] = line
             out.write(line)
             out.flush()
 

@@ -28,7 +28,7 @@ from proxy.exchange import Exchange, Outcome
 from proxy.memo import remember
 from proxy.ops.metrics import Metrics
 from proxy.ops.sinks import Line, Sink
-from proxy.ops.trail import Chain
+from proxy.ops.trail import SEALS, Chain
 
 log = logging.getLogger("scopegate.audit")
 
@@ -152,14 +152,20 @@ class AuditWriter:
     """Takes finished exchanges on the request path (an append) and, in the background every `interval` seconds,
     builds their records, links them into this process's chain, seals it when a checkpoint is due and writes the
     lines. `start` writes the genesis and starts the heartbeat (a checkpoint every `chain.seconds` even when idle:
-    a chain that stops sealing was cut or its process died); `close` writes what is left and the final checkpoint."""
+    a chain that stops sealing was cut or its process died); `close` writes what is left and the final checkpoint.
+    `anchor`, when set, is a second sink that gets every seal once the trail has it: a head kept outside the trail's
+    reach (`scopegate audit verify --anchor`), against which a rolled-back trail or a cut newest chain shows."""
 
     RETRIES = (0.05, 0.25)  # seconds before each retry of a failed write, within one flush
     BUFFER = 100_000  # lines kept for a sink that is down; beyond that the oldest are given up (and counted)
 
+    ANCHOR_BUFFER = 1_000  # seals kept for an anchor that is down (only the newest of each chain matters)
+
     def __init__(self, sink: Sink, chain: Chain | None = None, metrics: Metrics | None = None,
-                 interval: float = 0.05, raw_arguments: bool = False) -> None:
+                 interval: float = 0.05, raw_arguments: bool = False, anchor: Sink | None = None) -> None:
         self.sink = sink
+        self.anchor = anchor
+        self._unanchored: list[Line] = []
         self.chain = chain or Chain(None)
         self.metrics = metrics or Metrics()
         self.interval = interval
@@ -172,7 +178,7 @@ class AuditWriter:
 
     async def start(self) -> None:
         process = {"host": socket.gethostname(), "pid": os.getpid(), "version": __version__}
-        genesis = self.chain.genesis(process, await self.sink.last_checkpoint(), timestamp(time.time()))
+        genesis = self.chain.genesis(process, await self.sink.last_checkpoint(self.chain.slot), timestamp(time.time()))
         async with self._lock:
             self._unwritten.append(("genesis", orjson.dumps(genesis)))
             await self._write()
@@ -248,7 +254,24 @@ class AuditWriter:
                     self.metrics.audit_records.labels(kind).inc(count)
             self._unwritten = []
             self.metrics.audit_pending.set(0)
+            if self.anchor is not None:
+                await self._anchor([line for line in lines if line[0] in SEALS])
             return
+
+    async def _anchor(self, seals: list[Line]) -> None:
+        """The seals the trail now holds, to the anchor too; kept for the next time when the anchor fails."""
+        self._unanchored.extend(seals)
+        if not self._unanchored or self.anchor is None:
+            return
+        try:
+            await self.anchor.write(self._unanchored)
+        except Exception as exc:  # the anchor's failure never holds up the trail
+            self.metrics.audit_anchor_failures.inc()
+            log.error("audit anchor failed (%s): %d seals kept for the next write", type(exc).__name__,
+                      len(self._unanchored), extra={"reason": str(exc)[:200]})
+            del self._unanchored[:-self.ANCHOR_BUFFER]
+            return
+        self._unanchored = []
 
     async def close(self) -> None:
         for task in (self._task, self._heartbeat):
@@ -256,3 +279,5 @@ class AuditWriter:
                 task.cancel()
         await self.flush(final=True)
         await self.sink.close()
+        if self.anchor is not None:
+            await self.anchor.close()

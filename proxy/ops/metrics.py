@@ -81,6 +81,9 @@ class Metrics:
                                      registry=r)
         self.audit_pending = Gauge("scopegate_audit_pending_records", "Audit records not yet written to the sink",
                                    registry=r, multiprocess_mode="livesum")
+        self.audit_anchor_failures = Counter("scopegate_audit_anchor_failures",
+                                             "Writes of seals to the audit anchor sink that failed (kept for the next)",
+                                             registry=r)
         Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
         PlatformCollector(registry=r)  # python_info
