@@ -99,7 +99,8 @@ class RedisStreamSink:
     """XADD to a Redis Stream (`MAXLEN ~`): the trail outlives the pod, and every replica writes its own chain.
     A batch is one MULTI/EXEC, so a retried batch is never half written twice. The last checkpoint of each process
     name (the pod's hostname, and the worker's slot) is kept beside the stream: a restarted container's genesis
-    names it."""
+    names it. The stream is trimmed past `maxlen` entries (the oldest go, and with them the proof of what followed):
+    `fill`, read with each seal written, says how near that is (scopegate_audit_stream_fill_ratio)."""
 
     KEY = "scopegate:audit"
     LAST = "scopegate:audit:last-checkpoint:"
@@ -110,6 +111,7 @@ class RedisStreamSink:
         self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.process = process
         self.maxlen = maxlen
+        self.fill: float | None = None  # the stream's length over maxlen, as of the last seal written
 
     async def write(self, lines: list[Line]) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -118,7 +120,10 @@ class RedisStreamSink:
         seals = [line for kind, line in lines if kind in SEALS]
         if seals:
             pipe.set(self.LAST + self.process, seals[-1])
-        await pipe.execute()
+            pipe.xlen(self.KEY)
+        done = await pipe.execute()
+        if seals:
+            self.fill = done[-1] / self.maxlen
 
     async def last_checkpoint(self, slot: int = 0) -> dict[str, Any] | None:
         from redis.exceptions import RedisError
