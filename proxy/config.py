@@ -130,6 +130,12 @@ def _audit_sink(name: str, value: str) -> str:
     return value
 
 
+def _audit_anchor(name: str, value: str) -> str:
+    if value != "stdout" and not value.startswith("file:"):
+        raise ConfigError(f"{name}: expected stdout or file:PATH, got {value!r}")
+    return _audit_sink(name, value)
+
+
 def _signing_key(name: str, value: str) -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -247,6 +253,9 @@ SETTINGS = (
     Setting("default_workspace", _text, "workspace injected when the credential has no bound or default one"),
     Setting("metrics_listen", _listen, "host:port for /metrics, /healthz and /readyz (default 127.0.0.1:9464)"),
     Setting("audit_sink", _audit_sink, "where audit records go: stdout (default), file:PATH, or redis (a Stream)"),
+    Setting("audit_anchor", _audit_anchor, "a second sink that gets every seal of the audit trail (stdout or "
+            "file:PATH, out of reach of whoever can write the trail): `scopegate audit verify --anchor` proves "
+            "against it that the trail was not rolled back or cut; unset: none"),
     Setting("audit_arguments", _bool, "true: audit records carry the raw tool arguments too (default false)"),
     Setting("workers", _workers, "serving processes on the one port (default 1; auto: the CPUs of the cgroup's "
             "quota); more than 1 needs SCOPEGATE_REDIS_URL"),
@@ -304,6 +313,7 @@ class Config:
     default_workspace: str | None = None
     metrics_listen: tuple[str, int] | None = ("127.0.0.1", 9464)
     audit_sink: str = "stdout"
+    audit_anchor: str | None = None
     audit_arguments: bool = False
     workers: int = 1
     audit_signing_key_file: str | None = None
@@ -353,6 +363,9 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
                           "credential state lives in Redis (unset one of them)")
     if values.get("audit_sink") == "redis" and "redis_url" not in values:
         raise ConfigError("SCOPEGATE_AUDIT_SINK=redis needs SCOPEGATE_REDIS_URL")
+    if "audit_anchor" in values and values["audit_anchor"] == values.get("audit_sink", "stdout"):
+        raise ConfigError("SCOPEGATE_AUDIT_ANCHOR: the anchor is the audit sink itself; it proves something only "
+                          "where the trail's writer cannot roll it back (another file, or stdout)")
     jwt_sources = [k for k in ("jwks_url", "jwt_public_key_file", "jwt_dev_hs256_secret") if k in values]
     if ("jwt_issuer" in values) != bool(jwt_sources) or len(jwt_sources) > 1:
         raise ConfigError("SCOPEGATE_JWT_ISSUER needs exactly one of SCOPEGATE_JWKS_URL, SCOPEGATE_JWT_PUBLIC_KEY_FILE "

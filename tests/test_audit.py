@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,7 @@ class FlakySink:
             raise OSError("disk full")
         self.lines.extend(line for _, line in lines)
 
-    async def last_checkpoint(self) -> None:
+    async def last_checkpoint(self, slot: int = 0) -> None:
         return None
 
     async def close(self) -> None:
@@ -268,3 +269,104 @@ async def test_records_written_equal_decisions_under_concurrent_load(start_proxy
     records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if "decision" in r]
     assert decisions == len(records) == 180
     assert not [r for r in records if "error" in r]  # 1e20 included: every record whole
+
+
+async def test_unauthenticated_refusals_past_the_rate_are_folded(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                                 redis_server: Any,
+                                                                 signing_key: tuple[str, str]) -> None:
+    """Anyone's requests without a credential cannot push the proof of others' calls out of the trimmed stream:
+    past 10 a second (bursts of 100) they are counted in a `folded` record, and the trail still verifies."""
+    from redis.asyncio import Redis
+
+    url = await start_proxy(upstream.url, redis_url=redis_server.url, audit_sink="redis",
+                            audit_signing_key_file=signing_key[0])
+    started = time.monotonic()
+    flood = [call(url, "list_accounts", {"workspaceId": "acme"}, token=None) for _ in range(400)]
+    await asyncio.gather(*flood, *(call(url, "list_accounts", {"workspaceId": "acme"}) for _ in range(20)))
+    elapsed = time.monotonic() - started
+    await start_proxy.runners.pop().cleanup()  # the final seal writes the folded record
+    redis = Redis.from_url(redis_server.url)
+    records = [orjson.loads(fields[b"record"]) for _, fields in await redis.xrange("scopegate:audit")]
+    await redis.aclose()
+    decisions = [r for r in records if "decision" in r]
+    alone = [r for r in decisions if r["decision"] == "unauthenticated"]
+    (folded,) = [r for r in decisions if r["decision"] == "folded"]
+    assert len(alone) <= 100 + 10 * elapsed + 1 and len(alone) + folded["count"] == 400, (len(alone), elapsed)
+    assert folded["refusals"] == {"unauthenticated: no bearer": folded["count"]} and folded["first"] <= folded["last"]
+    assert len([r for r in decisions if r["decision"] == "allow"]) == 20  # every authenticated call, one by one
+    done = cli("audit", "verify", "--redis", redis_server.url, "--key", signing_key[1])
+    assert done.returncode == 0 and f"ok: {len(records)} records in 1 chain" in done.stdout, done.stdout
+
+
+async def test_the_fold_bounds_what_a_flood_writes() -> None:
+    from proxy.exchange import Exchange, Outcome
+    from proxy.identity.principal import Principal
+    from proxy.ops.audit import AuditWriter
+    from proxy.ops.metrics import Metrics
+    from proxy.ops.trail import Chain, verify
+
+    key = Ed25519PrivateKey.generate()
+    metrics, sink = Metrics(), FlakySink(failures=0)
+    writer = AuditWriter(sink, Chain(key, every=1000), metrics)  # type: ignore[arg-type]
+    await writer.start()
+    for n in range(1000):
+        exchange = Exchange(request_id=f"r{n}", session_id=None, protocol_version=None,
+                            upstream_headers=CIMultiDict())
+        if n % 100 == 0:  # an authenticated refusal is never folded, nor is an allow without a credential
+            exchange.principal = Principal(subject="s", credential_id="c", label="l", kind="pat", scopes=frozenset())
+        exchange.outcomes.append(Outcome({"method": "POST"}, "unauthenticated" if n % 100 != 50 else "allow",
+                                         "no bearer" if n % 3 else "unknown"))
+        writer.add(exchange, 0.001)
+    await writer.close()
+    records = [orjson.loads(line) for line in sink.lines]
+    assert verify(records, key.public_key()).whole
+    (folded,) = [r for r in records if r.get("decision") == "folded"]
+    written = [r for r in records if r.get("decision") in ("unauthenticated", "allow")]
+    assert 120 <= len(written) <= 125 and len(written) + folded["count"] == 1000  # 100 burst, 10+10 never folded
+    assert sum(folded["refusals"].values()) == folded["count"] == metrics.audit_folded._value.get()
+    assert set(folded["refusals"]) == {"unauthenticated: no bearer", "unauthenticated: unknown"}
+
+
+async def test_an_anchor_outside_the_trail_finds_a_rollback(start_proxy: Any, upstream: Any, recorder: Recorder,
+                                                            tmp_path: Path, redis_server: Any,
+                                                            signing_key: tuple[str, str]) -> None:
+    """SCOPEGATE_AUDIT_ANCHOR gets every seal once the trail holds it; the Redis sink says how full its stream is."""
+    from proxy.edge.app import OPS_PORT
+    from tests.test_operations import scrape, value
+
+    trail, anchor = tmp_path / "audit.jsonl", tmp_path / "anchor.jsonl"
+    url = await start_proxy(upstream.url, audit_sink=f"file:{trail}", audit_anchor=f"file:{anchor}",
+                            audit_signing_key_file=signing_key[0], audit_checkpoint_records=3)
+    for _ in range(4):
+        await call(url, "list_accounts", {"workspaceId": "acme"})
+    await flush(start_proxy)
+    older = trail.read_bytes()  # a copy taken now: whole by itself
+    for _ in range(4):
+        await call(url, "list_accounts", {"workspaceId": "acme"})
+    await start_proxy.runners.pop().cleanup()
+    seals = [orjson.loads(line) for line in anchor.read_bytes().splitlines()]
+    trail_seals = [r for r in map(orjson.loads, trail.read_bytes().splitlines()) if r.get("type")]
+    assert seals == trail_seals and seals[-1]["final"] is True and len(seals) >= 4
+    ok = cli("audit", "verify", str(trail), "--key", signing_key[1], "--anchor", str(anchor))
+    assert ok.returncode == 0 and "and what was kept outside it" in ok.stdout, ok.stdout
+    trail.write_bytes(older)  # rolled back
+    assert cli("audit", "verify", str(trail), "--key", signing_key[1]).returncode == 0  # alone, it cannot tell
+    done = cli("audit", "verify", str(trail), "--key", signing_key[1], "--anchor", str(anchor))
+    assert done.returncode == 1 and "but the anchor names its seq" in done.stdout, done.stdout
+
+    url = await start_proxy(upstream.url, redis_url=redis_server.url, audit_sink="redis")
+    samples = await scrape(start_proxy.runners[-1].app[OPS_PORT])
+    assert value(samples, "scopegate_audit_stream_fill_ratio") == 1 / 1_000_000  # its genesis, the only entry
+
+
+def test_the_anchor_is_not_the_sink(tmp_path: Path) -> None:
+    from proxy.config import ConfigError, load
+
+    base = {"SCOPEGATE_UPSTREAM": "http://127.0.0.1:9/mcp"}
+    for sink, anchor, says in (("stdout", "stdout", "the audit sink itself"),
+                               (f"file:{tmp_path}/a", f"file:{tmp_path}/a", "the audit sink itself"),
+                               ("stdout", "redis", "expected stdout or file:PATH"),
+                               ("stdout", f"file:{tmp_path}/missing/a", "no writable directory")):
+        with pytest.raises(ConfigError, match=says):
+            load({**base, "SCOPEGATE_AUDIT_SINK": sink, "SCOPEGATE_AUDIT_ANCHOR": anchor}, {})
+    assert load({**base, "SCOPEGATE_AUDIT_ANCHOR": f"file:{tmp_path}/a"}, {}).audit_anchor == f"file:{tmp_path}/a"

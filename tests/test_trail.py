@@ -225,3 +225,132 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path) -> Non
     assert (tmp_path / "k.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     again = cli("audit", "keygen", str(tmp_path / "k"))  # never overwrites a key
     assert again.returncode != 0 and "Traceback" not in again.stderr and len(again.stderr.splitlines()) == 1
+
+
+# ---- what proves a chain deleted whole, and the newest records (a head kept outside the sink) ----
+
+def make_lineage(key: Ed25519PrivateKey, stamp: str = STAMP, final: bool = True) -> list[dict[str, Any]]:
+    """One slot's chains one after another (a process and its restarts): a, then b naming a, then c naming b;
+    each of 4 decisions, sealed every 3, closed (c left open unless `final`)."""
+    records: list[dict[str, Any]] = []
+    before = None
+    for name in ("a", "b", "c"):
+        chain = Chain(key, every=3, seconds=60, chain_id=name)
+        records.append(chain.genesis({"host": "pod"}, before, stamp))
+        for n in range(4):
+            records.append(chain.link({"time": stamp, "decision": "allow", "n": n}))
+            if chain.unsealed >= chain.every:
+                records.append(chain.checkpoint(stamp))
+        if name != "c" or final:
+            records.append(chain.checkpoint(stamp, final=True))
+        before = chain.last_checkpoint
+    return records
+
+
+def without(records: list[dict], chain: str) -> list[dict]:
+    return [r for r in records if r["chain"] != chain]
+
+
+@pytest.mark.parametrize(("gone", "names"), [("a", "record 1 (chain b, genesis)"), ("b", "(chain c, genesis)")],
+                         ids=["first_chain", "middle_chain"])
+def test_a_chain_deleted_whole_is_named(keys: tuple[Path, Ed25519PrivateKey], tmp_path: Path, gone: str,
+                                        names: str) -> None:
+    """Its successor's signed genesis names it: a missing predecessor is a problem, at the start or in the middle."""
+    public, key = keys
+    records = make_lineage(key)
+    assert verify(records, key.public_key(), now=THEN).whole
+    done = cli("audit", "verify", str(write(tmp_path / "t.jsonl", without(records, gone))), "--key", str(public))
+    assert done.returncode == 1, done.stdout
+    broken = [line for line in done.stdout.splitlines() if line.startswith("BROKEN")]
+    assert names in broken[0] and f"predecessor chain {gone} " in broken[0] and "deleted whole" in broken[0], broken
+
+
+def test_a_successor_of_a_chain_that_only_began_accounts_for_it(keys: tuple[Path, Ed25519PrivateKey]) -> None:
+    """A process that died before its first checkpoint: its genesis is its last seal, and its successor names it."""
+    _, key = keys
+    first = Chain(key, every=3, seconds=60, chain_id="short")
+    records = [first.genesis({"host": "pod"}, None, STAMP), first.link({"n": 1})]
+    successor = Chain(key, every=3, seconds=60, chain_id="next")
+    records += [successor.genesis({"host": "pod"}, first.last_checkpoint, STAMP), successor.checkpoint(STAMP, True)]
+    report = verify(records, key.public_key(), now=THEN + 3600)
+    assert report.whole and any("successor accounts for it up to seq 1" in n for n in report.notes), report
+
+
+def test_a_kept_head_finds_a_cut_newest_chain_and_a_rollback(keys: tuple[Path, Ed25519PrivateKey],
+                                                            tmp_path: Path) -> None:
+    public, key = keys
+    from proxy.ops.audit import timestamp
+
+    # Live: stamped now, so an older copy of the trail is itself whole (its newest records just unsealed).
+    records = make_lineage(key, stamp=timestamp(time.time()), final=False)
+    trail = write(tmp_path / "t.jsonl", records)
+    head = cli("audit", "head", str(trail), "--key", str(public))
+    assert head.returncode == 0 and head.stdout.count("\n") == 1, head.stdout + head.stderr
+    newest = records[-1]
+    assert head.stdout.strip() == f"c:{newest['seq']}:{newest['hash']}"  # a and b are vouched for by successors
+    kept = head.stdout.strip()
+    assert cli("audit", "verify", str(trail), "--key", str(public), "--expect", kept).returncode == 0
+
+    older = records[:-2]  # rolled back to a copy of a moment before (c then had 2 records fewer)
+    cut = without(records, "c")  # the newest chain deleted whole
+    for tampered, says in ((older, f"(chain c, seq {newest['seq'] - 2}): the chain ends here, but the kept head "
+                                   f"names its seq {newest['seq']}"),
+                           (cut, "the kept head names chain c at seq")):
+        copy = write(tmp_path / "tampered.jsonl", tampered)
+        alone = cli("audit", "verify", str(copy), "--key", str(public))
+        assert alone.returncode == 0 and "proved only against a head kept outside the sink" in alone.stdout
+        done = cli("audit", "verify", str(copy), "--key", str(public), "--expect", kept)
+        assert done.returncode == 1 and says in done.stdout, done.stdout
+    rewritten = cli("audit", "verify", str(trail), "--key", str(public), "--expect",
+                    f"c:{newest['seq']}:{'0' * 64}")
+    assert rewritten.returncode == 1 and "not the record the kept head names" in rewritten.stdout
+    for bad in ("c:1", "c:x:" + "0" * 64, "c:1:" + "g" * 64, ""):
+        done = cli("audit", "verify", str(trail), "--key", str(public), "--expect", bad)
+        assert done.returncode == 2 and done.stderr.startswith("scopegate audit verify: not a head"), done.stderr
+    broken = cli("audit", "head", str(write(tmp_path / "b.jsonl", edited(make_trail(key)))), "--key", str(public))
+    assert broken.returncode == 1 and not broken.stdout and "no head to keep" in broken.stderr
+
+
+def test_an_anchor_finds_a_rollback_and_is_itself_checked(keys: tuple[Path, Ed25519PrivateKey],
+                                                          tmp_path: Path) -> None:
+    public, key = keys
+    from proxy.ops.audit import timestamp
+
+    records = make_lineage(key, stamp=timestamp(time.time()), final=False)
+    anchor = write(tmp_path / "anchor.jsonl", [r for r in records if r.get("type") in ("genesis", "checkpoint")])
+    trail = write(tmp_path / "t.jsonl", records)
+    assert cli("audit", "verify", str(trail), "--key", str(public), "--anchor", str(anchor)).returncode == 0
+    last_seal = max(i for i, r in enumerate(records) if r["chain"] == "c" and r.get("type") == "checkpoint")
+    older = write(tmp_path / "older.jsonl", records[:last_seal])  # before c's newest seal
+    done = cli("audit", "verify", str(older), "--key", str(public), "--anchor", str(anchor))
+    assert done.returncode == 1 and "but the anchor names its seq" in done.stdout, done.stdout
+    done = cli("audit", "verify", str(write(tmp_path / "cut.jsonl", without(records, "c"))), "--key", str(public),
+               "--anchor", str(anchor))
+    assert done.returncode == 1 and "the anchor names chain c" in done.stdout, done.stdout
+    forged = tmp_path / "forged.jsonl"
+    forged.write_bytes(anchor.read_bytes() + orjson.dumps({**records[0], "seq": 99}) + b"\n")
+    done = cli("audit", "verify", str(trail), "--key", str(public), "--anchor", str(forged))
+    assert done.returncode == 1 and "anchor record" in done.stdout and "does not verify" in done.stdout
+
+
+TRAILS = Path(__file__).parent / "trails"
+
+
+async def test_a_trail_written_before_slots_still_verifies_and_continues(tmp_path: Path) -> None:
+    """tests/trails/v1-file.jsonl was written by 32f6dbf's code (a file sink; a process that died unsealed, then
+    its successor, closed): no slot in its seals. It verifies as it did, and a new process continues it."""
+    from proxy.ops.sinks import FileSink
+    from proxy.ops.trail import load_public_key
+
+    public = TRAILS / "v1.pub"
+    old = [orjson.loads(line) for line in (TRAILS / "v1-file.jsonl").read_bytes().splitlines()]
+    assert not any("slot" in r for r in old) and old[-1]["final"] is True
+    report = verify(old, load_public_key(str(public)), now=time.time() + 86400)
+    assert report.whole and any("a successor accounts for it" in n for n in report.notes), report
+    done = cli("audit", "verify", str(TRAILS / "v1-file.jsonl"), "--key", str(public))
+    assert done.returncode == 0 and f"ok: {len(old)} records in 2 chains" in done.stdout, done.stdout
+    copy = tmp_path / "trail.jsonl"
+    copy.write_bytes((TRAILS / "v1-file.jsonl").read_bytes())
+    sink = FileSink(str(copy))
+    assert await sink.last_checkpoint(1) == old[-1]  # a seal from before slots were is any slot's
+    await sink.close()

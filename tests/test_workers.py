@@ -10,6 +10,7 @@ that `audit verify` checks, a killed worker started again, SIGHUP and SIGTERM re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,8 +66,11 @@ class Workers:
         return [int(pid) for pid in path.read_text().split()] if path.exists() else []
 
 
-@pytest.fixture
-async def workers(upstream: Any, recorder: Recorder, pat_file: str, tmp_path: Path) -> AsyncIterator[Workers]:
+@contextlib.asynccontextmanager
+async def serving(upstream: Any, pat_file: str, tmp_path: Path, sink: str = "file",
+                  extra: tuple[str, ...] = ()) -> AsyncIterator[Workers]:
+    """`scopegate serve` with two workers and a private redis-server; the audit trail in a file (`sink` file) or
+    what the supervisor writes to stdout (`sink` stdout)."""
     redis = RedisServer(tmp_path / "redis-dir")
     redis.folder.mkdir()
     redis.start()
@@ -80,9 +84,10 @@ async def workers(upstream: Any, recorder: Recorder, pat_file: str, tmp_path: Pa
     process = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--upstream", upstream.url, "--listen", f"127.0.0.1:{port}",
          "--metrics-listen", f"127.0.0.1:{ops_port}", "--pat-file", pat_file, "--policy", str(policy),
-         "--redis-url", redis.url, "--audit-sink", f"file:{audit}", "--audit-signing-key-file", str(key),
-         "--log-level", "warning"],
-        env={**_env(), "SCOPEGATE_WORKERS": "2"}, stderr=(tmp_path / "stderr.log").open("wb"))
+         "--redis-url", redis.url, "--audit-sink", f"file:{audit}" if sink == "file" else "stdout",
+         "--audit-signing-key-file", str(key), "--log-level", "warning", *extra],
+        env={**_env(), "SCOPEGATE_WORKERS": "2"}, stderr=(tmp_path / "stderr.log").open("wb"),
+        stdout=audit.open("wb") if sink == "stdout" else None)
     found = Workers(process, f"http://127.0.0.1:{port}/mcp", f"http://127.0.0.1:{ops_port}", audit)
     try:
         async with aiohttp.ClientSession() as http:
@@ -103,6 +108,12 @@ async def workers(upstream: Any, recorder: Recorder, pat_file: str, tmp_path: Pa
             process.terminate()
             process.wait(timeout=30)
         redis.stop()
+
+
+@pytest.fixture
+async def workers(upstream: Any, recorder: Recorder, pat_file: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    async with serving(upstream, pat_file, tmp_path) as found:
+        yield found
 
 
 async def post(url: str, body: dict[str, Any], token: str = TOKENS["writer"], session: str | None = None,
@@ -238,3 +249,35 @@ async def test_a_dead_worker_is_replaced_and_signals_reach_all(workers: Workers)
     workers.process.send_signal(signal.SIGTERM)
     assert workers.process.wait(timeout=20) == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+
+
+@pytest.mark.parametrize("sink", ["file", "stdout"])
+async def test_a_restarted_worker_chains_to_its_own_slot(upstream: Any, recorder: Recorder, pat_file: str,
+                                                         tmp_path: Path, sink: str) -> None:
+    """A worker killed and started again: its new chain's genesis names the last seal of the killed worker's chain
+    (not the other worker's, still running), so the trail verifies once the dead chain's last seal is long past."""
+    async with serving(upstream, pat_file, tmp_path, sink, ("--audit-checkpoint-seconds", "1")) as found:
+        def seals() -> list[dict[str, Any]]:
+            lines = found.audit.read_bytes().splitlines() if found.audit.exists() else []
+            return [r for r in map(orjson.loads, lines) if r.get("type") in ("genesis", "checkpoint")]
+
+        assert await wait_until(lambda: len({r["chain"] for r in seals()}) == 2, 10)
+        first = {r["chain"] for r in seals()}
+        victim = found.children()[0]
+        (dead,) = [r["chain"] for r in seals() if r["type"] == "genesis" and r["process"]["pid"] == victim]
+        for _ in range(6):
+            assert (await post(found.url, LISTING))[0] == 200
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        assert await wait_until(lambda: len({r["chain"] for r in seals()}) == 3, 30)
+        (successor,) = [r for r in seals() if r["type"] == "genesis" and r["chain"] not in first]
+        assert successor["predecessor"] is not None, "the restarted worker names no predecessor"
+        last_seal = [r for r in seals() if r["chain"] == dead][-1]
+        assert successor["predecessor"]["chain"] == dead and successor["predecessor"]["hash"] == last_seal["hash"]
+        assert successor["slot"] == last_seal["slot"]
+        await asyncio.sleep(max(0.0, 8 - (time.monotonic() - killed)))  # the dead chain's seal is now > 2T + 5 s old
+        pub = str(tmp_path / "audit.key.pub")
+        done = subprocess.run([sys.executable, "-m", "proxy", "audit", "verify", "--key", pub, str(found.audit)],
+                              env=_env(), capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and "3 chains" in done.stdout, done.stdout + done.stderr
+        assert f"chain {dead}: ended without a final checkpoint" in done.stdout

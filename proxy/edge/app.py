@@ -70,24 +70,29 @@ def upstream_session(config: Config, connections: int,
     )
 
 
-def audit_sink(config: Config) -> Sink:
-    if config.audit_sink == "redis" and config.redis_url:
+def audit_sink(config: Config, setting: str | None = None) -> Sink:
+    """The trail's sink (or the anchor's: `setting`)."""
+    chosen = config.audit_sink if setting is None else setting
+    if chosen == "redis" and config.redis_url:
         # One process name per worker: a worker started again names its own predecessor.
         worker = os.environ.get(WORKER_MARK)
         return RedisStreamSink(config.redis_url, socket.gethostname() + (f"/worker-{worker}" if worker else ""))
-    if config.audit_sink.startswith("file:"):
+    if chosen.startswith("file:"):
         try:
-            return FileSink(config.audit_sink[5:])
+            return FileSink(chosen[5:])
         except OSError as exc:
-            raise ConfigError(f"SCOPEGATE_AUDIT_SINK: cannot open {config.audit_sink[5:]} ({exc.strerror})") from None
+            name = "SCOPEGATE_AUDIT_SINK" if setting is None else "SCOPEGATE_AUDIT_ANCHOR"
+            raise ConfigError(f"{name}: cannot open {chosen[5:]} ({exc.strerror})") from None
     return StreamSink()
 
 
 def audit_chain(config: Config) -> Chain:
-    """This process's chain. Without a signing key it is linked and sealed but unsigned: `audit verify --key`
-    then refuses it (a trail anyone could rewrite proves nothing), and `run` says so once it listens."""
+    """This process's chain, in its worker's slot (0 without workers). Without a signing key it is linked and
+    sealed but unsigned: `audit verify --key` then refuses it (a trail anyone could rewrite proves nothing), and
+    `run` says so once it listens."""
     key = load_private_key(config.audit_signing_key_file) if config.audit_signing_key_file else None
-    return Chain(key, config.audit_checkpoint_records, config.audit_checkpoint_seconds)
+    return Chain(key, config.audit_checkpoint_records, config.audit_checkpoint_seconds,
+                 slot=int(os.environ.get(WORKER_MARK) or 0))
 
 
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
@@ -146,7 +151,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
-                                    raw_arguments=config.audit_arguments)
+                                    raw_arguments=config.audit_arguments,
+                                    anchor=audit_sink(config, config.audit_anchor) if config.audit_anchor else None)
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)

@@ -12,7 +12,9 @@
   port (/metrics: the sum over workers; /healthz; /readyz: the upstream and Redis checks plus "every worker up").
   One scrape target with totals, and probes that ask the one process that knows whether its workers are up.
 - Audit: each worker keeps its own chain. On stdout the supervisor relays each worker's output a whole line at a
-  time, so two workers' records never interleave inside a line; a file sink appends one write per batch.
+  time, so two workers' records never interleave inside a line; a file sink appends one write per batch. Each slot
+  chains to its own predecessor: a worker started again names its slot's previous chain's last seal (the file and
+  Redis sinks find it by slot; on stdout the supervisor keeps each slot's last seal line and hands it over).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from proxy.config import Config
+from proxy.ops.sinks import PREDECESSOR_ENV, SEAL_PREFIXES
 from proxy.store import Store
 
 WORKER_MARK = "_SCOPEGATE_WORKER"  # not a SCOPEGATE_ setting: set by the supervisor on the workers it starts
-READY = b"scopegate-worker-ready\n"  # a worker's first line on stdout, once it listens (never relayed)
+READY = b"scopegate-worker-ready\n"  # a worker's line on stdout once it listens (never relayed)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FIRST_PAUSE, LONGEST_PAUSE, HEALTHY_AFTER = 0.5, 30.0, 60.0
 STOP_WAIT = 10.0
@@ -55,24 +58,23 @@ class Supervisor:
         self.metrics_dir = metrics_dir
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # slot -> running worker
         self.ready: set[int] = set()  # slots whose worker listens
+        self.seals: dict[int, bytes] = {}  # slot -> the last seal its worker wrote to stdout (for its successor)
         self.restarts = 0
         self.stopping = asyncio.Event()
         self._store: Store | None = None  # the ops listener's, for /readyz
 
     async def _spawn(self, slot: int) -> asyncio.subprocess.Process:
         env = {**os.environ, WORKER_MARK: str(slot)}
+        if slot in self.seals:
+            env[PREDECESSOR_ENV] = self.seals[slot].strip().decode()
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", *self.argv, env=env, stdout=asyncio.subprocess.PIPE, limit=LINE_LIMIT)
 
     async def _relay(self, slot: int, proc: asyncio.subprocess.Process) -> None:
-        """A worker's stdout (its audit records) to ours, whole lines only; its first line says it listens."""
+        """A worker's stdout (its audit records) to ours, whole lines only; the READY line says it listens. That
+        line is not its first with the stdout audit sink: the genesis is written before the worker listens."""
         assert proc.stdout is not None
         out = sys.stdout.buffer
-        first = await proc.stdout.readline()
-        if first == READY:
-            self.ready.add(slot)
-        elif first:
-            out.write(first)
         while True:
             try:
                 line = await proc.stdout.readline()
@@ -80,6 +82,11 @@ class Supervisor:
                 line = await proc.stdout.read(LINE_LIMIT)
             if not line:
                 return
+            if line == READY:
+                self.ready.add(slot)
+                continue
+            if line.startswith(SEAL_PREFIXES):  # one prefix test per line: seals are written first-key-first
+                self.seals[slot] = line
             out.write(line)
             out.flush()
 

@@ -8,6 +8,11 @@ authentication says what was known then (no caller).
 Nothing is dropped: a record that cannot be fully built (a digest with no canonical form, a value that does not
 serialise) is written with what is known and an `error` field; a sink that fails is retried, then the records wait
 in a bounded buffer for the next write (counted and logged), so the trail has them in order once the sink is back.
+
+Except what anyone could write without limit: refusals of requests that came without a credential (no principal)
+past FOLD_RATE a second (bursts of FOLD_BURST) are counted, not recorded one by one, and a `folded` record says how
+many, of which kinds, between when, before the next seal. Otherwise a flood of unauthenticated requests would push
+the proof of everyone's calls out of a sink that trims (the Redis stream keeps ~1,000,000 entries).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from proxy.exchange import Exchange, Outcome
 from proxy.memo import remember
 from proxy.ops.metrics import Metrics
 from proxy.ops.sinks import Line, Sink
-from proxy.ops.trail import Chain
+from proxy.ops.trail import SEALS, Chain
 
 log = logging.getLogger("scopegate.audit")
 
@@ -148,18 +153,74 @@ def serialisable(record: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+FOLDABLE = frozenset({"unauthenticated", "deny", "invalid", "refuse", "error"})  # refusals, never an allow
+FOLD_RATE, FOLD_BURST = 10.0, 100.0  # per process: unauthenticated refusals recorded one by one
+FOLD_KINDS = 32  # distinct "decision: reason" counted by name in a folded record; the rest as "other"
+
+
+class Fold:
+    """Unauthenticated refusals past the rate since the last folded record. Pure: the writer feeds it."""
+
+    def __init__(self, rate: float = FOLD_RATE, burst: float = FOLD_BURST) -> None:
+        self.rate, self.burst = rate, burst
+        self.allowance, self.at = burst, 0.0
+        self.count = 0
+        self.first = self.last = 0.0
+        self.kinds: dict[str, int] = {}
+
+    def takes(self, exchange: Exchange, now: float) -> bool:
+        """Whether this exchange's records are folded (counted) rather than written; only when it has no principal
+        and every outcome is a refusal."""
+        if exchange.principal is not None or any(o.decision not in FOLDABLE for o in exchange.outcomes):
+            return False
+        self.allowance = min(self.burst, self.allowance + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.allowance >= 1:
+            self.allowance -= 1
+            return False
+        if not self.count:
+            self.first = now
+        self.last = now
+        for outcome in exchange.outcomes:
+            self.count += 1
+            kind = f"{outcome.decision}: {outcome.reason}" if isinstance(outcome.reason, str) else outcome.decision
+            if kind not in self.kinds and len(self.kinds) >= FOLD_KINDS:
+                kind = "other"
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        return True
+
+    def record(self) -> dict[str, Any] | None:
+        """The folded record of what was counted since the last one (and start over), or None."""
+        if not self.count:
+            return None
+        record = {"time": timestamp(self.last), "decision": "folded",
+                  "reason": f"refusals without a credential past {self.rate:g}/s (bursts of {self.burst:g})",
+                  "count": self.count, "first": timestamp(self.first), "last": timestamp(self.last),
+                  "refusals": self.kinds}
+        self.count, self.kinds = 0, {}
+        return record
+
+
 class AuditWriter:
     """Takes finished exchanges on the request path (an append) and, in the background every `interval` seconds,
     builds their records, links them into this process's chain, seals it when a checkpoint is due and writes the
     lines. `start` writes the genesis and starts the heartbeat (a checkpoint every `chain.seconds` even when idle:
-    a chain that stops sealing was cut or its process died); `close` writes what is left and the final checkpoint."""
+    a chain that stops sealing was cut or its process died); `close` writes what is left and the final checkpoint.
+    `anchor`, when set, is a second sink that gets every seal once the trail has it: a head kept outside the trail's
+    reach (`scopegate audit verify --anchor`), against which a rolled-back trail or a cut newest chain shows."""
 
     RETRIES = (0.05, 0.25)  # seconds before each retry of a failed write, within one flush
     BUFFER = 100_000  # lines kept for a sink that is down; beyond that the oldest are given up (and counted)
 
+    ANCHOR_BUFFER = 1_000  # seals kept for an anchor that is down (only the newest of each chain matters)
+
     def __init__(self, sink: Sink, chain: Chain | None = None, metrics: Metrics | None = None,
-                 interval: float = 0.05, raw_arguments: bool = False) -> None:
+                 interval: float = 0.05, raw_arguments: bool = False, anchor: Sink | None = None,
+                 fold: Fold | None = None) -> None:
         self.sink = sink
+        self.anchor = anchor
+        self.fold = fold or Fold()
+        self._unanchored: list[Line] = []
         self.chain = chain or Chain(None)
         self.metrics = metrics or Metrics()
         self.interval = interval
@@ -172,7 +233,7 @@ class AuditWriter:
 
     async def start(self) -> None:
         process = {"host": socket.gethostname(), "pid": os.getpid(), "version": __version__}
-        genesis = self.chain.genesis(process, await self.sink.last_checkpoint(), timestamp(time.time()))
+        genesis = self.chain.genesis(process, await self.sink.last_checkpoint(self.chain.slot), timestamp(time.time()))
         async with self._lock:
             self._unwritten.append(("genesis", orjson.dumps(genesis)))
             await self._write()
@@ -210,6 +271,8 @@ class AuditWriter:
         async with self._lock:
             pending, self._pending = self._pending, []
             for exchange, latency, now in pending:
+                if exchange.principal is None and self.fold.takes(exchange, now):
+                    continue
                 for outcome in exchange.outcomes:
                     self._unwritten.append(self._line(build_record(exchange, outcome, latency, now,
                                                                    self.raw_arguments)))
@@ -221,6 +284,10 @@ class AuditWriter:
                 await self._write()
 
     def _seal(self, final: bool) -> None:
+        folded = self.fold.record()
+        if folded is not None:  # sealed with the records it stands for
+            self.metrics.audit_folded.inc(folded["count"])
+            self._unwritten.append(("folded", self.chain.link_line(folded)))
         self._unwritten.append(("checkpoint", orjson.dumps(self.chain.checkpoint(timestamp(time.time()), final))))
 
     async def _write(self) -> None:
@@ -242,13 +309,33 @@ class AuditWriter:
                     log.error("audit sink down too long: %d oldest records given up", dropped)
                 self.metrics.audit_pending.set(len(lines))
                 return
-            for kind in ("decision", "checkpoint", "genesis"):
+            for kind in ("decision", "folded", "checkpoint", "genesis"):
                 count = sum(1 for k, _ in lines if k == kind)
                 if count:
                     self.metrics.audit_records.labels(kind).inc(count)
             self._unwritten = []
             self.metrics.audit_pending.set(0)
+            fill = getattr(self.sink, "fill", None)
+            if fill is not None:
+                self.metrics.audit_stream_fill.set(fill)
+            if self.anchor is not None:
+                await self._anchor([line for line in lines if line[0] in SEALS])
             return
+
+    async def _anchor(self, seals: list[Line]) -> None:
+        """The seals the trail now holds, to the anchor too; kept for the next time when the anchor fails."""
+        self._unanchored.extend(seals)
+        if not self._unanchored or self.anchor is None:
+            return
+        try:
+            await self.anchor.write(self._unanchored)
+        except Exception as exc:  # the anchor's failure never holds up the trail
+            self.metrics.audit_anchor_failures.inc()
+            log.error("audit anchor failed (%s): %d seals kept for the next write", type(exc).__name__,
+                      len(self._unanchored), extra={"reason": str(exc)[:200]})
+            del self._unanchored[:-self.ANCHOR_BUFFER]
+            return
+        self._unanchored = []
 
     async def close(self) -> None:
         for task in (self._task, self._heartbeat):
@@ -256,3 +343,5 @@ class AuditWriter:
                 task.cancel()
         await self.flush(final=True)
         await self.sink.close()
+        if self.anchor is not None:
+            await self.anchor.close()

@@ -81,6 +81,16 @@ class Metrics:
                                      registry=r)
         self.audit_pending = Gauge("scopegate_audit_pending_records", "Audit records not yet written to the sink",
                                    registry=r, multiprocess_mode="livesum")
+        self.audit_folded = Counter("scopegate_audit_folded_refusals",
+                                    "Refusals of requests without a credential past the audit's rate, counted in a "
+                                    "`folded` record instead of a record each", registry=r)
+        self.audit_anchor_failures = Counter("scopegate_audit_anchor_failures",
+                                             "Writes of seals to the audit anchor sink that failed (kept for the next)",
+                                             registry=r)
+        # livemax: every worker and replica sees the same stream
+        self.audit_stream_fill = Gauge("scopegate_audit_stream_fill_ratio",
+                                       "The Redis audit stream's length over the length it is trimmed at",
+                                       registry=r, multiprocess_mode="livemax")
         Info("scopegate_build", "scopegate version", registry=r).info({"version": __version__})
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, ...
         PlatformCollector(registry=r)  # python_info

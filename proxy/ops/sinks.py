@@ -1,5 +1,9 @@
 """Where the audit trail goes, and how `scopegate audit verify` reads it back: JSON lines on stdout or in a file, or
-a Redis Stream. A sink writes lines or raises; retrying and counting are the writer's (proxy/ops/audit.py)."""
+a Redis Stream. A sink writes lines or raises; retrying and counting are the writer's (proxy/ops/audit.py).
+
+Each sink finds, where it can, the last seal (checkpoint, or a genesis nothing followed) of the previous chain of this
+process's slot (proxy/ops/trail.py): the file's own lines, a key in Redis, or, on stdout, what the worker supervisor
+saw its previous worker write (PREDECESSOR_ENV)."""
 
 from __future__ import annotations
 
@@ -9,14 +13,31 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from proxy.ops.trail import SEALS
+
 Line = tuple[str, bytes]  # (record type, the record as one JSON line without its newline)
+# Set by the worker supervisor (proxy/edge/workers.py) on a worker it starts again: the last seal line the slot's
+# previous worker wrote to stdout. Not a SCOPEGATE_ setting.
+PREDECESSOR_ENV = "_SCOPEGATE_AUDIT_PREDECESSOR"
+SEAL_PREFIXES = tuple(b'{"type":"%s"' % kind.encode() for kind in SEALS)  # how a seal's line begins
+
+
+def _seal(data: bytes | str | None, slot: int | None = None) -> dict[str, Any] | None:
+    """A seal record from a line (of `slot`, when given: a seal written before slots were is anyone's), else None."""
+    try:
+        record = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        return None
+    if not (isinstance(record, dict) and record.get("type") in SEALS):
+        return None
+    return record if slot is None or record.get("slot", slot) == slot else None
 
 
 class Sink(Protocol):
     async def write(self, lines: list[Line]) -> None: ...
 
-    async def last_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint this sink holds from this process's predecessor, where it can know it."""
+    async def last_checkpoint(self, slot: int = 0) -> dict[str, Any] | None:
+        """The last seal this sink holds from the previous chain of `slot`, where it can know it."""
         ...
 
     async def close(self) -> None: ...
@@ -36,16 +57,17 @@ class StreamSink:
             out.write(data.decode())
             out.flush()
 
-    async def last_checkpoint(self) -> dict[str, Any] | None:
-        return None  # what went to stdout before this process is out of its reach
+    async def last_checkpoint(self, slot: int = 0) -> dict[str, Any] | None:
+        # What went to stdout before this process is out of its reach, but a worker supervisor saw it.
+        return _seal(os.environ.get(PREDECESSOR_ENV), slot)
 
     async def close(self) -> None:
         return None
 
 
 class FileSink:
-    """JSON lines appended to a file; its predecessor is the file's last chain. Each batch is one write on an
-    O_APPEND descriptor, so the workers of one scopegate (SCOPEGATE_WORKERS) appending to one file never cut
+    """JSON lines appended to a file; its predecessor is the file's last chain of its slot. Each batch is one write
+    on an O_APPEND descriptor, so the workers of one scopegate (SCOPEGATE_WORKERS) appending to one file never cut
     into each other's lines."""
 
     TAIL = 1 << 20  # the predecessor's last checkpoint is looked for in the file's last MiB
@@ -59,17 +81,13 @@ class FileSink:
         while data:  # a regular file takes it whole; a short write (a full disk) continues where it stopped
             data = data[self.out.write(data) or 0 :]
 
-    async def last_checkpoint(self) -> dict[str, Any] | None:
+    async def last_checkpoint(self, slot: int = 0) -> dict[str, Any] | None:
         with open(self.path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, size - self.TAIL))
             tail = handle.read().splitlines()
         for line in reversed(tail):
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and record.get("type") == "checkpoint":
+            if line.startswith(SEAL_PREFIXES) and (record := _seal(line, slot)) is not None:
                 return record
         return None
 
@@ -80,7 +98,9 @@ class FileSink:
 class RedisStreamSink:
     """XADD to a Redis Stream (`MAXLEN ~`): the trail outlives the pod, and every replica writes its own chain.
     A batch is one MULTI/EXEC, so a retried batch is never half written twice. The last checkpoint of each process
-    name (the pod's hostname) is kept beside the stream: a restarted container's genesis names it."""
+    name (the pod's hostname, and the worker's slot) is kept beside the stream: a restarted container's genesis
+    names it. The stream is trimmed past `maxlen` entries (the oldest go, and with them the proof of what followed):
+    `fill`, read with each seal written, says how near that is (scopegate_audit_stream_fill_ratio)."""
 
     KEY = "scopegate:audit"
     LAST = "scopegate:audit:last-checkpoint:"
@@ -91,25 +111,28 @@ class RedisStreamSink:
         self.redis = Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.process = process
         self.maxlen = maxlen
+        self.fill: float | None = None  # the stream's length over maxlen, as of the last seal written
 
     async def write(self, lines: list[Line]) -> None:
         pipe = self.redis.pipeline(transaction=True)
         for _, line in lines:
             pipe.xadd(self.KEY, {"record": line}, maxlen=self.maxlen, approximate=True)
-        checkpoints = [line for kind, line in lines if kind == "checkpoint"]
-        if checkpoints:
-            pipe.set(self.LAST + self.process, checkpoints[-1])
-        await pipe.execute()
+        seals = [line for kind, line in lines if kind in SEALS]
+        if seals:
+            pipe.set(self.LAST + self.process, seals[-1])
+            pipe.xlen(self.KEY)
+        done = await pipe.execute()
+        if seals:
+            self.fill = done[-1] / self.maxlen
 
-    async def last_checkpoint(self) -> dict[str, Any] | None:
+    async def last_checkpoint(self, slot: int = 0) -> dict[str, Any] | None:
         from redis.exceptions import RedisError
 
         try:
             found = await self.redis.get(self.LAST + self.process)
-            record = orjson.loads(found) if found else None
-        except (RedisError, OSError, orjson.JSONDecodeError):
+        except (RedisError, OSError):
             return None  # "where known": an unknown predecessor is said as such (null)
-        return record if isinstance(record, dict) else None
+        return _seal(found)  # the key is the slot's own already
 
     async def close(self) -> None:
         await self.redis.aclose()

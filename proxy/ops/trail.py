@@ -8,6 +8,13 @@ can rewrite the trail but does not hold the private key cannot re-hash, fabricat
 CloudTrail's signed digest files and Certificate Transparency's signed tree heads). A live chain heartbeats: it
 seals every T seconds even when idle, so a chain whose last seal is older than 2T and that never closed was cut (or
 its process died: a successor's genesis says which).
+
+Each chain belongs to a *slot* (0, or the worker's number with SCOPEGATE_WORKERS): a chain's successor is the next
+chain of the same slot, and its genesis names the last seal (checkpoint, or genesis when nothing followed it) of the
+slot's previous chain. Within the trail that proves every chain but the newest of each slot: a chain deleted whole,
+in the middle or at the start, leaves a genesis naming a predecessor the trail lacks. The newest chains, and a trail
+rolled back to an older copy, are proved only against a *head* kept outside the sink: `Tip`s (a chain's seal an
+auditor kept, or the anchor sink's latest seals) that the trail must still hold.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 GENESIS_PREV = "0" * 64
 UNSIGNED = "unsigned"
+SEALS = ("genesis", "checkpoint")  # the signed records: what a successor names and what an anchor keeps
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -91,8 +99,9 @@ class Chain:
     """Links records of one process and seals them. Not thread-safe: one writer task owns it."""
 
     def __init__(self, key: Ed25519PrivateKey | None, every: int = 1000, seconds: float = 60.0,
-                 chain_id: str | None = None) -> None:
+                 chain_id: str | None = None, slot: int = 0) -> None:
         self.id = chain_id or secrets.token_hex(8)
+        self.slot = slot  # written in every seal: a restarted worker's sink finds its own slot's last one
         self.key = key
         self.key_id = key_id(key.public_key()) if key is not None else UNSIGNED
         self.every = every
@@ -116,13 +125,14 @@ class Chain:
     def genesis(self, process: dict[str, Any], predecessor: dict[str, Any] | None, now: str,
                 clock: float | None = None) -> dict[str, Any]:
         record = self._sign(self._next({
-            "type": "genesis", "time": now, "process": process, "key": self.key_id,
+            "type": "genesis", "time": now, "process": process, "slot": self.slot, "key": self.key_id,
             "checkpoint_every": self.every, "checkpoint_seconds": self.seconds,
             "predecessor": ({k: predecessor.get(k) for k in ("chain", "seq", "hash", "time")}
                             if predecessor else None),
         }))
         self.prev = record["hash"]
         self.sealed_at = time.monotonic() if clock is None else clock
+        self.last_checkpoint = record
         return record
 
     def link(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +158,8 @@ class Chain:
         return self.unsealed >= self.every or clock - self.sealed_at >= self.seconds
 
     def checkpoint(self, now: str, final: bool = False, clock: float | None = None) -> dict[str, Any]:
-        record = self._sign(self._next({"type": "checkpoint", "time": now, "count": self.seq,
-                                        "head": self.prev, "key": self.key_id, "final": final}))
+        record = self._sign(self._next({"type": "checkpoint", "time": now, "count": self.seq, "head": self.prev,
+                                        "key": self.key_id, "final": final, "slot": self.slot}))
         self.prev = record["hash"]
         self.unsealed = 0
         self.sealed_at = time.monotonic() if clock is None else clock
@@ -170,7 +180,43 @@ class _ChainState:
     sealed_position: int = 0
     final: bool = False
     last_time: str | None = None
-    checkpoints: dict[int, str] = field(default_factory=dict)  # seq -> hash
+    position: int = 0  # of the chain's last record read
+    checkpoints: dict[int, str] = field(default_factory=dict)  # seq -> hash of each seal (the genesis is one)
+
+
+class HeadProblem(Exception):
+    """A kept head that is not one (one line)."""
+
+
+@dataclass(frozen=True)
+class Tip:
+    """One record a trail must still hold: a chain's newest record when an auditor kept the head, or the newest
+    seal of a chain in the anchor sink."""
+
+    chain: str
+    seq: int
+    hash: str
+    source: str = "the kept head"
+
+    def __str__(self) -> str:
+        return f"{self.chain}:{self.seq}:{self.hash}"
+
+
+def parse_head(text: str) -> list[Tip]:
+    """`chain:seq:hash[,chain:seq:hash...]`, as `scopegate audit head` prints it."""
+    tips = []
+    for part in text.split(","):
+        chain, _, rest = part.strip().rpartition(":")
+        chain, _, seq = chain.rpartition(":")
+        if not (chain and seq.isdigit() and int(seq) >= 1 and len(rest) == 64
+                and all(c in "0123456789abcdef" for c in rest)):
+            raise HeadProblem(f"not a head (chain:seq:hash, comma-separated): {part.strip()[:80]!r}")
+        tips.append(Tip(chain, int(seq), rest))
+    return tips
+
+
+def format_head(tips: Sequence[Tip]) -> str:
+    return ",".join(map(str, tips))
 
 
 @dataclass
@@ -179,6 +225,7 @@ class Report:
     chains: int = 0
     problems: list[str] = field(default_factory=list)  # each names the record (position in the trail) concerned
     notes: list[str] = field(default_factory=list)  # unsealed tails and the like: said, not failed
+    head: list[Tip] = field(default_factory=list)  # what to keep outside the sink: every chain's newest record
 
     @property
     def whole(self) -> bool:
@@ -196,6 +243,19 @@ def _seconds_since(stamp: str | None, now: float) -> float | None:
         return None
 
 
+def _kept(chain: str, seq: int, record: dict[str, Any], expected: dict[tuple[str, int], Tip], found: set[Tip],
+          problem: Callable[[str, str], None], where: str) -> bool:
+    """Whether the record at a kept position is another than the one kept (said as the chain's problem)."""
+    tip = expected.get((chain, seq))
+    if tip is None:
+        return False
+    if tip.hash != record.get("hash"):
+        problem(chain, f"{where}: not the record {tip.source} names at this seq: the chain was rewritten")
+        return True
+    found.add(tip)
+    return False
+
+
 def _signed(record: dict[str, Any], key: Ed25519PublicKey | None) -> bool:
     if key is None:
         return True
@@ -209,15 +269,38 @@ def _signed(record: dict[str, Any], key: Ed25519PublicKey | None) -> bool:
     return True
 
 
-def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | None = None) -> Report:
+def anchor_tips(records: Sequence[Any], key: Ed25519PublicKey | None) -> tuple[list[Tip], list[str]]:
+    """The newest seal of each chain in an anchor sink's records (other lines skipped), and the problems of the
+    anchor itself: a seal whose hash or signature does not verify is not taken for one."""
+    newest: dict[str, Tip] = {}
+    problems = []
+    for position, record in enumerate(records, start=1):
+        if not (isinstance(record, dict) and record.get("type") in SEALS and isinstance(record.get("chain"), str)
+                and isinstance(record.get("seq"), int)):
+            continue
+        if record.get("hash") != record_hash(record) or (key is not None and not _signed(record, key)):
+            problems.append(f"anchor record {position} (chain {record['chain']}, seq {record['seq']}): its hash or "
+                            f"signature does not verify: not a seal of this trail")
+            continue
+        tip = Tip(record["chain"], record["seq"], record["hash"], "the anchor")
+        if record["chain"] not in newest or newest[record["chain"]].seq < tip.seq:
+            newest[record["chain"]] = tip
+    return list(newest.values()), problems
+
+
+def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | None = None,
+           expect: Sequence[Tip] = ()) -> Report:
     """Check every chain in `records` (in trail order; chains may interleave). With `key`, every genesis and
     checkpoint must carry its signature; without one only the links are checked (and the report says so).
-    The first problem of each chain is reported, with the record's position (1 = the first record read)."""
+    The first problem of each chain is reported, with the record's position (1 = the first record read).
+    `expect`: records kept outside the sink (a head, an anchor's seals) that the trail must still hold."""
     now = time.time() if now is None else now
     report = Report()
     chains: dict[str, _ChainState] = {}
     broken: set[str] = set()
     successors: list[tuple[int, dict[str, Any]]] = []
+    expected = {(tip.chain, tip.seq): tip for tip in expect}
+    found: set[Tip] = set()
 
     def problem(chain: str, text: str) -> None:
         if chain not in broken:
@@ -258,8 +341,11 @@ def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | No
             state.sealed_seq, state.sealed_time = 1, record.get("time")  # the genesis is signed: sealed
             state.sealed_position = position
             state.head, state.seq, state.last_time = record["hash"], 1, record.get("time")
+            state.checkpoints[1], state.position = record["hash"], position
             if isinstance(record.get("predecessor"), dict):
                 successors.append((position, record))
+            if expected:
+                _kept(chain_id, 1, record, expected, found, problem, where)
             continue
         if not isinstance(seq, int) or seq <= state.seq:
             problem(chain_id, f"{where}: out of order (seq {seq} comes after seq {state.seq}): reordered or "
@@ -279,7 +365,9 @@ def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | No
             problem(chain_id, f"{where}: does not link to the record before it (moved from another chain, "
                               f"inserted, or the chain was re-hashed)")
             continue
-        state.seq, state.head, state.last_time = seq, record["hash"], record.get("time")
+        state.seq, state.head, state.last_time, state.position = seq, record["hash"], record.get("time"), position
+        if expected and _kept(chain_id, seq, record, expected, found, problem, where):
+            continue
         if record.get("type") == "checkpoint":
             first = state.sealed_seq + 1
             if key is not None and not _signed(record, key):
@@ -299,15 +387,24 @@ def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | No
             problem(chain_id, f"{where}: {state.every} records passed without a checkpoint (a checkpoint was "
                               f"deleted and the chain re-hashed)")
 
-    # A successor's genesis names where its predecessor was last sealed: the trail must hold that much of it.
+    # A successor's genesis names where its predecessor was last sealed: the trail must hold that much of it, and
+    # the predecessor itself (a chain deleted whole, at the start or in the middle, leaves its successor's name).
     accounted: set[str] = set()
+    ended: dict[str, int] = {}  # chain -> the seq its successor names
     for position, record in successors:
         before = record["predecessor"]
         chain_id, seq = before.get("chain"), before.get("seq")
         state = chains.get(chain_id) if isinstance(chain_id, str) else None
-        if state is None or chain_id in broken:
+        if record["chain"] in broken or chain_id in broken:
+            continue
+        if state is None:
+            problem(record["chain"], f"record {position} (chain {record['chain']}, genesis): its predecessor chain "
+                                     f"{chain_id} (sealed at seq {seq}) is not in this trail: deleted whole (or "
+                                     f"trimmed off the start of the stream)")
             continue
         accounted.add(chain_id)
+        if isinstance(seq, int):
+            ended[chain_id] = max(seq, ended.get(chain_id, 0))
         if not isinstance(seq, int) or seq > state.seq:
             problem(chain_id, f"record {position} (chain {record['chain']}, genesis): its predecessor chain "
                               f"{chain_id} was sealed at seq {seq}, but the trail ends at seq {state.seq} "
@@ -316,7 +413,22 @@ def verify(records: Sequence[Any], key: Ed25519PublicKey | None, now: float | No
             problem(chain_id, f"record {position} (chain {record['chain']}, genesis): its predecessor's last "
                               f"checkpoint (chain {chain_id}, seq {seq}) is not the one in this trail")
 
+    # What was kept outside the sink: each record must still be here (not rolled back to an older copy, not cut).
+    for tip in expect:
+        if tip in found or tip.chain in broken:
+            continue
+        state = chains.get(tip.chain)
+        if state is None:
+            problem(tip.chain, f"{tip.source} names chain {tip.chain} at seq {tip.seq}, but this trail has no chain "
+                               f"{tip.chain}: rolled back to an older copy, or the chain was deleted whole")
+        elif state.seq < tip.seq:
+            problem(tip.chain, f"record {state.position} (chain {tip.chain}, seq {state.seq}): the chain ends here, "
+                               f"but {tip.source} names its seq {tip.seq}: its end was cut, or the trail was rolled "
+                               f"back to an older copy")
+
     for chain_id, state in chains.items():
+        if chain_id not in broken and ended.get(chain_id) != state.seq:
+            report.head.append(Tip(chain_id, state.seq, state.head))
         if chain_id in broken or state.final:
             continue
         tail = state.seq - state.sealed_seq
