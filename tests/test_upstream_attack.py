@@ -479,3 +479,38 @@ async def test_an_https_upstream_is_verified_and_a_private_ca_is_trusted_through
         assert [r.msg_id for r in up.requests] == [2, 3, 4] and len({r.connection for r in up.requests}) == 1
     finally:
         up.stop()
+
+
+# --- answers to POSTs that asked nothing -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["notification", "client response"])
+@pytest.mark.parametrize("answer", ["202 null", "200 not json", "202 a list"])
+async def test_a_body_answering_nothing_is_passed_as_clients_take_it(kind: str, answer: str, start_proxy: Any,
+                                                                      raw_upstream: Any) -> None:
+    """A POST with no request in it (a notification, or the client's answer to a server's request) is answered 2xx
+    by the upstream with some body: clients discard it unread, so scopegate passes the status without it (once a
+    502 "upstream answer not understood", which left the TypeScript SDK unable to connect to git-mcp-server). A
+    request answered the same way is still refused: that body was the answer it waits for."""
+    listed = orjson.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": [{"name": "secret_tool",
+                                                                            "inputSchema": {"type": "object"}}]}})
+    bodies = {
+        "202 null": b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\nnull",
+        "200 not json": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        "202 a list": b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % len(listed) + listed,
+    }
+    up, url = await raw_upstream(answering(lambda request: bodies[answer]))
+    proxy = await start_proxy(url)
+    message = ({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}}
+               if kind == "notification" else {"jsonrpc": "2.0", "id": 3, "result": {}})
+    async with aiohttp.ClientSession() as http:
+        hdrs = {**modern_headers("notifications/cancelled" if kind == "notification" else "response"),
+                "Authorization": f"Bearer {TOKENS['writer']}"}
+        hdrs.pop("Mcp-Method")
+        async with http.post(proxy, data=orjson.dumps(message), headers=hdrs) as resp:
+            status, body = resp.status, await resp.read()
+        assert (status, body) == (int(answer[:3]), b"")
+        assert orjson.loads(up.requests[-1].body) == message  # it did reach the upstream
+        status, refused = await call(http, proxy, 9)  # a request answered the same way: refused, or filtered
+    assert b"secret_tool" not in refused and b"hello" not in refused
+    assert status == 502 or answer == "202 a list"

@@ -80,6 +80,15 @@ def long_lived(request: web.Request) -> bool:
     return request.method == "GET" or request.headers.get("Mcp-Method") == "subscriptions/listen"
 
 
+def awaits_nothing(http_method: str, status: int, asked: dict[tuple[str, Any], str], local: list[Message]) -> bool:
+    """A 2xx answer to a POST that forwarded no request (only notifications or the client's responses) and has none
+    of the guards' answers to merge: nothing in its body answers anything. The spec's answer is 202 with no body,
+    and clients discard whatever body comes (the SDKs cancel it unread), so scopegate relays the status without the
+    body, neither parsed nor passed on: a server's `null` there is no error, and no unchecked text reaches a
+    client. Pure."""
+    return http_method == "POST" and 200 <= status < 300 and not asked and not local
+
+
 def holder(exchange: Exchange) -> str:
     principal = exchange.principal
     return f"{principal.kind}:{principal.credential_id}" if principal is not None else ""
@@ -373,6 +382,10 @@ class Forwarder:
                 # into a batch's reply, the body is read like any other.)
                 response = web.Response(status=upstream.status, body=await self._read_whole(upstream),
                                         headers=headers)
+            elif awaits_nothing(request.method, upstream.status, messages.asked, answers):
+                upstream.content.read_nowait()  # what came with the head: the connection is reused if that was all
+                headers.popall("Content-Type", None)
+                response = web.Response(status=upstream.status, headers=headers)
             elif media == "text/event-stream" and encoding == "identity":
                 response = web.StreamResponse(status=upstream.status, headers=headers)
                 del headers  # the response copied them; this frame lives as long as the stream
