@@ -73,15 +73,16 @@ class UpstreamTools:
                 return tools
             except NotModern:
                 pass  # a server that never spoke it, or one replaced by an older version: ask in 2025-11-25
-        self.revision = LEGACY
         self._modern.clear()
         if self.session_id is None:
             await self._initialize()
         try:
-            return await self._pages(LEGACY)
+            tools = await self._pages(LEGACY)
         except SessionGone:
             await self._initialize()
-            return await self._pages(LEGACY)
+            tools = await self._pages(LEGACY)
+        self.revision = LEGACY  # only once it worked: a failure here tries 2026-07-28 again next time
+        return tools
 
     async def watch(self, saw: Callable[[Message], None]) -> None:
         """While the upstream speaks 2026-07-28, keep one `subscriptions/listen` stream of the proxy's own asking for
@@ -178,8 +179,9 @@ class UpstreamTools:
         async with self.session.post(self.url, data=body, headers=self._headers(revision, method)) as resp:
             if revision == LEGACY and resp.status == 404 and method != "initialize":
                 raise SessionGone
-            if 400 <= resp.status < 500 and revision == MODERN and first_page:
-                raise NotModern
+            if revision == MODERN and first_page and (400 <= resp.status < 500 or
+                                                      (resp.status >= 500 and await _is_rpc_error(resp))):
+                raise NotModern  # (some servers answer a revision they do not speak with a 500 and an error)
             if resp.status != 200:
                 raise FetchFailed(f"{method} answered HTTP {resp.status}")
             if method == "initialize":
@@ -204,12 +206,7 @@ async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
     may keep the stream open after it)."""
     media = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
-        raw = bytearray()  # read(n) returns what has arrived, not n bytes: read to the end (or past the limit)
-        while len(raw) <= MAX_BYTES and (chunk := await resp.content.readany()):
-            raw += chunk
-        if len(raw) > MAX_BYTES:
-            raise FetchFailed("answer too large")
-        found = _ours(_loads(raw), msg_id)
+        found = _ours(await _json_body(resp, MAX_BYTES), msg_id)
         if found is not None:
             return found
     elif media == "text/event-stream":
@@ -226,6 +223,26 @@ async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
     else:
         raise FetchFailed(f"unexpected content type {media!r}")
     raise FetchFailed("no response to the request in the answer")
+
+
+async def _json_body(resp: aiohttp.ClientResponse, limit: int) -> Any:
+    raw = bytearray()  # read(n) returns what has arrived, not n bytes: read to the end (or past the limit)
+    while len(raw) <= limit and (chunk := await resp.content.readany()):
+        raw += chunk
+    if len(raw) > limit:
+        raise FetchFailed("answer too large")
+    return _loads(raw)
+
+
+async def _is_rpc_error(resp: aiohttp.ClientResponse) -> bool:
+    """The answer is a JSON body holding one JSON-RPC error (read at most 64 KiB of it)."""
+    if resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() != JSON:
+        return False
+    try:
+        payload = await _json_body(resp, 64 * 1024)
+    except FetchFailed:
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("error"), dict)
 
 
 def _ours(payload: Any, msg_id: str) -> Message | None:
