@@ -39,7 +39,8 @@ ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "scopegate", "version": __version__}
 MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
                "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
-LISTEN_RETRY = 5.0
+LISTEN_RETRY = 5.0  # the first wait before opening the listen stream again; it doubles with each failure ...
+LISTEN_RETRY_MAX = 300.0  # ... up to this (an upstream without listen support costs one request per 5 minutes)
 CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 log = logging.getLogger("scopegate.catalog")
 
@@ -87,18 +88,30 @@ class UpstreamTools:
     async def watch(self, saw: Callable[[Message], None]) -> None:
         """While the upstream speaks 2026-07-28, keep one `subscriptions/listen` stream of the proxy's own asking for
         `toolsListChanged`, and hand every message on it to `saw`: that revision sends the notice nowhere else. A
-        stream that drops may have missed a notice, so a drop counts as a change. Runs until cancelled."""
+        stream that drops may have missed a notice, so a drop counts as a change. Attempts that do not open a stream
+        are retried after `listen_delay` (an upstream without listen support is asked less and less often, and said
+        so once; the catalog's maximum age keeps it fresh meanwhile). Runs until cancelled."""
+        failures = 0  # attempts in a row that opened no stream
         while True:
             await self._modern.wait()
             if self.revision == MODERN:
                 opened: list[bool] = []
                 try:
                     await self._listen(saw, opened)
+                    reason = "closed by the upstream"
                 except Exception as exc:  # whatever ended it, the stream is opened again; the catalog stays safe
-                    log.info("the catalog's listen stream ended: %s", type(exc).__name__)
-                if opened:  # (an upstream without listen support is left to the catalog's maximum age)
+                    reason = str(exc) if isinstance(exc, FetchFailed) else type(exc).__name__
+                if opened:
                     saw(CHANGED)
-            await asyncio.sleep(LISTEN_RETRY)
+                    failures = 0
+                    log.debug("the catalog's listen stream ended (%s); opening it again", reason)
+                else:
+                    failures += 1
+                    # Said once per run of failures, not at every retry: an upstream that never supports it is
+                    # not an incident every few minutes.
+                    log.log(logging.INFO if failures == 1 else logging.DEBUG, "the catalog's listen stream cannot "
+                            "be opened (%s); retrying in %g s, then less often", reason, listen_delay(failures))
+            await asyncio.sleep(listen_delay(failures))
 
     async def _listen(self, saw: Callable[[Message], None], opened: list[bool]) -> None:
         body = dumps({"jsonrpc": "2.0", "id": f"scopegate-catalog-listen-{next(self._ids)}",
@@ -195,6 +208,15 @@ class UpstreamTools:
         if not isinstance(result, dict):
             raise FetchFailed(f"{method} answered no result object")
         return result
+
+
+def listen_delay(failures: int, first: float | None = None, most: float | None = None) -> float:
+    """Seconds to wait before opening the listen stream again after `failures` attempts in a row that opened none
+    (0: the last one opened, then ended): `first`, doubled for each failure after the first, never above `most`.
+    Pure (the defaults are read when called, so tests may change them)."""
+    first = LISTEN_RETRY if first is None else first
+    most = LISTEN_RETRY_MAX if most is None else most
+    return min(first * 2 ** min(max(failures - 1, 0), 32), most)  # (2**32: no float overflow after days)
 
 
 class SessionGone(Exception):
