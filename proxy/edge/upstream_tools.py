@@ -37,7 +37,13 @@ MAX_PAGES = 1000
 MAX_BYTES = 64 * 1024 * 1024
 ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "scopegate", "version": __version__}
-MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
+# What clients commonly declare. Servers may register tools per client capability (server-everything lists
+# trigger-sampling-request only to a client that can sample): the catalog, asked with no capabilities, would lack
+# them, and delegated decisions would refuse them as unlisted to the callers whose sessions have them. The catalog
+# never answers a server's request; what is asked of it there times out on the server's side, harmlessly.
+CAPABILITIES = {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientCapabilities": CAPABILITIES,
                "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
 LISTEN_RETRY = 5.0  # the first wait before opening the listen stream again; it doubles with each failure ...
 LISTEN_RETRY_MAX = 300.0  # ... up to this (an upstream without listen support costs one request per 5 minutes)
@@ -165,7 +171,7 @@ class UpstreamTools:
 
     async def _initialize(self) -> None:
         self.session_id = None
-        params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        params = {"protocolVersion": LEGACY, "capabilities": CAPABILITIES, "clientInfo": CLIENT_INFO}
         result = await self._request(LEGACY, "initialize", params, first_page=False)
         version = result.get("protocolVersion")
         self.negotiated = version if isinstance(version, str) else LEGACY
