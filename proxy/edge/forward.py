@@ -27,6 +27,7 @@ from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.event_ids import EventIds
 from proxy.edge.framing import FrameError, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
+from proxy.edge.openings import Openings
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import event_data
 from proxy.edge.upstream_http import HeaderRefused, HeadTimeout, Pool, Response, UpstreamBroken
@@ -119,6 +120,7 @@ class Outgoing:
     answers: list[Message]  # the guards' own answers, merged into the upstream's
     is_batch: bool | None
     lists_asked: bool = False
+    opening: asyncio.Future[None] | None = None  # a GET's: set once its answer head arrived (edge/openings.py)
 
 
 class Forwarder:
@@ -136,6 +138,7 @@ class Forwarder:
         self.audit = audit
         self.event_ids = event_ids or EventIds(os.urandom(32))
         self.open_streams: set[Response] = set()
+        self.openings = Openings()  # GET streams being opened: the session's POSTs wait for them
         self._rid_prefix = os.urandom(8).hex()
         self._rid_count = itertools.count()
 
@@ -176,6 +179,8 @@ class Forwarder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = self._exchange(request)
+        # Registered before anything awaits, so a POST of the session received after this GET cannot overtake it.
+        opening = self.openings.opening(exchange.session_id) if request.method == "GET" else None
         response: web.StreamResponse | None = None
         try:
             refusal = response = await self.pipeline.admit(request, exchange)
@@ -210,12 +215,13 @@ class Forwarder:
                 else:
                     self.metrics.message(request.method, "allow")
                     self._outcome(exchange, {"method": request.method}, "allow", "")
-                    prepared = Outgoing(None, ServerMessages(self.pipeline, exchange), [], None)
+                    prepared = Outgoing(None, ServerMessages(self.pipeline, exchange), [], None, opening=opening)
                 response = await self._forward(request, exchange, prepared)
                 return response
             finally:
                 budget.release(who)
         finally:
+            self.openings.opened(exchange.session_id, opening)  # (refused, or it ended; once open it was set)
             if not exchange.outcomes:  # every request leaves a record, whichever way it ended
                 status = response.status if response is not None else None
                 self._refused(exchange, "error", f"HTTP {status}" if status else "no answer")
@@ -339,6 +345,8 @@ class Forwarder:
         started = time.perf_counter()
         session = self.stream_session if long_lived(request) else self.session
         messages, answers = out.messages, out.answers
+        if request.method == "POST" and (opened := self.openings.pending(exchange.session_id)) is not None:
+            await self.openings.after(exchange.session_id, opened)  # the session's GET reaches the upstream first
         try:
             upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
                                              head_timeout=self.config.response_timeout)
@@ -355,6 +363,8 @@ class Forwarder:
             log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
             self.metrics.upstream_errors.labels("connect").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
+        finally:
+            self.openings.opened(exchange.session_id, out.opening)  # a GET's head arrived (or never will)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         exchange.upstream_status = upstream.status
         exchange.upstream_headers = CIMultiDict()  # sent; nothing reads them again, and a stream lasts hours
