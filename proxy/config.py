@@ -15,7 +15,7 @@ from typing import Any
 
 from yarl import URL
 
-from proxy.origin import OriginPolicy, default_policy
+from proxy.origin import OriginPolicy, default_policy, origin_pattern_problem
 
 
 class ConfigError(Exception):
@@ -95,6 +95,15 @@ def _csv(name: str, value: str) -> tuple[str, ...]:
     if not items:
         raise ConfigError(f"{name}: expected a comma-separated list, got {value!r}")
     return items
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    patterns = _csv(name, value)
+    for pattern in patterns:
+        if (problem := origin_pattern_problem(pattern)) is not None:
+            raise ConfigError(f"{name}: {pattern!r}: {problem}; each pattern is scheme://host, scheme://host:port or "
+                              "scheme://host:* (any port), e.g. https://app.example.com")
+    return patterns
 
 
 def _redis_url(name: str, value: str) -> str:
@@ -213,7 +222,7 @@ SETTINGS = (
     Setting("tls_key", _file, "PEM private key for --tls-cert"),
     Setting("tls_client_ca", _file, "PEM CA bundle: require client certificates signed by it (mTLS)"),
     Setting("allowed_hosts", _csv, "comma-separated Host patterns (host, host:port, host:*); default loopback"),
-    Setting("allowed_origins", _csv, "comma-separated Origin patterns (scheme://host[:port|:*]); default loopback"),
+    Setting("allowed_origins", _origins, "comma-separated Origin patterns (scheme://host[:port|:*]); default loopback"),
     Setting("max_body_bytes", _positive_int, "largest POST body accepted (default 4194304)"),
     Setting("max_depth", _positive_int, "deepest JSON nesting accepted (default 64)"),
     Setting("max_batch", _positive_int, "most messages in one JSON-RPC batch (default 100)"),

@@ -154,9 +154,12 @@ def build_conformance_server() -> Server:
                 await ctx.session.report_progress(done, 100)
             content = [_text("Progress reported.")]
         elif name == "test_sampling":
+            # Asked on the session's standalone GET stream, as the suite's own reference server asks (its
+            # `server.request` names no related request); the SEP-1034/1330 elicitations below ride the call's
+            # stream, so both routes are exercised.
             answer = await ctx.session.create_message(
                 [types.SamplingMessage(role="user", content=_text(str(arguments.get("prompt", ""))))],
-                max_tokens=100, related_request_id=ctx.request_id)
+                max_tokens=100, related_request_id=None)
             said = answer.content.text if isinstance(answer.content, types.TextContent) else str(answer.content)
             content = [_text(f"LLM response: {said}")]
         elif name in ("test_elicitation", "test_elicitation_sep1034_defaults", "test_elicitation_sep1330_enums"):
@@ -166,8 +169,9 @@ def build_conformance_server() -> Server:
                 "required": ["username", "email"]},
                 "test_elicitation_sep1034_defaults": SEP1034_SCHEMA,
                 "test_elicitation_sep1330_enums": SEP1330_SCHEMA}[name]
+            on_get = name == "test_elicitation"  # on the GET stream, as the reference server asks (see above)
             answer = await ctx.session.elicit_form(str(arguments.get("message", "Please answer.")), schema,
-                                                   related_request_id=ctx.request_id)
+                                                   related_request_id=None if on_get else ctx.request_id)
             content = [_text(f"Elicitation completed: action={answer.action}, content={json.dumps(answer.content)}")]
         elif name == "test_reconnection":
             await asyncio.sleep(0.05)

@@ -166,3 +166,14 @@ def test_pat_create_checks_against_the_policy_from_the_environment(tmp_path: Pat
                      env={"SCOPEGATE_POLICY": str(POLICY)})
     assert made.returncode == 0 and made.stdout.startswith("sgp_"), made.stderr
     assert [r.scopes for r in read_records(path)] == [["mcp:read"]]
+
+
+def test_a_wildcard_origin_is_refused_at_start_in_one_line(registry: Path) -> None:
+    """`SCOPEGATE_ALLOWED_ORIGINS='*'` was accepted and then refused every browser: it stops the start, saying why
+    and what the patterns look like. (Run as `python -m proxy` from this checkout, so it tests this code.)"""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+    done = subprocess.run([sys.executable, "-m", "proxy", *serve_args(registry)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL,
+                          env={**clean, "SCOPEGATE_ALLOWED_ORIGINS": "*"})
+    one_line(done, "SCOPEGATE_ALLOWED_ORIGINS: '*': a wildcard stands only for the port (scheme://host:*)")
+    assert "would undo the DNS-rebinding protection" in done.stderr

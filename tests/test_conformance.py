@@ -21,13 +21,17 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import orjson
 import pytest
 
 from proxy.demo.event_store import resumable_app
 from proxy.demo.run import free_port, stop_process
 from tests.conformance_server import build_conformance_server
 from tests.conftest import ThreadedServer, npm_installed
+from tests.rawmcp import ACCEPT, next_event
 
 SUITE = "@modelcontextprotocol/conformance@0.1.13"
 SDK = "@modelcontextprotocol/sdk@1.32.2"  # the suite's client; its dependency range would float otherwise
@@ -169,3 +173,66 @@ async def test_a_scenario_the_policy_does_not_grant_fails_through_scopegate(suit
     assert verdict(text["tools-call-simple-text"]) == "fail"  # test_simple_text is no longer granted
     assert verdict(image["tools-call-image"]) == "pass"
     assert verdict(read["resources-read-text"]) == "fail"
+
+
+async def _asked_on_the_get_stream(http: aiohttp.ClientSession, url: str) -> bool:
+    """One session as the SDK clients run it: initialize, initialized, the standalone GET stream opened and, at
+    once, a call whose tool asks the client to sample on that stream. True when the question arrived there and the
+    answer completed the call."""
+    first = {"Accept": ACCEPT, "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}}
+    async with http.post(url, data=orjson.dumps(init), headers=first) as resp:
+        headers = {**first, "Mcp-Session-Id": resp.headers["Mcp-Session-Id"], "MCP-Protocol-Version": "2025-11-25"}
+        await resp.read()
+    async with http.post(url, data=b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers=headers) as resp:
+        assert resp.status == 202
+    asked: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+
+    async def get_stream() -> None:
+        async with http.get(url, headers={k: v for k, v in headers.items() if k != "Content-Type"}) as stream:
+            while (event := await next_event(stream)) is not None:
+                if event.data and event.data.get("method") == "sampling/createMessage" and not asked.done():
+                    asked.set_result(event.data)
+
+    async def call() -> bytes:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "test_sampling", "arguments": {"prompt": "p"}}}
+        async with http.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            return await resp.read()
+
+    streaming = asyncio.create_task(get_stream())
+    await asyncio.sleep(0)  # the GET goes out first, then the call at once, as the SDK clients send them
+    calling = asyncio.create_task(call())
+    try:
+        async with asyncio.timeout(3):
+            question = await asked
+        answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
+            "role": "assistant", "content": {"type": "text", "text": "sampled"}, "model": "m"}}
+        async with http.post(url, data=orjson.dumps(answer), headers=headers) as resp:
+            assert resp.status == 202
+        async with asyncio.timeout(10):
+            return b"LLM response: sampled" in await calling
+    except TimeoutError:
+        return False
+    finally:
+        streaming.cancel()
+        calling.cancel()
+        async with http.delete(url, headers=headers):
+            pass
+
+
+async def test_a_question_on_the_get_stream_reaches_the_client_as_reliably_as_direct(
+        server_url: str, start_proxy: Any, tmp_path: Path) -> None:
+    """The suite's reference server asks for sampling and elicitation on the session's standalone GET stream, which
+    the SDK clients open right before their first call. Through scopegate the GET once lost that race (it opens a
+    fresh upstream connection, the call takes a warm one) and the server dropped the question: about a third of
+    sessions timed out, none direct. A session's POST now waits for its GET to be open upstream."""
+    policy = tmp_path / "conformance.yaml"
+    policy.write_text(POLICY)
+    proxied = await start_proxy(server_url, policy=str(policy))
+    async with aiohttp.ClientSession() as http:
+        direct = [await _asked_on_the_get_stream(http, server_url) for _ in range(20)]
+        through = [await _asked_on_the_get_stream(http, proxied) for _ in range(20)]
+    assert direct.count(True) == 20
+    assert through.count(True) == 20, through

@@ -146,6 +146,36 @@ def test_origin_patterns() -> None:
     assert public.host_allowed("mcp.example.com") and public.origin_allowed("https://mcp.example.com")
 
 
+@pytest.mark.parametrize("pattern", ["*", "https://*", "https://*.example.com", "*://app.example.com", "null",
+                                     "app.example.com", "https://app.example.com/", "https://app.example.com:99999",
+                                     "https://app.example.com:", "https://a b", "https://", "http://[::1"])
+def test_an_origin_setting_that_would_refuse_every_browser_is_refused_at_start(pattern: str) -> None:
+    """Patterns that match no Origin a browser sends (`*` was accepted and then refused every browser) stop the
+    start with one line naming the pattern and the syntax; a wildcard is not given the meaning "any origin": that
+    would undo the DNS-rebinding protection."""
+    from proxy.config import ConfigError, load
+
+    with pytest.raises(ConfigError) as refused:
+        load({"SCOPEGATE_UPSTREAM": "http://127.0.0.1:9/mcp", "SCOPEGATE_ALLOWED_ORIGINS": f"http://ok:*,{pattern}"},
+             {})
+    said = str(refused.value)
+    assert said.startswith(f"SCOPEGATE_ALLOWED_ORIGINS: {pattern!r}: ") and "\n" not in said
+    assert "scheme://host, scheme://host:port or scheme://host:*" in said
+    assert ("wildcard" in said) == ("*" in pattern)
+
+
+def test_origin_patterns_of_every_documented_form_are_accepted() -> None:
+    from proxy.config import load
+
+    patterns = ("https://app.example.com", "https://app.example.com:8443", "http://localhost:*", "http://[::1]:*",
+                "chrome-extension://abcdefghijklmnop", "HTTPS://App.Example.com")
+    config = load({"SCOPEGATE_UPSTREAM": "http://127.0.0.1:9/mcp", "SCOPEGATE_ALLOWED_ORIGINS": ",".join(patterns)},
+                  {})
+    assert config.origin_policy.origins == patterns
+    assert config.origin_policy.origin_allowed("https://app.example.com")
+    assert config.origin_policy.origin_allowed("http://[::1]:5173")
+
+
 def test_origin_decisions_are_remembered_within_bounds_and_stay_right() -> None:
     """Each Host/Origin is decided once per policy; junk values cannot grow the memo, and asking again (from the
     memo) gives the same answer as the first time."""

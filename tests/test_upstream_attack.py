@@ -479,3 +479,78 @@ async def test_an_https_upstream_is_verified_and_a_private_ca_is_trusted_through
         assert [r.msg_id for r in up.requests] == [2, 3, 4] and len({r.connection for r in up.requests}) == 1
     finally:
         up.stop()
+
+
+# --- answers to POSTs that asked nothing -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["notification", "client response"])
+@pytest.mark.parametrize("answer", ["202 null", "200 not json", "202 a list"])
+async def test_a_body_answering_nothing_is_passed_as_clients_take_it(kind: str, answer: str, start_proxy: Any,
+                                                                      raw_upstream: Any) -> None:
+    """A POST with no request in it (a notification, or the client's answer to a server's request) is answered 2xx
+    by the upstream with some body: clients discard it unread, so scopegate passes the status without it (once a
+    502 "upstream answer not understood", which left the TypeScript SDK unable to connect to git-mcp-server). A
+    request answered the same way is still refused: that body was the answer it waits for."""
+    listed = orjson.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": [{"name": "secret_tool",
+                                                                            "inputSchema": {"type": "object"}}]}})
+    bodies = {
+        "202 null": b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\nnull",
+        "200 not json": b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+        "202 a list": b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                      % len(listed) + listed,
+    }
+    up, url = await raw_upstream(answering(lambda request: bodies[answer]))
+    proxy = await start_proxy(url)
+    message = ({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3}}
+               if kind == "notification" else {"jsonrpc": "2.0", "id": 3, "result": {}})
+    async with aiohttp.ClientSession() as http:
+        hdrs = {**modern_headers("notifications/cancelled" if kind == "notification" else "response"),
+                "Authorization": f"Bearer {TOKENS['writer']}"}
+        hdrs.pop("Mcp-Method")
+        async with http.post(proxy, data=orjson.dumps(message), headers=hdrs) as resp:
+            status, body = resp.status, await resp.read()
+        assert (status, body) == (int(answer[:3]), b"")
+        assert orjson.loads(up.requests[-1].body) == message  # it did reach the upstream
+        status, refused = await call(http, proxy, 9)  # a request answered the same way: refused, or filtered
+    assert b"secret_tool" not in refused and b"hello" not in refused
+    assert status == 502 or answer == "202 a list"
+
+
+async def test_an_upstream_holding_its_get_head_back_delays_one_call_once(start_proxy: Any, raw_upstream: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session's POSTs wait for its GET to be open upstream (edge/openings.py), boundedly: an upstream that never
+    sends a GET's head costs the first call one wait, and no call after it anything."""
+    from proxy.edge import openings
+
+    monkeypatch.setattr(openings, "WAIT", 0.5)  # (1 s by default)
+
+    async def reply(request: Request, writer: asyncio.StreamWriter) -> None:
+        if request.head.startswith(b"GET"):
+            return  # holds the head back (the connection stays open, silent)
+        body = orjson.loads(request.body)
+        if body.get("method") == "initialize":
+            writer.write(pong(body["id"], headers=b"Mcp-Session-Id: s-held\r\n"))
+        else:
+            writer.write(pong(body["id"]))
+        await writer.drain()
+
+    up, url = await raw_upstream(reply)
+    proxy = await start_proxy(url)
+    legacy = {"Authorization": f"Bearer {TOKENS['writer']}", "Content-Type": "application/json",
+              "Accept": "application/json, text/event-stream"}
+    async with aiohttp.ClientSession() as http:
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+        async with http.post(proxy, data=orjson.dumps(init), headers=legacy) as resp:
+            assert resp.status == 200 and resp.headers["Mcp-Session-Id"] == "s-held"
+        session = {**legacy, "Mcp-Session-Id": "s-held", "MCP-Protocol-Version": "2025-11-25"}
+        held = asyncio.create_task(http.get(proxy, headers=session))
+        assert await wait_until(lambda: any(r.head.startswith(b"GET") for r in up.requests))
+        took = []
+        for msg_id in (1, 2, 3):
+            started = asyncio.get_running_loop().time()
+            async with http.post(proxy, data=ping(msg_id), headers=session) as resp:
+                assert resp.status == 200 and orjson.loads(await resp.read())["id"] == msg_id
+            took.append(asyncio.get_running_loop().time() - started)
+        held.cancel()
+    assert 0.45 < took[0] < 0.9 and took[1] < 0.3 and took[2] < 0.3, took

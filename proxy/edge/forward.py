@@ -27,6 +27,7 @@ from proxy.edge.errors import REQUEST_ID, log_failure
 from proxy.edge.event_ids import EventIds
 from proxy.edge.framing import HEADER_MISMATCH, FrameError, header_problem, parse_body
 from proxy.edge.headers import client_response_headers, upstream_request_headers
+from proxy.edge.openings import Openings
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_json, relay_sse, sse_event
 from proxy.edge.sse import BOM, event_data
 from proxy.edge.upstream_http import HeaderRefused, HeadTimeout, Pool, Response, UpstreamBroken
@@ -85,6 +86,15 @@ def long_lived(request: web.Request) -> bool:
     return request.method == "GET" or request.headers.get("Mcp-Method") == "subscriptions/listen"
 
 
+def awaits_nothing(http_method: str, status: int, asked: dict[tuple[str, Any], str], local: list[Message]) -> bool:
+    """A 2xx answer to a POST that forwarded no request (only notifications or the client's responses) and has none
+    of the guards' answers to merge: nothing in its body answers anything. The spec's answer is 202 with no body,
+    and clients discard whatever body comes (the SDKs cancel it unread), so scopegate relays the status without the
+    body, neither parsed nor passed on: a server's `null` there is no error, and no unchecked text reaches a
+    client. Pure."""
+    return http_method == "POST" and 200 <= status < 300 and not asked and not local
+
+
 def holder(exchange: Exchange) -> str:
     principal = exchange.principal
     return f"{principal.kind}:{principal.credential_id}" if principal is not None else ""
@@ -115,6 +125,7 @@ class Outgoing:
     answers: list[Message]  # the guards' own answers, merged into the upstream's
     is_batch: bool | None
     lists_asked: bool = False
+    opening: asyncio.Future[None] | None = None  # a GET's: set once its answer head arrived (edge/openings.py)
 
 
 class Forwarder:
@@ -132,6 +143,7 @@ class Forwarder:
         self.audit = audit
         self.event_ids = event_ids or EventIds(os.urandom(32))
         self.open_streams: set[Response] = set()
+        self.openings = Openings()  # GET streams being opened: the session's POSTs wait for them
         self._rid_prefix = os.urandom(8).hex()
         self._rid_count = itertools.count()
 
@@ -172,6 +184,8 @@ class Forwarder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         exchange = self._exchange(request)
+        # Registered before anything awaits, so a POST of the session received after this GET cannot overtake it.
+        opening = self.openings.opening(exchange.session_id) if request.method == "GET" else None
         response: web.StreamResponse | None = None
         try:
             refusal = response = await self.pipeline.admit(request, exchange)
@@ -206,12 +220,13 @@ class Forwarder:
                 else:
                     self.metrics.message(request.method, "allow")
                     self._outcome(exchange, {"method": request.method}, "allow", "")
-                    prepared = Outgoing(None, ServerMessages(self.pipeline, exchange), [], None)
+                    prepared = Outgoing(None, ServerMessages(self.pipeline, exchange), [], None, opening=opening)
                 response = await self._forward(request, exchange, prepared)
                 return response
             finally:
                 budget.release(who)
         finally:
+            self.openings.opened(exchange.session_id, opening)  # (refused, or it ended; once open it was set)
             if not exchange.outcomes:  # every request leaves a record, whichever way it ended
                 status = response.status if response is not None else None
                 self._refused(exchange, "error", f"HTTP {status}" if status else "no answer")
@@ -349,6 +364,8 @@ class Forwarder:
         started = time.perf_counter()
         session = self.stream_session if long_lived(request) else self.session
         messages, answers = out.messages, out.answers
+        if request.method == "POST" and (opened := self.openings.pending(exchange.session_id)) is not None:
+            await self.openings.after(exchange.session_id, opened)  # the session's GET reaches the upstream first
         try:
             upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
                                              head_timeout=self.config.response_timeout)
@@ -365,6 +382,8 @@ class Forwarder:
             log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
             self.metrics.upstream_errors.labels("connect").inc()
             return rpc_error(502, INTERNAL_ERROR, "upstream unavailable", request_id=exchange.request_id)
+        finally:
+            self.openings.opened(exchange.session_id, out.opening)  # a GET's head arrived (or never will)
         self.metrics.upstream_duration.observe(time.perf_counter() - started)
         exchange.upstream_status = upstream.status
         exchange.upstream_headers = CIMultiDict()  # sent; nothing reads them again, and a stream lasts hours
@@ -392,6 +411,10 @@ class Forwarder:
                 # into a batch's reply, the body is read like any other.)
                 response = web.Response(status=upstream.status, body=await self._read_whole(upstream),
                                         headers=headers)
+            elif awaits_nothing(request.method, upstream.status, messages.asked, answers):
+                upstream.content.read_nowait()  # what came with the head: the connection is reused if that was all
+                headers.popall("Content-Type", None)
+                response = web.Response(status=upstream.status, headers=headers)
             elif media == "text/event-stream" and encoding == "identity":
                 response = web.StreamResponse(status=upstream.status, headers=headers)
                 del headers  # the response copied them; this frame lives as long as the stream

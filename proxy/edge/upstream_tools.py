@@ -37,9 +37,16 @@ MAX_PAGES = 1000
 MAX_BYTES = 64 * 1024 * 1024
 ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "scopegate", "version": __version__}
-MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {},
+# What clients commonly declare. Servers may register tools per client capability (server-everything lists
+# trigger-sampling-request only to a client that can sample): the catalog, asked with no capabilities, would lack
+# them, and delegated decisions would refuse them as unlisted to the callers whose sessions have them. The catalog
+# never answers a server's request; what is asked of it there times out on the server's side, harmlessly.
+CAPABILITIES = {"sampling": {}, "elicitation": {"form": {}, "url": {}}, "roots": {}}
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientCapabilities": CAPABILITIES,
                "io.modelcontextprotocol/clientInfo": CLIENT_INFO}
-LISTEN_RETRY = 5.0
+LISTEN_RETRY = 5.0  # the first wait before opening the listen stream again; it doubles with each failure ...
+LISTEN_RETRY_MAX = 300.0  # ... up to this (an upstream without listen support costs one request per 5 minutes)
 CHANGED: Message = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
 log = logging.getLogger("scopegate.catalog")
 
@@ -73,31 +80,44 @@ class UpstreamTools:
                 return tools
             except NotModern:
                 pass  # a server that never spoke it, or one replaced by an older version: ask in 2025-11-25
-        self.revision = LEGACY
         self._modern.clear()
         if self.session_id is None:
             await self._initialize()
         try:
-            return await self._pages(LEGACY)
+            tools = await self._pages(LEGACY)
         except SessionGone:
             await self._initialize()
-            return await self._pages(LEGACY)
+            tools = await self._pages(LEGACY)
+        self.revision = LEGACY  # only once it worked: a failure here tries 2026-07-28 again next time
+        return tools
 
     async def watch(self, saw: Callable[[Message], None]) -> None:
         """While the upstream speaks 2026-07-28, keep one `subscriptions/listen` stream of the proxy's own asking for
         `toolsListChanged`, and hand every message on it to `saw`: that revision sends the notice nowhere else. A
-        stream that drops may have missed a notice, so a drop counts as a change. Runs until cancelled."""
+        stream that drops may have missed a notice, so a drop counts as a change. Attempts that do not open a stream
+        are retried after `listen_delay` (an upstream without listen support is asked less and less often, and said
+        so once; the catalog's maximum age keeps it fresh meanwhile). Runs until cancelled."""
+        failures = 0  # attempts in a row that opened no stream
         while True:
             await self._modern.wait()
             if self.revision == MODERN:
                 opened: list[bool] = []
                 try:
                     await self._listen(saw, opened)
+                    reason = "closed by the upstream"
                 except Exception as exc:  # whatever ended it, the stream is opened again; the catalog stays safe
-                    log.info("the catalog's listen stream ended: %s", type(exc).__name__)
-                if opened:  # (an upstream without listen support is left to the catalog's maximum age)
+                    reason = str(exc) if isinstance(exc, FetchFailed) else type(exc).__name__
+                if opened:
                     saw(CHANGED)
-            await asyncio.sleep(LISTEN_RETRY)
+                    failures = 0
+                    log.debug("the catalog's listen stream ended (%s); opening it again", reason)
+                else:
+                    failures += 1
+                    # Said once per run of failures, not at every retry: an upstream that never supports it is
+                    # not an incident every few minutes.
+                    log.log(logging.INFO if failures == 1 else logging.DEBUG, "the catalog's listen stream cannot "
+                            "be opened (%s); retrying in %g s, then less often", reason, listen_delay(failures))
+            await asyncio.sleep(listen_delay(failures))
 
     async def _listen(self, saw: Callable[[Message], None], opened: list[bool]) -> None:
         body = dumps({"jsonrpc": "2.0", "id": f"scopegate-catalog-listen-{next(self._ids)}",
@@ -151,7 +171,7 @@ class UpstreamTools:
 
     async def _initialize(self) -> None:
         self.session_id = None
-        params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        params = {"protocolVersion": LEGACY, "capabilities": CAPABILITIES, "clientInfo": CLIENT_INFO}
         result = await self._request(LEGACY, "initialize", params, first_page=False)
         version = result.get("protocolVersion")
         self.negotiated = version if isinstance(version, str) else LEGACY
@@ -178,8 +198,9 @@ class UpstreamTools:
         async with self.session.post(self.url, data=body, headers=self._headers(revision, method)) as resp:
             if revision == LEGACY and resp.status == 404 and method != "initialize":
                 raise SessionGone
-            if 400 <= resp.status < 500 and revision == MODERN and first_page:
-                raise NotModern
+            if revision == MODERN and first_page and (400 <= resp.status < 500 or
+                                                      (resp.status >= 500 and await _is_rpc_error(resp))):
+                raise NotModern  # (some servers answer a revision they do not speak with a 500 and an error)
             if resp.status != 200:
                 raise FetchFailed(f"{method} answered HTTP {resp.status}")
             if method == "initialize":
@@ -195,6 +216,15 @@ class UpstreamTools:
         return result
 
 
+def listen_delay(failures: int, first: float | None = None, most: float | None = None) -> float:
+    """Seconds to wait before opening the listen stream again after `failures` attempts in a row that opened none
+    (0: the last one opened, then ended): `first`, doubled for each failure after the first, never above `most`.
+    Pure (the defaults are read when called, so tests may change them)."""
+    first = LISTEN_RETRY if first is None else first
+    most = LISTEN_RETRY_MAX if most is None else most
+    return min(first * 2 ** min(max(failures - 1, 0), 32), most)  # (2**32: no float overflow after days)
+
+
 class SessionGone(Exception):
     pass
 
@@ -204,12 +234,7 @@ async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
     may keep the stream open after it)."""
     media = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
     if media == "application/json":
-        raw = bytearray()  # read(n) returns what has arrived, not n bytes: read to the end (or past the limit)
-        while len(raw) <= MAX_BYTES and (chunk := await resp.content.readany()):
-            raw += chunk
-        if len(raw) > MAX_BYTES:
-            raise FetchFailed("answer too large")
-        found = _ours(_loads(raw), msg_id)
+        found = _ours(await _json_body(resp, MAX_BYTES), msg_id)
         if found is not None:
             return found
     elif media == "text/event-stream":
@@ -226,6 +251,26 @@ async def _response(resp: aiohttp.ClientResponse, msg_id: str) -> Message:
     else:
         raise FetchFailed(f"unexpected content type {media!r}")
     raise FetchFailed("no response to the request in the answer")
+
+
+async def _json_body(resp: aiohttp.ClientResponse, limit: int) -> Any:
+    raw = bytearray()  # read(n) returns what has arrived, not n bytes: read to the end (or past the limit)
+    while len(raw) <= limit and (chunk := await resp.content.readany()):
+        raw += chunk
+    if len(raw) > limit:
+        raise FetchFailed("answer too large")
+    return _loads(raw)
+
+
+async def _is_rpc_error(resp: aiohttp.ClientResponse) -> bool:
+    """The answer is a JSON body holding one JSON-RPC error (read at most 64 KiB of it)."""
+    if resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() != JSON:
+        return False
+    try:
+        payload = await _json_body(resp, 64 * 1024)
+    except FetchFailed:
+        return False
+    return isinstance(payload, dict) and isinstance(payload.get("error"), dict)
 
 
 def _ours(payload: Any, msg_id: str) -> Message | None:
