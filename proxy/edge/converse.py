@@ -77,6 +77,8 @@ async def converse(forwarder: Forwarder, request: web.Request, exchange: Exchang
 async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, response: web.StreamResponse) -> None:
     """The message upstream; its answer (JSON or SSE) onto the stream the client already has."""
     msg_id = message.get("id")
+    if (stamp := forwarder.pipeline.stamp) is not None:
+        stamp(exchange)  # the caller's identity assertion, naming the approval just given
     try:
         upstream = await forwarder.session.request("POST", data=dumps(message), headers=exchange.upstream_headers)
     except (TimeoutError, UpstreamBroken, ValueError, OSError) as exc:

@@ -330,6 +330,8 @@ class Forwarder:
         started = time.perf_counter()
         session = self.stream_session if long_lived(request) else self.session
         messages, answers = out.messages, out.answers
+        if (stamp := self.pipeline.stamp) is not None:
+            stamp(exchange)  # the caller's identity assertion, once every guard has settled what it states
         try:
             upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
                                              head_timeout=self.config.response_timeout)

@@ -38,6 +38,7 @@ from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
 from proxy.guards.tasks import HeldTasks, TaskGuard
 from proxy.guards.workspace import WorkspaceGuard
+from proxy.identity.assertion import DEFAULT_HEADER, Assertions
 from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal
 from proxy.identity.metadata import WELL_KNOWN
 from proxy.jsonrpc import Message, RawResponse, dumps
@@ -97,6 +98,9 @@ class Pipeline:
     # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
     # task-augmented call, whichever guard answered it).
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
+    # What the proxy adds to a request as it goes upstream, after every guard (the caller's identity assertion:
+    # it states the workspace and the approval the guards settled).
+    stamp: Callable[[Exchange], None] | None = None
     live: LivePolicy | None = None  # the policy the guards decide by: pinned per request
 
     _by_method: dict[str | None, tuple[Guard, ...]] = field(init=False, repr=False, compare=False)
@@ -177,13 +181,17 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     sessions = SessionBinding(store, config.max_sessions_per_credential, companions=(client_caps.KEY,),
                               on_evict=session_evictions)
     secrets = identity.secret_headers
+    asserted = identity.upstream_identity
+    assertions = Assertions(asserted) if asserted is not None else None
+    # The assertion's header is the proxy's to send, like the secrets (`authorization` never crosses anyway).
+    refused = {*secrets, DEFAULT_HEADER, *([asserted.header] if asserted is not None and not asserted.bearer else [])}
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
     lists = ListFilter(live)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
-            *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
+            RefuseSecretHeaders(refused),  # only the proxy may send the upstream's secrets and the caller's identity
             Authenticate(identity.registry, verifier, store, challenge, anonymous_of(live)),  # a Principal, or 401
             sessions.check,  # a session belongs to the credential that opened it
         ),
@@ -201,7 +209,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             TaskGuard(store),  # tasks/get, /result, /cancel for the tasks the proxy holds, for their owner
         ),
         response_hooks=(
-            *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
+            # no secret (nor an identity assertion) comes back in a response header
+            *([ScrubSecretHeaders(secrets, [asserted.header] if asserted else [])] if secrets or asserted else []),
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
             clients.on_response,  # and remember whether their client can show an approval form
         ),
@@ -213,5 +222,6 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         upstream_watches=(catalog.saw, lists.saw),
         # A task-augmented call the proxy answers itself (a preview, any guard's refusal) gets a task it holds.
         answer_hook=HeldTasks(store, live),
+        stamp=assertions.stamp if assertions is not None else None,  # who is calling, signed, for the upstream
         live=live,
     )

@@ -140,6 +140,26 @@ class Anonymous(Strict):
     workspace: str | None = Field(None, min_length=1)  # bound: injected, and the only one they may name
 
 
+class UpstreamIdentity(Strict):
+    """A signed assertion of who is calling, on every request scopegate forwards (see proxy/identity/assertion.py):
+    the upstream verifies it with scopegate's JWKS and can attribute and authorise by person."""
+
+    header: str = Field("x-scopegate-identity", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+                        description="the header it travels in; `authorization` sends `Bearer <assertion>`")
+    audience: str | None = Field(None, min_length=1, description="its `aud`; default: the upstream URL")
+    ttl_seconds: int = Field(60, ge=10, le=3600)  # its lifetime: exp - iat
+    # A read's assertion is reused for this long by the next reads of the same person, credential, scopes and
+    # workspace (a signature costs more than the rest of a small call); 0: every request gets its own.
+    reuse_seconds: int = Field(30, ge=0, le=1800)
+
+    @model_validator(mode="after")
+    def _reuse_within_life(self) -> UpstreamIdentity:
+        if self.reuse_seconds * 2 > self.ttl_seconds:
+            raise ValueError("reuse_seconds may be at most half of ttl_seconds: a reused assertion must still have "
+                             "half its life left when it reaches the upstream")
+        return self
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -154,6 +174,7 @@ class Policy(Strict):
     oauth: OAuth | None = None
     anonymous: Anonymous | None = None
     upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
+    upstream_identity: UpstreamIdentity | None = None  # a signed assertion of the caller on every forwarded request
     default: Literal["deny", "annotations"] = "deny"
     workspace_property: str = Field("workspaceId", min_length=1)  # the argument that names the workspace
     project_property: str = Field("projectId", min_length=1)
