@@ -8,6 +8,7 @@ token that arrived. Unit tests cover the pure parts (claims, reuse, padding, con
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -400,3 +401,50 @@ def test_demo_policy_asserts_identity_with_the_oauth_key(tmp_path: Path, pat_fil
     assert made.upstream_identity is not None and made.oauth is not None
     assert made.upstream_identity.keys is made.oauth.keys
     assert made.upstream_identity.audience == "http://127.0.0.1:8080/mcp"
+
+
+def readme_snippet(language: str) -> str:
+    """The README's verification example in `language`, as printed (section "The caller's identity")."""
+    readme = (POLICIES.parent / "README.md").read_text()
+    section = readme.split("## The caller's identity, for the upstream", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def for_stack(snippet: str, stack: Stack) -> str:
+    return (snippet.replace("https://mcp.example.com/.well-known/jwks.json", stack.check.jwks_url)
+            .replace("http://ledger.internal:8080/mcp", stack.upstream)
+            .replace("https://mcp.example.com/mcp", stack.public))
+
+
+async def test_readme_verification_snippets_work(stack: Stack) -> None:
+    """The README's pyjwt and jose examples, as printed, verify a real assertion and refuse a tampered one."""
+    from tests.conftest import npm_installed
+
+    async with client(stack.url, "auto", TOKENS["reader"]) as sdk:
+        await sdk.call_tool("list_accounts", {})
+    (call,) = [r for r in stack.recorder.posts() if b'"list_accounts"' in r.body]
+    good = call.headers[HEADER]
+    head, payload, signature = good.split(".")
+    claims = orjson.loads(jwt.utils.base64url_decode(payload))
+    tampered = f"{head}.{jwt.utils.base64url_encode(orjson.dumps({**claims, 'ws': 'globex'})).decode()}.{signature}"
+
+    python: dict[str, Any] = {}
+    exec(for_stack(readme_snippet("python"), stack), python)  # the README's own code
+    assert (await asyncio.to_thread(python["caller"], good))["ws"] == "acme"
+    with pytest.raises(jwt.InvalidSignatureError):
+        await asyncio.to_thread(python["caller"], tampered)
+
+    folder = await asyncio.to_thread(npm_installed, "jose@6.2.19", POLICIES.parent / ".cache" / "jose")
+    script = folder / "verify.mjs"
+    script.write_text(for_stack(readme_snippet("js"), stack) + """
+for (const token of process.argv.slice(2)) {
+  try { console.log(JSON.stringify(await caller(token))); } catch (e) { console.log(JSON.stringify({error: e.code})); }
+}
+""")
+    node = await asyncio.create_subprocess_exec("node", str(script), good, tampered, cwd=folder,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(node.communicate(), 60)
+    assert node.returncode == 0, err.decode()
+    verified, refused = (orjson.loads(line) for line in out.decode().splitlines())
+    assert verified["sub"] == "user-reader" and verified["ws"] == "acme" and verified["aud"] == stack.upstream
+    assert refused == {"error": "ERR_JWS_SIGNATURE_VERIFICATION_FAILED"}
