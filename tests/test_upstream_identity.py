@@ -448,3 +448,19 @@ for (const token of process.argv.slice(2)) {
     verified, refused = (orjson.loads(line) for line in out.decode().splitlines())
     assert verified["sub"] == "user-reader" and verified["ws"] == "acme" and verified["aud"] == stack.upstream
     assert refused == {"error": "ERR_JWS_SIGNATURE_VERIFICATION_FAILED"}
+
+
+async def test_reload_keeps_the_identity_assertion_as_started(stack: Stack, tmp_path: Path) -> None:
+    """The assertion's settings are read at start: a reload that changes them is refused (the policy in force
+    stays); one that changes only rules goes through."""
+    from proxy.edge.app import RELOADER
+
+    reloader = stack.runner.app[RELOADER]
+    path = Path(reloader.path)
+    original = path.read_text()
+    path.write_text(original.replace("upstream_identity: {}", "upstream_identity: {reuse_seconds: 0}"))
+    assert not reloader.reload()
+    path.write_text(original.replace("upstream_identity: {}", ""))
+    assert not reloader.reload()
+    path.write_text(original.replace("default: deny", "default: deny\nconfirm_ttl_seconds: 120"))
+    assert reloader.reload()
