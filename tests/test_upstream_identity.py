@@ -464,3 +464,133 @@ async def test_reload_keeps_the_identity_assertion_as_started(stack: Stack, tmp_
     assert not reloader.reload()
     path.write_text(original.replace("default: deny", "default: deny\nconfirm_ttl_seconds: 120"))
     assert reloader.reload()
+
+
+# -- RFC 8693 token exchange ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Exchanging:
+    url: str
+    recorder: Recorder
+    provider: Any  # tests/token_exchange_server.py:Provider
+    start: Any  # start another scopegate in front of the same upstream and provider: (secret) -> url
+
+
+@pytest.fixture
+async def exchanging(tmp_path: Path, pat_file: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The demo ledger (recorded at its edge), an Authlib RFC 8693 provider that trusts scopegate's JWKS for subject
+    tokens, and scopegate exchanging each caller's assertion there."""
+    from tests.token_exchange_server import Client as ProviderClient
+    from tests.token_exchange_server import Provider, TokenService
+
+    up_port, idp_port = free_port(), free_port()
+    upstream = f"http://127.0.0.1:{up_port}/mcp"
+    token_endpoint = f"http://127.0.0.1:{idp_port}/token"
+    recorder = Recorder(resumable_app(build_server(Ledger()), retry_interval=100))
+    servers = [ThreadedServer(recorder, up_port)]
+    secret = "provider-secret-made-for-this-run"
+    trust = IdentityCheck("", "", token_endpoint)  # set for each scopegate below
+    provider = Provider(trust, ProviderClient("scopegate", secret), expires_in=300)
+    servers.append(ThreadedServer(TokenService(provider).app, idp_port))
+    for server in servers:
+        server.start()
+    key = key_file(tmp_path, "k.pem", ec.generate_private_key(ec.SECP256R1()))
+    policy = identity_policy(tmp_path, token_exchange={"token_endpoint": token_endpoint, "client_id": "scopegate",
+                                                       "audience": "ledger"})
+    runners = []
+
+    async def start_one(given_secret: str = secret) -> str:
+        port = free_port()
+        public = f"http://127.0.0.1:{port}/mcp"
+        secret_file = tmp_path / f"secret-{port}"
+        secret_file.write_text(given_secret + "\n")
+        trust.jwks_url, trust.issuer, trust._keys = f"http://127.0.0.1:{port}/.well-known/jwks.json", public, None
+        config = Config(upstream=URL(upstream), listen=("127.0.0.1", port), public_url=URL(public),
+                        pat_file=pat_file, policy=policy, upstream_identity_keys=(key,),
+                        token_exchange_client_secret_file=str(secret_file), metrics_listen=("127.0.0.1", 0))
+        runner, _ = await start(config, load_identity(config, {}))
+        runners.append(runner)
+        return public
+
+    try:
+        url = await start_one()
+        yield Exchanging(url, recorder, provider, start_one)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_token_exchange_puts_the_providers_token_upstream(mode: str, exchanging: Exchanging) -> None:
+    """Each request reaches the upstream with the provider's token for its caller (never the caller's own), one
+    exchange per person and scope set, reused while it lives; the assertion travels beside it."""
+    for name in ("writer", "writer", "reader"):
+        async with client(exchanging.url, mode, TOKENS[name]) as sdk:
+            assert not (await sdk.call_tool("list_accounts", {"workspaceId": "acme"})).is_error
+    issued = {(i.subject, i.scope): i for i in exchanging.provider.issued}
+    assert sorted(issued) == [("user-reader", "mcp:read"), ("user-writer", "mcp:read mcp:write")]
+    assert len(exchanging.provider.issued) == 2 and {i.audience for i in issued.values()} == {"ledger"}
+    posts = exchanging.recorder.posts()
+    assert posts
+    for post in posts:
+        scheme, token = post.headers["authorization"].split(" ")
+        who = jwt.decode(post.headers[HEADER], options={"verify_signature": False})
+        assert scheme == "Bearer" and token == issued[(who["sub"], who["scope"])].access_token
+        assert token not in TOKENS.values()
+
+
+async def test_one_exchange_for_concurrent_requests_and_none_forwarded_without_it(exchanging: Exchanging) -> None:
+    """Concurrent first requests of one person wait for the one exchange; a provider that refuses, or refuses
+    scopegate's client secret, fails the request (502) and nothing is forwarded."""
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "list_accounts", "arguments": {"workspaceId": "acme"}, "_meta": MODERN_META}})
+    headers = {**modern_headers("tools/call", "list_accounts"), "Authorization": f"Bearer {TOKENS['other']}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def call(url: str) -> int:
+            async with http.post(url, data=body, headers=headers) as response:
+                await response.read()
+                return response.status
+
+        assert await asyncio.gather(*(call(exchanging.url) for _ in range(5))) == [200] * 5
+        assert [i.subject for i in exchanging.provider.issued] == ["user-other"]
+
+        exchanging.recorder.received.clear()
+        exchanging.provider.refuse = True
+        fresh = await exchanging.start()
+        assert await call(fresh) == 502
+        exchanging.provider.refuse = False
+        wrong = await exchanging.start("not-the-secret")
+        async with http.post(wrong, data=body, headers=headers) as response:
+            assert response.status == 502
+            assert "identity for the upstream is unavailable" in (await response.json())["error"]["message"]
+    assert exchanging.recorder.calls("tools/call") == []
+    assert [i.subject for i in exchanging.provider.issued] == ["user-other"]
+
+
+def test_token_exchange_request_and_response_rules(tmp_path: Path) -> None:
+    from proxy.identity.token_exchange import ExchangeFailed, Settings, form, issued
+
+    settings = Settings("https://idp/token", "scopegate", "s3cret", audience="ledger", resource="https://ledger/")
+    sent = form(settings, "eyJ.subject.token", frozenset({"b", "a"}))
+    assert sent == {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token":
+                    "eyJ.subject.token", "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "requested_token_type": "urn:ietf:params:oauth:token-type:access_token", "audience": "ledger",
+                    "resource": "https://ledger/", "scope": "a b"}
+    public = form(Settings("https://idp/token", "scopegate", send_scopes=False), "t", frozenset({"a"}))
+    assert public["client_id"] == "scopegate" and "scope" not in public and "audience" not in public
+    assert issued({"access_token": "abc.DEF-_~+/=", "token_type": "bearer", "expires_in": 120}) == (
+        "abc.DEF-_~+/=", 120.0)
+    assert issued({"access_token": "abc", "token_type": "N_A"}) == ("abc", 60.0)
+    for answer in ([], {"token_type": "Bearer"}, {"access_token": "a\r\nX-Evil: 1", "token_type": "Bearer"},
+                   {"access_token": "a b", "token_type": "Bearer"}, {"access_token": "a", "token_type": "mac"},
+                   {"access_token": "a", "token_type": "Bearer", "expires_in": 0},
+                   {"access_token": "a", "token_type": "Bearer", "expires_in": True}):
+        with pytest.raises(ExchangeFailed):
+            issued(answer)
+    with pytest.raises(PolicyError, match="takes the Authorization header"):
+        load_policy(identity_policy(tmp_path, header="authorization",
+                                    token_exchange={"token_endpoint": "https://idp/token", "client_id": "s"}))

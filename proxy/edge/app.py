@@ -24,7 +24,7 @@ from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
-from proxy.guards.pipeline import Pipeline
+from proxy.guards.pipeline import Pipeline, StampFailed
 from proxy.identity import assertion
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
@@ -120,12 +120,16 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
                     forwarder = app[FORWARDER]
                     if (stamp := forwarder.pipeline.stamp) is not None:
-                        stamp(exchange)  # a dry run is a request on the caller's behalf too
+                        try:
+                            await stamp(exchange)  # a dry run is a request on the caller's behalf too
+                        except StampFailed:
+                            return None  # no dry run without the caller's identity: the preview says so
                     return await forwarder.probe(exchange, message)
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
-                                                           fetch_tools, session_evictions=metrics.session_evictions.inc)
+                                                           fetch_tools, session_evictions=metrics.session_evictions.inc,
+                                                           http=key_session)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,

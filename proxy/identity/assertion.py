@@ -45,6 +45,7 @@ from proxy.memo import remember
 
 if TYPE_CHECKING:
     from proxy.exchange import Exchange
+    from proxy.identity import token_exchange
     from proxy.identity.oauth.keys import KeyRing
     from proxy.identity.principal import Principal
 
@@ -66,6 +67,7 @@ class Settings:
     header: str  # lower case
     ttl: int
     reuse: int
+    exchange: token_exchange.Settings | None = None  # RFC 8693: also a token of the upstream's own provider
 
     @property
     def bearer(self) -> bool:
@@ -209,11 +211,19 @@ class Assertions:
             remember(self._reusable, key, (value, min(now + s.reuse, expires - s.ttl / 2)), _MEMO)
         return value
 
-    def _prefix(self, principal: Principal) -> bytes:
+    def subject_token(self, principal: Principal, audience: str, ttl: int) -> str:
+        """An assertion of the caller alone (no request, no workspace) for another audience: the subject token of a
+        token exchange (identity/token_exchange.py). Made only when no exchanged token is at hand."""
+        now = int(self.clock())
+        expires = now + ttl if principal.expires_at is None else min(now + ttl, int(principal.expires_at))
+        call = {"iat": now, "exp": expires, "jti": _b64(os.urandom(12)).decode()}
+        return self._signed(self._prefix(principal, audience), orjson.dumps(call))
+
+    def _prefix(self, principal: Principal, audience: str | None = None) -> bytes:
         """The credential's claims as the start of a payload, base64url-encoded: `{...,` padded with spaces to a
         multiple of 3 bytes, so that its encoding followed by the encoding of the rest is the payload's."""
         s = self.settings
-        raw = orjson.dumps(credential_claims(principal, s.issuer, s.audience))[:-1] + b","
+        raw = orjson.dumps(credential_claims(principal, s.issuer, audience or s.audience))[:-1] + b","
         raw += b" " * (-len(raw) % 3)
         return base64.urlsafe_b64encode(raw)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from proxy.config import Config, ConfigError
-from proxy.identity import assertion
+from proxy.identity import assertion, token_exchange
 from proxy.identity.jwks import JwksKeys, KeySource, StaticKey
 from proxy.identity.jwt_auth import JwtVerifier, TrustedIssuer
 from proxy.identity.oauth.keys import KeyFileError, KeyRing, load_keys
@@ -119,6 +119,9 @@ def upstream_identity(config: Config, policy: Policy, oauth: Settings | None,
     server's; none at all is an error (the policy asked for it: never forward without it)."""
     wanted = policy.upstream_identity
     if wanted is None:
+        if config.token_exchange_client_secret_file:
+            raise ConfigError("SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE is set but the policy has no "
+                              "upstream_identity.token_exchange")
         if config.upstream_identity_keys:
             raise ConfigError("SCOPEGATE_UPSTREAM_IDENTITY_KEYS is set but the policy has no `upstream_identity:` "
                               "section")
@@ -138,9 +141,26 @@ def upstream_identity(config: Config, policy: Policy, oauth: Settings | None,
     problem = assertion.header_problem(wanted.header, secret_headers)
     if problem:
         raise ConfigError(f"{config.policy}: upstream_identity.header: {problem}")
+    exchange = None
+    if wanted.token_exchange is not None:
+        trade = wanted.token_exchange
+        secret = None
+        if config.token_exchange_client_secret_file:
+            try:
+                with open(config.token_exchange_client_secret_file, encoding="utf-8") as handle:
+                    secret = handle.read().strip() or None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE: cannot read "
+                                  f"({type(exc).__name__})") from None
+        exchange = token_exchange.Settings(token_endpoint=trade.token_endpoint, client_id=trade.client_id,
+                                           client_secret=secret, audience=trade.audience, resource=trade.resource,
+                                           send_scopes=trade.send_scopes, subject_audience=trade.subject_audience)
+    elif config.token_exchange_client_secret_file:
+        raise ConfigError("SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE is set but the policy has no "
+                          "upstream_identity.token_exchange")
     return assertion.Settings(keys=keys, issuer=str(config.public_url),
                               audience=wanted.audience or str(config.upstream), header=wanted.header.lower(),
-                              ttl=wanted.ttl_seconds, reuse=wanted.reuse_seconds)
+                              ttl=wanted.ttl_seconds, reuse=wanted.reuse_seconds, exchange=exchange)
 
 
 def own_server(config: Config, policy: Policy, registry: Registry | None, issuers: list[Issuer]) -> Settings | None:

@@ -140,6 +140,26 @@ class Anonymous(Strict):
     workspace: str | None = Field(None, min_length=1)  # bound: injected, and the only one they may name
 
 
+class TokenExchange(Strict):
+    """RFC 8693: scopegate trades the caller's assertion for a token of the upstream's own identity provider and sends
+    it in the upstream's `Authorization` header (see proxy/identity/token_exchange.py)."""
+
+    token_endpoint: str = Field(min_length=1, description="the provider's token endpoint (http or https)")
+    client_id: str = Field(min_length=1, max_length=200, description="scopegate's client id there (its secret: "
+                           "SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE; none: a public client)")
+    audience: str | None = Field(None, min_length=1, description="the `audience` parameter: whom the token is for")
+    resource: str | None = Field(None, min_length=1, description="the `resource` parameter (RFC 8707)")
+    send_scopes: bool = True  # ask for the caller's effective scopes (`scope`)
+    subject_audience: str | None = Field(None, min_length=1, description="the subject token's `aud`; default: the "
+                                         "token endpoint")
+
+    @model_validator(mode="after")
+    def _endpoint_is_a_url(self) -> TokenExchange:
+        if not self.token_endpoint.startswith(("https://", "http://")):
+            raise ValueError("token_endpoint must be an http(s) URL")
+        return self
+
+
 class UpstreamIdentity(Strict):
     """A signed assertion of who is calling, on every request scopegate forwards (see proxy/identity/assertion.py):
     the upstream verifies it with scopegate's JWKS and can attribute and authorise by person."""
@@ -151,12 +171,16 @@ class UpstreamIdentity(Strict):
     # A read's assertion is reused for this long by the next reads of the same person, credential, scopes and
     # workspace (a signature costs more than the rest of a small call); 0: every request gets its own.
     reuse_seconds: int = Field(30, ge=0, le=1800)
+    token_exchange: TokenExchange | None = None  # also a token of the upstream's own provider, in `Authorization`
 
     @model_validator(mode="after")
     def _reuse_within_life(self) -> UpstreamIdentity:
         if self.reuse_seconds * 2 > self.ttl_seconds:
             raise ValueError("reuse_seconds may be at most half of ttl_seconds: a reused assertion must still have "
                              "half its life left when it reaches the upstream")
+        if self.token_exchange is not None and self.header.lower() == "authorization":
+            raise ValueError("with token_exchange the exchanged token takes the Authorization header: name another "
+                             "header for the assertion")
         return self
 
 
