@@ -25,7 +25,8 @@ from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
-from proxy.guards.pipeline import Pipeline
+from proxy.guards.pipeline import Pipeline, StampFailed
+from proxy.identity import assertion
 from proxy.identity.lifecycle import Tree
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
@@ -140,14 +141,20 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
 
                 async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
-                    return await app[FORWARDER].probe(exchange, message)
+                    forwarder = app[FORWARDER]
+                    if (stamp := forwarder.pipeline.stamp) is not None:
+                        try:
+                            await stamp(exchange)  # a dry run is a request on the caller's behalf too
+                        except StampFailed:
+                            return None  # no dry run without the caller's identity: the preview says so
+                    return await forwarder.probe(exchange, message)
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools, session_evictions=metrics.session_evictions.inc,
-                                                           seal_key=key, tree=tree)
+                                                           seal_key=key, tree=tree, http=key_session)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
@@ -170,7 +177,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                         return {"policy": live.policy.name or str(config.policy),
                                 "policy_reloads": dict(reloader.results)}
 
-                    ops = web.AppRunner(ops_app(metrics.registry, checks, details), access_log=None)
+                    jwks = assertion.jwks(identity.upstream_identity) if identity.upstream_identity else None
+                    ops = web.AppRunner(ops_app(metrics.registry, checks, details, jwks), access_log=None)
                     await ops.setup()
                     site = web.TCPSite(ops, *config.metrics_listen)
                     try:
@@ -218,6 +226,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                identity.policy.scopes, config.origin_policy.host_allowed, wrap=catch_all)
     if oauth is not None:
         oauth.add_routes(app, config.origin_policy.host_allowed, wrap=catch_all)
+    if identity.upstream_identity is not None:  # the keys the upstream verifies the caller's assertions with
+        assertion.add_routes(app, identity.upstream_identity, config.origin_policy.host_allowed, wrap=catch_all)
     endpoint = catch_all(tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, endpoint)
