@@ -69,9 +69,9 @@ def _port_free(port: int) -> bool:
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "pat-workspaces.yaml"
 DEMO_CREDENTIALS = (
-    # (label, scopes, bound workspace)
-    ("Month-end review script (read-only, bound to acme)", ["mcp:read"], "acme"),
-    ("Bookkeeping agent (read and write, user-scoped)", ["mcp:read", "mcp:write"], None),
+    # (label, the one person it acts for, scopes, bound workspace)
+    ("Month-end review script (read-only, bound to acme)", "alice@demo.example", ["mcp:read"], "acme"),
+    ("Bookkeeping agent (read and write, user-scoped)", "bob@demo.example", ["mcp:read", "mcp:write"], None),
 )
 
 
@@ -80,8 +80,8 @@ def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
     folder = Path(tempfile.mkdtemp(prefix="scopegate-demo-"))
     path = folder / "pats.yaml"
     records, tokens = [], []
-    for label, scopes, workspace in DEMO_CREDENTIALS:
-        record, token = create_record(kind="pat", label=label, subject="demo-user", scopes=scopes,
+    for label, subject, scopes, workspace in DEMO_CREDENTIALS:
+        record, token = create_record(kind="pat", label=label, subject=subject, scopes=scopes,
                                       workspace=workspace, workspaces=None, role=None, expires_in=86400)
         records.append(record)
         tokens.append((label, token))
@@ -192,6 +192,7 @@ Ctrl-C stops both.
         )
         config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", port),
                         pat_file=str(registry), policy=str(policy), public_url=URL(url),
+                        state_dir=str(registry.parent),  # revocations on Connected apps outlive a restart
                         oauth_signing_keys=(str(signing_key),), metrics_listen=("127.0.0.1", metrics_port),
                         audit_sink=f"file:{registry.parent / 'audit.jsonl'}",
                         audit_signing_key_file=str(audit_key))
