@@ -320,6 +320,16 @@ class RedisState:
     async def rotate(self, key: str, presented: str, new: str, keep: int, ttl: int) -> str:
         return str(await self.store._run(self._rotate(keys=[key], args=[presented, new, keep, ttl])))
 
+    async def eviction(self) -> str | None:
+        """Redis' maxmemory-policy, or None when it will not say (a managed Redis may refuse CONFIG)."""
+        from redis.exceptions import RedisError
+
+        try:
+            answer = await self.store._run(self._redis.config_get("maxmemory-policy"))
+        except (StoreUnavailable, RedisError):
+            return None
+        return answer.get("maxmemory-policy") if isinstance(answer, dict) else None
+
     async def settle(self) -> bool:
         """Behind Sentinels, wait (briefly) until a replica has every write so far: a revocation acknowledged
         survives the primary's loss. One instance: its persistence is all there is (README, "Redis")."""

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
-from proxy.durable import StateError, open_state
+from proxy.durable import RedisState, StateError, open_state
 from proxy.edge.cors import Cors
 from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
@@ -119,6 +119,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             raise ConfigError(f"SCOPEGATE_STATE_DIR: {exc}") from None
         tree = Tree(durable, child_ttl=oauth.settings.grant_lifetime + oauth.settings.access_ttl if oauth else None)
         app[CREDENTIALS] = tree
+        if isinstance(durable, RedisState) and (evicts := await durable.eviction()) not in (None, "noeviction"):
+            log.warning("Redis evicts keys when full (maxmemory-policy %s): a revocation could be dropped and its "
+                        "credential work again; set maxmemory-policy noeviction", evicts)
         if oauth is not None and not durable.durable:
             log.warning("credential state is in memory: revocations made on Connected apps, OAuth grants and "
                         "registered clients are lost on restart; set SCOPEGATE_STATE_DIR (one replica) or "
