@@ -428,3 +428,20 @@ async def test_fastmcp_s_oauth_helper_signs_in_consents_and_calls(oauth_proxy: A
         result = await client.call_tool("list_accounts", {"workspaceId": "acme"})
         assert not result.is_error
     await asyncio.gather(*followed)
+
+
+async def test_oauth_events_are_counted_and_a_replay_is_its_own_outcome(oauth_proxy: Any) -> None:
+    from proxy.edge.app import OPS_PORT
+
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient(timeout=20) as http:
+        client_id = await register(http, proxy)
+        _, tokens = await consent(http, proxy, oauth_proxy.tokens["writer"], client_id)
+        assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 200
+        assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 400  # a replay
+        scraped = (await http.get(f"http://127.0.0.1:{proxy.app[OPS_PORT]}/metrics")).text
+    for line in ('scopegate_oauth_events_total{event="register",outcome="allow"} 1.0',
+                 'scopegate_oauth_events_total{event="consent",outcome="allow"} 1.0',
+                 'scopegate_oauth_events_total{event="token",outcome="allow"} 2.0',  # the code, one refresh
+                 'scopegate_oauth_events_total{event="token",outcome="replay"} 1.0'):
+        assert line in scraped, line

@@ -165,7 +165,12 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                                     anchor=audit_sink(config, config.audit_anchor) if config.audit_anchor else None)
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
-                    oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
+                    def evidence(exchange: Exchange) -> None:
+                        outcome = exchange.outcomes[0]
+                        metrics.oauth_event(str(outcome.message.get("method", "")), outcome.decision, outcome.reason)
+                        audit.add(exchange, 0.0)
+
+                    oauth.evidence.writer = evidence
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
