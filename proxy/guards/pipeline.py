@@ -37,6 +37,7 @@ from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
+from proxy.guards.pins import PinWatch, Report
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
@@ -214,11 +215,13 @@ def identity_stamp(settings: AssertionSettings,
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
           session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
-          tree: Tree | None = None, http: aiohttp.ClientSession | None = None) -> Pipeline:
+          tree: Tree | None = None, http: aiohttp.ClientSession | None = None,
+          on_drift: Report | None = None) -> Pipeline:
     """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
     `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
     `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone);
-    `http`: the client for the proxy's own calls to identity providers (a token exchange)."""
+    `http`: the client for the proxy's own calls to identity providers (a token exchange); `on_drift`: told of
+    each definition that no longer matches its pin, once per change (audit, metric)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -234,8 +237,11 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     refused = {*secrets, DEFAULT_HEADER, *([asserted.header] if asserted is not None and not asserted.bearer else [])}
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
-    lists = ListFilter(live)
-    scope = ScopeGuard(live, catalog)
+    # definitions against the policy's pins: lists and calls alike, reported once; a change a list shows first makes
+    # the catalog fetch again, so the next call is judged by what the upstream says now
+    pins = PinWatch(on_drift, catalog.stale)
+    lists = ListFilter(live, pins=pins)
+    scope = ScopeGuard(live, catalog, pins)
     tasks = UpstreamTasks(store, TaskIds(seal_key if seal_key is not None else os.urandom(32)))
     return Pipeline(
         admission=(

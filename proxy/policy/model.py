@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -26,6 +27,8 @@ from pydantic import (
 )
 
 from proxy.policy import source
+from proxy.policy.pins import PinFileError, PinSet
+from proxy.policy.pins import load as load_pins
 from proxy.policy.source import Located
 
 WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
@@ -187,6 +190,18 @@ class UpstreamIdentity(Strict):
         return self
 
 
+class Pins(Strict):
+    """The upstream's tools, prompts and resource templates as reviewed (`scopegate pins update` writes the file):
+    what no longer matches its pin is handled as `on_drift` says (see proxy/policy/pins.py)."""
+
+    file: str = Field(min_length=1, description="the pin file; relative to the policy file's folder")
+    # hide: not listed, calls refused; hold: listed, every call held for approval; report: audited and counted only.
+    # A tool that stops being destructive or gains a required argument is always at least held.
+    on_drift: Literal["hide", "hold", "report"] = "hide"
+    unpinned: Literal["hide", "allow"] = "hide"  # items the pin file does not name (new ones)
+    hold_confirm: Literal["human", "token"] = "human"  # who confirms a held call (`confirm:` of a rule)
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -211,6 +226,12 @@ class Policy(Strict):
     tools: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
+    pins: Pins | None = None  # tool drift: definitions checked against a reviewed pin file
+    _pin_set: PinSet | None = PrivateAttr(None)  # the pin file as loaded with the policy (load_located)
+
+    @property
+    def pin_set(self) -> PinSet | None:
+        return self._pin_set
 
     @model_validator(mode="after")
     def _annotations_need_scopes(self) -> Policy:
@@ -239,7 +260,14 @@ def load_policy(path: str | Path) -> Policy:
     return load_located(path)[0]
 
 
-def load_located(path: str | Path) -> tuple[Policy, Located]:
+def pins_path(policy_path: str | Path, policy: Policy) -> Path | None:
+    """Where the policy's pin file is: relative names are beside the policy file."""
+    if policy.pins is None:
+        return None
+    return Path(policy_path).parent / policy.pins.file
+
+
+def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, Located]:
     """The policy and where each of its parts is in the file. Raises PolicyError: every problem, one per line, as
     `file:line:column: dotted.path: what was expected`."""
     path = Path(path)
@@ -300,6 +328,13 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
         value = getattr(policy, name)
         if value is not None and known and value not in known:
             problems.append(((name,), f"scope {value!r} is not in `scopes`"))
+    if policy.pins is not None and read_pins:
+        try:
+            policy._pin_set = load_pins(pins_path(path, policy))  # type: ignore[arg-type]
+        except (PinFileError, OSError) as exc:
+            why = exc if isinstance(exc, PinFileError) else f"{exc.strerror or exc} ({exc.filename})"
+            problems.append((("pins", "file"), f"cannot read the pin file: {why} (write it with `scopegate pins "
+                             "update`)"))
     if problems:
         raise PolicyError("\n".join(source.report(path, located, problems)))
     return policy, located
