@@ -278,3 +278,68 @@ def test_pins_cli_refuses_clearly(tmp_path: Path, capsys: Any) -> None:
         cli(["pins", "diff", "--policy", str(policy), "--upstream", "http://127.0.0.1:1/mcp"])
     err = capsys.readouterr().err
     assert done.value.code == 2 and "cannot read the upstream's lists" in err and "Traceback" not in err
+
+
+# --- provenance: output that says where it came from ---------------------------------------------------------------
+
+PROVENANCE = """
+provenance: {spotlight: true, hold_writes: ["delete_*"], window_seconds: 600}
+"""
+
+
+async def provenance_policy(tmp_path: Path, upstream_url: str, untrusted_rule: bool = False) -> str:
+    path = Path(await pinned_policy(tmp_path, upstream_url, unpinned="allow", on_drift="report"))
+    text = path.read_text() + PROVENANCE
+    if untrusted_rule:
+        text = text.replace("{match: read_note, scopes: [mcp:read]}", "{match: read_note, scopes: [mcp:read], "
+                            "untrusted: true}")
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_write_after_open_world_output_needs_a_person(mode: str, drift: Any, start_proxy: Any,
+                                                              tmp_path: Path, capsys: Any) -> None:
+    url = await start_proxy(drift.url, policy=await provenance_policy(tmp_path, drift.url))
+    clean = Person("accept", approve=True)
+    async with client(url, mode, clean) as sdk:  # never read anything untrusted: its writes pass as before
+        assert "io.scopegate/provenance" not in ((await sdk.call_tool("read_note", {"id": "n1"})).meta or {})
+        assert not (await sdk.call_tool("delete_note", {"id": "n1"})).is_error
+    assert clean.shown == []
+    person = Person("accept", approve=True)
+    async with client(url, mode, person) as sdk:
+        found = await sdk.call_tool("search_web", {"query": "notes"})
+        assert found.meta["io.scopegate/provenance"] == {"untrusted": True, "tool": "search_web",
+                                                         "source": "openWorldHint"}
+        text = found.content[0].text
+        assert text.startswith("<<untrusted-content tool='search_web' nonce=") and "IGNORE PREVIOUS" in text
+        assert text.rstrip().endswith(">>") and "<</untrusted-content nonce=" in text
+        assert found.structured_content["query"] == "notes"  # the data itself is unchanged
+        done = await sdk.call_tool("delete_note", {"id": "n2"})  # after untrusted output: a person approves
+        assert not done.is_error
+    (shown,) = person.shown
+    assert "untrusted output" in shown.message and "'search_web'" in shown.message
+    deleted = [c["params"]["arguments"] for c in drift.recorder.calls("tools/call")
+               if c["params"]["name"] == "delete_note"]
+    assert deleted == [{"id": "n1"}, {"id": "n2"}]
+    declined = Person("decline", approve=None)
+    async with client(url, mode, declined) as sdk:
+        await sdk.call_tool("search_web", {"query": "x"})
+        refused = await sdk.call_tool("delete_note", {"id": "n3"})
+        assert refused.is_error
+    assert len([c for c in drift.recorder.calls("tools/call") if c["params"]["name"] == "delete_note"]) == 2
+    await start_proxy.runners[-1].app[FORWARDER].audit.flush()
+    records = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    marked = [r for r in records if r.get("target") == "search_web" and r.get("method") == "tools/call"]
+    assert marked and all(r["provenance"]["source"] == "openWorldHint" for r in marked)
+    assert any("untrusted output" in r.get("held", "") for r in records if r.get("target") == "delete_note")
+
+
+async def test_a_rule_marks_a_tool_untrusted(drift: Any, start_proxy: Any, tmp_path: Path) -> None:
+    url = await start_proxy(drift.url, policy=await provenance_policy(tmp_path, drift.url, untrusted_rule=True))
+    async with client(url, "auto", None) as sdk:  # a client that cannot ask its person
+        read = await sdk.call_tool("read_note", {"id": "n1"})
+        assert read.meta["io.scopegate/provenance"]["source"] == "rule"
+        held = await sdk.call_tool("delete_note", {"id": "n1"})
+        assert held.is_error and "needs a person's approval" in held.content[0].text
+    assert "delete_note" not in [c["params"]["name"] for c in drift.recorder.calls("tools/call")]

@@ -77,7 +77,7 @@ class ConfirmGuard:
         found = rules.find("tool", tool)
         rule = found[1] if found else None
         if exchange.held is not None:  # held though no rule asks (a drifted pin): confirmed as the policy says
-            rule = held_rule(rules, tool)
+            rule = held_rule(rules, tool, exchange.held_confirm)
         outcome: Message | Answer | Conversation
         try:
             if rule is not None and rule.confirmer == "human":

@@ -222,7 +222,8 @@ class ListFilter:
             if decision.allowed and not (item_key == "uri" and self._other_workspace(exchange, name)):
                 kept.append(item)
                 if hold:
-                    advertise_confirmation(item, held_rule(rules, name))
+                    assert rules.policy.pins is not None
+                    advertise_confirmation(item, held_rule(rules, name, rules.policy.pins.hold_confirm))
                 elif decision.confirm:
                     found = rules.find("tool", name)
                     advertise_confirmation(item, found[1] if found else None)

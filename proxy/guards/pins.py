@@ -70,12 +70,10 @@ class PinWatch:
             self.report(Drift(KIND[section], name, found.status, found.action, found.changes))
 
 
-def held_rule(rules: Rules, tool: str) -> Rule:
+def held_rule(rules: Rules, tool: str, confirm: str) -> Rule:
     """The rule a held tool's calls are confirmed under: its own (dry run, redaction, lifetime kept), confirmed as
-    `pins.hold_confirm` says; a tool no rule names is a write for this purpose."""
-    assert rules.policy.pins is not None
+    `confirm` says (human | token); a tool no rule names is a write for this purpose."""
     found = rules.find("tool", tool)
-    confirm = rules.policy.pins.hold_confirm
     if found is None:
         return Rule(match=tool, effect="write", confirm=confirm)
     return found[1].model_copy(update={"confirm": confirm, "fallback": "refuse"})

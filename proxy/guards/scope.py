@@ -160,6 +160,7 @@ class ScopeGuard:
                 if judged.action == "hold":
                     decision = decision._replace(confirm=True)
                     exchange.held = held_reason(judged.changes)
+                    exchange.held_confirm = rules.policy.pins.hold_confirm  # type: ignore[union-attr]
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
         return message
 

@@ -122,6 +122,9 @@ class Rule(Strict):
     # None: not said, so the upstream's own schema decides (a workspace argument means `inject`); `none` says the
     # tool acts in no workspace, whatever its schema shows.
     workspace: Literal["none", "inject", "require", "verify"] | None = None
+    # Its results come from outside anyone's control (mail, web, documents): marked, and writes after them held
+    # (the policy's `provenance:`), as for a tool the upstream marks openWorldHint: true.
+    untrusted: bool = False
     description: str = ""
 
     @field_validator("confirm", mode="before")
@@ -202,6 +205,17 @@ class Pins(Strict):
     hold_confirm: Literal["human", "token"] = "human"  # who confirms a held call (`confirm:` of a rule)
 
 
+class Provenance(Strict):
+    """Output from tools that read the open world (the upstream's openWorldHint: true, or a rule's untrusted: true)
+    is marked in its result's `_meta`, and once a session (or, for stateless calls, a credential) has had some, its
+    writes are held for a while (see proxy/guards/provenance.py)."""
+
+    spotlight: bool = False  # also wrap such results' text content in delimiters the client can show
+    hold_writes: tuple[str, ...] = ("*",)  # tool globs: writes of these need approval after untrusted output
+    window_seconds: int = Field(900, ge=10, le=86400)  # how long after the first untrusted result
+    confirm: Literal["human", "token"] = "human"  # who confirms such a write
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -227,6 +241,7 @@ class Policy(Strict):
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
     pins: Pins | None = None  # tool drift: definitions checked against a reviewed pin file
+    provenance: Provenance | None = None  # untrusted output marked; writes after it held
     _pin_set: PinSet | None = PrivateAttr(None)  # the pin file as loaded with the policy (load_located)
 
     @property
@@ -298,7 +313,7 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
                          for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
-                         or rule.fallback != "refuse")
+                         or rule.fallback != "refuse" or rule.untrusted)
             if section != "tools" and tool_only:
                 problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
             if rule.fallback != "refuse" and rule.confirm != "human":
