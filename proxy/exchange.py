@@ -79,6 +79,13 @@ class Exchange:
     auth_failure: str | None = None  # authentication: why it refused the request (a small fixed set)
     resource_metadata: str = ""  # authentication: the RFC 9728 URL a later 403's challenge names
     decision: Decision | None = None  # scope guard: the current message's decision, reused by later guards
+    # scope guard (a drifted pin), provenance guard (a write after untrusted output): why this call is held for
+    # confirmation though no rule asks it, in words, and who confirms it (human | token); the confirm guard then
+    # confirms it so and shows the reason
+    held: str | None = None
+    held_confirm: str = "human"
+    # provenance guard: repr(message id) of a call of an untrusted tool -> (tool, source: openWorldHint | rule)
+    untrusted: dict[str, tuple[str, str]] | None = None
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
     # human approval (guards/human.py): the confirmed ids a person approved at the client (None: none did)

@@ -1,4 +1,5 @@
-"""`scopegate` command line: one module per command group (serve, demo, pat, policy, audit), argument handling only.
+"""`scopegate` command line: one module per command group (serve, demo, pat, policy, audit, pins); argument
+handling only.
 
 May import anything: it is the top. The work itself is the library's; these modules parse, call and print.
 
@@ -15,10 +16,10 @@ import sys
 from typing import NoReturn
 
 from proxy import __version__
-from proxy.cli import audit, demo, pat, policy, serve
+from proxy.cli import audit, demo, pat, pins, policy, serve
 from proxy.config import ConfigError
 
-COMMANDS = {"serve": serve, "demo": demo, "pat": pat, "policy": policy, "audit": audit}
+COMMANDS = {"serve": serve, "demo": demo, "pat": pat, "policy": policy, "audit": audit, "pins": pins}
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.config import Config, ConfigError
 from proxy.durable import RedisState, StateError, open_state
@@ -23,8 +24,9 @@ from proxy.edge.tls import server_context
 from proxy.edge.upstream_http import Pool
 from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
-from proxy.exchange import Exchange
+from proxy.exchange import Exchange, Outcome
 from proxy.guards import pipeline as pipeline_module
+from proxy.guards.pins import Drift, Report
 from proxy.guards.pipeline import Pipeline, StampFailed
 from proxy.identity import assertion
 from proxy.identity.lifecycle import Tree
@@ -69,6 +71,24 @@ def upstream_session(config: Config, connections: int,
         skip_auto_headers=("User-Agent",),
         trace_configs=trace_configs,
     )
+
+
+def drift_reporter(metrics: Metrics, audit: AuditWriter) -> Report:
+    """A definition that no longer matches its pin: one audit record (method `pins/check`, target the item's name,
+    decision `drift`, the changes as the reason), one count, one log line."""
+
+    def report(drift: Drift) -> None:
+        metrics.pin_drift.labels(drift.kind, drift.status, drift.action).inc()
+        said = "; ".join(drift.changes) or drift.status
+        log.warning("%s %r %s (%s): %s", drift.kind, drift.name, drift.status, drift.action, said)
+        exchange = Exchange(request_id=os.urandom(16).hex(), session_id=None, protocol_version=None,
+                            upstream_headers=CIMultiDict(), http_method="POST")
+        message = {"method": "pins/check", "params": {"name": drift.name}}
+        reason = f"{drift.kind} {drift.status}, {drift.action}: {said}"
+        exchange.outcomes.append(Outcome(message, "drift", reason[:500]))
+        audit.add(exchange, 0.0)
+
+    return report
 
 
 def audit_sink(config: Config, setting: str | None = None) -> Sink:
@@ -155,14 +175,15 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
-                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
-                                                           fetch_tools, session_evictions=metrics.session_evictions.inc,
-                                                           seal_key=key, tree=tree, http=key_session)
-                if tracing is not None:
-                    chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
                                     raw_arguments=config.audit_arguments,
                                     anchor=audit_sink(config, config.audit_anchor) if config.audit_anchor else None)
+                chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
+                                                           fetch_tools, session_evictions=metrics.session_evictions.inc,
+                                                           seal_key=key, tree=tree, http=key_session,
+                                                           on_drift=drift_reporter(metrics, audit))
+                if tracing is not None:
+                    chosen = tracing.pipeline(chosen)
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
                     def evidence(exchange: Exchange) -> None:

@@ -31,6 +31,7 @@ from proxy import __version__
 from proxy.edge.sse import EventSplitter, EventTooLarge, event_data
 from proxy.jsonrpc import JSON, Message, dumps
 
+METHOD_NOT_FOUND = -32601
 MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
 MAX_PAGES = 1000
@@ -55,6 +56,10 @@ class FetchFailed(Exception):
     """The upstream did not give a readable tool list."""
 
 
+class NoSuchList(FetchFailed):
+    """The upstream, in a revision it speaks, does not know this list method."""
+
+
 class NotModern(Exception):
     """The upstream refused a 2026-07-28 request: ask in 2025-11-25."""
 
@@ -72,24 +77,39 @@ class UpstreamTools:
         self._modern = asyncio.Event()  # set once the upstream answered in 2026-07-28
 
     async def __call__(self) -> list[Any]:
+        return await self.fetch("tools/list", "tools")
+
+    async def lists(self) -> dict[str, list[Any]]:
+        """Every tool, prompt and resource template the upstream lists (what `pins update` pins); a list the
+        upstream answers with "method not found" (it has no prompts, say) is empty. Raises FetchFailed."""
+        found = {"tools": await self.fetch("tools/list", "tools")}
+        for method, key in (("prompts/list", "prompts"), ("resources/templates/list", "resourceTemplates")):
+            try:
+                found[key] = await self.fetch(method, key)
+            except NoSuchList:
+                found[key] = []
+        return found
+
+    async def fetch(self, method: str, key: str) -> list[Any]:
+        """Every item of every page of one list, in whichever revision the upstream speaks."""
         if self.revision != LEGACY:
             try:
-                tools = await self._pages(MODERN)
+                items = await self._pages(MODERN, method, key)
                 self.revision = MODERN
                 self._modern.set()
-                return tools
+                return items
             except NotModern:
                 pass  # a server that never spoke it, or one replaced by an older version: ask in 2025-11-25
         self._modern.clear()
         if self.session_id is None:
             await self._initialize()
         try:
-            tools = await self._pages(LEGACY)
+            items = await self._pages(LEGACY, method, key)
         except SessionGone:
             await self._initialize()
-            tools = await self._pages(LEGACY)
+            items = await self._pages(LEGACY, method, key)
         self.revision = LEGACY  # only once it worked: a failure here tries 2026-07-28 again next time
-        return tools
+        return items
 
     async def watch(self, saw: Callable[[Message], None]) -> None:
         """While the upstream speaks 2026-07-28, keep one `subscriptions/listen` stream of the proxy's own asking for
@@ -148,7 +168,7 @@ class UpstreamTools:
             async with self.session.delete(self.url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)):
                 pass
 
-    async def _pages(self, revision: str) -> list[Any]:
+    async def _pages(self, revision: str, method: str, key: str) -> list[Any]:
         tools: list[Any] = []
         cursor: Any = None
         seen: set[str] = set()
@@ -156,18 +176,18 @@ class UpstreamTools:
             params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
             if revision == MODERN:
                 params["_meta"] = MODERN_META
-            result = await self._request(revision, "tools/list", params, first_page=cursor is None)
-            page = result.get("tools")
+            result = await self._request(revision, method, params, first_page=cursor is None)
+            page = result.get(key)
             if not isinstance(page, list):
-                raise FetchFailed("tools/list result without a tools array")
+                raise FetchFailed(f"{method} result without a {key} array")
             tools += page
             cursor = result.get("nextCursor")
             if cursor is None:
                 return tools
             if not isinstance(cursor, str) or cursor in seen:
-                raise FetchFailed("tools/list pagination does not end")
+                raise FetchFailed(f"{method} pagination does not end")
             seen.add(cursor)
-        raise FetchFailed("tools/list has too many pages")
+        raise FetchFailed(f"{method} has too many pages")
 
     async def _initialize(self) -> None:
         self.session_id = None
@@ -207,6 +227,9 @@ class UpstreamTools:
                 self.session_id = resp.headers.get("Mcp-Session-Id")
             answer = await _response(resp, msg_id)
         if "error" in answer:
+            code = answer["error"].get("code") if isinstance(answer["error"], dict) else None
+            if code == METHOD_NOT_FOUND and self.revision == revision and method != "tools/list":
+                raise NoSuchList(method)  # a revision it already spoke: it has no such list
             if revision == MODERN and first_page:
                 raise NotModern
             raise FetchFailed(f"{method} answered a JSON-RPC error")

@@ -24,6 +24,7 @@ from typing import Any
 
 from proxy.exchange import Answer
 from proxy.jsonrpc import INTERNAL_ERROR, Message, error
+from proxy.policy.pins import definition, item_digest
 
 log = logging.getLogger("scopegate.catalog")
 
@@ -44,6 +45,8 @@ class CatalogUnavailable(Exception):
 class ToolFacts:
     read_only: bool  # readOnlyHint: true
     properties: dict[str, str | None]  # top-level input property -> its x-mcp-header token, or None
+    definition: dict[str, Any] | None = None  # what a pin covers (policy/pins.py)
+    digest: str | None = None  # its canonical digest; None: unreadable (counts as drifted)
 
 
 def tool_facts(tools: list[Any]) -> dict[str, ToolFacts]:
@@ -57,10 +60,12 @@ def tool_facts(tools: list[Any]) -> dict[str, ToolFacts]:
         annotations = tool.get("annotations")
         schema = tool.get("inputSchema")
         props = schema.get("properties") if isinstance(schema, dict) else None
+        defined = definition("tools", tool)
         out[name] = ToolFacts(
             read_only=isinstance(annotations, dict) and annotations.get("readOnlyHint") is True,
             properties={prop: (spec.get("x-mcp-header") if isinstance(spec.get("x-mcp-header"), str) else None)
                         for prop, spec in (props.items() if isinstance(props, dict) else ()) if isinstance(spec, dict)},
+            definition=defined, digest=item_digest(defined),
         )
     return out
 
@@ -91,6 +96,11 @@ class Catalog:
         """Every parsed message from the upstream passes here; only a real notification counts as a change."""
         if message.get("method") == LIST_CHANGED and "id" not in message:
             self.changes += 1
+
+    def stale(self) -> None:
+        """Something the proxy saw (a list whose item no longer matches its pin) says the upstream changed: fetch
+        again before the next decision that needs the facts. Only ever makes the proxy ask the upstream itself."""
+        self.changes += 1
 
     def fresh(self) -> bool:
         return (self.tools is not None and self._fetched_change == self.changes

@@ -33,6 +33,7 @@ from proxy.guards.confirmation import (
     used_key,
 )
 from proxy.guards.human import Held, HumanApproval
+from proxy.guards.pins import held_rule
 from proxy.jsonrpc import Message
 from proxy.policy.model import Rule
 from proxy.policy.reload import LivePolicy
@@ -72,8 +73,11 @@ class ConfirmGuard:
         params["arguments"] = args
         if TOKEN_ARGUMENT in meta:
             params["_meta"] = {k: v for k, v in meta.items() if k != TOKEN_ARGUMENT}
-        found = self.live.of(exchange).rules.find("tool", tool)
+        rules = self.live.of(exchange).rules
+        found = rules.find("tool", tool)
         rule = found[1] if found else None
+        if exchange.held is not None:  # held though no rule asks (a drifted pin): confirmed as the policy says
+            rule = held_rule(rules, tool, exchange.held_confirm)
         outcome: Message | Answer | Conversation
         try:
             if rule is not None and rule.confirmer == "human":
@@ -116,7 +120,8 @@ class ConfirmGuard:
         return Held(exchange=exchange, message=message, tool=tool, ttl=ttl, preview_id=secrets.token_hex(8),
                     expires=self.clock() + ttl, bindings=self._bindings(exchange, tool, args),
                     shown=redacted(args, rule.redact if rule else ()),
-                    dry_run=rule is not None and rule.dry_run is not None, upstream_preview=upstream_preview)
+                    dry_run=rule is not None and rule.dry_run is not None, upstream_preview=upstream_preview,
+                    why=exchange.held or "")
 
     async def _preview(self, held: Held) -> Answer:
         principal = held.exchange.principal
@@ -140,6 +145,8 @@ class ConfirmGuard:
             "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.expires)),
         }
         text = describe(held.tool, workspace, held.shown, held.ttl, held.upstream_preview)
+        if held.why:
+            text += f"\nHeld for confirmation because {held.why}."
         return tool_result(held.exchange, held.message.get("id"), text, error=False, structured=structured,
                            decision="preview", reason=held.preview_id)
 

@@ -24,10 +24,12 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from proxy.guards.confirmation import TOKEN_ARGUMENT, with_preview
+from proxy.guards.pins import PinWatch, held_rule
 from proxy.guards.workspace import workspace_problem
 from proxy.jsonrpc import Message, RawResponse, dumps, dumps_kept
 from proxy.policy.decide import Kind, Rules, remembered
 from proxy.policy.model import Rule
+from proxy.policy.pins import SECTIONS as PINNED
 from proxy.policy.reload import LivePolicy
 
 if TYPE_CHECKING:
@@ -130,9 +132,10 @@ class UnreadableList(Exception):
 
 
 class ListFilter:
-    def __init__(self, live: LivePolicy, cache: ListCache | None = None) -> None:
+    def __init__(self, live: LivePolicy, cache: ListCache | None = None, pins: PinWatch | None = None) -> None:
         self.live = live
         self.cache = cache if cache is not None else ListCache()
+        self.pins = pins or PinWatch()
 
     def saw(self, message: Message) -> None:
         """An upstream watch: when it says its tools changed, what was made from its earlier lists goes (memory
@@ -187,7 +190,7 @@ class ListFilter:
             if key in result:
                 if not isinstance(result[key], list):
                     raise UnreadableList(key)
-                result[key] = self._visible(exchange, kind, item_key, result[key])
+                result[key] = self._visible(exchange, kind, item_key, result[key], key)
                 found = True
         if not found:
             return response
@@ -199,18 +202,29 @@ class ListFilter:
             result["cacheScope"] = "private"
         return response
 
-    def _visible(self, exchange: Exchange, kind: Kind, item_key: str, items: list[Any]) -> list[Any]:
+    def _visible(self, exchange: Exchange, kind: Kind, item_key: str, items: list[Any], section: str) -> list[Any]:
         rules = self.live.of(exchange).rules  # the request's pinned policy (the cache is keyed on it too)
         hints = kind == "tool" and rules.policy.default == "annotations"  # only then do hints count
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
+        pinned = rules.pins is not None and section in PINNED
         kept = []
         for item in items:
             if not isinstance(item, dict) or not isinstance(name := item.get(item_key), str):
                 continue  # what cannot be named cannot be allowed
+            hold = False
+            if pinned:  # judged before anything here changes the item (the confirmation notes)
+                judged = self.pins.item(rules, section, item)
+                # Only a tool's call can be held; a prompt or template that would be is not shown.
+                if judged.action == "hide" or (judged.action == "hold" and section != "tools"):
+                    continue
+                hold = judged.action == "hold"
             decision = remembered(rules, held, kind, name, read_only_hint(item) if hints else None)
             if decision.allowed and not (item_key == "uri" and self._other_workspace(exchange, name)):
                 kept.append(item)
-                if decision.confirm:
+                if hold:
+                    assert rules.policy.pins is not None
+                    advertise_confirmation(item, held_rule(rules, name, rules.policy.pins.hold_confirm))
+                elif decision.confirm:
                     found = rules.find("tool", name)
                     advertise_confirmation(item, found[1] if found else None)
         return kept

@@ -37,6 +37,8 @@ from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
+from proxy.guards.pins import PinWatch, Report
+from proxy.guards.provenance import Marks, Provenance
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
@@ -165,12 +167,18 @@ class Pipeline:
 
     def rewrite_raw(self, exchange: Exchange, response: RawResponse, method: str | None) -> bytes:
         """The rewritten result's bytes of a response not yet parsed: the rewriter's own `raw` when there is one
-        rewriter and it has one (lists: a cache in front of the same filter), else parsed and rewritten here.
+        rewriter with work for this exchange and it has one (lists: a cache in front of the same filter; a later
+        rewriter may say it is `idle` for the exchange), else parsed and rewritten here.
         Raises orjson.JSONDecodeError when the result is not JSON."""
-        if len(self.rewriters) == 1 and (raw := getattr(self.rewriters[0], "raw", None)) is not None:
+        if self.rewriters and (raw := getattr(self.rewriters[0], "raw", None)) is not None and \
+                all(getattr(r, "idle", _busy)(exchange) for r in self.rewriters[1:]):
             return raw(exchange, response, method)
         rewritten = self.rewrite(exchange, response.message(), method)
         return dumps(rewritten["result"])
+
+
+def _busy(exchange: Exchange) -> bool:
+    return False
 
 
 def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
@@ -214,11 +222,13 @@ def identity_stamp(settings: AssertionSettings,
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
           session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
-          tree: Tree | None = None, http: aiohttp.ClientSession | None = None) -> Pipeline:
+          tree: Tree | None = None, http: aiohttp.ClientSession | None = None,
+          on_drift: Report | None = None) -> Pipeline:
     """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
     `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
     `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone);
-    `http`: the client for the proxy's own calls to identity providers (a token exchange)."""
+    `http`: the client for the proxy's own calls to identity providers (a token exchange); `on_drift`: told of
+    each definition that no longer matches its pin, once per change (audit, metric)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -234,9 +244,13 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     refused = {*secrets, DEFAULT_HEADER, *([asserted.header] if asserted is not None and not asserted.bearer else [])}
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
-    lists = ListFilter(live)
-    scope = ScopeGuard(live, catalog)
+    # definitions against the policy's pins: lists and calls alike, reported once; a change a list shows first makes
+    # the catalog fetch again, so the next call is judged by what the upstream says now
+    pins = PinWatch(on_drift, catalog.stale)
+    lists = ListFilter(live, pins=pins)
+    scope = ScopeGuard(live, catalog, pins)
     tasks = UpstreamTasks(store, TaskIds(seal_key if seal_key is not None else os.urandom(32)))
+    provenance = Provenance(live, store, catalog)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -251,6 +265,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             ApprovalAnswers(store),  # answers to the proxy's own approval questions: never the upstream's business
             scope,  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
+            # open-world output noted (its results marked below); a write after it held for confirmation
+            provenance,
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
             ConfirmGuard(live, store, upstream_call,
@@ -268,6 +284,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         ),
         rewriters=(
             lists,  # lists show what the same decision allows, nothing more (made once per caller's scopes)
+            Marks(live),  # results of untrusted tools say so (idle unless this request called one)
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
         # notifications/tools/list_changed: the catalog is fetched again, the filtered lists are forgotten

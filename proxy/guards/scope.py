@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
 from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
+from proxy.guards.pins import PinWatch, held_reason
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
 from proxy.policy.decide import Decision, Kind, remembered
 from proxy.policy.reload import LivePolicy
@@ -102,10 +103,20 @@ def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
                   reason="scope" if decision.missing else "unlisted")
 
 
+def drifted(exchange: Exchange, msg_id: Any, name: str, status: str) -> Answer:
+    """A call of a tool whose definition no longer matches its pin (or was never pinned), under `on_drift: hide`."""
+    why = "has not been reviewed (it is not pinned)" if status == "unpinned" else \
+        "changed since it was reviewed (its definition no longer matches its pin)"
+    return Answer(error(msg_id, FORBIDDEN, f"tool {name!r} is not available: it {why}",
+                        {"kind": "tool", "name": name, "missing_scopes": [], "requestId": exchange.request_id}),
+                  http_status=403, decision="deny", reason=status)
+
+
 class ScopeGuard:
-    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+    def __init__(self, live: LivePolicy, catalog: Catalog, pins: PinWatch | None = None) -> None:
         self.live = live
         self.catalog = catalog
+        self.pins = pins or PinWatch()
 
     methods = frozenset(GATED)
 
@@ -126,10 +137,13 @@ class ScopeGuard:
         held = exchange.principal.scopes if exchange.principal is not None else frozenset()
         rules = self.live.of(exchange).rules  # the request's pinned policy: one generation per request
         decision = None
+        exchange.held = None
         for kind, name in named:
             hint = None
-            if kind == "tool" and rules.policy.default == "annotations" and rules.outcome("tool", name) is None:
-                try:  # delegated to the upstream's readOnlyHint: the proxy's own, current view of it
+            pinned = kind == "tool" and rules.pins is not None
+            if pinned or (kind == "tool" and rules.policy.default == "annotations"
+                          and rules.outcome("tool", name) is None):
+                try:  # delegated to the upstream's readOnlyHint, or pinned: the proxy's own, current view of it
                     facts = await self.catalog.facts(name)
                 except CatalogUnavailable:
                     return unavailable(msg_id, exchange.request_id)
@@ -137,6 +151,16 @@ class ScopeGuard:
             decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
+            if pinned:
+                # What the upstream says of this tool now (its own list, as the proxy fetched it), against its pin.
+                judged = self.pins.judged(rules, "tools", name, facts.definition if facts else None,
+                                          facts.digest if facts else None) if facts is not None else None
+                if judged is None or judged.action == "hide":
+                    return drifted(exchange, msg_id, name, judged.status if judged else "unpinned")
+                if judged.action == "hold":
+                    decision = decision._replace(confirm=True)
+                    exchange.held = held_reason(judged.changes)
+                    exchange.held_confirm = rules.policy.pins.hold_confirm  # type: ignore[union-attr]
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
         return message
 

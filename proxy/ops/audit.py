@@ -107,6 +107,10 @@ def decision_record(exchange: Exchange, message: dict[str, Any], decision: str, 
         "upstream_status": exchange.upstream_status,
         "latency_ms": int(latency * 1_000_000 + 0.5) / 1000,  # round(x, 3) without its cost (a decimal format)
     }
+    if exchange.untrusted is not None and (found := exchange.untrusted.get(repr(message.get("id")))) is not None:
+        record["provenance"] = {"untrusted": True, "tool": found[0], "source": found[1]}  # its output came from outside
+    if exchange.held is not None and message.get("method") == "tools/call":
+        record["held"] = exchange.held  # why confirmation was asked though no rule asks it (drift, untrusted output)
     if raw_arguments and arguments is not None:
         # A confirmation token is a secret, wherever a client put it (a read call's stray one is never stripped
         # by the confirm guard): never written, like the digest leaves it out.

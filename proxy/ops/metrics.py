@@ -68,6 +68,9 @@ class Metrics:
                                     registry=r)
         self.store_short_circuits = Counter("scopegate_store_short_circuits", "Store operations answered "
                                             "'unavailable' at once while the circuit breaker is open", registry=r)
+        # kind: tool | prompt | template; status: drift | unpinned | unreadable; action: hide | hold | report | show
+        self.pin_drift = Counter("scopegate_pin_drift", "Upstream definitions that no longer match their pin (or "
+                                 "have none), once per change", ["kind", "status", "action"], registry=r)
         self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
         self.oauth_events = Counter("scopegate_oauth_events", "The OAuth server's events, by endpoint and outcome",

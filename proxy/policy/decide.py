@@ -14,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from proxy.memo import remember
 from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
+from proxy.policy.pins import PinSet
 
 Kind = Literal["tool", "prompt", "resource"]
 _SECTION = {"tool": "tools", "prompt": "prompts", "resource": "resources"}
@@ -68,6 +69,9 @@ class Rules:
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
             self._globs[kind] = [(i, r, pattern(r.match)) for i, r in rules if _is_glob(r.match)]
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
+        # The pin file loaded with the policy; a policy that asks for pins without one (made in code, not loaded)
+        # pins nothing, so everything counts as unpinned: fail closed.
+        self.pins: PinSet | None = None if policy.pins is None else (policy.pin_set or PinSet({}))
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
         self.listing_memo: dict[tuple[frozenset[str], Kind, str, bool | None], Decision] = {}

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -26,6 +27,8 @@ from pydantic import (
 )
 
 from proxy.policy import source
+from proxy.policy.pins import PinFileError, PinSet
+from proxy.policy.pins import load as load_pins
 from proxy.policy.source import Located
 
 WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
@@ -119,6 +122,9 @@ class Rule(Strict):
     # None: not said, so the upstream's own schema decides (a workspace argument means `inject`); `none` says the
     # tool acts in no workspace, whatever its schema shows.
     workspace: Literal["none", "inject", "require", "verify"] | None = None
+    # Its results come from outside anyone's control (mail, web, documents): marked, and writes after them held
+    # (the policy's `provenance:`), as for a tool the upstream marks openWorldHint: true.
+    untrusted: bool = False
     description: str = ""
 
     @field_validator("confirm", mode="before")
@@ -187,6 +193,29 @@ class UpstreamIdentity(Strict):
         return self
 
 
+class Pins(Strict):
+    """The upstream's tools, prompts and resource templates as reviewed (`scopegate pins update` writes the file):
+    what no longer matches its pin is handled as `on_drift` says (see proxy/policy/pins.py)."""
+
+    file: str = Field(min_length=1, description="the pin file; relative to the policy file's folder")
+    # hide: not listed, calls refused; hold: listed, every call held for approval; report: audited and counted only.
+    # A tool that stops being destructive or gains a required argument is always at least held.
+    on_drift: Literal["hide", "hold", "report"] = "hide"
+    unpinned: Literal["hide", "allow"] = "hide"  # items the pin file does not name (new ones)
+    hold_confirm: Literal["human", "token"] = "human"  # who confirms a held call (`confirm:` of a rule)
+
+
+class Provenance(Strict):
+    """Output from tools that read the open world (the upstream's openWorldHint: true, or a rule's untrusted: true)
+    is marked in its result's `_meta`, and once a session (or, for stateless calls, a credential) has had some, its
+    writes are held for a while (see proxy/guards/provenance.py)."""
+
+    spotlight: bool = False  # also wrap such results' text content in delimiters the client can show
+    hold_writes: tuple[str, ...] = ("*",)  # tool globs: writes of these need approval after untrusted output
+    window_seconds: int = Field(900, ge=10, le=86400)  # how long after the first untrusted result
+    confirm: Literal["human", "token"] = "human"  # who confirms such a write
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -211,6 +240,13 @@ class Policy(Strict):
     tools: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
+    pins: Pins | None = None  # tool drift: definitions checked against a reviewed pin file
+    provenance: Provenance | None = None  # untrusted output marked; writes after it held
+    _pin_set: PinSet | None = PrivateAttr(None)  # the pin file as loaded with the policy (load_located)
+
+    @property
+    def pin_set(self) -> PinSet | None:
+        return self._pin_set
 
     @model_validator(mode="after")
     def _annotations_need_scopes(self) -> Policy:
@@ -239,7 +275,14 @@ def load_policy(path: str | Path) -> Policy:
     return load_located(path)[0]
 
 
-def load_located(path: str | Path) -> tuple[Policy, Located]:
+def pins_path(policy_path: str | Path, policy: Policy) -> Path | None:
+    """Where the policy's pin file is: relative names are beside the policy file."""
+    if policy.pins is None:
+        return None
+    return Path(policy_path).parent / policy.pins.file
+
+
+def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, Located]:
     """The policy and where each of its parts is in the file. Raises PolicyError: every problem, one per line, as
     `file:line:column: dotted.path: what was expected`."""
     path = Path(path)
@@ -270,7 +313,7 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
                          for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
-                         or rule.fallback != "refuse")
+                         or rule.fallback != "refuse" or rule.untrusted)
             if section != "tools" and tool_only:
                 problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
             if rule.fallback != "refuse" and rule.confirm != "human":
@@ -300,6 +343,13 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
         value = getattr(policy, name)
         if value is not None and known and value not in known:
             problems.append(((name,), f"scope {value!r} is not in `scopes`"))
+    if policy.pins is not None and read_pins:
+        try:
+            policy._pin_set = load_pins(pins_path(path, policy))  # type: ignore[arg-type]
+        except (PinFileError, OSError) as exc:
+            why = exc if isinstance(exc, PinFileError) else f"{exc.strerror or exc} ({exc.filename})"
+            problems.append((("pins", "file"), f"cannot read the pin file: {why} (write it with `scopegate pins "
+                             "update`)"))
     if problems:
         raise PolicyError("\n".join(source.report(path, located, problems)))
     return policy, located

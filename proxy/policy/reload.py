@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from proxy.exchange import Exchange
 from proxy.files import file_stamp
 from proxy.policy.decide import Rules
-from proxy.policy.model import Policy, PolicyError, load_policy
+from proxy.policy.model import Policy, PolicyError, load_policy, pins_path
 
 log = logging.getLogger("scopegate.policy")
 
@@ -55,13 +55,18 @@ class PolicyReloader:
     followers: tuple[Follower, ...] = ()
     results: dict[str, int] = field(default_factory=lambda: {"success": 0, "failure": 0})
     on_result: Callable[[str], None] | None = None
-    _stamp: tuple[int, int] | None = None  # the file as last loaded (or refused)
+    _stamp: tuple[object, ...] | None = None  # the files as last loaded (or refused)
 
     def __post_init__(self) -> None:
-        self._stamp = file_stamp(self.path)
+        self._stamp = self._stamps()
+
+    def _stamps(self) -> tuple[object, ...]:
+        """The policy file's stamp, and its pin file's: `pins update` is a policy change too."""
+        pins = pins_path(self.path, self.live.policy)
+        return (file_stamp(self.path), file_stamp(str(pins)) if pins is not None else None)
 
     def reload(self) -> bool:
-        self._stamp = file_stamp(self.path)
+        self._stamp = self._stamps()
         old = self.live.policy
         try:
             new = load_policy(self.path)
@@ -91,11 +96,11 @@ class PolicyReloader:
         """One look at the file: when it changed, look again `settle` seconds later and reload only if it stayed
         the same, so a file caught half-written (an editor or `cp` still writing it) is not loaded; the next poll
         tries again. True when it reloaded."""
-        stamp = file_stamp(self.path)
+        stamp = self._stamps()
         if stamp == self._stamp:
             return False
         await asyncio.sleep(settle)
-        if file_stamp(self.path) != stamp:
+        if self._stamps() != stamp:
             return False
         return self.reload()
 
