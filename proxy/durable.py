@@ -19,6 +19,7 @@ Sets (an index: a person's grants, a credential's children) are members stored b
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,8 @@ from typing import Any, Protocol
 import orjson
 
 from proxy.store import RedisStore, StoreUnavailable
+
+log = logging.getLogger("scopegate.state")
 
 POLL_SECONDS = 0.05  # how soon another process's write (the CLI's revoke) is seen by a running proxy
 FILE_NAME = "credentials.sqlite3"
@@ -155,6 +158,7 @@ class SqliteState:
                                      (key, value, expires, top + n))
 
     async def _write(self, rows: list[tuple[str, str | None, float | None]]) -> None:
+        before = [(key, *self._held(key)) for key, _, _ in rows]
         for key, value, expires in rows:
             self._apply(key, value, expires)
         if self._executor is None:
@@ -164,6 +168,13 @@ class SqliteState:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, rows)
         except sqlite3.Error as exc:
+            # Not in the file (a full disk): the mirror takes it back, or it would say what a restart forgets, and
+            # a retry would find its own unwritten row there (a revocation "already made") and write nothing.
+            # A later write of the same key still on its way keeps its own value.
+            for key, value, expires in before:
+                if self._writing[key] == 1:
+                    self._apply(key, value, expires)
+            log.error("credential state not written to %s (%s): refused, nothing kept", self.path, exc)
             raise StoreUnavailable(f"credential state not written ({type(exc).__name__})") from None
         finally:
             for key, _, _ in rows:
@@ -188,6 +199,13 @@ class SqliteState:
             self._kv.pop(key, None)
         else:
             self._kv[key] = (value, expires)
+
+    def _held(self, key: str) -> tuple[str | None, float | None]:
+        """What the mirror holds for a row key (a set member: "" when present), to put back if a write fails."""
+        group, sep, member = key.partition(_MEMBER)
+        if sep:
+            return ("" if member in self._sets.get(group, ()) else None), None
+        return self._kv.get(key, (None, None))
 
     def _live(self, key: str) -> str | None:
         item = self._kv.get(key)
@@ -260,7 +278,10 @@ class _transaction:
         self.connection.execute("BEGIN IMMEDIATE")  # the write lock first: seq numbers never collide
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self.connection.execute("COMMIT")
+        elif self.connection.in_transaction:  # SQLite has rolled back already on a full disk: keep that error
+            self.connection.execute("ROLLBACK")
 
 
 # KEYS[1] the set; ARGV member, limit.
