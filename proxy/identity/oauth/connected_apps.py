@@ -126,8 +126,9 @@ class ConnectedApps:
                 return self.pages.error("No such credential.", 404)
             if not may_revoke(session, record.kind, self._held(record)):
                 return self.pages.error(_STRONGER, 403)
-            ended = await server.tree.revoke(record.id, by=self._by(session), reason="revoked on Connected apps",
-                                             ttl=_until(record))
+            # Kept for good, not until the expiry the file says now: the file may renew it at any time (a Secret
+            # update), and the revoked credential would work again. One row per credential the operator made.
+            ended = await server.tree.revoke(record.id, by=self._by(session), reason="revoked on Connected apps")
             log.info("credential revoked on Connected apps", extra={"credential_id": target})
             server.evidence.record("revoke", "allow", f"revoked on Connected apps; ended {len(ended.cascaded)} "
                                    "grant(s) with it", subject=session.subject, credential_id=target)
@@ -137,13 +138,6 @@ class ConnectedApps:
 
 _STRONGER = ("This credential holds more than the one you signed in with: sign in with a credential that holds "
              "at least as much (an admin key for an admin key) to revoke it.")
-
-
-def _until(record: Record) -> int | None:
-    """A revocation is kept as long as the credential could have worked (and an hour more for clocks)."""
-    if record.expires is None:
-        return None
-    return max(3600, int(record.expires.timestamp() - datetime.now(UTC).timestamp()) + 3600)
 
 
 def _when(value: Any) -> str | None:
