@@ -58,3 +58,21 @@ async def test_a_revoked_pat_stays_revoked_when_the_file_extends_its_expiry(
                                                                  monotonic=time.monotonic))
         assert await lists(http, proxy, on_page) == 401
         assert await lists(http, proxy, by_cli) == 401
+
+
+def test_an_oidc_claim_other_than_sub_or_a_verified_email_cannot_name_another_person() -> None:
+    """`subject_claim: name` (or `preferred_username`, `upn`): the value the provider sends was taken verbatim as
+    the person. Anyone whose display name reads "alice@example.com" became alice here: saw and revoked her PATs
+    on Connected apps, shared her grant and session caps. Like `sub`, it is qualified by the issuer."""
+    from proxy.identity.oauth.oidc import OidcSettings, SignInFailed, person_of
+
+    def settings(claim: str) -> OidcSettings:
+        return OidcSettings(issuer="https://idp.example", client_id="c", name="IdP", scopes=("openid",),
+                            subject_claim=claim, role_claim="groups", roles=(("staff", "member"),))
+
+    claims = {"sub": "u-1", "name": "alice@example.com", "email": "mallory@example.com", "email_verified": True}
+    assert person_of(claims, settings("name")) == "alice@example.com@https://idp.example"
+    assert person_of(claims, settings("sub")) == "u-1@https://idp.example"
+    assert person_of(claims, settings("email")) == "mallory@example.com"  # verified: names the person as is
+    with pytest.raises(SignInFailed):
+        person_of({**claims, "email_verified": "true"}, settings("email"))
