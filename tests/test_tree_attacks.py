@@ -76,3 +76,28 @@ def test_an_oidc_claim_other_than_sub_or_a_verified_email_cannot_name_another_pe
     assert person_of(claims, settings("email")) == "mallory@example.com"  # verified: names the person as is
     with pytest.raises(SignInFailed):
         person_of({**claims, "email_verified": "true"}, settings("email"))
+
+
+async def test_connected_apps_does_not_let_a_workspace_bound_sign_in_revoke_a_wider_credential(
+        oauth_proxy: Any, issue: Any) -> None:
+    """"No stronger than the sign-in" compared scopes only: a read-write PAT bound to acme that leaked ended its
+    owner's read-write PAT for every workspace, and her grants made with it."""
+    bound = issue("bound", scopes=["mcp:read", "mcp:write"], workspace="acme", subject="alice")
+    wide = issue("wide", scopes=["mcp:read", "mcp:write"], subject="alice")
+    proxy = await oauth_proxy.start()
+    origin = proxy.issuer.removesuffix("/oauth")
+    async with httpx2.AsyncClient(timeout=20) as http:
+        client_id = await register(http, proxy)
+        _, wide_app = await consent(http, proxy, wide, client_id)
+        leaked, _ = await consent(http, proxy, bound, client_id)
+        apps = await leaked.http.get(f"{origin}/oauth/apps")
+        assert "Revoke wide" not in apps.text and "Revoke bound" in apps.text
+        gid = "sgo_" + test_oauth.claims_of(wide_app["access_token"])["gid"]
+        for target in (pat_id(wide), gid):
+            forged = await leaked.http.post(f"{origin}/oauth/apps/revoke", headers={"Origin": origin},
+                                            data={"id": target, "csrf": hidden(apps.text, "csrf")})
+            assert forged.status_code == 403, target
+        assert await lists(http, proxy, wide) == 200 and await lists(http, proxy, wide_app["access_token"]) == 200
+        own = await leaked.http.post(f"{origin}/oauth/apps/revoke", headers={"Origin": origin},
+                                     data={"id": pat_id(bound), "csrf": hidden(apps.text, "csrf")})
+        assert own.status_code == 303 and await lists(http, proxy, bound) == 401  # its own: yes
