@@ -19,6 +19,8 @@ Sets (an index: a person's grants, a credential's children) are members stored b
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +32,8 @@ from typing import Any, Protocol
 import orjson
 
 from proxy.store import RedisStore, StoreUnavailable
+
+log = logging.getLogger("scopegate.state")
 
 POLL_SECONDS = 0.05  # how soon another process's write (the CLI's revoke) is seen by a running proxy
 FILE_NAME = "credentials.sqlite3"
@@ -88,6 +92,8 @@ class SqliteState:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._identity: tuple[int, int] | None = None  # the file the connections have open (device, inode)
+        self._lost = False  # said once: the file is gone and cannot be written again
         if self.path is not None:
             self._open()
 
@@ -118,7 +124,47 @@ class SqliteState:
             self._writer.execute("DELETE FROM kv WHERE value IS NULL AND expires IS NULL AND seq < "
                                  "(SELECT COALESCE(MAX(seq), 0) FROM kv) - 100000")
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="scopegate-state")
+        self._identity = self._file_id()
         self._load_since(0)
+
+    def _file_id(self) -> tuple[int, int] | None:
+        try:
+            found = os.stat(self.path)  # type: ignore[arg-type]
+        except OSError:
+            return None
+        return found.st_dev, found.st_ino
+
+    def _rewrite(self) -> None:
+        """The file was deleted or replaced under the running proxy (a clean-up, a volume remounted): the open
+        connections write on into a file nobody will read, and the next start would find every revocation gone.
+        Write the mirror into the file at the path (over what it holds) and go on with that one."""
+        assert self.path is not None and self._executor is not None
+        try:
+            writer, reader = self._connect(), self._connect()
+            rows = [(key, value, expires) for key, (value, expires) in self._kv.items()]
+            rows += [(group + _MEMBER + member, "", None) for group, members in self._sets.items()
+                     for member in members]
+            with _transaction(writer):
+                (top,) = writer.execute("SELECT COALESCE(MAX(seq), 0) FROM kv").fetchone()
+                writer.executemany("INSERT OR REPLACE INTO kv (key, value, expires, seq) VALUES (?, ?, ?, ?)",
+                                   [(key, value, expires, top + n) for n, (key, value, expires) in
+                                    enumerate(rows, start=1)])
+        except (StateError, sqlite3.Error) as exc:
+            if not self._lost:
+                log.error("credential state file %s is gone and cannot be written again (%s): refusing until it "
+                          "can; do not restart before it is, or revocations are lost", self.path, exc)
+                self._lost = True
+            raise StoreUnavailable("credential state file gone") from None
+        log.error("credential state file %s was deleted or replaced while running: written again from memory "
+                  "(%d rows)", self.path, len(rows))
+        old_reader, old_writer = self._reader, self._writer
+        self._reader, self._writer, self._lost = reader, writer, False
+        self._identity = self._file_id()
+        self._load_since(0)
+        if old_reader is not None:
+            old_reader.close()
+        if old_writer is not None:
+            self._executor.submit(old_writer.close)  # after a commit still using it
 
     def _load_since(self, seq: int) -> None:
         assert self._reader is not None
@@ -139,6 +185,8 @@ class SqliteState:
         if now - self._polled < POLL_SECONDS:
             return
         self._polled = now
+        if self._file_id() != self._identity:
+            self._rewrite()
         try:
             version = self._reader.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
@@ -147,14 +195,16 @@ class SqliteState:
             raise StoreUnavailable("credential state file unreadable") from None
 
     def _commit(self, rows: list[tuple[str, str | None, float | None]]) -> None:
-        assert self._writer is not None
-        with _transaction(self._writer):
-            (top,) = self._writer.execute("SELECT COALESCE(MAX(seq), 0) FROM kv").fetchone()
+        writer = self._writer  # one connection for the whole transaction, even if the file is written anew
+        assert writer is not None
+        with _transaction(writer):
+            (top,) = writer.execute("SELECT COALESCE(MAX(seq), 0) FROM kv").fetchone()
             for n, (key, value, expires) in enumerate(rows, start=1):
-                self._writer.execute("INSERT OR REPLACE INTO kv (key, value, expires, seq) VALUES (?, ?, ?, ?)",
+                writer.execute("INSERT OR REPLACE INTO kv (key, value, expires, seq) VALUES (?, ?, ?, ?)",
                                      (key, value, expires, top + n))
 
     async def _write(self, rows: list[tuple[str, str | None, float | None]]) -> None:
+        before = [(key, *self._held(key)) for key, _, _ in rows]
         for key, value, expires in rows:
             self._apply(key, value, expires)
         if self._executor is None:
@@ -164,6 +214,13 @@ class SqliteState:
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, rows)
         except sqlite3.Error as exc:
+            # Not in the file (a full disk): the mirror takes it back, or it would say what a restart forgets, and
+            # a retry would find its own unwritten row there (a revocation "already made") and write nothing.
+            # A later write of the same key still on its way keeps its own value.
+            for key, value, expires in before:
+                if self._writing[key] == 1:
+                    self._apply(key, value, expires)
+            log.error("credential state not written to %s (%s): refused, nothing kept", self.path, exc)
             raise StoreUnavailable(f"credential state not written ({type(exc).__name__})") from None
         finally:
             for key, _, _ in rows:
@@ -188,6 +245,13 @@ class SqliteState:
             self._kv.pop(key, None)
         else:
             self._kv[key] = (value, expires)
+
+    def _held(self, key: str) -> tuple[str | None, float | None]:
+        """What the mirror holds for a row key (a set member: "" when present), to put back if a write fails."""
+        group, sep, member = key.partition(_MEMBER)
+        if sep:
+            return ("" if member in self._sets.get(group, ()) else None), None
+        return self._kv.get(key, (None, None))
 
     def _live(self, key: str) -> str | None:
         item = self._kv.get(key)
@@ -246,6 +310,9 @@ class SqliteState:
 
     async def close(self) -> None:
         if self._executor is not None:
+            if self._file_id() != self._identity:  # deleted since the last request: not lost on this restart
+                with contextlib.suppress(StoreUnavailable):
+                    self._rewrite()
             self._executor.shutdown(wait=True)
         for connection in (self._reader, self._writer):
             if connection is not None:
@@ -260,7 +327,10 @@ class _transaction:
         self.connection.execute("BEGIN IMMEDIATE")  # the write lock first: seq numbers never collide
 
     def __exit__(self, kind: Any, *_: Any) -> None:
-        self.connection.execute("COMMIT" if kind is None else "ROLLBACK")
+        if kind is None:
+            self.connection.execute("COMMIT")
+        elif self.connection.in_transaction:  # SQLite has rolled back already on a full disk: keep that error
+            self.connection.execute("ROLLBACK")
 
 
 # KEYS[1] the set; ARGV member, limit.

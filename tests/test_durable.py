@@ -15,7 +15,8 @@ import pytest
 
 from proxy import durable
 from proxy.durable import RedisState, SqliteState, StateError, rotation
-from proxy.store import RedisStore
+from proxy.identity.lifecycle import Tree
+from proxy.store import RedisStore, StoreUnavailable
 
 
 def family(cur: str, *prev: str) -> str:
@@ -122,3 +123,94 @@ async def test_redis_keeps_the_same_promises(redis_server: Any) -> None:
         assert not await state.any_exists(["brief"]) and await state.settle()  # one instance: nothing to wait on
     finally:
         await store.close()
+
+
+async def test_a_write_the_file_refused_is_not_kept_in_the_mirror(tmp_path: Path, caplog: Any) -> None:
+    """The disk is full (SQLite's own limit on the file's pages, a real SQLITE_FULL). A revocation that did not reach
+    the file is refused (503), and the mirror must not say otherwise: a retry on the page found its own unwritten
+    record there, answered "Revoked." and wrote nothing, and after a restart the credential worked again."""
+    path = tmp_path / "state.sqlite3"
+    state = SqliteState(path)
+    tree = Tree(state)
+    (pages,) = state._writer.execute("PRAGMA page_count").fetchone()  # type: ignore[union-attr]
+    state._writer.execute(f"PRAGMA max_page_count = {pages + 2}")  # type: ignore[union-attr]
+    with pytest.raises(StoreUnavailable):
+        for n in range(10_000):
+            await state.set(f"filler{n}", "x")
+    for _ in range(2):  # the person tries again after the 503
+        with pytest.raises(StoreUnavailable):
+            await tree.revoke("pat1", by="page", reason="leaked")
+        assert not await tree.revoked_any(["pat1"])  # what the file (and so the next start) says
+    assert "database or disk is full" in caplog.text  # the operator is told why
+    await state.close()
+    again = SqliteState(path)
+    assert not await Tree(again).revoked_any(["pat1"]) and await again.get(f"filler{n}") is None
+    await again.close()
+
+
+async def test_a_rotation_the_file_refused_leaves_the_refresh_token_current(tmp_path: Path) -> None:
+    """Nothing is consumed by a refresh that could not be written: the client's retry is no replay."""
+    state = SqliteState(tmp_path / "state.sqlite3")
+    cur, new = "a" * 64, "b" * 64  # digests, as refresh families hold
+    await state.set("family", family(cur))
+    await state.add("grants", "g1")
+    (pages,) = state._writer.execute("PRAGMA page_count").fetchone()  # type: ignore[union-attr]
+    state._writer.execute(f"PRAGMA max_page_count = {pages}")  # type: ignore[union-attr]
+    with pytest.raises(StoreUnavailable):
+        for n in range(10_000):
+            await state.set(f"filler{n}", "x")
+    with pytest.raises(StoreUnavailable):
+        await state.rotate("family", cur, new, 4, 60)
+    with pytest.raises(StoreUnavailable):
+        await state.add_capped("grants", "g2", 5)
+    assert orjson.loads(await state.get("family") or "")["cur"] == cur and await state.members("grants") == ["g1"]
+    state._writer.execute(f"PRAGMA max_page_count = {pages + 100}")  # type: ignore[union-attr]  # room again
+    assert await state.rotate("family", cur, new, 4, 60) == "ok"
+    await state.close()
+
+
+def _remove(path: Path) -> None:
+    for part in path.parent.glob(path.name + "*"):  # the file, its -wal and -shm: a careless clean-up
+        part.unlink()
+
+
+async def test_a_file_deleted_under_the_running_proxy_is_written_again(tmp_path: Path, caplog: Any) -> None:
+    """The state file is deleted while the proxy runs: its connections wrote on into a file nobody would read,
+    every write was acknowledged, and the next start found every revocation gone. Now the next poll (or the
+    shutdown, when no request came) writes the mirror into a new file, which the CLI and the next start read."""
+    path = tmp_path / "state.sqlite3"
+    state = SqliteState(path)
+    tree = Tree(state)
+    await tree.revoke("before", by="page", reason="leaked")
+    await state.add("grants", "g1")
+    _remove(path)
+    await asyncio.sleep(durable.POLL_SECONDS * 2)
+    await tree.revoke("after", by="page", reason="leaked")  # polls first: the file is there again
+    assert "deleted or replaced while running" in caplog.text
+    cli = SqliteState(path)  # another process reads the file at the path
+    assert await Tree(cli).revoked_any(["before"]) and await Tree(cli).revoked_any(["after"])
+    await cli.close()
+    _remove(path)
+    await tree.revoke("last", by="page", reason="leaked")  # within the poll interval: only the shutdown sees it
+    await state.close()
+    again = SqliteState(path)
+    assert all([await Tree(again).revoked_any([c]) for c in ("before", "after", "last")])
+    assert await again.members("grants") == ["g1"]
+    await again.close()
+
+
+async def test_a_state_file_that_cannot_be_written_again_fails_closed(tmp_path: Path, caplog: Any) -> None:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    state = SqliteState(folder / "state.sqlite3")
+    await Tree(state).revoke("before", by="page", reason="leaked")
+    _remove(folder / "state.sqlite3")
+    folder.rmdir()  # the volume itself is gone
+    await asyncio.sleep(durable.POLL_SECONDS * 2)
+    with pytest.raises(StoreUnavailable):
+        await Tree(state).revoked_any(["before"])  # refused (503), never "not revoked"
+    assert caplog.text.count("cannot be written again") == 1
+    folder.mkdir()
+    await asyncio.sleep(durable.POLL_SECONDS * 2)
+    assert await Tree(state).revoked_any(["before"])  # written again once it can be
+    await state.close()

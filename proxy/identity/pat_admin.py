@@ -206,12 +206,10 @@ def revoke(path: Path, cred_id: str, state: StateSource, by: str) -> tuple[list[
     done, failed = [], []
     already = record.revoked
     if state:
-        ttl = None
-        if record.expires is not None:
-            ttl = max(3600, int(record.expires.timestamp() - datetime.now(UTC).timestamp()) + 3600)
+        # Kept for good, not until the record's expiry: the file may renew it (a Secret update) at any time.
         async def work(tree: Tree) -> tuple[Revocation | None, Revocation]:
             before = await tree.revocation(cred_id)
-            return before, await tree.revoke(cred_id, by=by, reason="revoked with scopegate pat revoke", ttl=ttl)
+            return before, await tree.revoke(cred_id, by=by, reason="revoked with scopegate pat revoke")
 
         try:
             before, result = state.run(work)

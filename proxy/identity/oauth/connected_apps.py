@@ -10,13 +10,14 @@ read-only PAT that leaked cannot end its owner's admin key or write grants.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from proxy.identity.oauth.authorization import Toggle
-from proxy.identity.oauth.grants import GRANT_PREFIX
+from proxy.identity.oauth.grants import GRANT_PREFIX, Grant
 from proxy.identity.oauth.sessions import Session
 
 if TYPE_CHECKING:
@@ -26,11 +27,30 @@ if TYPE_CHECKING:
 log = logging.getLogger("scopegate.oauth")
 
 
-def may_revoke(session: Session, target_kind: str, target_scopes: frozenset[str]) -> bool:
-    """Pure: whether a page session may revoke a credential of this kind holding these scopes."""
+Reach = tuple[frozenset[str] | None, frozenset[str] | None]  # (workspaces, projects); None: every one
+
+
+def reach(workspace: str | None, workspaces: Iterable[str] | None, projects: Iterable[str] | None) -> Reach:
+    """Pure: where a credential acts: its bound workspace, else its listed ones (None: all), and its projects."""
+    listed = frozenset([workspace]) if workspace is not None else (
+        frozenset(workspaces) if workspaces is not None else None)
+    return listed, frozenset(projects) if projects is not None else None
+
+
+def may_revoke(session: Session, target_kind: str, target_scopes: frozenset[str],
+               target_reach: Reach = (None, None)) -> bool:
+    """Pure: whether a page session may revoke a credential of this kind holding these scopes where it acts: no
+    stronger than the sign-in in scopes, and in no workspace or project the sign-in cannot act in (a token bound to
+    one workspace that leaked must not end its owner's credential for all of them)."""
     if target_kind == "admin_key" and session.kind != "admin_key":
         return False
-    return target_scopes <= frozenset(session.scopes)
+
+    def within(small: frozenset[str] | None, large: frozenset[str] | None) -> bool:
+        return large is None or (small is not None and small <= large)
+
+    own = reach(session.workspace, session.workspaces, session.projects)
+    return (target_scopes <= frozenset(session.scopes) and within(target_reach[0], own[0])
+            and within(target_reach[1], own[1]))
 
 
 class ConnectedApps:
@@ -54,7 +74,7 @@ class ConnectedApps:
                 "id": grant.credential_id, "name": grant.client_name, "kind": "OAuth app",
                 "created": _when(grant.created), "last_used": _when(used.get(grant.credential_id)),
                 "toggles": [Toggle(s, True) for s in grant.scopes],
-                "revocable": may_revoke(session, "oauth", frozenset(grant.scopes)),
+                "revocable": may_revoke(session, "oauth", frozenset(grant.scopes), _grant_reach(grant)),
                 "workspaces": {"bound": grant.workspace, "workspaces": list(grant.workspaces or ()) or None,
                                "projects": list(grant.projects) if grant.projects is not None else None},
             })
@@ -63,7 +83,7 @@ class ConnectedApps:
                 "id": record.id, "name": record.label, "kind": "Admin key" if record.kind == "admin_key" else "PAT",
                 "created": record.created.strftime("%Y-%m-%d %H:%M UTC"), "last_used": _when(used.get(record.id)),
                 "toggles": [Toggle(s, True) for s in record.scopes],
-                "revocable": may_revoke(session, record.kind, self._held(record)),
+                "revocable": may_revoke(session, record.kind, self._held(record), self._reach(record)),
                 "workspaces": {"bound": record.workspace, "workspaces": record.workspaces,
                                "projects": record.projects},
             })
@@ -81,6 +101,12 @@ class ConnectedApps:
     def _held(self, record: Record) -> frozenset[str]:
         live = self.pages.server.registry.live(record.id) if self.pages.server.registry else None
         return live.scopes if live is not None else frozenset(record.scopes)
+
+    def _reach(self, record: Record) -> Reach:
+        live = self.pages.server.registry.live(record.id) if self.pages.server.registry else None
+        if live is None:
+            return reach(record.workspace, record.workspaces, record.projects)
+        return reach(live.bound_workspace, live.workspaces, live.projects)
 
     @staticmethod
     def _by(session: Session) -> str:
@@ -115,7 +141,7 @@ class ConnectedApps:
                          None)
             if grant is None:
                 return self.pages.error("No such app.", 404)
-            if not may_revoke(session, "oauth", frozenset(grant.scopes)):
+            if not may_revoke(session, "oauth", frozenset(grant.scopes), _grant_reach(grant)):
                 return self.pages.error(_STRONGER, 403)
             await server.grants.revoke(grant.grant_id, by=self._by(session), reason="revoked on Connected apps")
             server.evidence.record("revoke", "allow", "revoked on Connected apps", client_id=grant.client_id,
@@ -124,10 +150,11 @@ class ConnectedApps:
             record = next((r for r in await self._records(session.subject) if r.id == target), None)
             if record is None:
                 return self.pages.error("No such credential.", 404)
-            if not may_revoke(session, record.kind, self._held(record)):
+            if not may_revoke(session, record.kind, self._held(record), self._reach(record)):
                 return self.pages.error(_STRONGER, 403)
-            ended = await server.tree.revoke(record.id, by=self._by(session), reason="revoked on Connected apps",
-                                             ttl=_until(record))
+            # Kept for good, not until the expiry the file says now: the file may renew it at any time (a Secret
+            # update), and the revoked credential would work again. One row per credential the operator made.
+            ended = await server.tree.revoke(record.id, by=self._by(session), reason="revoked on Connected apps")
             log.info("credential revoked on Connected apps", extra={"credential_id": target})
             server.evidence.record("revoke", "allow", f"revoked on Connected apps; ended {len(ended.cascaded)} "
                                    "grant(s) with it", subject=session.subject, credential_id=target)
@@ -139,11 +166,8 @@ _STRONGER = ("This credential holds more than the one you signed in with: sign i
              "at least as much (an admin key for an admin key) to revoke it.")
 
 
-def _until(record: Record) -> int | None:
-    """A revocation is kept as long as the credential could have worked (and an hour more for clocks)."""
-    if record.expires is None:
-        return None
-    return max(3600, int(record.expires.timestamp() - datetime.now(UTC).timestamp()) + 3600)
+def _grant_reach(grant: Grant) -> Reach:
+    return reach(grant.workspace, grant.workspaces, grant.projects)
 
 
 def _when(value: Any) -> str | None:

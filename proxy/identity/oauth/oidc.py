@@ -78,8 +78,9 @@ def role_of(claims: dict[str, Any], settings: OidcSettings) -> str | None:
 
 
 def person_of(claims: dict[str, Any], settings: OidcSettings) -> str:
-    """Pure: who the person is here. `sub` is unique only at its issuer, so it is qualified by it; an e-mail address
-    names a person only when the provider says it verified it (anyone may type any address into many providers).
+    """Pure: who the person is here. `sub` (or another claim) is unique only at its issuer, so it is qualified by it;
+    an e-mail address names a person only when the provider says it verified it (anyone may type any address into
+    many providers).
     Raises SignInFailed otherwise: a sign-in that cannot say who it is signs nobody in."""
     claim = settings.subject_claim
     if claim == "sub":
@@ -87,9 +88,13 @@ def person_of(claims: dict[str, Any], settings: OidcSettings) -> str:
     value = claims.get(claim)
     if not isinstance(value, str) or not value:
         raise SignInFailed(f"the provider's answer lacks the {claim!r} claim that names people here")
-    if claim == "email" and claims.get("email_verified") is not True:
-        raise SignInFailed("the provider has not verified this e-mail address")
-    return value
+    if claim == "email":
+        if claims.get("email_verified") is not True:
+            raise SignInFailed("the provider has not verified this e-mail address")
+        return value
+    # Any other claim (a name, a username) is the provider's to vouch for, often the person's to edit: qualified
+    # by the issuer, like `sub`, so it can never take another person's subject (their PATs, grants and quotas).
+    return f"{value}@{settings.issuer}"
 
 
 def held_scopes(offered: tuple[str, ...], ceiling: tuple[str, ...] | None) -> frozenset[str]:
