@@ -21,6 +21,7 @@ def served() -> dict[str, set[str]]:
     metrics.policy_reloads.labels("success").inc()
     metrics.duration.labels("POST").observe(0.1)
     metrics.audit_records.labels("decision").inc()
+    metrics.approvals.labels("requested").inc()
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

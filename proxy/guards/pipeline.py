@@ -31,12 +31,14 @@ from proxy.config import Config
 from proxy.durable import SqliteState
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.guards import client_caps
+from proxy.guards.approval_record import Approvals
 from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
+from proxy.guards.page_approval import PageApproval
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
@@ -214,11 +216,13 @@ def identity_stamp(settings: AssertionSettings,
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
           session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
-          tree: Tree | None = None, http: aiohttp.ClientSession | None = None) -> Pipeline:
+          tree: Tree | None = None, http: aiohttp.ClientSession | None = None,
+          approvals: Approvals | None = None, approval_base: Callable[[], str | None] = lambda: None) -> Pipeline:
     """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
     `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
     `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone);
-    `http`: the client for the proxy's own calls to identity providers (a token exchange)."""
+    `http`: the client for the proxy's own calls to identity providers (a token exchange); `approvals`: the approval
+    page's records (in memory when not given), `approval_base` the page's base URL (None: no page served)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -237,6 +241,10 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     lists = ListFilter(live)
     scope = ScopeGuard(live, catalog)
     tasks = UpstreamTasks(store, TaskIds(seal_key if seal_key is not None else os.urandom(32)))
+    human = HumanApproval(store, clients, max_pending=config.max_pending_previews)
+    # approve: {via: page}: a named person approves on the page; the records outlive the request that asked
+    human.page = PageApproval(human, live, approvals or Approvals(store, SqliteState(None)), approval_base,
+                              config.approval_hold_seconds)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -253,9 +261,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
-            ConfirmGuard(live, store, upstream_call,
-                         HumanApproval(store, clients, max_pending=config.max_pending_previews),
-                         max_pending=config.max_pending_previews),
+            ConfirmGuard(live, store, upstream_call, human, max_pending=config.max_pending_previews),
             # tasks/*: the proxy's own tasks for their owner; the upstream's for the caller whose call made them (ids
             # unsealed, the creating tool's scope), tasks/list reduced to the caller's own
             TaskGuard(store, tasks, scope, upstream_call),
