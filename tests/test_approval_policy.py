@@ -52,8 +52,6 @@ def test_page_approval_loads_with_approvers_and_four_eyes(tmp_path: Path) -> Non
      "approvers, four_eyes and fresh_seconds need `via: page`"),
     ("{match: post, effect: write, confirm: human, fallback: token, approve: {via: page}}", OAUTH,
      "tools.0.fallback: `fallback: token` would let the agent confirm"),
-    ("{match: post, effect: write, confirm: human, approve: {via: page, four_eyes: true, "
-     "approvers: {subjects: [a@example.com]}}}", OAUTH, "can never approve their own writes"),
     ("{match: post, effect: write, confirm: human, approve: {via: email}}", OAUTH, "tools.0.approve.via"),
 ])
 def test_mistakes_are_explained_where_they_are(tmp_path: Path, rule: str, oauth: str, said: str) -> None:
