@@ -126,6 +126,9 @@ async def test_client_without_url_mode_gets_the_link_in_words_and_completes_afte
     proxy = await page_proxy.start()
     approver = Approver(page_proxy.tokens["bob"], proxy.origin)
     async with client(proxy.url, mode, page_proxy.tokens["alice"]) as sdk:  # no elicitation at all
+        listed = {t.name: t for t in (await sdk.list_tools()).tools}
+        assert "approves it on scopegate's approval page" in listed[TOOL].description
+        assert "confirmationToken" not in listed[TOOL].input_schema["properties"]  # no token to bring back
         first = await sdk.call_tool(TOOL, ENTRY)
         text = first.content[0].text
         assert not first.is_error and first.structured_content["status"] == "confirmation_required"
@@ -170,6 +173,8 @@ async def test_the_requester_and_outsiders_cannot_approve(page_proxy: Any, recor
             person = Approver(page_proxy.tokens[name], proxy.origin)
             page = await person.open(link)
             assert page.status_code == 403 and said in page.text and 'name="decision"' not in page.text
+            # the requester sees their own request; an outsider sees nothing of it
+            assert ("supplies" in page.text) is (name != "carol")
             apps = await person.http.get(f"{proxy.origin}/oauth/apps")  # a CSRF token of their own session
             forged = await person.http.post(link, headers={"Origin": proxy.origin}, data={
                 "csrf": hidden_csrf(apps.text), "decision": "approve"})
@@ -370,3 +375,20 @@ async def test_legacy_call_held_on_one_replica_is_released_by_the_page_on_anothe
         await deciding
     await approver.close()
     assert not done.is_error and posted(recorder) == [ENTRY]
+
+
+def test_the_upstream_is_told_who_approved_on_the_page() -> None:
+    """The identity assertion's `approval` claim names the approver and `via: page` (pure)."""
+    from multidict import CIMultiDict
+
+    from proxy.exchange import Exchange
+    from proxy.identity.assertion import approvals
+    from proxy.identity.principal import Principal
+
+    exchange = Exchange(request_id="r", session_id=None, protocol_version=None, upstream_headers=CIMultiDict())
+    exchange.principal = Principal(subject=REQUESTER, credential_id="c", label="l", kind="pat", scopes=frozenset())
+    exchange.confirmed["7"] = "apv_1"
+    exchange.approvers = {"7": APPROVER}
+    assert approvals(exchange) == {"id": "apv_1", "by": APPROVER, "via": "page"}
+    exchange.approvers = None
+    assert approvals(exchange) == {"id": "apv_1", "by": REQUESTER, "via": "token"}

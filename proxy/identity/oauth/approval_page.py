@@ -100,6 +100,9 @@ class ApprovalPage:
             return self.pages.error("This approval has expired: nothing will be changed. The agent can ask again.",
                                     410)
         problem = approver_problem(held, session.subject, session.role, session.scopes)
+        if problem is not None and session.subject != held["requester"]["subject"]:
+            # What a write would change is for its approvers (and the person who asked), not any signed-in person.
+            return self.pages.error(f"You cannot see or decide this write: {problem}.", 403)
         return self.pages.page("approval.html", subject=session.subject, item=view(held, time.time()),
                                decided=None, decided_at=None, problem=problem, csrf=session.csrf, notice=notice,
                                status=status if problem is None else 403)
