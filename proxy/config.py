@@ -281,6 +281,10 @@ SETTINGS = (
             "http://otel-collector:4318 (the standard OTEL_EXPORTER_OTLP_* variables work too); unset: no tracing"),
     Setting("stream_key", _secret, "secret (32+ chars) that seals SSE event ids to caller and session; default: "
                                    "one random key shared through Redis, or per process without Redis"),
+    Setting("approval_webhook", _url, "URL that gets a Slack-compatible JSON message with the link whenever a write "
+            "waits for approval on the approval page (policy approve: {via: page})"),
+    Setting("approval_hold_seconds", _seconds, "how long a 2026-07-28 retry is held while its approval still waits "
+            "before it is answered with a fresh requestState (default 20)"),
 )
 
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
@@ -308,6 +312,8 @@ class Config:
     max_streams_per_credential: int = 16
     max_calls_per_credential: int = 64
     max_pending_previews: int = 100
+    approval_webhook: URL | None = None
+    approval_hold_seconds: float = 20.0
     max_sessions_per_credential: int = 1000
     memory_store_keys: int = 100_000
     redis_breaker_seconds: float = 2.0

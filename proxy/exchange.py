@@ -90,6 +90,8 @@ class Exchange:
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
     # human approval (guards/human.py): the confirmed ids a person approved at the client (None: none did)
     approved_by_person: set[str] | None = None
+    # approval on the page (guards/page_approval.py): str(message id) -> the subject of the person who approved it
+    approvers: dict[str, str] | None = None
     client_capabilities: dict[str, Any] | None = None  # client capabilities guard: what `initialize` declared
     tasks: TaskTraffic | None = None  # task guard: set only when this request touches the upstream's tasks
     upstream_status: int | None = None  # forwarder

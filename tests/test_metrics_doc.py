@@ -23,6 +23,7 @@ def served() -> dict[str, set[str]]:
     metrics.duration.labels("POST").observe(0.1)
     metrics.audit_records.labels("decision").inc()
     metrics.pin_drift.labels("tool", "drift", "hide").inc()
+    metrics.approvals.labels("requested").inc()
     names: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")

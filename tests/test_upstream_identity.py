@@ -392,11 +392,11 @@ async def test_assertion_is_not_echoed_back(stack: Stack) -> None:
 
 def test_demo_policy_asserts_identity_with_the_oauth_key(tmp_path: Path, pat_file: str) -> None:
     """`make run`: the demo policy has upstream_identity on, signed with the demo's OAuth key (no key of its own)."""
-    from proxy.demo.run import _demo_policy, _demo_signing_key
+    from proxy.demo.run import _demo_signing_key, demo_policy
 
     key = _demo_signing_key(tmp_path)
     config = Config(upstream=URL("http://127.0.0.1:8080/mcp"), public_url=URL("http://127.0.0.1:8000/mcp"),
-                    pat_file=pat_file, policy=str(_demo_policy(tmp_path)), oauth_signing_keys=(str(key),))
+                    pat_file=pat_file, policy=str(demo_policy(tmp_path)), oauth_signing_keys=(str(key),))
     made = load_identity(config, {})
     assert made.upstream_identity is not None and made.oauth is not None
     assert made.upstream_identity.keys is made.oauth.keys

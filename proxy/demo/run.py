@@ -73,6 +73,12 @@ DEMO_CREDENTIALS = (
     ("Month-end review script (read-only, bound to acme)", "alice@demo.example", ["mcp:read"], "acme"),
     ("Bookkeeping agent (read and write, user-scoped)", "bob@demo.example", ["mcp:read", "mcp:write"], None),
 )
+# The second person: signs in on the approval page (four eyes: the bookkeeper cannot approve their own postings).
+APPROVER = ("Controller (signs in on the approval page)", ["mcp:read", "mcp:write"], "demo-approver")
+# The demo holds ledger postings for that person, on scopegate's approval page.
+POSTING_RULE = "dry_run: {argument: dry_run, value: true}, confirm: human, fallback: token}"
+POSTING_ON_PAGE = ("dry_run: {argument: dry_run, value: true}, confirm: human,\n"
+                   "     approve: {via: page, approvers: {subjects: [demo-approver]}, four_eyes: true}}")
 
 
 def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
@@ -80,7 +86,8 @@ def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
     folder = Path(tempfile.mkdtemp(prefix="scopegate-demo-"))
     path = folder / "pats.yaml"
     records, tokens = [], []
-    for label, subject, scopes, workspace in DEMO_CREDENTIALS:
+    people = [(label, scopes, workspace, subject) for label, subject, scopes, workspace in DEMO_CREDENTIALS]
+    for label, scopes, workspace, subject in [*people, (*APPROVER[:2], None, APPROVER[2])]:
         record, token = create_record(kind="pat", label=label, subject=subject, scopes=scopes,
                                       workspace=workspace, workspaces=None, role=None, expires_in=86400)
         records.append(record)
@@ -105,10 +112,14 @@ def _demo_signing_key(folder: Path) -> Path:
     return path
 
 
-def _demo_policy(folder: Path) -> Path:
-    """The demo policy with `upstream_identity:` on (its assertions signed with the OAuth server's key)."""
+def demo_policy(folder: Path) -> Path:
+    """The demo policy with `upstream_identity:` on (its assertions signed with the OAuth server's key), and the
+    ledger's postings held for the controller on the approval page, four eyes on."""
+    text = DEMO_POLICY.read_text(encoding="utf-8")
+    if POSTING_RULE not in text:
+        raise SystemExit(f"scopegate demo: {DEMO_POLICY} no longer holds the posting rule this demo changes")
     path = folder / "policy.yaml"
-    path.write_text(DEMO_POLICY.read_text(encoding="utf-8") + "\n# The demo ledger verifies who is calling and "
+    path.write_text(text.replace(POSTING_RULE, POSTING_ON_PAGE) + "\n# The demo ledger verifies who is calling and "
                     "records it.\nupstream_identity: {}\n", encoding="utf-8")
     return path
 
@@ -133,10 +144,11 @@ def main(port: int, upstream_port: int, metrics_port: int = 9464) -> None:
         wait_for_port(upstream_port, upstream, "scopegate demo: the demo upstream")
         registry, tokens = _demo_registry()
         signing_key = _demo_signing_key(registry.parent)
-        policy = _demo_policy(registry.parent)
+        policy = demo_policy(registry.parent)
         audit_key = registry.parent / "audit.key"  # a fresh folder each run: a fresh key pair (0600)
         write_key_pair(str(audit_key), f"{audit_key}.pub")
-        credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens)
+        credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens[:-1])
+        approver = tokens[-1][1]
         print(
             f"""
 scopegate demo
@@ -155,10 +167,15 @@ Every request must carry one; the upstream never sees it. Try, in another termin
   .venv/bin/python -m proxy.demo.try_it {url} --token {tokens[1][1]}
 
 (the read-only token sees 6 of the ledger's 15 tools, and its write is refused with 403; the second token
-sees the 11 tools the policy names, and its ledger posting is held for a person: scopegate asks you, through
-the client, at a prompt in that terminal, showing the exact change and the ledger's own dry run; answer y and
-it is applied, once. With --no-elicitation the client cannot ask you, so the posting falls back to a preview
-and a confirmationToken to send back with the same arguments; add --confirm to have try_it send it back)
+sees the 11 tools the policy names, and its ledger posting is held for another person: try_it prints a link
+to scopegate's approval page and waits. Open the link in a browser, sign in as the controller with
+
+    {approver}
+
+see the exact change and the ledger's own dry run, and Approve (or Decline, with a reason): the posting is
+applied once, and try_it shows it. Four eyes: the bookkeeper's own token cannot approve it. With
+--no-elicitation the client cannot open links: it is told the link in words and calls again after approval.
+Everything waiting for the controller: {origin}/oauth/approvals)
 
 or with curl, one stateless (2026-07-28) request (drop the Authorization header to see the 401):
 

@@ -3,8 +3,10 @@
     python -m proxy.demo.try_it http://127.0.0.1:8000/mcp [--token TOKEN] [--legacy] [--no-elicitation] [--confirm]
 
 The client declares elicitation: when scopegate asks the person to approve a write, the question appears here and
-you answer at the prompt. With --no-elicitation it cannot ask you, and a write the policy lets fall back to a token
-comes back as a preview and a confirmationToken instead (--confirm sends it back).
+you answer at the prompt; when the policy has another person approve it on scopegate's approval page, the link
+appears here and try_it waits for their decision. With --no-elicitation it cannot ask you: a write the policy lets
+fall back to a token comes back as a preview and a confirmationToken (--confirm sends it back), and a write held
+for the approval page comes back with the link in words (run try_it again after it was approved).
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from mcp.shared.exceptions import MCPError
 
 
 async def ask_at_the_terminal(context: object, params: types.ElicitRequestParams) -> types.ElicitResult:
-    """The person at this terminal answers the server's question (here: scopegate asking to approve a write)."""
+    """The person at this terminal answers the server's question (here: scopegate asking to approve a write). A
+    URL-mode question (approval on scopegate's page, by whoever the policy names) is shown as its link: this
+    client 'opens' it by printing it, and then waits while the call is held."""
+    if params.mode == "url":
+        print("\n  ---- the server sends you to a page ----")
+        print("  " + params.message.replace("\n", "\n  "))
+        print(f"\n  Open this link in a browser (the approver signs in there):\n    {params.url}")
+        print("  Waiting for the decision (Ctrl-C gives up; nothing is changed until it is approved) ...", flush=True)
+        return types.ElicitResult(action="accept")
     print("\n  ---- the server asks you ----")
     print("  " + params.message.replace("\n", "\n  "))
     try:
@@ -69,6 +79,11 @@ async def _run(url: str, token: str | None, legacy: bool, confirm: bool, elicita
             print("\n  applied: you approved it, and scopegate forwarded it once.")
             return
         held = (result.structured_content or {}).get("status") == "confirmation_required"
+        link = ((result.structured_content or {}).get("preview") or {}).get("approvalUrl")
+        if held and link:
+            print(f"\n  waiting for approval on {link}: nothing changed yet. Run this again (same arguments) once "
+                  "it was approved.")
+            return
         if held and not confirm:
             print("\n  held for confirmation: nothing changed. Run again with --confirm to send the token back.")
         elif held:

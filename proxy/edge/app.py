@@ -26,6 +26,7 @@ from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange, Outcome
 from proxy.guards import pipeline as pipeline_module
+from proxy.guards.approval_record import Approvals
 from proxy.guards.pins import Drift, Report
 from proxy.guards.pipeline import Pipeline, StampFailed
 from proxy.identity import assertion
@@ -34,6 +35,7 @@ from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
 from proxy.identity.oauth.server import OAuthServer
 from proxy.jsonrpc import Message
+from proxy.ops.approval_events import ApprovalEvents
 from proxy.ops.audit import AuditWriter
 from proxy.ops.health import ops_app, store_check, upstream_check
 from proxy.ops.metrics import Metrics
@@ -175,13 +177,20 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
+                # approve: {via: page}: requests in the store, decisions in the durable state, the page on the
+                # OAuth server (its sign-in); without it no page is served and such writes are refused
+                approvals = Approvals(store, durable)
+                if oauth is not None:
+                    oauth.approvals = approvals
+                issuer = oauth.settings.issuer.rstrip("/") if oauth is not None else None
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
                                     raw_arguments=config.audit_arguments,
                                     anchor=audit_sink(config, config.audit_anchor) if config.audit_anchor else None)
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools, session_evictions=metrics.session_evictions.inc,
                                                            seal_key=key, tree=tree, http=key_session,
-                                                           on_drift=drift_reporter(metrics, audit))
+                                                           on_drift=drift_reporter(metrics, audit),
+                                                           approvals=approvals, approval_base=lambda: issuer)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 await audit.start()
@@ -192,6 +201,11 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                         audit.add(exchange, 0.0)
 
                     oauth.evidence.writer = evidence
+                events = ApprovalEvents(lambda exchange: audit.add(exchange, 0.0), metrics,
+                                        str(config.approval_webhook) if config.approval_webhook else None,
+                                        key_session)
+                approvals.on_waiting, approvals.on_decided = events.waiting, events.decided
+                approvals.on_refused = events.refused
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
@@ -228,6 +242,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 finally:
                     watcher.cancel()
                     listener.cancel()
+                    await events.close()
                     await audit.close()
                     await fetch_tools.close()
         finally:

@@ -56,6 +56,14 @@ def can_elicit(capabilities: Any) -> bool:
     return not elicitation or isinstance(elicitation.get("form"), dict)
 
 
+def can_open_urls(capabilities: Any) -> bool:
+    """Whether a client's declared capabilities include URL-mode elicitation (it can send its person to a page)."""
+    if not isinstance(capabilities, dict):
+        return False
+    elicitation = capabilities.get("elicitation")
+    return isinstance(elicitation, dict) and isinstance(elicitation.get("url"), dict)
+
+
 def question(tool: str, workspace: Any, shown: dict[str, Any], upstream_preview: Any, expires_in: int) -> str:
     """The preview in plain words, for a person. Every value a caller chose is quoted as escaped JSON."""
     where = f" in workspace {shown_as_json(workspace)}" if workspace else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from proxy.guards.approval import can_elicit
+from proxy.guards.approval import can_elicit, can_open_urls
 from proxy.jsonrpc import Message
 from proxy.store import Store, StoreUnavailable
 
@@ -48,18 +48,28 @@ class ClientCapabilities:
         new_id = headers.get("Mcp-Session-Id")
         if exchange.client_capabilities is None or status >= 400 or not new_id or new_id == exchange.session_id:
             return
-        await self.store.set(_key(new_id), "form" if can_elicit(exchange.client_capabilities) else "",
-                             ttl=TTL_SECONDS)
+        declared = exchange.client_capabilities
+        modes = [m for m, able in (("form", can_elicit(declared)), ("url", can_open_urls(declared))) if able]
+        await self.store.set(_key(new_id), ",".join(modes), ttl=TTL_SECONDS)
 
     async def can_elicit(self, exchange: Exchange, message: Message) -> bool:
         """Can this request's client show a form to its person? Unknown means no."""
+        return "form" in await self._modes(exchange, message)
+
+    async def can_open_urls(self, exchange: Exchange, message: Message) -> bool:
+        """Can this request's client send its person to a URL (URL-mode elicitation)? Unknown means no."""
+        return "url" in await self._modes(exchange, message)
+
+    async def _modes(self, exchange: Exchange, message: Message) -> tuple[str, ...]:
         if (exchange.protocol_version or "") >= "2026-07-28":
             params = message.get("params")
             meta = params.get("_meta") if isinstance(params, dict) else None
-            return can_elicit(meta.get(CAPABILITIES_META) if isinstance(meta, dict) else None)
+            declared = meta.get(CAPABILITIES_META) if isinstance(meta, dict) else None
+            return tuple(m for m, able in (("form", can_elicit(declared)), ("url", can_open_urls(declared))) if able)
         if not exchange.session_id:
-            return False
+            return ()
         try:
-            return await self.store.get(_key(exchange.session_id), refresh_ttl=TTL_SECONDS) == "form"
+            raw = await self.store.get(_key(exchange.session_id), refresh_ttl=TTL_SECONDS)
         except StoreUnavailable:
-            return False
+            return ()
+        return tuple((raw or "").split(","))

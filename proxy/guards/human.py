@@ -42,6 +42,7 @@ from proxy.guards.approval import (
 )
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirmation import binding_problem, pending_key
+from proxy.guards.page_approval import URL_ELICIT_PREFIX, PageApproval
 from proxy.guards.tasks import hold, wants_task
 from proxy.jsonrpc import Message
 from proxy.policy.model import Rule
@@ -80,6 +81,7 @@ class HumanApproval:
 
     def __init__(self, store: Store, capabilities: ClientCapabilities,
                  clock: Callable[[], float] = time.time, max_pending: int = 100) -> None:
+        self.page: PageApproval | None = None  # `approve: {via: page}` (set by the pipeline)
         self.store = store
         self.capabilities = capabilities
         self.clock = clock
@@ -105,6 +107,12 @@ class HumanApproval:
         `bindings` are this call's own (credential, session, tool, workspace, argument digest); `held` makes the
         preview (and runs the dry run), only when a person is about to be asked."""
         params = message["params"]
+        if rule.on_page:  # a named person approves on the page: nothing the client answers decides it
+            if self.page is None:
+                return self._refuse(exchange, message, "no approval page", (
+                    f"{params['name']} needs approval on scopegate's approval page, which is not served here. "
+                    "Nothing was changed."))
+            return await self.page.approve(exchange, message, rule, bindings, held)
         state = params.get("requestState")
         if isinstance(state, str) and state.startswith(STATE_PREFIX):
             responses = params.get("inputResponses")
@@ -247,6 +255,10 @@ class ApprovalAnswers:
         msg_id = message.get("id")
         if "method" in message or not isinstance(msg_id, str) or not msg_id.startswith(ELICIT_ID_PREFIX):
             return message
+        if msg_id.startswith(URL_ELICIT_PREFIX):
+            # Whether the client opened the approval link: the page decides, not this answer. Kept here, never
+            # forwarded (the upstream asked nothing).
+            return Answer(None, decision="allow", reason="approval link")
         principal = exchange.principal
         try:
             raw = await self.store.get(record_key(msg_id))

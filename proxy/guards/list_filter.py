@@ -62,13 +62,19 @@ HUMAN_NOTE = (
     "if they decline, nothing changes."
 )
 
+PAGE_NOTE = (
+    " Changes data only after a named person approves it on scopegate's approval page: the first call answers with "
+    "a link for your user; after approval, call again with the same arguments. Nothing changes until then."
+)
+
 
 def advertise_confirmation(tool: dict[str, Any], rule: Rule | None = None) -> None:
     """Tell agents how confirmation works, where they look: the description and the input schema."""
     human = rule is not None and rule.confirmer == "human"
-    tool["description"] = (tool.get("description") or "").rstrip() + (HUMAN_NOTE if human else CONFIRMATION_NOTE)
+    note = PAGE_NOTE if rule is not None and rule.on_page else HUMAN_NOTE if human else CONFIRMATION_NOTE
+    tool["description"] = (tool.get("description") or "").rstrip() + note
     schema = tool.get("inputSchema")
-    tokens = not human or (rule is not None and rule.fallback == "token")
+    tokens = not human or (rule is not None and rule.fallback == "token" and not rule.on_page)
     if tokens and isinstance(schema, dict) and isinstance(schema.get("properties", {}), dict):
         schema["properties"] = {**schema.get("properties", {}), TOKEN_ARGUMENT: _TOKEN_PROPERTY}
     if isinstance(tool.get("outputSchema"), dict):  # strict clients check the preview against it

@@ -31,12 +31,14 @@ from proxy.config import Config
 from proxy.durable import SqliteState
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.guards import client_caps
+from proxy.guards.approval_record import Approvals
 from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
+from proxy.guards.page_approval import PageApproval
 from proxy.guards.pins import PinWatch, Report
 from proxy.guards.provenance import Marks, Provenance
 from proxy.guards.scope import ScopeGuard
@@ -223,12 +225,14 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
           session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
           tree: Tree | None = None, http: aiohttp.ClientSession | None = None,
-          on_drift: Report | None = None) -> Pipeline:
+          on_drift: Report | None = None, approvals: Approvals | None = None,
+          approval_base: Callable[[], str | None] = lambda: None) -> Pipeline:
     """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
     `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
     `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone);
     `http`: the client for the proxy's own calls to identity providers (a token exchange); `on_drift`: told of
-    each definition that no longer matches its pin, once per change (audit, metric)."""
+    each definition that no longer matches its pin, once per change (audit, metric); `approvals`: the approval
+    page's records (in memory when not given), `approval_base` the page's base URL (None: no page served)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -251,6 +255,10 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     scope = ScopeGuard(live, catalog, pins)
     tasks = UpstreamTasks(store, TaskIds(seal_key if seal_key is not None else os.urandom(32)))
     provenance = Provenance(live, store, catalog)
+    human = HumanApproval(store, clients, max_pending=config.max_pending_previews)
+    # approve: {via: page}: a named person approves on the page; the records outlive the request that asked
+    human.page = PageApproval(human, live, approvals or Approvals(store, SqliteState(None)), approval_base,
+                              config.approval_hold_seconds)
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
@@ -269,9 +277,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             provenance,
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
-            ConfirmGuard(live, store, upstream_call,
-                         HumanApproval(store, clients, max_pending=config.max_pending_previews),
-                         max_pending=config.max_pending_previews),
+            ConfirmGuard(live, store, upstream_call, human, max_pending=config.max_pending_previews),
             # tasks/*: the proxy's own tasks for their owner; the upstream's for the caller whose call made them (ids
             # unsealed, the creating tool's scope), tasks/list reduced to the caller's own
             TaskGuard(store, tasks, scope, upstream_call),

@@ -16,7 +16,8 @@ proxy and on the ops listener) whose claims say:
     rid, jti               the request id (scopegate's X-Request-Id, as in its audit trail) and a unique id: only
                            in an assertion made for one request (below)
     approval {id, by, via} a confirmed or approved write: the preview's id, who approved it, and how (`token`: the
-                           caller brought back the preview's token; `human`: the person approved it at the client);
+                           caller brought back the preview's token; `human`: the person approved it at the client;
+                           `page`: `by` approved it on scopegate's approval page);
                            a list for a batch confirming several
 
 Cost. A signature (ES256 or Ed25519) takes more CPU than the rest of a small call's pipeline, so nothing is signed
@@ -141,7 +142,9 @@ def approvals(exchange: Exchange) -> dict[str, str] | list[dict[str, str]] | Non
     principal = exchange.principal
     by = principal.subject if principal is not None else ""
     by_person = exchange.approved_by_person or ()
-    made = [{"id": preview, "by": by, "via": "human" if call in by_person else "token"}
+    on_page = exchange.approvers or {}
+    made = [{"id": preview, "by": on_page[call], "via": "page"} if call in on_page else
+            {"id": preview, "by": by, "via": "human" if call in by_person else "token"}
             for call, preview in confirmed.items()]
     if len(made) == 1:
         return made[0]

@@ -25,7 +25,9 @@ CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential",
                              "arguments", "store unavailable", "not a string",
                              # confirm: human (guards/human.py)
                              "rejected", "cancelled", "timeout", "unanswered", "no elicitation", "human required",
-                             "unknown approval", "batch", "pending limit"})
+                             "unknown approval", "batch", "pending limit",
+                             # approve: {via: page} (guards/page_approval.py)
+                             "policy", "no approval page"})
 OAUTH_EVENTS = frozenset({"register", "authorize", "signin", "consent", "token", "revoke"})
 # What a limit refused: a credential's concurrent streams or calls, a body sent too slowly (pending previews are
 # counted with the confirmations, reason pending_limit).
@@ -58,6 +60,10 @@ class Metrics:
                                      registry=r)
         self.confirmations = Counter("scopegate_confirmations", "Previews issued, confirmed and refused",
                                      ["outcome", "reason"], registry=r)
+        # outcome: requested (a write started waiting on the approval page), approved, declined, refused_approver
+        # (someone the rule does not allow tried to decide: four eyes, not an approver)
+        self.approvals = Counter("scopegate_approvals", "Approvals on the approval page, by outcome", ["outcome"],
+                                 registry=r)
         # livesum: in worker mode (prometheus_client multiprocess, edge/workers.py) the sum over live workers
         self.open_streams = Gauge("scopegate_open_streams", "SSE streams being relayed now", registry=r,
                                   multiprocess_mode="livesum")

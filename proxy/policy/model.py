@@ -105,6 +105,25 @@ class DryRun(Strict):
     value: bool | int | str = True
 
 
+class Approvers(Strict):
+    """Who may approve on the page: a person whose role is one of `roles` or whose subject is one of `subjects`.
+    Both empty: anyone who signs in holding every scope the rule asks of a caller."""
+
+    roles: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
+
+
+class Approve(Strict):
+    """How a `confirm: human` write is approved. `client`: the person at the agent's own client answers a form
+    (elicitation). `page`: a named person signs in on scopegate's approval page and approves there."""
+
+    via: Literal["page", "client"] = "client"
+    approvers: Approvers = Approvers()
+    four_eyes: bool = False  # the requester's own subject may not approve
+    # The upstream's dry run shown on the page is flagged stale once it is older than this (None: never).
+    fresh_seconds: int | None = Field(None, ge=1, le=86400)
+
+
 class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
@@ -116,6 +135,7 @@ class Rule(Strict):
         {"type": "boolean", "description": "true: token, false: none (the loader accepts both)"},
         {"type": "null"}]})] = None
     fallback: Literal["refuse", "token"] = "refuse"  # `confirm: human` and a client that cannot show a form
+    approve: Approve | None = None  # `confirm: human`: who approves, and where (unset: the client, as `via: client`)
     confirm_ttl_seconds: int | None = Field(None, ge=5, le=86400)  # default: the policy's
     dry_run: DryRun | None = None  # the upstream's own preview: the call is made once with this argument set
     redact: tuple[str, ...] = ()  # argument names masked in previews (and never stored)
@@ -139,6 +159,11 @@ class Rule(Strict):
     @property
     def confirmer(self) -> Literal["token", "human"]:
         return "human" if self.confirm == "human" else "token"
+
+    @property
+    def on_page(self) -> bool:
+        """A `confirm: human` write approved by a signed-in person on the approval page."""
+        return self.confirm == "human" and self.approve is not None and self.approve.via == "page"
 
 
 class Anonymous(Strict):
@@ -271,6 +296,33 @@ def schema_text() -> str:
     return json.dumps(schema, indent=2, sort_keys=False)
 
 
+def approve_problems(policy: Policy, rule: Rule, where: tuple[str | int, ...]) -> list[source.Problem]:
+    """What is wrong with a rule's `approve:` section, given the rest of the policy. Pure."""
+    approve = rule.approve
+    assert approve is not None
+    at = (*where, "approve")
+    if rule.confirm != "human":
+        return [(at, "only a rule with `confirm: human` has an `approve` section")]
+    problems: list[source.Problem] = []
+    if approve.via == "client":
+        if approve.approvers != Approvers() or approve.four_eyes or approve.fresh_seconds is not None:
+            problems.append((at, "approvers, four_eyes and fresh_seconds need `via: page`: the person at the "
+                             "client is not signed in, so nobody can tell who they are"))
+        return problems
+    if rule.fallback == "token":
+        problems.append(((*where, "fallback"), "`fallback: token` would let the agent confirm what `via: page` "
+                         "keeps for a signed-in approver: remove it"))
+    if policy.oauth is None or not policy.oauth.sign_in:
+        problems.append(((*at, "via"), "`via: page` needs a way for the approver to sign in: add an `oauth:` "
+                         "section (its `sign_in`: pat, admin_key or oidc)"))
+    for n, role in enumerate(approve.approvers.roles):
+        if role not in policy.roles:
+            known = ", ".join(sorted(policy.roles)) or "none"
+            problems.append(((*at, "approvers", "roles", n), f"role {role!r} is not one of the policy's roles "
+                             f"({known})"))
+    return problems
+
+
 def load_policy(path: str | Path) -> Policy:
     return load_located(path)[0]
 
@@ -313,11 +365,13 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
                          for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
-                         or rule.fallback != "refuse" or rule.untrusted)
+                         or rule.fallback != "refuse" or rule.untrusted or rule.approve is not None)
             if section != "tools" and tool_only:
                 problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
             if rule.fallback != "refuse" and rule.confirm != "human":
                 problems.append(((*where, "fallback"), "only a rule with `confirm: human` has a fallback"))
+            if section == "tools" and rule.approve is not None:
+                problems += approve_problems(policy, rule, where)
             rest = rule.match.replace(WORKSPACE_SEGMENT, "", 1 if section == "resources" else 0)
             if "{" in rest or "}" in rest:
                 problems.append(((*where, "match"), f"only a resource URI may hold {WORKSPACE_SEGMENT}, once, "

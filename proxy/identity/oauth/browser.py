@@ -16,6 +16,8 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from aiohttp import web
 
+from proxy.guards.approval_record import valid_id
+from proxy.identity.oauth.approval_page import ApprovalPage
 from proxy.identity.oauth.authorization import (
     AuthorizationRequest,
     RedirectError,
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from proxy.identity.oauth.server import OAuthServer
 
 log = logging.getLogger("scopegate.oauth")
+
+APPROVALS_REQUEST = "approvals:"  # a sign-in's `request` when it came from the approval page
 
 
 def _redirect(uri: str, params: dict[str, str | None]) -> web.Response:
@@ -109,6 +113,15 @@ class Pages:
             return self.page("signin.html", client=req.client, request_id=request_id, error=None)
         return self.consent_page(req, request_id, session)
 
+    def after_sign_in(self, request_id: Any) -> str:
+        """Where a sign-in that came for no authorization request goes: the approval page it came from (its
+        `request` is `approvals:` and an approval id, checked here: never an address of the form's choosing), else
+        Connected apps."""
+        if isinstance(request_id, str) and request_id.startswith(APPROVALS_REQUEST):
+            approval_id = request_id.removeprefix(APPROVALS_REQUEST)
+            return f"{self.path}/approvals/{approval_id}" if valid_id(approval_id) else f"{self.path}/approvals"
+        return f"{self.path}/apps"
+
     # --- sign-in ----------------------------------------------------------------------------------------------
     async def signin(self, request: web.Request) -> web.StreamResponse:
         if not self.same_origin(request):
@@ -133,7 +146,7 @@ class Pages:
         if req is not None:
             await self.server.sessions.claim(str(request_id))
         response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if req
-                                        else f"{self.path}/apps")
+                                        else self.after_sign_in(request_id))
         self.server.evidence.record("signin", "allow", principal.kind, subject=principal.subject,
                                     credential_id=principal.credential_id, label=principal.label,
                                     client_id=req.client.client_id if req else None)
@@ -184,6 +197,9 @@ class Pages:
         response = web.Response(status=303, headers={"Cache-Control": "no-store"})
         response.del_cookie(OIDC_COOKIE, path=self.path)
         await self.server.sessions.start(response, principal)
+        if request_id.startswith(APPROVALS_REQUEST):
+            response.headers["Location"] = self.after_sign_in(request_id)
+            return response
         await self.server.sessions.claim(request_id)
         response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if request_id
                                         else f"{self.path}/apps")
@@ -305,6 +321,10 @@ def add_routes(app: web.Application, server: OAuthServer, wrap: Callable[[Any], 
     app.router.add_get(base + "/oidc/start", guarded(pages.oidc_start))
     app.router.add_get(base + "/oidc/callback", guarded(pages.oidc_callback))
     app.router.add_post(base + "/apps/revoke", guarded(apps.revoke))
+    approvals = ApprovalPage(pages)
+    app.router.add_get(base + "/approvals", guarded(approvals.queue))
+    app.router.add_get(base + "/approvals/{id}", guarded(approvals.show))
+    app.router.add_post(base + "/approvals/{id}", guarded(approvals.decide))
 
     async def style(request: web.Request) -> web.Response:
         return stylesheet()

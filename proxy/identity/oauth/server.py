@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.guards.approval_record import Approvals
 from proxy.identity.lifecycle import Tree
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
 from proxy.identity.oauth.cimd import MetadataDocuments
@@ -110,6 +111,7 @@ class OAuthServer:
         self.registry = registry
         self.store: Store | None = None
         self.evidence = Evidence()  # the edge connects it to the audit trail
+        self.approvals: Approvals | None = None  # the approval page's records (the edge sets them)
 
     def attach(self, store: Store, tree: Tree) -> None:
         """Bind to the shared store and the durable credential state once the app has opened them.
