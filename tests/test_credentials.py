@@ -445,3 +445,23 @@ async def test_oauth_events_are_counted_and_a_replay_is_its_own_outcome(oauth_pr
                  'scopegate_oauth_events_total{event="token",outcome="allow"} 2.0',  # the code, one refresh
                  'scopegate_oauth_events_total{event="token",outcome="replay"} 1.0'):
         assert line in scraped, line
+
+
+async def test_an_expired_access_token_found_in_a_log_cannot_end_its_grant(oauth_proxy: Any) -> None:
+    """RFC 7009 revocation by access token takes a live one only: an old token someone finds must not be a way to
+    sign a person's app out."""
+    import jwt
+
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient(timeout=20) as http:
+        client_id = await register(http, proxy)
+        _, tokens = await consent(http, proxy, oauth_proxy.tokens["writer"], client_id)
+        claims = claims_of(tokens["access_token"])
+        header = jwt.get_unverified_header(tokens["access_token"])
+        old = jwt.encode({**claims, "iat": claims["iat"] - 7200, "exp": claims["iat"] - 3600},
+                         oauth_proxy.signing_key, algorithm="ES256", headers={"kid": header["kid"]})
+        assert (await http.post(proxy.endpoint("revoke"), data={"token": old})).status_code == 200
+        assert await lists(http, proxy, tokens["access_token"]) == 200  # still the person's app
+        assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 200
+        assert (await http.post(proxy.endpoint("revoke"), data={"token": tokens["access_token"]})).status_code == 200
+        assert await lists(http, proxy, tokens["access_token"]) == 401  # a live one does

@@ -270,7 +270,9 @@ class Grants:
     async def revoke(self, grant_id: str, *, by: str, reason: str) -> Revocation:
         raw = await self.state.get(GRANT_KEY + grant_id)
         grant = Grant.from_json(raw) if raw is not None else None
-        ttl = (self._left(grant) if grant is not None else self.lifetime) + self.access_ttl
+        # As long as any grant may live: a step-up consent that keeps this id, exchanged as it is revoked, may write
+        # a later expiry than the one read here; the record must outlast that too.
+        ttl = self.lifetime + self.access_ttl
         record = await self.tree.revoke(GRANT_PREFIX + grant_id, by=by, reason=reason, ttl=ttl)
         await self.state.delete(FAMILY_KEY + grant_id)  # no refresh, whatever else is read
         if grant is not None:
