@@ -36,6 +36,7 @@ from proxy.store import RedisStore, StoreUnavailable
 log = logging.getLogger("scopegate.state")
 
 POLL_SECONDS = 0.05  # how soon another process's write (the CLI's revoke) is seen by a running proxy
+PURGE_SECONDS = 600.0  # how often what has expired leaves the mirror and the file
 FILE_NAME = "credentials.sqlite3"
 _MEMBER = "\x1f"  # set members are rows named <set><US><member>: no key or member contains it
 
@@ -89,6 +90,7 @@ class SqliteState:
         self._seq = 0
         self._version: int | None = None
         self._polled = 0.0
+        self._purged = time.monotonic()
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -179,12 +181,15 @@ class SqliteState:
 
     def _poll(self) -> None:
         """Another process's commits, at most every POLL_SECONDS (a PRAGMA costs a few µs: not every request)."""
-        if self._reader is None:
-            return
         now = time.monotonic()
         if now - self._polled < POLL_SECONDS:
             return
         self._polled = now
+        if now - self._purged >= PURGE_SECONDS:
+            self._purged = now
+            self._forget_expired()
+        if self._reader is None:
+            return
         if self._file_id() != self._identity:
             self._rewrite()
         try:
@@ -193,6 +198,25 @@ class SqliteState:
                 self._load_since(self._seq)
         except sqlite3.Error:
             raise StoreUnavailable("credential state file unreadable") from None
+
+    def _forget_expired(self) -> None:
+        """What has expired leaves the mirror (and the file, off the event loop): a long-running proxy holds what
+        is alive, not everything it ever wrote."""
+        now = time.time()
+        for key in [k for k, (_, expires) in self._kv.items() if expires is not None and expires <= now]:
+            del self._kv[key]
+        if self._executor is not None:
+            self._executor.submit(self._delete_expired, now)
+
+    def _delete_expired(self, now: float) -> None:
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            with _transaction(writer):
+                writer.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (now,))
+        except sqlite3.Error as exc:  # tried again at the next purge; nothing is lost by waiting
+            log.info("expired credential state not yet removed from the file (%s)", type(exc).__name__)
 
     def _commit(self, rows: list[tuple[str, str | None, float | None]]) -> None:
         writer = self._writer  # one connection for the whole transaction, even if the file is written anew
@@ -241,7 +265,7 @@ class SqliteState:
             else:
                 members.add(member)
             return
-        if value is None:
+        if value is None or (expires is not None and expires <= time.time()):  # what has expired is never kept
             self._kv.pop(key, None)
         else:
             self._kv[key] = (value, expires)

@@ -465,3 +465,27 @@ async def test_an_expired_access_token_found_in_a_log_cannot_end_its_grant(oauth
         assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 200
         assert (await http.post(proxy.endpoint("revoke"), data={"token": tokens["access_token"]})).status_code == 200
         assert await lists(http, proxy, tokens["access_token"]) == 401  # a live one does
+
+
+async def test_a_consent_revoke_loop_is_bounded_by_a_day_s_consents(oauth_proxy: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A revoked grant leaves evidence (its record, its revocation) for its lifetime: a person consenting and
+    revoking in a loop is bounded by the consents of a day, and what a revoked grant no longer needs goes (its place
+    among its parent's children, its refresh family)."""
+    from proxy.identity.lifecycle import CHILDREN_KEY
+    from proxy.identity.oauth import grants
+
+    monkeypatch.setattr(grants, "CONSENTS_PER_DAY", 3)
+    proxy = await oauth_proxy.start()
+    token = oauth_proxy.tokens["writer"]
+    async with httpx2.AsyncClient(timeout=20) as http:
+        client_id = await register(http, proxy)
+        for _ in range(3):
+            _, tokens = await consent(http, proxy, token, client_id)
+            assert (await http.post(proxy.endpoint("revoke"), data={"token": tokens["refresh_token"]})
+                    ).status_code == 200
+        assert await proxy.app[CREDENTIALS].state.members(CHILDREN_KEY + pat_id(token)) == []
+        verifier, challenge = pkce()
+        code = await code_for(proxy, Person(token), client_id, challenge)
+        fourth = await exchange(http, proxy, client_id, code, verifier)
+        assert fourth.status_code == 400 and "as many app grants" in fourth.text

@@ -214,3 +214,31 @@ async def test_a_state_file_that_cannot_be_written_again_fails_closed(tmp_path: 
     await asyncio.sleep(durable.POLL_SECONDS * 2)
     assert await Tree(state).revoked_any(["before"])  # written again once it can be
     await state.close()
+
+
+async def test_what_expired_leaves_the_mirror_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long-running proxy holds what is alive: revocations and grants past their lifetime are forgotten."""
+    path = tmp_path / "state.sqlite3"
+    state = SqliteState(path)
+    await state.set("brief", "x", ttl=1)
+    await state.set("kept", "y")
+    await asyncio.sleep(1.1)
+    monkeypatch.setattr(durable, "PURGE_SECONDS", 0.0)
+    state._polled = 0.0
+    await state.get("kept")  # a poll: the purge runs
+    assert "brief" not in state._kv and "kept" in state._kv
+    await state.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        assert [k for (k,) in connection.execute("SELECT key FROM kv")] == ["kept"]
+
+
+async def test_memory_mode_forgets_what_expired_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = SqliteState(None)
+    await state.set("brief", "x", ttl=1)
+    await asyncio.sleep(1.1)
+    monkeypatch.setattr(durable, "PURGE_SECONDS", 0.0)
+    state._polled = 0.0
+    await state.get("other")
+    assert "brief" not in state._kv

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import orjson
 
 from proxy.durable import Durable
+from proxy.identity.principal import OAUTH_GRANT_PREFIX
 
 log = logging.getLogger("scopegate.auth")
 
@@ -74,6 +75,9 @@ class Tree:
     async def adopt(self, parent: str, child: str) -> None:
         await self.state.add(CHILDREN_KEY + parent, child)
 
+    async def disown(self, parent: str, child: str) -> None:
+        await self.state.remove(CHILDREN_KEY + parent, child)
+
     async def children(self, credential_id: str) -> list[str]:
         return await self.state.members(CHILDREN_KEY + credential_id)
 
@@ -118,7 +122,9 @@ class Tree:
         return found
 
     async def stamp(self, credential_id: str) -> None:
-        await self.state.set(LAST_USED_KEY + credential_id, str(int(time.time())))
+        # A credential's stamp as long as it may still be used (one an operator made: kept; a grant: its lifetime).
+        ttl = self.child_ttl if credential_id.startswith(OAUTH_GRANT_PREFIX) else None
+        await self.state.set(LAST_USED_KEY + credential_id, str(int(time.time())), ttl=ttl)
 
     async def last_used(self, credential_ids: Iterable[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(credential_ids))

@@ -40,6 +40,7 @@ FAMILY_KEY = "scopegate:cred:family:"
 PERSON_KEY = "scopegate:cred:person:"
 CONSENT_KEY = "scopegate:cred:consent:"
 KEEP_PREVIOUS = 16
+CONSENTS_PER_DAY = 200  # grants one person may start in a day (a step-up that keeps its grant counts once)
 _REFRESH = re.compile(r"sgr_([0-9a-f]{24})_[A-Za-z0-9_\-]{43}")
 
 
@@ -206,6 +207,11 @@ class Grants:
         """Record the grant a code was exchanged for, replacing the one its consent had; its first refresh token."""
         if await self.tree.revoked_any((grant.credential_id, grant.parent)):
             raise Replayed(grant.grant_id)  # revoked while its code was in flight (a replay, or its parent ended)
+        # A grant's records outlive it (its revocation, the evidence of who consented): a person consenting and
+        # revoking in a loop is bounded by a day's consents, not only by the grants alive at once.
+        if not await self.store.reserve(KEY + "consents-of:" + digest(grant.subject), grant.grant_id,
+                                        CONSENTS_PER_DAY, 86400):
+            raise TooManyGrants(grant.subject)
         consent = CONSENT_KEY + digest(f"{grant.parent}\0{grant.client_id}")
         earlier = await self.state.get(consent)
         if earlier is not None and earlier != grant.grant_id:
@@ -277,6 +283,7 @@ class Grants:
         await self.state.delete(FAMILY_KEY + grant_id)  # no refresh, whatever else is read
         if grant is not None:
             await self.state.remove(PERSON_KEY + digest(grant.subject), grant_id)
+            await self.tree.disown(grant.parent, grant.credential_id)  # ended: nothing left for a cascade to end
         return record
 
     async def of_subject(self, subject: str) -> list[Grant]:
