@@ -6,6 +6,7 @@ secrets given as environment variables, stderr logged with the session named, an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -129,18 +130,19 @@ async def test_no_child_is_left_after_shutdown(start_proxy: Any) -> None:
     command = ("sh", "-c", 'sleep 300 & exec "$0" "$@"', *LEDGER)
     url = await start_proxy(URL, upstream_command=command)
     bridge = bridge_of(start_proxy)
-    for mode in MODES:
-        client = sdk_client(url, mode)
-        await client.__aenter__()
-        await client.list_tools()
-    pids = bridge.children()
-    assert len(pids) >= 2  # a session's child, and a pool child
-    members = [pid for leader in pids for pid in group_members(leader)]
-    assert len(members) > len(pids)  # each server has its helper beside it
-    for runner in start_proxy.runners:
-        await runner.cleanup()
-    start_proxy.runners.clear()
-    assert all(gone(pid) for pid in members), [pid for pid in members if not gone(pid)]
+    async with contextlib.AsyncExitStack() as clients:
+        for mode in MODES:
+            client = await clients.enter_async_context(sdk_client(url, mode))
+            await client.list_tools()
+        pids = bridge.children()
+        assert len(pids) >= 2  # a session's child, and a pool child
+        members = [pid for leader in pids for pid in group_members(leader)]
+        assert len(members) > len(pids)  # each server has its helper beside it
+        for runner in start_proxy.runners:
+            await runner.cleanup()
+        start_proxy.runners.clear()
+        # SIGKILL is delivered, not awaited: a moment for the kernel to end them
+        assert await wait_until(lambda: all(gone(pid) for pid in members), 2), [p for p in members if not gone(p)]
 
 
 async def test_idle_children_are_stopped(start_proxy: Any) -> None:
