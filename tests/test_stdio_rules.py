@@ -3,7 +3,16 @@ long a crashed child waits before it is started again."""
 
 from __future__ import annotations
 
-from proxy.edge.stdio.rules import RESTART_MOST, child_env, destination, header_variable, progress_token, restart_delay
+from proxy.edge.stdio.rules import (
+    RESTART_MOST,
+    child_env,
+    declared,
+    destination,
+    header_variable,
+    progress_token,
+    restart_delay,
+    speaks_modern,
+)
 
 
 def test_child_env_is_an_allow_list_plus_the_secrets() -> None:
@@ -31,3 +40,15 @@ def test_destination() -> None:
     assert destination({"method": "notifications/message"}, []) is None
     assert progress_token({"params": {"_meta": {"progressToken": 7}}}) == 7
     assert progress_token({"params": []}) is None
+
+
+def test_declared_and_speaks_modern() -> None:
+    meta = {"io.modelcontextprotocol/clientCapabilities": {"sampling": {}, "elicitation": {"form": {}}},
+            "io.modelcontextprotocol/clientInfo": {"name": "c", "version": "1"}}
+    key, capabilities, info = declared({"params": {"_meta": meta}})
+    reordered = {"elicitation": {"form": {}}, "sampling": {}}
+    assert key == declared({"params": {"_meta": {**meta, "io.modelcontextprotocol/clientCapabilities": reordered}}})[0]
+    assert capabilities == meta["io.modelcontextprotocol/clientCapabilities"] and info["name"] == "c"
+    assert declared({"params": None}) == ("{}", {}, {"name": "scopegate", "version": "0"})
+    assert speaks_modern({"result": {"supportedVersions": ["2026-07-28"]}})
+    assert not speaks_modern({"error": {"code": -32601}}) and not speaks_modern(None)

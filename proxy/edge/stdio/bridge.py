@@ -45,7 +45,16 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.edge.stdio.child import Child
-from proxy.edge.stdio.rules import STEADY_SECONDS, destination, progress_token, restart_delay
+from proxy.edge.stdio.rules import (
+    LEGACY,
+    MODERN,
+    STEADY_SECONDS,
+    declared,
+    destination,
+    progress_token,
+    restart_delay,
+    speaks_modern,
+)
 
 log = logging.getLogger("scopegate.upstream")
 KEY_HEADER = "X-Scopegate-Bridge"  # the bridge's own key: a server-side header like any other
@@ -107,6 +116,8 @@ class Slot:
         self.crashes = crashes or Crashes()
         self.last_used = time.monotonic()
         self.init: dict[str, Any] | None = None  # the client's initialize, replayed into a restarted child
+        self.modern = False  # a pool child whose server serves 2026-07-28 itself (no handshake)
+        self.caps = ""  # a pool child that needed a handshake: the capabilities it was initialized with (a key)
         self.stream: asyncio.Queue[Any] | None = None  # the session's GET stream
         self.lock = asyncio.Lock()
 
@@ -200,12 +211,16 @@ class Bridge:
         elif method is None and "id" in message:  # a client's answer to a pool child's question
             return self._answer(message)
         else:
-            slot = self._pick()
+            found = await self._pick(declared(message)[0])
+            if found is None:
+                return _json(503, _error(message.get("id"), f"all {len(self.pool)} upstream server processes for "
+                                                            "requests without a session are busy; try again"))
+            slot = found
         slot.last_used = time.monotonic()
         if not is_request:
             await self._notify(slot, message)
             return web.Response(status=202)
-        problem = await self._ensure(slot)
+        problem = await self._ensure(slot, message)
         if problem is not None:
             return _json(200, _error(message.get("id"), problem))
         return await self._call(request, slot, message)
@@ -252,7 +267,8 @@ class Bridge:
         session = secrets.token_urlsafe(24)
         slot = Slot(f"session-{next(self._numbers)}", session)
         self.sessions[session] = slot
-        answer = await self._ask(slot, message)
+        problem = await self._ensure(slot, message)
+        answer = await self._ask(slot, message) if problem is None else _error(message.get("id"), problem)
         if answer is None or "result" not in answer:
             await self._end(session, "initialize failed")
             return _json(200, answer or _error(message.get("id"), "the upstream server process did not answer "
@@ -260,17 +276,26 @@ class Bridge:
         slot.init = message
         return _json(200, answer, {"Mcp-Session-Id": session})
 
-    def _pick(self) -> Slot:
-        """The least busy running pool child; a stopped slot when every running one is busy (a new child)."""
-        running = [slot for slot in self.pool if slot.alive]
-        best = min(running, key=_busy, default=None)
+    async def _pick(self, caps: str) -> Slot | None:
+        """The least busy running pool child that can serve these capabilities (a server of 2026-07-28 serves any;
+        an older one only those it was initialized with); a stopped slot when every fitting one is busy; an idle
+        child of other capabilities stopped to make room; None when every child is busy."""
+        fitting = [slot for slot in self.pool if slot.alive and (slot.modern or slot.caps == caps)]
+        best = min(fitting, key=_busy, default=None)
         if best is not None and not _busy(best):
             return best
-        stopped = [slot for slot in self.pool if not slot.alive]
+        stopped = [slot for slot in self.pool if not slot.alive and not slot.lock.locked()]
         if stopped and (best is None or stopped[0].crashes.wait() <= 0):
             return stopped[0]
-        assert best is not None
-        return best
+        if best is not None:
+            return best
+        idle = [slot for slot in self.pool if slot.alive and not slot.waiting]
+        if idle:
+            oldest = min(idle, key=lambda slot: slot.last_used)
+            assert oldest.child is not None
+            await oldest.child.stop()
+            return oldest
+        return None
 
     async def _end(self, session: str, why: str) -> None:
         slot = self.sessions.pop(session, None)
@@ -282,9 +307,9 @@ class Bridge:
         if slot.child is not None:
             await slot.child.stop()
 
-    async def _ensure(self, slot: Slot) -> str | None:
+    async def _ensure(self, slot: Slot, message: dict[str, Any]) -> str | None:
         """The slot's child running (started, or started again after a crash once its wait is over, its session's
-        initialize replayed), or the reason it is not."""
+        initialize replayed, a pool child's handshake done), or the reason it is not."""
         if slot.alive:
             return None
         async with slot.lock:
@@ -313,6 +338,34 @@ class Bridge:
                     await child.stop()
                     return "the upstream server process was started again but did not accept the session"
                 await self._send(slot, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            elif slot.session is None:
+                problem = await self._handshake(slot, message)
+                if problem is not None:
+                    await child.stop()
+                    return problem
+        return None
+
+    async def _handshake(self, slot: Slot, message: dict[str, Any]) -> str | None:
+        """A new pool child: asked `server/discover` first. A server that serves 2026-07-28 needs nothing more (each
+        request carries its client's capabilities). An older one gets the `initialize` its clients would have sent:
+        the capabilities and client info this request declares, so what it lists and asks fits that client."""
+        caps, capabilities, info = declared(message)
+        slot.modern, slot.caps = False, ""
+        meta = {"io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": capabilities, "io.modelcontextprotocol/clientInfo": info}
+        probe = {"jsonrpc": "2.0", "id": "scopegate-discover", "method": "server/discover", "params": {"_meta": meta}}
+        slot.modern = speaks_modern(await self._ask(slot, probe))
+        if slot.modern:
+            return None
+        if not slot.alive:  # some servers end the connection on a method they do not know
+            return "the upstream server process exited when asked server/discover"
+        init = {"jsonrpc": "2.0", "id": "scopegate-initialize", "method": "initialize",
+                "params": {"protocolVersion": LEGACY, "capabilities": capabilities, "clientInfo": info}}
+        answer = await self._ask(slot, init)
+        if answer is None or "result" not in answer:
+            return "the upstream server process did not accept initialize"
+        await self._send(slot, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        slot.caps = caps
         return None
 
     # -- messages to a child --
@@ -355,10 +408,7 @@ class Bridge:
         return child_id, waiting
 
     async def _ask(self, slot: Slot, message: dict[str, Any]) -> dict[str, Any] | None:
-        """One request whose answer is wanted here (a session's initialize): its answer, or None."""
-        problem = await self._ensure(slot) if slot.init is None else None
-        if problem is not None:
-            return _error(message.get("id"), problem)
+        """One request whose answer is wanted here (an initialize, a probe): its answer, or None."""
         child_id, waiting = self._register(slot, message)
         try:
             if not await self._send(slot, {**message, "id": child_id}):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 # What a server needs to run at all (find its interpreter, a home for npx/uvx caches, a locale, a time zone, a
 # scratch folder); anything else from scopegate's environment reaches the child only when the operator lists it.
 BASE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
@@ -64,3 +66,29 @@ def destination(message: Mapping[str, Any], waiting: Sequence[tuple[str, Any]]) 
         if (waiting_method == "subscriptions/listen") == listening:
             return index
     return None
+
+
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"  # the newest revision with an initialize handshake
+
+
+def declared(message: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """What a request without a session declares in `_meta` (2026-07-28): its capabilities as a key (canonical
+    JSON: children initialized for one set serve only requests declaring the same), the capabilities, the client's
+    info."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    capabilities = meta.get("io.modelcontextprotocol/clientCapabilities")
+    capabilities = capabilities if isinstance(capabilities, dict) else {}
+    info = meta.get("io.modelcontextprotocol/clientInfo")
+    info = info if isinstance(info, dict) and isinstance(info.get("name"), str) else {"name": "scopegate",
+                                                                                        "version": "0"}
+    return orjson.dumps(capabilities, option=orjson.OPT_SORT_KEYS).decode(), capabilities, info
+
+
+def speaks_modern(answer: Mapping[str, Any] | None) -> bool:
+    """Whether a server's answer to `server/discover` says it serves 2026-07-28 without a handshake."""
+    result = answer.get("result") if answer is not None else None
+    versions = result.get("supportedVersions") if isinstance(result, dict) else None
+    return isinstance(versions, list) and MODERN in versions
