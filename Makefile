@@ -36,7 +36,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS))
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(IDENTITY),--identity)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check proxy tests bench

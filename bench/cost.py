@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run import BENCH_FOLDER, BENCH_POLICY, CALL, ROOT, headers  # bench/ is on sys.path: this file runs as a script
+from run import BENCH_FOLDER, BENCH_POLICY, CALL, ROOT, headers, identity_args  # bench/ is on sys.path: a script
 
 from proxy.demo.run import free_port, wait_for_port
 
@@ -72,6 +72,8 @@ def instructions(command: list[str], port: int, calls: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--identity", action="store_true",
+                        help="also count scopegate with the policy's upstream_identity on (a read's assertion reused)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("cost: needs valgrind (apt-get install valgrind)")
@@ -87,12 +89,22 @@ def main() -> None:
         gate = instructions([py, "-m", "proxy", "serve", "--upstream", url, "--listen", f"127.0.0.1:{gate_port}",
                              "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--policy",
                              str(BENCH_POLICY), "--metrics-listen", "127.0.0.1:0"], gate_port, args.calls)
+        asserted = None
+        if args.identity:
+            id_port = free_port()
+            asserted = instructions([py, "-m", "proxy", "serve", "--upstream", url, "--listen",
+                                     f"127.0.0.1:{id_port}", "--log-level", "warning", "--pat-file",
+                                     str(BENCH_FOLDER / "pats.yaml"), "--metrics-listen", "127.0.0.1:0",
+                                     *identity_args(id_port, 30)], id_port, args.calls)
     finally:
         upstream.terminate()
         upstream.wait(10)
     print(f"instructions per small tools/call ({args.calls} sequential calls, callgrind):")
     print(f"  floor      {floor / args.calls / 1000:8.0f}k")
     print(f"  scopegate  {gate / args.calls / 1000:8.0f}k   {gate / floor:.2f}x the floor")
+    if asserted is not None:
+        print(f"  + identity {asserted / args.calls / 1000:8.0f}k   {asserted / floor:.2f}x the floor, "
+              f"{asserted / gate:.3f}x scopegate without it")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,22 @@ tools:  # workspace: said for every rule, as in the shipped policies (else the u
 )
 
 
+def identity_args(port: int, reuse: int) -> list[str]:
+    """`scopegate serve` flags for the bench policy with `upstream_identity:` (an ES256 key made for this run; the
+    public URL is the assertions' iss): what `--identity` compares against the same policy without it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = BENCH_FOLDER / "identity-key.pem"
+    if not key.exists():
+        key.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    policy = BENCH_FOLDER / f"policy-identity-{reuse}.yaml"
+    policy.write_text(BENCH_POLICY.read_text() + f"upstream_identity: {{reuse_seconds: {reuse}}}\n")
+    return ["--policy", str(policy), "--upstream-identity-keys", str(key), "--public-url",
+            f"http://127.0.0.1:{port}/mcp"]
+
+
 def headers(method: str, name: str | None = None) -> dict[str, str]:
     # Every target gets the same token; only scopegate checks it (a PAT: hash, registry, revocation lookup).
     out = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
@@ -270,7 +286,9 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:5.2f}x" if base else "  -  "
 
 
-async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str]) -> None:
+async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str], identity: bool = False) -> None:
+    """`identity`: two more scopegate targets with the policy's `upstream_identity:` on, a read's assertion reused
+    (the default) and signed for every request (`reuse_seconds: 0`), measured in the same rounds as the one off."""
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     env.update(item.split("=", 1) for item in extra_env)  # e.g. the audit signing key, OTEL_* for tracing
@@ -285,8 +303,16 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
                           str(BENCH_FOLDER / "pats.yaml"), "--policy", str(BENCH_POLICY), "--metrics-listen",
                           "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL),  # audit records
     ]
+    ports = [up_port, floor_port, gate_port]
+    assertions = {"sg+id": 30, "sg+id/call": 0} if identity else {}
+    for reuse in assertions.values():
+        ports.append(free_port())
+        processes.append(subprocess.Popen(
+            [py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen", f"127.0.0.1:{ports[-1]}",
+             "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--metrics-listen",
+             "127.0.0.1:0", *identity_args(ports[-1], reuse)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
     try:
-        for port, process in zip((up_port, floor_port, gate_port), processes, strict=True):
+        for port, process in zip(ports, processes, strict=True):
             wait_for_port(port, process, f"bench: {' '.join(map(str, process.args))}")
         # CPU is counted for the proxy processes only: "direct" has no proxy.
         targets: dict[str, tuple[str, int | None]] = {
@@ -294,6 +320,8 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
             "floor": (f"http://127.0.0.1:{floor_port}/mcp", processes[1].pid),
             "scopegate": (f"http://127.0.0.1:{gate_port}/mcp", processes[2].pid),
         }
+        for (name, _), port, process in zip(assertions.items(), ports[3:], processes[3:], strict=True):
+            targets[name] = (f"http://127.0.0.1:{port}/mcp", process.pid)
         print(f"bench: {os.cpu_count()} cores; throughput: per target {rounds} interleaved rounds of {seconds:g} s "
               f"at concurrency {concurrency} (median);")
         print("       latency: 1,000 (list: 200) requests one at a time, targets taken in turn\n")
@@ -317,11 +345,18 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
                 line += f"{ratio(r.cpu_us, floor.cpu_us) if r.cpu_us else '':>10}"
                 line += f"{ratio(added, floor_added) if name == 'scopegate' and floor_added > 0 else '':>11}"
                 print(line)
+            if assertions:
+                off = results["scopegate"]
+                print(f"{'':<26}identity on / off: CPU {ratio(results['sg+id'].cpu_us, off.cpu_us)} (a read's "
+                      f"assertion reused), {ratio(results['sg+id/call'].cpu_us, off.cpu_us)} (signed per request); "
+                      f"req/s {ratio(results['sg+id'].rps, off.rps)}, {ratio(results['sg+id/call'].rps, off.rps)}")
             print()
         print(f"{'SSE event delay':<26}{'target':<11}{'p50 ms':>9}{'p99 ms':>9}{'first ev ms':>13}"
               f"{'+p50 vs direct':>16}")
         base = None
         for name, (url, _) in targets.items():
+            if name in assertions:
+                continue
             p50, p99, first = await sse_delays(url, streams=10, events=40)
             base = p50 if base is None else base
             print(f"{'(40 events, 5 ms apart)':<26}{name:<11}{p50:9.3f}{p99:9.3f}{first:13.2f}{p50 - base:16.3f}")
@@ -412,6 +447,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the scopegate processes (repeatable), e.g. OTEL_EXPORTER_OTLP_ENDPOINT=...")
+    parser.add_argument("--identity", action="store_true",
+                        help="also: scopegate with the policy's upstream_identity on (a read's assertion reused, and "
+                             "signed per request), in the same rounds")
     parser.add_argument("--workers", type=int, default=0,
                         help="instead: compare scopegate with 1 and with this many workers (SCOPEGATE_WORKERS)")
     args = parser.parse_args()
@@ -424,7 +462,7 @@ def main() -> None:
     if args.workers > 1:
         runner(workers_run(args.workers, args.seconds, args.concurrency, args.rounds))
     else:
-        runner(run(args.seconds, args.concurrency, args.rounds, args.env))
+        runner(run(args.seconds, args.concurrency, args.rounds, args.env, args.identity))
 
 
 if __name__ == "__main__":

@@ -303,6 +303,11 @@ SETTINGS = (
     Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
     Setting("oauth_signing_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) of the built-in "
             "OAuth server: the first signs, all are published (rotation)"),
+    Setting("upstream_identity_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) that sign the "
+            "policy's upstream_identity assertions: the first signs, all are published at /.well-known/jwks.json "
+            "(rotation); unset: the OAuth server's keys"),
+    Setting("token_exchange_client_secret_file", _file, "file holding scopegate's client secret at the token "
+            "endpoint of the policy's upstream_identity.token_exchange (unset: a public client)"),
     Setting("oidc_client_secret_file", _file, "file holding the client secret scopegate uses at the OIDC provider "
             "of the policy's oauth.oidc (none: a public client with PKCE)"),
     Setting("redis_url", _redis_url, "redis://, rediss://, unix:// or redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE "
@@ -391,6 +396,8 @@ class Config:
     jwt_public_key_file: str | None = None
     jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
     oauth_signing_keys: tuple[str, ...] = ()
+    upstream_identity_keys: tuple[str, ...] = ()
+    token_exchange_client_secret_file: str | None = field(default=None, repr=False)
     oidc_client_secret_file: str | None = None
     redis_url: str | None = field(default=None, repr=False)  # may carry a password
     state_dir: str | None = None

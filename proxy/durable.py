@@ -81,6 +81,7 @@ class SqliteState:
         self.durable = self.path is not None
         self._kv: dict[str, tuple[str, float | None]] = {}
         self._sets: dict[str, set[str]] = {}
+        self._writing: dict[str, int] = {}  # keys with a write on its way to the file: how many
         self._seq = 0
         self._version: int | None = None
         self._polled = 0.0
@@ -124,7 +125,10 @@ class SqliteState:
         self._version = self._reader.execute("PRAGMA data_version").fetchone()[0]
         rows = self._reader.execute("SELECT key, value, expires, seq FROM kv WHERE seq > ? ORDER BY seq", (seq,))
         for key, value, expires, row_seq in rows:
-            self._apply(key, value, expires)
+            # A key this process is writing has a newer value in the mirror than in the file until that write
+            # lands (and is read back then): the file's older one must not undo it (a rotated refresh family).
+            if key not in self._writing:
+                self._apply(key, value, expires)
             self._seq = max(self._seq, row_seq)
 
     def _poll(self) -> None:
@@ -155,10 +159,18 @@ class SqliteState:
             self._apply(key, value, expires)
         if self._executor is None:
             return
+        for key, _, _ in rows:
+            self._writing[key] = self._writing.get(key, 0) + 1
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._commit, rows)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"credential state not written ({type(exc).__name__})") from None
+        finally:
+            for key, _, _ in rows:
+                if (left := self._writing[key] - 1) == 0:
+                    del self._writing[key]
+                else:
+                    self._writing[key] = left
 
     # --- the mirror -------------------------------------------------------------------------------------------
     def _apply(self, key: str, value: str | None, expires: float | None) -> None:
@@ -319,6 +331,16 @@ class RedisState:
 
     async def rotate(self, key: str, presented: str, new: str, keep: int, ttl: int) -> str:
         return str(await self.store._run(self._rotate(keys=[key], args=[presented, new, keep, ttl])))
+
+    async def eviction(self) -> str | None:
+        """Redis' maxmemory-policy, or None when it will not say (a managed Redis may refuse CONFIG)."""
+        from redis.exceptions import RedisError
+
+        try:
+            answer = await self.store._run(self._redis.config_get("maxmemory-policy"))
+        except (StoreUnavailable, RedisError):
+            return None
+        return answer.get("maxmemory-policy") if isinstance(answer, dict) else None
 
     async def settle(self) -> bool:
         """Behind Sentinels, wait (briefly) until a replica has every write so far: a revocation acknowledged

@@ -51,6 +51,7 @@ class WorkspaceFact:
     action: str = ""  # injected | verified | refused | absent
     workspace: str | None = None
     reason: str = ""
+    project: str | None = None  # the project argument the call carries, where it names one
 
 
 @dataclass(slots=True)
@@ -80,6 +81,8 @@ class Exchange:
     decision: Decision | None = None  # scope guard: the current message's decision, reused by later guards
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
+    # human approval (guards/human.py): the confirmed ids a person approved at the client (None: none did)
+    approved_by_person: set[str] | None = None
     client_capabilities: dict[str, Any] | None = None  # client capabilities guard: what `initialize` declared
     tasks: TaskTraffic | None = None  # task guard: set only when this request touches the upstream's tasks
     upstream_status: int | None = None  # forwarder

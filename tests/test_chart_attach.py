@@ -105,13 +105,13 @@ def test_the_patch_adds_scopegate_to_a_deployment_the_chart_did_not_make() -> No
     assert [c["name"] for c in pod["containers"]] == ["server", "scopegate"]
     assert pod["containers"][0] == THEIRS["spec"]["template"]["spec"]["containers"][0]  # theirs untouched
     assert pod["securityContext"] == THEIRS["spec"]["template"]["spec"]["securityContext"]
-    assert [v["name"] for v in pod["volumes"]] == ["data", "policy", "pats", "audit"]
+    assert [v["name"] for v in pod["volumes"]] == ["data", "policy", "pats", "state", "audit"]
     gate = pod["containers"][1]
     env = {e["name"]: e.get("value") for e in gate["env"]}
     assert env["SCOPEGATE_UPSTREAM"] == "http://127.0.0.1:3000/mcp"  # the server, in the same pod
     assert "gate-scopegate.mcp.svc" in env["SCOPEGATE_ALLOWED_HOSTS"]  # the attach Service's names
     assert gate["securityContext"]["runAsUser"] == 10001 and gate["securityContext"]["readOnlyRootFilesystem"]
-    assert {m["name"] for m in gate["volumeMounts"]} == {"policy", "pats", "audit"}
+    assert {m["name"] for m in gate["volumeMounts"]} == {"policy", "pats", "state", "audit"}
     assert "checksum/policy" in patched["spec"]["template"]["metadata"]["annotations"]
     assert patched["spec"]["template"]["metadata"]["labels"] == THEIRS["spec"]["template"]["metadata"]["labels"]
     # The same container the chart's own Deployment runs.

@@ -63,8 +63,10 @@ def mount(volumes: dict[str, dict[str, Any]], mounts: list[dict[str, Any]], obje
         volume = volumes[m["name"]]
         if "configMap" in volume:
             data = objects[("ConfigMap", volume["configMap"]["name"])]
-        else:
+        elif "secret" in volume:
             data = objects[("Secret", volume["secret"]["secretName"])]
+        else:  # an emptyDir or a claim: an empty folder of the pod's own (the credential state)
+            data = {}
         where = folder / m["name"]
         where.mkdir()
         for key, text in data.items():
@@ -83,7 +85,7 @@ def container_env(container: dict[str, Any], image_env: dict[str, str], objects:
         else:
             value = item["value"]
         for mount_path, folder in paths.items():
-            if value.startswith(mount_path + "/"):
+            if value == mount_path or value.startswith(mount_path + "/"):
                 value = folder + value[len(mount_path):]
         env[item["name"]] = value
     return env

@@ -394,3 +394,54 @@ async def test_refresh_exchanges_are_audited(oauth_proxy: Any, tmp_path: Path) -
     refreshed = [r for r in records if r.get("method") == "oauth/token" and r["reason"] == "refresh_token"]
     assert len(refreshed) == 1 and refreshed[0]["credential_id"] == "sgo_" + claims_of(tokens["access_token"])["gid"]
     assert tokens["refresh_token"] not in trail.read_text()
+
+
+# --- the real OAuth clients keep working --------------------------------------------------------------------------
+async def test_fastmcp_s_oauth_helper_signs_in_consents_and_calls(oauth_proxy: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """fastmcp's `OAuth` (dynamic registration, its own loopback callback server, PKCE): the browser it would open is
+    a person at the consent page, who then follows the redirect to fastmcp's callback."""
+    import fastmcp.client.auth.oauth as fastmcp_oauth
+    from fastmcp import Client as FastClient
+
+    proxy = await oauth_proxy.start()
+    person = Person(oauth_proxy.tokens["writer"], untick=("mcp:write",))
+    followed: list[asyncio.Task[None]] = []
+
+    async def browse(url: str) -> None:
+        back = await person.authorize(url)
+        assert back.status_code == 303, back.text
+        async with httpx2.AsyncClient(timeout=5) as browser:
+            for _ in range(100):  # fastmcp starts its callback server once the browser was "opened"
+                try:
+                    await browser.get(back.headers["location"])
+                    return
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(fastmcp_oauth.webbrowser, "open",
+                        lambda url: followed.append(asyncio.get_running_loop().create_task(browse(url))) or True)
+    auth = fastmcp_oauth.OAuth(proxy.url, client_name="fastmcp test", callback_host="127.0.0.1")
+    async with FastClient(proxy.url, auth=auth) as client:
+        names = {t.name for t in await client.list_tools()}
+        assert "list_accounts" in names and "create_journal_entry" not in names  # read was consented, not write
+        result = await client.call_tool("list_accounts", {"workspaceId": "acme"})
+        assert not result.is_error
+    await asyncio.gather(*followed)
+
+
+async def test_oauth_events_are_counted_and_a_replay_is_its_own_outcome(oauth_proxy: Any) -> None:
+    from proxy.edge.app import OPS_PORT
+
+    proxy = await oauth_proxy.start()
+    async with httpx2.AsyncClient(timeout=20) as http:
+        client_id = await register(http, proxy)
+        _, tokens = await consent(http, proxy, oauth_proxy.tokens["writer"], client_id)
+        assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 200
+        assert (await refresh(http, proxy, client_id, tokens["refresh_token"])).status_code == 400  # a replay
+        scraped = (await http.get(f"http://127.0.0.1:{proxy.app[OPS_PORT]}/metrics")).text
+    for line in ('scopegate_oauth_events_total{event="register",outcome="allow"} 1.0',
+                 'scopegate_oauth_events_total{event="consent",outcome="allow"} 1.0',
+                 'scopegate_oauth_events_total{event="token",outcome="allow"} 2.0',  # the code, one refresh
+                 'scopegate_oauth_events_total{event="token",outcome="replay"} 1.0'):
+        assert line in scraped, line

@@ -12,16 +12,14 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.demo.run import free_port, stop_process
+from proxy.demo.run import free_port, stop_process, wait_for_port
 from tests.conftest import TOKENS, npm_installed
 from tests.test_ts_client import CACHE as TS_CACHE
 from tests.test_ts_client import SDK
@@ -62,15 +60,10 @@ def git_server(repository: Path) -> Iterator[str]:
     process = subprocess.Popen(["node", str(entry)], env=env, cwd=repository.parent, stdout=log,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert process.poll() is None, (repository.parent / "server.log").read_text()
-                assert time.monotonic() < deadline, "git-mcp-server did not start"
-                time.sleep(0.1)
+        try:
+            wait_for_port(port, process, "git-mcp-server", 30)
+        except SystemExit as exc:
+            raise AssertionError(f"{exc}: {(repository.parent / 'server.log').read_text()}") from None
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
         stop_process(process)

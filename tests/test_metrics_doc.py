@@ -19,6 +19,7 @@ def served() -> dict[str, set[str]]:
     metrics.upstream_errors.labels("connect").inc()
     metrics.limited.labels("streams").inc()
     metrics.policy_reloads.labels("success").inc()
+    metrics.oauth_event("oauth/token", "deny", "refresh token replayed: grant revoked")
     metrics.duration.labels("POST").observe(0.1)
     metrics.audit_records.labels("decision").inc()
     names: dict[str, set[str]] = {}

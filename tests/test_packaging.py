@@ -223,7 +223,8 @@ def test_dashboard_and_alerts_render_and_only_use_metrics_that_exist() -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["labels"]["release"] == "kps"
     alerts = {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
     assert set(alerts) == {"ScopegateUpstreamDown", "ScopegateAuthFailureSpike", "ScopegateStoreUnavailable",
-                           "ScopegateAuditSinkFailing", "ScopegateAuditStreamNearlyTrimmed"}
+                           "ScopegateAuditSinkFailing", "ScopegateAuditStreamNearlyTrimmed",
+                           "ScopegateRefreshTokenReplayed"}
     for name, alert in alerts.items():
         assert set(alert) <= {"alert", "expr", "for", "labels", "annotations"} and isinstance(alert["expr"], str)
         assert re.fullmatch(r"\d+[smh]", alert["for"]), name

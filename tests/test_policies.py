@@ -83,6 +83,7 @@ async def raw(url: str, token: str, method: str, params: dict | None = None, nam
               msg_id: int = 1) -> tuple[int, dict[str, str], Any]:
     body = orjson.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method,
                          "params": {**(params or {}), "_meta": MODERN_META}})
+    name = name or (params or {}).get("name") or (params or {}).get("uri")  # Mcp-Name says what the body names
     async with aiohttp.ClientSession() as http, http.post(url, data=body,
                                                           headers=_headers(token, method, name)) as resp:
         return resp.status, dict(resp.headers), orjson.loads(await resp.read())

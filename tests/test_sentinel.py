@@ -108,3 +108,21 @@ async def test_revocations_made_before_a_failover_hold_after_it(sentinel_set: An
         await asyncio.sleep(0.2)
     assert await status(url, TOKENS["other"]) == 401  # the revocation survived the primary
     assert await status(url, TOKENS["writer"]) == 200
+
+
+async def test_a_redis_that_evicts_keys_is_named_at_start(redis_server: Any, start_proxy: Any, upstream: Any,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """An evicting Redis may drop a revocation when full, and the credential would work again: said at start."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=redis_server.socket)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    await start_proxy(upstream.url, redis_url=redis_server.url)
+    assert "maxmemory-policy allkeys-lru" in caplog.text
+
+
+async def test_a_redis_that_keeps_keys_is_not_named(redis_server: Any, start_proxy: Any, upstream: Any,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    await start_proxy(upstream.url, redis_url=redis_server.url)
+    assert "maxmemory-policy" not in caplog.text

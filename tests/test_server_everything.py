@@ -11,16 +11,14 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.demo.run import free_port, stop_process
+from proxy.demo.run import free_port, stop_process, wait_for_port
 from tests.conftest import TOKENS, npm_installed
 from tests.test_ts_client import CACHE as TS_CACHE
 from tests.test_ts_client import SDK
@@ -64,15 +62,10 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                    env={**os.environ, "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, cwd=log_path.parent)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, log_path.read_text()
-                    assert time.monotonic() < deadline, "server-everything did not start"
-                    time.sleep(0.1)
+            try:
+                wait_for_port(port, process, "server-everything", 30)
+            except SystemExit as exc:
+                raise AssertionError(f"{exc}: {log_path.read_text()}") from None
             assert listening_on(port) == {"0100007F"}, "server-everything must listen on loopback only"
             yield f"http://127.0.0.1:{port}/mcp"
         finally:

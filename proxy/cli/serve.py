@@ -41,7 +41,10 @@ def main(args: argparse.Namespace) -> None:
         print(f"scopegate: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if metrics_dir is not None:
-        raise SystemExit(supervise(config, sys.argv[1:], metrics_dir))
+        from proxy.identity.assertion import jwks
+
+        keys = jwks(identity.upstream_identity) if identity.upstream_identity is not None else None
+        raise SystemExit(supervise(config, sys.argv[1:], metrics_dir, keys))
     if worker:  # the supervisor serves the one ops port
         config = dataclasses.replace(config, metrics_listen=None)
     run(config, identity, worker)

@@ -4,7 +4,10 @@ It is an ordinary, unmodified MCP server written with the official SDK, in the m
 policies/ledger-scopes.yaml: read tools, write tools (one with a dry-run argument), one destructive tool,
 workspace-scoped tools that take `workspaceId`, one tool that streams progress, honest annotations, and the four
 ledger skills as prompts.
-It knows nothing about scopegate; everything it trusts arrives as plain arguments.
+It knows nothing about scopegate's guards; everything it trusts arrives as plain arguments, except, when it is
+started with --identity-jwks, who acted: scopegate's signed identity assertion (policy `upstream_identity:`), which
+it verifies with scopegate's JWKS (`IdentityCheck`, `verify_identity`) and records on each journal entry and vendor
+it creates. A request without one acts for nobody in particular, as before; a bad one is refused (401).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import orjson
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from proxy.demo.event_store import resumable_app
+
+IDENTITY = "scopegate_identity"  # where verify_identity leaves the verified claims: the ASGI scope's state
 
 READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -65,6 +71,74 @@ class Ledger:
 
 def _balance(lines: list[dict[str, Any]]) -> float:
     return round(sum(float(line.get("debit", 0)) - float(line.get("credit", 0)) for line in lines), 2)
+
+
+@dataclass
+class IdentityCheck:
+    """What a server must check of scopegate's assertion: the signature, with a key of scopegate's JWKS named by the
+    token's `kid` (fetched, cached, fetched again for a key it does not know yet: a rotation); only the algorithms
+    scopegate signs with; `aud` this server; `iss` scopegate's public URL; `exp` (and `iat`) present and not past."""
+
+    jwks_url: str
+    issuer: str
+    audience: str
+    header: str = "x-scopegate-identity"
+    leeway: float = 5.0  # seconds of clock difference tolerated
+    _keys: Any = field(default=None, repr=False)
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """The verified claims; raises jwt.PyJWTError (jwt.InvalidTokenError, jwt.PyJWKClientError) otherwise.
+        Blocking (the first call fetches the JWKS): run it in a thread."""
+        import jwt
+
+        if self._keys is None:
+            self._keys = jwt.PyJWKClient(self.jwks_url, lifespan=300, timeout=5)
+        key = self._keys.get_signing_key_from_jwt(token)
+        return jwt.decode(token, key.key, algorithms=["ES256", "EdDSA"], audience=self.audience, issuer=self.issuer,
+                          leeway=self.leeway, options={"require": ["exp", "iat", "iss", "aud", "sub"]})
+
+
+def verify_identity(app: Any, check: IdentityCheck) -> Any:
+    """ASGI wrapper: a request that carries the assertion is let in only if it verifies, and its claims go with it
+    (the scope's state) to the tools; one without it is let in as before."""
+    import jwt
+
+    name = check.header.lower().encode("latin-1")
+
+    async def guarded(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = [value for key, value in scope["headers"] if key.lower() == name]
+            if given:
+                try:
+                    if len(given) > 1:
+                        raise jwt.InvalidTokenError("more than one assertion")
+                    claims = await asyncio.to_thread(check.verify, given[0].decode("latin-1"))
+                except jwt.PyJWTError as exc:
+                    body = orjson.dumps({"error": "invalid identity assertion", "reason": type(exc).__name__})
+                    await send({"type": "http.response.start", "status": 401,
+                                "headers": [(b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                scope = {**scope, "state": {**scope.get("state", {}), IDENTITY: claims}}
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def acted_by(ctx: Context | None) -> dict[str, Any] | None:
+    """Who the verified assertion of this request says acted (None without one): the person, the credential, and
+    for a confirmed or approved write the approval and the request it came in."""
+    request = ctx.request_context.request if ctx is not None else None
+    state = getattr(request, "scope", {}).get("state") or {}
+    claims = state.get(IDENTITY)
+    if claims is None:
+        return None
+    approval = claims.get("approval")
+    approvals = approval if isinstance(approval, list) else [approval] if approval else []
+    return {"subject": claims["sub"], "credential": (claims.get("cred") or {}).get("id"),
+            "approval": [a.get("id") for a in approvals] if len(approvals) > 1 else
+            (approvals[0].get("id") if approvals else None),
+            "approved_by": approvals[0].get("by") if approvals else None, "request": claims.get("rid")}
 
 
 def build_server(ledger: Ledger | None = None) -> MCPServer:
@@ -109,7 +183,8 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
 
     @server.tool(annotations=WRITE)
     def create_journal_entry(
-        workspaceId: str, date: str, memo: str, lines: list[dict[str, Any]], dry_run: bool = False
+        workspaceId: str, date: str, memo: str, lines: list[dict[str, Any]], dry_run: bool = False,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
         """Post a balanced journal entry. Each line is {account, debit} or {account, credit}.
         With dry_run the entry is checked and described, not posted."""
@@ -125,7 +200,8 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
         if dry_run:
             return {"dry_run": True, "would_post": entry, "workspaceId": workspaceId}
         entry_id = ledger.next_id("je")
-        books.entries[entry_id] = {"id": entry_id, **entry}
+        by = acted_by(ctx)
+        books.entries[entry_id] = {"id": entry_id, **entry, **({"by": by} if by else {})}
         return {"posted": books.entries[entry_id], "workspaceId": workspaceId}
 
     @server.tool(annotations=WRITE)
@@ -140,10 +216,12 @@ def build_server(ledger: Ledger | None = None) -> MCPServer:
         return {"reconciled": books.bank[transaction_id], "workspaceId": workspaceId}
 
     @server.tool(annotations=WRITE)
-    def create_vendor(workspaceId: str, name: str, iban: str = "") -> dict[str, Any]:
+    def create_vendor(workspaceId: str, name: str, iban: str = "", ctx: Context | None = None) -> dict[str, Any]:
         """Create a vendor (supplier) record for payables."""
         vendor_id = ledger.next_id("v")
-        ledger.books[workspaceId].vendors[vendor_id] = {"id": vendor_id, "name": name, "iban": iban}
+        by = acted_by(ctx)
+        ledger.books[workspaceId].vendors[vendor_id] = {"id": vendor_id, "name": name, "iban": iban,
+                                                        **({"by": by} if by else {})}
         return {"vendor": ledger.books[workspaceId].vendors[vendor_id], "workspaceId": workspaceId}
 
     @server.tool(annotations=WRITE)
@@ -271,7 +349,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
     parser.add_argument("--app-token-env", metavar="VAR",
                         help="require the x-app-token header to equal this environment variable's value")
+    parser.add_argument("--identity-jwks", metavar="URL",
+                        help="verify scopegate's identity assertions with this JWKS (and record who acted)")
+    parser.add_argument("--identity-issuer", metavar="URL", help="their `iss`: scopegate's public URL")
+    parser.add_argument("--identity-audience", metavar="URL", help="their `aud`: this server's URL")
+    parser.add_argument("--identity-header", default="x-scopegate-identity", metavar="NAME")
     args = parser.parse_args(argv)
+    if args.identity_jwks and not (args.identity_issuer and args.identity_audience):
+        parser.error("--identity-jwks needs --identity-issuer and --identity-audience")
     import uvicorn
 
     options = {"json_response": args.json_response, "host": args.host}
@@ -281,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
         app = resumable_app(build_server(), **options)
     if args.app_token_env:
         app = require_app_token(app, os.environ[args.app_token_env])
+    if args.identity_jwks:
+        app = verify_identity(app, IdentityCheck(args.identity_jwks, args.identity_issuer, args.identity_audience,
+                                                 args.identity_header))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

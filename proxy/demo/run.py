@@ -69,9 +69,9 @@ def _port_free(port: int) -> bool:
 
 DEMO_POLICY = Path(__file__).resolve().parents[2] / "policies" / "pat-workspaces.yaml"
 DEMO_CREDENTIALS = (
-    # (label, scopes, bound workspace)
-    ("Month-end review script (read-only, bound to acme)", ["mcp:read"], "acme"),
-    ("Bookkeeping agent (read and write, user-scoped)", ["mcp:read", "mcp:write"], None),
+    # (label, the one person it acts for, scopes, bound workspace)
+    ("Month-end review script (read-only, bound to acme)", "alice@demo.example", ["mcp:read"], "acme"),
+    ("Bookkeeping agent (read and write, user-scoped)", "bob@demo.example", ["mcp:read", "mcp:write"], None),
 )
 
 
@@ -80,8 +80,8 @@ def _demo_registry() -> tuple[Path, list[tuple[str, str]]]:
     folder = Path(tempfile.mkdtemp(prefix="scopegate-demo-"))
     path = folder / "pats.yaml"
     records, tokens = [], []
-    for label, scopes, workspace in DEMO_CREDENTIALS:
-        record, token = create_record(kind="pat", label=label, subject="demo-user", scopes=scopes,
+    for label, subject, scopes, workspace in DEMO_CREDENTIALS:
+        record, token = create_record(kind="pat", label=label, subject=subject, scopes=scopes,
                                       workspace=workspace, workspaces=None, role=None, expires_in=86400)
         records.append(record)
         tokens.append((label, token))
@@ -105,21 +105,35 @@ def _demo_signing_key(folder: Path) -> Path:
     return path
 
 
+def _demo_policy(folder: Path) -> Path:
+    """The demo policy with `upstream_identity:` on (its assertions signed with the OAuth server's key)."""
+    path = folder / "policy.yaml"
+    path.write_text(DEMO_POLICY.read_text(encoding="utf-8") + "\n# The demo ledger verifies who is calling and "
+                    "records it.\nupstream_identity: {}\n", encoding="utf-8")
+    return path
+
+
 def main(port: int, upstream_port: int, metrics_port: int = 9464) -> None:
     for p, flag in ((port, "--port"), (upstream_port, "--upstream-port"), (metrics_port, "--metrics-port")):
         if not 0 < p < 65536:
             raise SystemExit(f"scopegate demo: {flag}: expected a port number from 1 to 65535, got {p}")
         if not _port_free(p):
             raise SystemExit(f"scopegate demo: port {p} is in use (choose another with {flag})")
+    url = f"http://127.0.0.1:{port}/mcp"
+    origin = f"http://127.0.0.1:{port}"
+    upstream_url = f"http://127.0.0.1:{upstream_port}/mcp"
+    # The ledger verifies the identity scopegate asserts on every request (with scopegate's JWKS) and records who
+    # posted each entry and made each vendor.
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "proxy.demo.ledger", "--port", str(upstream_port)], stdin=subprocess.DEVNULL
+        [sys.executable, "-m", "proxy.demo.ledger", "--port", str(upstream_port), "--identity-jwks",
+         f"{origin}/.well-known/jwks.json", "--identity-issuer", url, "--identity-audience", upstream_url],
+        stdin=subprocess.DEVNULL,
     )
     try:
         wait_for_port(upstream_port, upstream, "scopegate demo: the demo upstream")
-        url = f"http://127.0.0.1:{port}/mcp"
         registry, tokens = _demo_registry()
         signing_key = _demo_signing_key(registry.parent)
-        origin = f"http://127.0.0.1:{port}"
+        policy = _demo_policy(registry.parent)
         audit_key = registry.parent / "audit.key"  # a fresh folder each run: a fresh key pair (0600)
         write_key_pair(str(audit_key), f"{audit_key}.pub")
         credentials = "\n".join(f"  {label}\n    {token}" for label, token in tokens)
@@ -129,7 +143,8 @@ scopegate demo
   proxy     {url}
   upstream  http://127.0.0.1:{upstream_port}/mcp   (the demo ledger, direct, for comparison)
 
-Policy: {DEMO_POLICY.relative_to(DEMO_POLICY.parents[1])} (mcp:read for reads, mcp:write for writes; nothing else)
+Policy: {DEMO_POLICY.relative_to(DEMO_POLICY.parents[1])} (mcp:read for reads, mcp:write for writes; nothing else),
+        with `upstream_identity:` on ({policy})
 Sample credentials (PATs valid for a day; registry {registry}):
 {credentials}
 
@@ -163,6 +178,10 @@ sign in with one of the tokens above (it caps what you can grant), tick scopes, 
 Discovery: {origin}/.well-known/oauth-protected-resource/mcp
 Connected apps (see and revoke what you granted): {origin}/oauth/apps
 
+Identity: every request reaches the ledger with a short-lived JWT scopegate signs (the person, the
+credential, the scopes, the workspace, and for a write the approval); the ledger verifies it with
+{origin}/.well-known/jwks.json and records who posted each journal entry (list_journal_entries shows "by").
+
 Audit trail: {registry.parent / 'audit.jsonl'}, signed with {audit_key}
   (check it: .venv/bin/scopegate audit verify {registry.parent / 'audit.jsonl'} --key {audit_key}.pub)
 Metrics:     http://127.0.0.1:{metrics_port}/metrics   health: /healthz, /readyz
@@ -171,8 +190,9 @@ Ctrl-C stops both.
 """,
             flush=True,
         )
-        config = Config(upstream=URL(f"http://127.0.0.1:{upstream_port}/mcp"), listen=("127.0.0.1", port),
-                        pat_file=str(registry), policy=str(DEMO_POLICY), public_url=URL(url),
+        config = Config(upstream=URL(upstream_url), listen=("127.0.0.1", port),
+                        pat_file=str(registry), policy=str(policy), public_url=URL(url),
+                        state_dir=str(registry.parent),  # revocations on Connected apps outlive a restart
                         oauth_signing_keys=(str(signing_key),), metrics_listen=("127.0.0.1", metrics_port),
                         audit_sink=f"file:{registry.parent / 'audit.jsonl'}",
                         audit_signing_key_file=str(audit_key))

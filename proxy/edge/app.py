@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, ConfigError
-from proxy.durable import StateError, open_state
+from proxy.durable import RedisState, StateError, open_state
 from proxy.edge.cors import Cors
 from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
@@ -28,7 +28,8 @@ from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange
 from proxy.guards import pipeline as pipeline_module
-from proxy.guards.pipeline import Pipeline
+from proxy.guards.pipeline import Pipeline, StampFailed
+from proxy.identity import assertion
 from proxy.identity.lifecycle import Tree
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
@@ -149,6 +150,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             raise ConfigError(f"SCOPEGATE_STATE_DIR: {exc}") from None
         tree = Tree(durable, child_ttl=oauth.settings.grant_lifetime + oauth.settings.access_ttl if oauth else None)
         app[CREDENTIALS] = tree
+        if isinstance(durable, RedisState) and (evicts := await durable.eviction()) not in (None, "noeviction"):
+            log.warning("Redis evicts keys when full (maxmemory-policy %s): a revocation could be dropped and its "
+                        "credential work again; set maxmemory-policy noeviction", evicts)
         if oauth is not None and not durable.durable:
             log.warning("credential state is in memory: revocations made on Connected apps, OAuth grants and "
                         "registered clients are lost on restart; set SCOPEGATE_STATE_DIR (one replica) or "
@@ -171,14 +175,20 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 live = LivePolicy(identity.policy, Rules(identity.policy, config.tool_prefix))
 
                 async def upstream_call(exchange: Exchange, message: Message) -> Message | None:
-                    return await app[FORWARDER].probe(exchange, message)
+                    forwarder = app[FORWARDER]
+                    if (stamp := forwarder.pipeline.stamp) is not None:
+                        try:
+                            await stamp(exchange)  # a dry run is a request on the caller's behalf too
+                        except StampFailed:
+                            return None  # no dry run without the caller's identity: the preview says so
+                    return await forwarder.probe(exchange, message)
 
                 fetch_tools = UpstreamTools(session, config.upstream, identity.secret_headers.items())
                 # One key seals what the upstream numbers for a caller: SSE event ids and task ids.
                 key = await load_key(config.stream_key, untraced, shared=config.redis_url is not None)
                 chosen = pipeline or pipeline_module.build(config, identity, store, verifier, live, upstream_call,
                                                            fetch_tools, session_evictions=metrics.session_evictions.inc,
-                                                           seal_key=key, tree=tree)
+                                                           seal_key=key, tree=tree, http=key_session)
                 if tracing is not None:
                     chosen = tracing.pipeline(chosen)
                 audit = AuditWriter(audit_sink(config), audit_chain(config), metrics,
@@ -186,7 +196,12 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                                     anchor=audit_sink(config, config.audit_anchor) if config.audit_anchor else None)
                 await audit.start()
                 if oauth is not None:  # consents, tokens, refusals and revocations join the same trail
-                    oauth.evidence.writer = lambda exchange: audit.add(exchange, 0.0)
+                    def evidence(exchange: Exchange) -> None:
+                        outcome = exchange.outcomes[0]
+                        metrics.oauth_event(str(outcome.message.get("method", "")), outcome.decision, outcome.reason)
+                        audit.add(exchange, 0.0)
+
+                    oauth.evidence.writer = evidence
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
@@ -201,7 +216,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                         return {"policy": live.policy.name or str(config.policy),
                                 "policy_reloads": dict(reloader.results)}
 
-                    ops = web.AppRunner(ops_app(metrics.registry, checks, details), access_log=None)
+                    jwks = assertion.jwks(identity.upstream_identity) if identity.upstream_identity else None
+                    ops = web.AppRunner(ops_app(metrics.registry, checks, details, jwks), access_log=None)
                     await ops.setup()
                     site = web.TCPSite(ops, *config.metrics_listen)
                     try:
@@ -249,6 +265,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                identity.policy.scopes, config.origin_policy.host_allowed, wrap=catch_all)
     if oauth is not None:
         oauth.add_routes(app, config.origin_policy.host_allowed, wrap=catch_all)
+    if identity.upstream_identity is not None:  # the keys the upstream verifies the caller's assertions with
+        assertion.add_routes(app, identity.upstream_identity, config.origin_policy.host_allowed, wrap=catch_all)
     endpoint = catch_all(tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, path, endpoint)

@@ -20,6 +20,7 @@ from aiohttp import web
 from proxy.edge.relay import ServerMessages, Unreadable, id_key, relay_sse, sse_event
 from proxy.edge.upstream_http import UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange
+from proxy.guards.pipeline import StampFailed
 from proxy.jsonrpc import INTERNAL_ERROR, Message, dumps, error
 
 if TYPE_CHECKING:
@@ -78,7 +79,13 @@ async def _forward(forwarder: Forwarder, exchange: Exchange, message: Message, r
     """The message upstream; its answer (JSON or SSE) onto the stream the client already has."""
     msg_id = message.get("id")
     try:
+        if (stamp := forwarder.pipeline.stamp) is not None:
+            await stamp(exchange)  # the caller's identity, naming the approval just given
         upstream = await forwarder.session.request("POST", data=dumps(message), headers=exchange.upstream_headers)
+    except StampFailed:
+        await response.write(sse_event(error(msg_id, INTERNAL_ERROR, "the caller's identity for the upstream is "
+                                             "unavailable")))
+        return
     except (TimeoutError, UpstreamBroken, ValueError, OSError) as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__, extra={"request_id": exchange.request_id})
         forwarder.metrics.upstream_errors.labels("connect").inc()

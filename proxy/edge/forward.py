@@ -33,7 +33,7 @@ from proxy.edge.sse import BOM, event_data
 from proxy.edge.upstream_http import HeaderRefused, HeadTimeout, Pool, Response, UpstreamBroken
 from proxy.exchange import Answer, Conversation, Exchange, Outcome
 from proxy.guards.list_filter import LISTS
-from proxy.guards.pipeline import Pipeline
+from proxy.guards.pipeline import Pipeline, StampFailed
 from proxy.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -367,8 +367,13 @@ class Forwarder:
         if request.method == "POST" and (opened := self.openings.pending(exchange.session_id)) is not None:
             await self.openings.after(exchange.session_id, opened)  # the session's GET reaches the upstream first
         try:
+            if (stamp := self.pipeline.stamp) is not None:
+                await stamp(exchange)  # the caller's identity, once every guard has settled what it states
             upstream = await session.request(request.method, data=out.payload, headers=exchange.upstream_headers,
                                              head_timeout=self.config.response_timeout)
+        except StampFailed:
+            return rpc_error(502, INTERNAL_ERROR, "the caller's identity for the upstream is unavailable",
+                             request_id=exchange.request_id)
         except HeaderRefused:  # a header the upstream request cannot carry (CR, LF or NUL; a name no HTTP token)
             return rpc_error(400, INVALID_REQUEST, "a request header cannot be forwarded",
                              request_id=exchange.request_id)

@@ -52,8 +52,9 @@ def prepare_metrics() -> str:
 
 
 class Supervisor:
-    def __init__(self, count: int, argv: Sequence[str], metrics_dir: str) -> None:
+    def __init__(self, count: int, argv: Sequence[str], metrics_dir: str, jwks: bytes | None = None) -> None:
         self.count = count
+        self.jwks = jwks  # the identity assertions' keys, served on the one ops port (ops/health.py)
         self.argv = list(argv)
         self.metrics_dir = metrics_dir
         self.procs: dict[int, asyncio.subprocess.Process] = {}  # slot -> running worker
@@ -172,12 +173,12 @@ class Supervisor:
         def details() -> dict[str, object]:
             return {"workers": self.count, "listening": len(self.ready), "restarts": self.restarts}
 
-        runner = web.AppRunner(ops_app(registry, checks, details), access_log=None)
+        runner = web.AppRunner(ops_app(registry, checks, details, self.jwks), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, *config.metrics_listen).start()
         return runner
 
 
-def supervise(config: Config, argv: Sequence[str], metrics_dir: str) -> int:
-    """Run `config.workers` workers until SIGTERM; the exit status."""
-    return asyncio.run(Supervisor(config.workers, argv, metrics_dir).run(config))
+def supervise(config: Config, argv: Sequence[str], metrics_dir: str, jwks: bytes | None = None) -> int:
+    """Run `config.workers` workers until SIGTERM; the exit status. `jwks`: see Supervisor."""
+    return asyncio.run(Supervisor(config.workers, argv, metrics_dir, jwks).run(config))

@@ -191,6 +191,7 @@ class HumanApproval:
 
     def _approved(self, exchange: Exchange, message: Message, preview_id: str) -> Message:
         exchange.confirmed[str(message.get("id"))] = preview_id
+        exchange.approved_by_person = {*(exchange.approved_by_person or ()), str(message.get("id"))}
         log.info("approved by a person: %s (preview %s)", message["params"]["name"], preview_id,
                  extra={"request_id": exchange.request_id})
         return message

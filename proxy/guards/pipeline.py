@@ -17,11 +17,13 @@ Upstream watches (below) see every parsed message the upstream sends, before the
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -40,9 +42,12 @@ from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
 from proxy.guards.tasks import HeldTasks, TaskGuard, TaskIds, UpstreamTasks
 from proxy.guards.workspace import WorkspaceGuard
+from proxy.identity.assertion import DEFAULT_HEADER, Assertions
+from proxy.identity.assertion import Settings as AssertionSettings
 from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal
 from proxy.identity.lifecycle import Tree
 from proxy.identity.metadata import WELL_KNOWN
+from proxy.identity.token_exchange import ExchangeFailed, TokenExchanger
 from proxy.jsonrpc import Message, RawResponse, dumps
 
 if TYPE_CHECKING:
@@ -52,6 +57,8 @@ if TYPE_CHECKING:
     from proxy.policy.reload import LivePolicy
     from proxy.store import Store
 
+
+log = logging.getLogger("scopegate.identity")
 
 AdmissionCheck = Callable[[web.Request, Exchange], Awaitable[web.StreamResponse | None]]
 ResponseHook = Callable[[Exchange, int, CIMultiDict[str]], Awaitable[None]]
@@ -81,6 +88,11 @@ class MethodChanged(Exception):
     place): never forwarded (the guards after it were chosen for the method it had)."""
 
 
+class StampFailed(Exception):
+    """The request cannot go upstream as the policy wants it to (e.g. no token from the upstream's identity
+    provider): nothing of it is forwarded."""
+
+
 class Rewriter(Protocol):
     def __call__(self, exchange: Exchange, response: Message, method: str | None) -> Message: ...
 
@@ -100,6 +112,9 @@ class Pipeline:
     # What any guard's own answer becomes before it is sent, given the message it answers (e.g. a held task for a
     # task-augmented call, whichever guard answered it).
     answer_hook: Callable[[Exchange, Message, Answer], Awaitable[Answer]] | None = None
+    # What the proxy adds to a request as it goes upstream, after every guard (the caller's identity assertion:
+    # it states the workspace and the approval the guards settled). StampFailed: the request must not go.
+    stamp: Callable[[Exchange], Awaitable[None]] | None = None
     live: LivePolicy | None = None  # the policy the guards decide by: pinned per request
     # The upstream's task ids, sealed to their caller wherever the relay meets them (answers to requests that
     # touched tasks, the upstream's own messages), and the tasks its answers create recorded before they are relayed.
@@ -170,13 +185,40 @@ def anonymous_of(live: LivePolicy) -> Callable[[], Principal | None]:
     return current
 
 
+def identity_stamp(settings: AssertionSettings,
+                   http: aiohttp.ClientSession | None) -> Callable[[Exchange], Awaitable[None]]:
+    """The caller's assertion on each request going upstream; with a token exchange, also the provider's token for
+    the caller in `Authorization` (StampFailed when there is none)."""
+    assertions = Assertions(settings)
+    if settings.exchange is None:
+        async def stamp(exchange: Exchange) -> None:
+            assertions.stamp(exchange)
+
+        return stamp
+    exchanger = TokenExchanger(settings.exchange, assertions, http)
+
+    async def stamp_and_exchange(exchange: Exchange) -> None:
+        assertions.stamp(exchange)
+        if exchange.principal is None:
+            return
+        try:
+            token = await exchanger.token(exchange.principal)
+        except ExchangeFailed as exc:
+            log.warning("token exchange failed: %s", exc, extra={"request_id": exchange.request_id})
+            raise StampFailed("the caller's token for the upstream is unavailable") from None
+        exchange.upstream_headers["Authorization"] = f"Bearer {token}"
+
+    return stamp_and_exchange
+
+
 def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifier | None,
           live: LivePolicy, upstream_call: UpstreamCall, fetch_tools: FetchTools | None = None, *,
           session_evictions: Callable[[int], None] | None = None, seal_key: bytes | None = None,
-          tree: Tree | None = None) -> Pipeline:
+          tree: Tree | None = None, http: aiohttp.ClientSession | None = None) -> Pipeline:
     """The whole pipeline, in order. `session_evictions` counts the sessions a credential's quota dropped;
     `seal_key` seals the upstream's task ids (the key SSE event ids are sealed with; None: one for this process);
-    `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone)."""
+    `tree`: the durable credential state (revocations), in memory when not given (tests of the pipeline alone);
+    `http`: the client for the proxy's own calls to identity providers (a token exchange)."""
     metadata_url = None
     if config.public_url is not None:
         metadata_url = f"{config.public_url.origin()}{WELL_KNOWN}{config.public_url.path.rstrip('/')}"
@@ -186,6 +228,10 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     sessions = SessionBinding(store, config.max_sessions_per_credential, companions=(client_caps.KEY,),
                               on_evict=session_evictions)
     secrets = identity.secret_headers
+    asserted = identity.upstream_identity
+    stamp = identity_stamp(asserted, http) if asserted is not None else None
+    # The assertion's header is the proxy's to send, like the secrets (`authorization` never crosses anyway).
+    refused = {*secrets, DEFAULT_HEADER, *([asserted.header] if asserted is not None and not asserted.bearer else [])}
     catalog = Catalog(fetch_tools)  # the upstream's schema as the proxy itself fetched it
     clients = ClientCapabilities(store)
     lists = ListFilter(live)
@@ -194,7 +240,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
     return Pipeline(
         admission=(
             OriginCheck(config.origin_policy),  # DNS-rebinding protection: Host and Origin allow-lists
-            *([RefuseSecretHeaders(secrets)] if secrets else []),  # only the proxy may send the upstream's secrets
+            RefuseSecretHeaders(refused),  # only the proxy may send the upstream's secrets and the caller's identity
             # a Principal, or 401; a token derived from another credential lives within it (the credential tree)
             Authenticate(identity.registry, verifier, tree or Tree(SqliteState(None)), challenge, anonymous_of(live)),
             sessions.check,  # a session belongs to the credential that opened it
@@ -215,7 +261,8 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             TaskGuard(store, tasks, scope, upstream_call),
         ),
         response_hooks=(
-            *([ScrubSecretHeaders(secrets)] if secrets else []),  # no secret comes back in a response header
+            # no secret (nor an identity assertion) comes back in a response header
+            *([ScrubSecretHeaders(secrets, [asserted.header] if asserted else [])] if secrets or asserted else []),
             sessions.on_response,  # bind new sessions to their credential; forget deleted ones
             clients.on_response,  # and remember whether their client can show an approval form
         ),
@@ -227,6 +274,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         upstream_watches=(catalog.saw, lists.saw),
         # A task-augmented call the proxy answers itself (a preview, any guard's refusal) gets a task it holds.
         answer_hook=HeldTasks(store, live),
+        stamp=stamp,  # who is calling, signed, for the upstream (and exchanged for its provider's token)
         live=live,
         tasks=tasks,
     )

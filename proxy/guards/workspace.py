@@ -172,6 +172,8 @@ class WorkspaceGuard:
                 return tool_result(exchange, msg_id, f"{tool} refused: {problem}", error=True, decision="deny",
                                    reason="workspace")
             record.action = record.action or "verified"
+        project = args.get(policy.project_property)
+        record.project = project if isinstance(project, str) else None
         if policy.check_projects and policy.project_property in args:
             problem = project_problem(principal, args[policy.project_property])
             if problem:

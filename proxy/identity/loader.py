@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from proxy.config import Config, ConfigError
+from proxy.identity import assertion, token_exchange
 from proxy.identity.jwks import JwksKeys, KeySource, StaticKey
 from proxy.identity.jwt_auth import JwtVerifier, TrustedIssuer
+from proxy.identity.oauth.keys import KeyFileError, KeyRing, load_keys
 from proxy.identity.oauth.server import Settings
 from proxy.identity.oauth.setup import own_issuer, settings_from
 from proxy.identity.pats import Registry, RegistryError
@@ -29,6 +31,7 @@ class Identity:
     dev_secret: str | None = field(default=None, repr=False)
     secret_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     oauth: Settings | None = None  # scopegate's own authorization server, when the policy has `oauth:`
+    upstream_identity: assertion.Settings | None = None  # the policy's `upstream_identity:`, with its keys
 
     def verifier(self, config: Config, session: aiohttp.ClientSession) -> JwtVerifier | None:
         if not self.issuers and self.oauth is None:
@@ -98,14 +101,66 @@ def load_identity(config: Config, env: Mapping[str, str]) -> Identity:
         raise ConfigError("no credential source: set SCOPEGATE_PAT_FILE, a JWT issuer (SCOPEGATE_JWT_ISSUER), or "
                           "issuers in the policy (or, for a public server, an `anonymous:` section); every request "
                           "must authenticate")
+    oauth = own_server(config, policy, registry, issuers)
     return Identity(
         policy=policy,
         registry=registry,
         issuers=tuple(issuers),
         dev_secret=config.jwt_dev_hs256_secret,
         secret_headers=secret_headers,
-        oauth=own_server(config, policy, registry, issuers),
+        oauth=oauth,
+        upstream_identity=upstream_identity(config, policy, oauth, secret_headers),
     )
+
+
+def upstream_identity(config: Config, policy: Policy, oauth: Settings | None,
+                      secret_headers: Mapping[str, str]) -> assertion.Settings | None:
+    """None when the policy asks for no assertion. Its keys: SCOPEGATE_UPSTREAM_IDENTITY_KEYS, else the OAuth
+    server's; none at all is an error (the policy asked for it: never forward without it)."""
+    wanted = policy.upstream_identity
+    if wanted is None:
+        if config.token_exchange_client_secret_file:
+            raise ConfigError("SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE is set but the policy has no "
+                              "upstream_identity.token_exchange")
+        if config.upstream_identity_keys:
+            raise ConfigError("SCOPEGATE_UPSTREAM_IDENTITY_KEYS is set but the policy has no `upstream_identity:` "
+                              "section")
+        return None
+    if config.public_url is None:
+        raise ConfigError("the policy's upstream_identity needs SCOPEGATE_PUBLIC_URL: it is the assertions' `iss`")
+    if config.upstream_identity_keys:
+        try:
+            keys = KeyRing(load_keys(config.upstream_identity_keys))
+        except KeyFileError as exc:
+            raise ConfigError(f"SCOPEGATE_UPSTREAM_IDENTITY_KEYS: {exc}") from None
+    elif oauth is not None:
+        keys = oauth.keys
+    else:
+        raise ConfigError("the policy's upstream_identity needs a signing key: set SCOPEGATE_UPSTREAM_IDENTITY_KEYS "
+                          "(or SCOPEGATE_OAUTH_SIGNING_KEYS with an `oauth:` section, whose keys it then shares)")
+    problem = assertion.header_problem(wanted.header, secret_headers)
+    if problem:
+        raise ConfigError(f"{config.policy}: upstream_identity.header: {problem}")
+    exchange = None
+    if wanted.token_exchange is not None:
+        trade = wanted.token_exchange
+        secret = None
+        if config.token_exchange_client_secret_file:
+            try:
+                with open(config.token_exchange_client_secret_file, encoding="utf-8") as handle:
+                    secret = handle.read().strip() or None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE: cannot read "
+                                  f"({type(exc).__name__})") from None
+        exchange = token_exchange.Settings(token_endpoint=trade.token_endpoint, client_id=trade.client_id,
+                                           client_secret=secret, audience=trade.audience, resource=trade.resource,
+                                           send_scopes=trade.send_scopes, subject_audience=trade.subject_audience)
+    elif config.token_exchange_client_secret_file:
+        raise ConfigError("SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE is set but the policy has no "
+                          "upstream_identity.token_exchange")
+    return assertion.Settings(keys=keys, issuer=str(config.public_url),
+                              audience=wanted.audience or str(config.upstream), header=wanted.header.lower(),
+                              ttl=wanted.ttl_seconds, reuse=wanted.reuse_seconds, exchange=exchange)
 
 
 def own_server(config: Config, policy: Policy, registry: Registry | None, issuers: list[Issuer]) -> Settings | None:

@@ -1,4 +1,5 @@
-"""The operations listener (SCOPEGATE_METRICS_LISTEN, default 127.0.0.1:9464): /metrics, /healthz and /readyz.
+"""The operations listener (SCOPEGATE_METRICS_LISTEN, default 127.0.0.1:9464): /metrics, /healthz and /readyz (and,
+with the policy's `upstream_identity:`, /.well-known/jwks.json).
 
 /healthz says the process answers. /readyz says whether it can do its job: a policy is loaded, the upstream answers
 an MCP request in time, and Redis answers when one is configured; when not ready it answers 503 with the reasons.
@@ -62,7 +63,9 @@ def store_check(store: Store) -> Check:
 
 
 def ops_app(registry: CollectorRegistry, checks: dict[str, Check],
-            details: Callable[[], dict[str, Any]]) -> web.Application:
+            details: Callable[[], dict[str, Any]], jwks: bytes | None = None) -> web.Application:
+    """`jwks`: the keys of the caller's identity assertions (policy `upstream_identity:`), served at
+    /.well-known/jwks.json here too: an upstream on the same private network need not reach the public listener."""
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(body=b'{"status":"alive"}', content_type="application/json")
 
@@ -77,4 +80,11 @@ def ops_app(registry: CollectorRegistry, checks: dict[str, Check],
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if jwks is not None:
+        body = jwks
+
+        async def keys(request: web.Request) -> web.Response:
+            return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"})
+
+        app.router.add_get("/.well-known/jwks.json", keys)
     return app

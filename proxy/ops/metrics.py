@@ -26,6 +26,7 @@ CONFIRM_REASONS = frozenset({"unknown", "already used", "expired", "credential",
                              # confirm: human (guards/human.py)
                              "rejected", "cancelled", "timeout", "unanswered", "no elicitation", "human required",
                              "unknown approval", "batch", "pending limit"})
+OAUTH_EVENTS = frozenset({"register", "authorize", "signin", "consent", "token", "revoke"})
 # What a limit refused: a credential's concurrent streams or calls, a body sent too slowly (pending previews are
 # counted with the confirmations, reason pending_limit).
 LIMITS = frozenset({"streams", "calls", "body_timeout"})
@@ -69,6 +70,8 @@ class Metrics:
                                             "'unavailable' at once while the circuit breaker is open", registry=r)
         self.policy_reloads = Counter("scopegate_policy_reloads", "Policy reloads, by result", ["result"],
                                       registry=r)
+        self.oauth_events = Counter("scopegate_oauth_events", "The OAuth server's events, by endpoint and outcome",
+                                    ["event", "outcome"], registry=r)
         self.audit_records = Counter("scopegate_audit_records", "Audit records written, by type", ["type"],
                                      registry=r)
         self.audit_incomplete = Counter("scopegate_audit_incomplete_records",
@@ -97,6 +100,12 @@ class Metrics:
 
     def limit(self, limit: str) -> None:
         self.limited.labels(bounded(limit, LIMITS)).inc()
+
+    def oauth_event(self, method: str, decision: str, reason: str) -> None:
+        """One OAuth event (identity/oauth/evidence.py: method `oauth/<endpoint>`): a replayed code or refresh token
+        is its own outcome, the one to alert on (someone else holds a token of that grant)."""
+        outcome = "replay" if "replayed" in reason else decision if decision in ("allow", "deny") else "other"
+        self.oauth_events.labels(bounded(method.removeprefix("oauth/"), OAUTH_EVENTS), outcome).inc()
 
     def message(self, method: str, decision: str) -> None:
         # Every message passes here: the labelled child is looked up once per (bounded) label pair, not made anew.

@@ -143,6 +143,50 @@ class Anonymous(Strict):
     workspace: str | None = Field(None, min_length=1)  # bound: injected, and the only one they may name
 
 
+class TokenExchange(Strict):
+    """RFC 8693: scopegate trades the caller's assertion for a token of the upstream's own identity provider and sends
+    it in the upstream's `Authorization` header (see proxy/identity/token_exchange.py)."""
+
+    token_endpoint: str = Field(min_length=1, description="the provider's token endpoint (http or https)")
+    client_id: str = Field(min_length=1, max_length=200, description="scopegate's client id there (its secret: "
+                           "SCOPEGATE_TOKEN_EXCHANGE_CLIENT_SECRET_FILE; none: a public client)")
+    audience: str | None = Field(None, min_length=1, description="the `audience` parameter: whom the token is for")
+    resource: str | None = Field(None, min_length=1, description="the `resource` parameter (RFC 8707)")
+    send_scopes: bool = True  # ask for the caller's effective scopes (`scope`)
+    subject_audience: str | None = Field(None, min_length=1, description="the subject token's `aud`; default: the "
+                                         "token endpoint")
+
+    @model_validator(mode="after")
+    def _endpoint_is_a_url(self) -> TokenExchange:
+        if not self.token_endpoint.startswith(("https://", "http://")):
+            raise ValueError("token_endpoint must be an http(s) URL")
+        return self
+
+
+class UpstreamIdentity(Strict):
+    """A signed assertion of who is calling, on every request scopegate forwards (see proxy/identity/assertion.py):
+    the upstream verifies it with scopegate's JWKS and can attribute and authorise by person."""
+
+    header: str = Field("x-scopegate-identity", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+                        description="the header it travels in; `authorization` sends `Bearer <assertion>`")
+    audience: str | None = Field(None, min_length=1, description="its `aud`; default: the upstream URL")
+    ttl_seconds: int = Field(60, ge=10, le=3600)  # its lifetime: exp - iat
+    # A read's assertion is reused for this long by the next reads of the same person, credential, scopes and
+    # workspace (a signature costs more than the rest of a small call); 0: every request gets its own.
+    reuse_seconds: int = Field(30, ge=0, le=1800)
+    token_exchange: TokenExchange | None = None  # also a token of the upstream's own provider, in `Authorization`
+
+    @model_validator(mode="after")
+    def _reuse_within_life(self) -> UpstreamIdentity:
+        if self.reuse_seconds * 2 > self.ttl_seconds:
+            raise ValueError("reuse_seconds may be at most half of ttl_seconds: a reused assertion must still have "
+                             "half its life left when it reaches the upstream")
+        if self.token_exchange is not None and self.header.lower() == "authorization":
+            raise ValueError("with token_exchange the exchanged token takes the Authorization header: name another "
+                             "header for the assertion")
+        return self
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -157,6 +201,7 @@ class Policy(Strict):
     oauth: OAuth | None = None
     anonymous: Anonymous | None = None
     upstream_headers: tuple[str, ...] = ()  # server-side headers the upstream needs; their values come from outside
+    upstream_identity: UpstreamIdentity | None = None  # a signed assertion of the caller on every forwarded request
     default: Literal["deny", "annotations"] = "deny"
     workspace_property: str = Field("workspaceId", min_length=1)  # the argument that names the workspace
     project_property: str = Field("projectId", min_length=1)

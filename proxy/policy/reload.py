@@ -3,7 +3,8 @@ the policy, validates it, and swaps it in.
 
 An invalid new policy is refused and the old one stays in force; the failure is logged (and counted, for
 /metrics). The swap happens without an `await` in between, so no request sees half of the old and half of the new
-policy. What cannot change without a restart (issuers, required upstream headers) is refused the same way.
+policy. What cannot change without a restart (issuers, the OAuth server, required upstream headers, the identity
+assertion) is refused the same way.
 
 Whatever else holds the policy (the PAT registry's principals, the JWT verifier) follows through a `Follower`: it
 prepares its part for the new policy first (and may refuse it by raising), and commits in the same swap.
@@ -64,8 +65,10 @@ class PolicyReloader:
         old = self.live.policy
         try:
             new = load_policy(self.path)
-            if (new.issuers, new.oauth, new.upstream_headers) != (old.issuers, old.oauth, old.upstream_headers):
-                raise PolicyError(f"{self.path}: issuers, oauth and upstream_headers change only with a restart")
+            fixed = ("issuers", "oauth", "upstream_headers", "upstream_identity")
+            if [getattr(new, name) for name in fixed] != [getattr(old, name) for name in fixed]:
+                raise PolicyError(f"{self.path}: issuers, oauth, upstream_headers and upstream_identity change only "
+                                  "with a restart")
             commits = [follow(new) for follow in self.followers]
         except (PolicyError, ValueError) as exc:
             self._result("failure")

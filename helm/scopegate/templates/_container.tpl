@@ -51,6 +51,8 @@ definition, so both run the same container. */}}
     {{- if .Values.redis.existingSecret }}
     - name: SCOPEGATE_REDIS_URL
       valueFrom: {secretKeyRef: {name: {{ .Values.redis.existingSecret }}, key: {{ .Values.redis.key }}}}
+    {{- else }}
+    - {name: SCOPEGATE_STATE_DIR, value: /var/lib/scopegate}
     {{- end }}
     {{- if .Values.auditSigningKey.existingSecret }}
     - {name: SCOPEGATE_AUDIT_SIGNING_KEY_FILE, value: "/etc/scopegate/audit-key/{{ .Values.auditSigningKey.key }}"}
@@ -92,6 +94,9 @@ definition, so both run the same container. */}}
     {{- if .Values.auditSigningKey.existingSecret }}
     - {name: audit-key, mountPath: /etc/scopegate/audit-key, readOnly: true}
     {{- end }}
+    {{- if not .Values.redis.existingSecret }}
+    - {name: state, mountPath: /var/lib/scopegate}
+    {{- end }}
     {{- with .Values.extraVolumeMounts }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -115,5 +120,13 @@ definition, so both run the same container. */}}
 {{- if .Values.auditSigningKey.existingSecret }}
 - name: audit-key  # 0440: readable by the pod's fsGroup, not by others
   secret: {secretName: {{ .Values.auditSigningKey.existingSecret }}, defaultMode: 0440}
+{{- end }}
+{{- if not .Values.redis.existingSecret }}
+- name: state  # the durable credential state of one replica (revocations, grants)
+  {{- if .Values.state.existingClaim }}
+  persistentVolumeClaim: {claimName: {{ .Values.state.existingClaim }}}
+  {{- else }}
+  emptyDir: {sizeLimit: 256Mi}
+  {{- end }}
 {{- end }}
 {{- end -}}
