@@ -157,6 +157,21 @@ async def test_idle_children_are_stopped(start_proxy: Any) -> None:
             await client.list_tools()
 
 
+def test_upstream_identity_is_refused_for_a_stdio_server(tmp_path: Any, pat_file: str) -> None:
+    """The caller's signed identity travels as a header on each upstream request: a stdio server gets none, so a
+    policy that asks for it is a configuration error, not a promise silently dropped."""
+    from yarl import URL as Url
+
+    from proxy.config import Config
+    from proxy.identity.loader import load_identity
+    from tests.test_upstream_identity import identity_policy
+
+    config = Config(upstream=Url(URL), upstream_command=LEDGER, pat_file=pat_file, policy=identity_policy(tmp_path),
+                    public_url=Url("http://127.0.0.1:2/mcp"))
+    with pytest.raises(ConfigError, match="stdio server"):
+        load_identity(config, {})
+
+
 def test_settings() -> None:
     ok = load({"SCOPEGATE_UPSTREAM_COMMAND": '["sh", "-c", "echo hi"]', "PATH": os.environ["PATH"]}, {})
     assert ok.upstream_command == ("sh", "-c", "echo hi") and ok.upstream.path == "/mcp"
