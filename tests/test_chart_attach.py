@@ -201,3 +201,125 @@ def test_an_invalid_inline_policy_fails_the_install_with_its_errors(tmp_path: Pa
     assert hook_check(BASE["policy"]["inline"], tmp_path / "good").returncode == 0
     existing = render({**SIDECAR, "policy": {"existingConfigMap": "mine"}})
     assert kinds(existing, "Job") == []  # a ConfigMap the operator manages is theirs to check
+
+
+def run_pod(tmp_path: Path, docs: list[dict[str, Any]], pod: dict[str, Any], pat: tuple[str, str],
+            servers: list[dict[str, Any]], other_services: list[dict[str, Any]] = (),  # type: ignore[assignment]
+            cluster_names: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+    """Run one rendered pod as tests/test_chart_pod.py does (in a network namespace of its own, scopegate's container
+    with the image's entrypoint and the rendered env, volumes as folders, Secrets and ConfigMaps as files, the
+    Service as a forwarder and its names as DNS), with `servers` started first (their argv and env as given), and
+    `other_services` (port -> target) that scopegate reaches by `cluster_names`. Returns what the pod's client saw."""
+    import json
+    import os
+    import shutil
+
+    from yarl import URL as Url
+
+    from tests.chart_pod import sitecustomize_source
+    from tests.test_chart_pod import container_env, image_entrypoint_and_env, mount
+
+    unshare = shutil.which("unshare")
+    assert unshare, "unshare (util-linux) is needed: the pod runs in a network namespace of its own"
+    gate = next(c for c in pod["containers"] if c["name"] == "scopegate")
+    (service,) = [s for s in kinds(docs, "Service") if s["spec"]["ports"][0]["name"] == "mcp"]
+    (hook,) = kinds(docs, "Pod")
+    registry, token = pat
+    objects: dict[tuple[str, str], dict] = {("Secret", "scopegate-pats"): {"pats.yaml": registry}}
+    for config_map in kinds(docs, "ConfigMap"):
+        objects[("ConfigMap", config_map["metadata"]["name"])] = config_map["data"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    files = [m for m in gate["volumeMounts"] if "emptyDir" not in volumes[m["name"]]]
+    paths = mount(volumes, files, objects, folder)
+    for m in gate["volumeMounts"]:  # emptyDirs: a folder of their own
+        if "emptyDir" in volumes[m["name"]]:
+            (folder / m["name"]).mkdir()
+            paths[m["mountPath"]] = str(folder / m["name"])
+    entrypoint, image_env = image_entrypoint_and_env()
+    gate_env = container_env(gate, image_env, objects, paths)
+    assert "command" not in gate and "args" not in gate
+    shim = tmp_path / "site"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(sitecustomize_source())
+    ports = {p["name"]: p["containerPort"] for p in gate["ports"]}
+    probes = {name: {"port": ports[gate[name]["httpGet"]["port"]], "path": gate[name]["httpGet"]["path"],
+                     "seconds": gate[name].get("periodSeconds", 10) * gate[name].get("failureThreshold", 3)}
+              for name in ("startupProbe", "readinessProbe", "livenessProbe")}
+    full = service["metadata"]["name"]
+    (service_port,) = service["spec"]["ports"]
+    names = [f"{full}.mcp.svc.cluster.local", full]
+    spec = {
+        "folder": str(tmp_path), "cwd": str(tmp_path),
+        "containers": [*({**server, "env": {"PATH": gate_env["PATH"], **server.get("env", {})}} for server in servers),
+                       {"name": "scopegate", "env": gate_env, "argv": entrypoint}],
+        "other_services": list(other_services),
+        "hosts": list(cluster_names),  # what scopegate itself resolves (the upstream Service's name)
+        "probes": probes,
+        "service": {"names": names, "port": service_port["port"], "target": ports[service_port["targetPort"]]},
+        "mcp_path": Url(gate_env["SCOPEGATE_UPSTREAM"]).path, "token": token, "tool": "list_accounts",
+        "helm_test": {"argv": [sys.executable if w == "python" else w
+                               for w in hook["spec"]["containers"][0]["command"]],
+                      "env": {"PATH": gate_env["PATH"], "PYTHONPATH": str(shim),
+                              "CHART_POD_DNS": json.dumps([*names, f"{full}.mcp.svc", f"{full}.mcp"])}},
+    }
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    namespaces = ["--net", "--map-root-user", *(["--mount"] if cluster_names else [])]
+    done = subprocess.run([unshare, *namespaces, sys.executable, "-m", "tests.chart_pod",
+                           str(tmp_path / "spec.json")], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    logs = seen["logs"]
+    assert seen["probes"] == {"startupProbe": 200, "readinessProbe": 200, "livenessProbe": 200}, logs
+    assert seen["exited"] == [None] * len(spec["containers"]), logs
+    for name in names:
+        answer = seen["calls"][name]
+        assert "error" not in answer, (name, answer, logs)
+        assert "list_accounts" in answer["tools"] and "create_journal_entry" not in answer["tools"]
+        assert answer["is_error"] is False and answer["content"]["workspaceId"] == "acme", answer
+        assert seen["without_credential"][name] == 401
+    assert seen["foreign_host"] == 403
+    assert seen["helm_test"]["exit"] == 0, seen["helm_test"]["output"]
+    return seen
+
+
+def pod_pat(tmp_path: Path) -> tuple[str, str]:
+    """A read-only PAT bound to workspace acme: the registry the pod mounts (its text), and the token."""
+    from proxy.identity.pats import create_record, write_records
+
+    record, token = create_record(kind="pat", label="chart pod", subject="ops", scopes=["mcp:read"],
+                                  workspace="acme", workspaces=None, role=None, expires_in=600)
+    write_records(tmp_path / "pats.yaml", [record])
+    return (tmp_path / "pats.yaml").read_text(), token
+
+
+LEDGER_POLICY = (ROOT / "policies" / "pat-workspaces.yaml").read_text()
+
+
+def test_the_attached_pod_answers_at_the_service_name(tmp_path: Path) -> None:
+    """The pod test of tests/test_chart_pod.py for the attached form: the Deployment made elsewhere, patched with
+    the chart's patch, run as one pod (their server container -> the demo ledger, with the args their Deployment
+    gives it), called by the attach Service's names."""
+    values = {**ATTACH, "policy": {"inline": LEDGER_POLICY}}
+    manifests = helm.Chart.load(CHART).render(values, name="gate", namespace="mcp")
+    docs = [d for path, text in manifests.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+    pod = strategic_merge(copy.deepcopy(THEIRS), attach_patch(values))["spec"]["template"]["spec"]
+    server = next(c for c in pod["containers"] if c["name"] == "server")
+    run_pod(tmp_path, docs, pod, pod_pat(tmp_path),
+            [{"name": "server", "argv": [sys.executable, "-m", "proxy.demo.ledger", *server["args"]]}])
+
+
+def test_the_standalone_pod_reaches_its_upstream_by_service_name(tmp_path: Path) -> None:
+    """The standalone form: scopegate's pod alone, its upstream another workload behind a Service of its own
+    (ledger.mcp.svc:8080 -> the demo ledger's pod), reached by that name from scopegate's container."""
+    values = {**STANDALONE, "policy": {"inline": LEDGER_POLICY},
+              "upstream": {"url": "http://ledger.mcp.svc:8080/mcp", "podSelector": {"app": "ledger"}}}
+    docs = render(values)
+    (deployment,) = kinds(docs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["scopegate"]
+    ledger = [sys.executable, "-m", "proxy.demo.ledger", "--host", "0.0.0.0", "--port", "18080"]
+    run_pod(tmp_path, docs, pod, pod_pat(tmp_path), [{"name": "ledger-pod", "argv": ledger}],
+            other_services=[{"port": 8080, "target": 18080}], cluster_names=["ledger.mcp.svc"])
