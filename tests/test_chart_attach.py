@@ -323,3 +323,12 @@ def test_the_standalone_pod_reaches_its_upstream_by_service_name(tmp_path: Path)
     ledger = [sys.executable, "-m", "proxy.demo.ledger", "--host", "0.0.0.0", "--port", "18080"]
     run_pod(tmp_path, docs, pod, pod_pat(tmp_path), [{"name": "ledger-pod", "argv": ledger}],
             other_services=[{"port": 8080, "target": 18080}], cluster_names=["ledger.mcp.svc"])
+
+
+def test_attach_notes_say_the_patch_is_needed_and_name_the_workload() -> None:
+    from tests.test_chart import notes
+
+    text = notes(ATTACH)
+    assert "joins Deployment ledger-mcp" in text and "--set attach.patch=true" in text
+    assert "port-forward deployment/ledger-mcp 9464" in text
+    assert "port-forward deployment/scopegate 9464" in notes(SIDECAR)  # the chart's own Deployment otherwise
