@@ -17,6 +17,7 @@ import httpx2
 import pytest
 
 from proxy.config import ConfigError, load
+from proxy.edge.app import OPS_PORT
 from proxy.edge.stdio.bridge import KEY_HEADER
 from tests.conftest import AUTH, MODES, POLICIES, TOKENS, sdk_client, wait_until
 from tests.stdio_helpers import LEDGER, URL, bridge_of, environ, gone, group_members
@@ -143,6 +144,27 @@ async def test_no_child_is_left_after_shutdown(start_proxy: Any) -> None:
         start_proxy.runners.clear()
         # SIGKILL is delivered, not awaited: a moment for the kernel to end them
         assert await wait_until(lambda: all(gone(pid) for pid in members), 2), [p for p in members if not gone(p)]
+
+
+async def test_a_client_that_leaves_during_a_start_leaves_no_half_started_child(start_proxy: Any) -> None:
+    """The readiness probe pings with a one-second budget; a server that takes longer to start must still be started
+    whole (its handshake done) and used by the next request, not left half-initialized beside a second one."""
+    import aiohttp
+
+    slow = ("sh", "-c", 'sleep 1.5; exec "$0" "$@"', *LEDGER)
+    url = await start_proxy(URL, upstream_command=slow, upstream_pool=2)
+    bridge = bridge_of(start_proxy)
+    port = start_proxy.runners[-1].app[OPS_PORT]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as first:
+            assert first.status == 503  # the ping gave up after 1 s; the start goes on
+        assert await wait_until(lambda: any(slot.alive for slot in bridge.pool), 10)
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as second:
+            assert second.status == 200, await second.text()
+    assert len(bridge.children()) == 1
+    async with sdk_client(url, "auto") as client:
+        assert (await client.list_tools()).tools
+    assert len(bridge.children()) == 1  # scopegate's catalog and the client shared the one child
 
 
 async def test_idle_children_are_stopped(start_proxy: Any) -> None:

@@ -64,6 +64,7 @@ START_TIMEOUT = 30.0  # a restarted child's replayed initialize (npx may fetch a
 MAX_QUESTIONS = 1024  # open server-to-client questions of pool children remembered for their answers
 SSE = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 INTERNAL = -32603
+SHUTTING_DOWN = "scopegate is shutting down"
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,14 @@ class Slot:
         self.modern = False  # a pool child whose server serves 2026-07-28 itself (no handshake)
         self.caps = ""  # a pool child that needed a handshake: the capabilities it was initialized with (a key)
         self.stream: asyncio.Queue[Any] | None = None  # the session's GET stream
-        self.lock = asyncio.Lock()
+        # Starting a child (and its handshake) runs as a task of its own: a client that leaves meanwhile (a readiness
+        # probe's one-second ping) must not cut it short and leave a half-initialized child behind.
+        self.starting: asyncio.Task[str | None] | None = None
+        self.ready = False  # the child's handshake is done: it may serve requests
 
     @property
     def alive(self) -> bool:
-        return self.child is not None and self.child.alive
+        return self.ready and self.child is not None and self.child.alive
 
 
 def _busy(slot: Slot) -> int:
@@ -151,6 +155,7 @@ class Bridge:
         self._numbers = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self.closing = False  # no child is started once close() began
         self.url = URL(f"http://127.0.0.1:0{PATH}")
 
     # -- lifecycle --
@@ -170,16 +175,23 @@ class Bridge:
 
     async def close(self) -> None:
         """Every child stopped (their process groups too) before this returns."""
+        self.closing = True
         if self._reaper is not None:
             self._reaper.cancel()
         slots = [*self.sessions.values(), *self.pool]
         self.sessions.clear()
         for slot in slots:
-            self._fail(slot, "scopegate is shutting down")
-        await asyncio.gather(*(slot.child.stop() for slot in slots if slot.child is not None),
+            self._fail(slot, SHUTTING_DOWN)
+        # Starts under way end at once (their handshakes were just failed; a start that finishes now stops its
+        # child itself), so every child there will be is known below.
+        await asyncio.gather(*(slot.starting for slot in slots if slot.starting is not None),
                              return_exceptions=True)
+        for slot in slots:
+            self._fail(slot, SHUTTING_DOWN)
         if self._runner is not None:
             await self._runner.cleanup()
+        await asyncio.gather(*(slot.child.stop() for slot in slots if slot.child is not None),
+                             return_exceptions=True)
 
     def children(self) -> list[int]:
         """PIDs of the children running now."""
@@ -284,11 +296,14 @@ class Bridge:
         best = min(fitting, key=_busy, default=None)
         if best is not None and not _busy(best):
             return best
-        stopped = [slot for slot in self.pool if not slot.alive and not slot.lock.locked()]
+        stopped = [slot for slot in self.pool if not slot.alive and (slot.starting is None or slot.starting.done())]
         if stopped and (best is None or stopped[0].crashes.wait() <= 0):
             return stopped[0]
         if best is not None:
             return best
+        starting = [slot for slot in self.pool if slot.starting is not None and not slot.starting.done()]
+        if starting:  # wait for a child being started rather than refuse
+            return starting[0]
         idle = [slot for slot in self.pool if slot.alive and not slot.waiting]
         if idle:
             oldest = min(idle, key=lambda slot: slot.last_used)
@@ -309,40 +324,50 @@ class Bridge:
 
     async def _ensure(self, slot: Slot, message: dict[str, Any]) -> str | None:
         """The slot's child running (started, or started again after a crash once its wait is over, its session's
-        initialize replayed, a pool child's handshake done), or the reason it is not."""
+        initialize replayed, a pool child's handshake done), or the reason it is not. Requests that find a start
+        under way wait for that one."""
         if slot.alive:
             return None
-        async with slot.lock:
-            if slot.alive:
-                return None
-            wait = slot.crashes.wait()
-            if wait > 0:
-                return (f"the upstream server process exited (status {slot.crashes.status}); scopegate starts it "
-                        f"again in {wait:.1f} s")
-            child = Child(self.settings.argv, self.settings.cwd, self.settings.env, slot.name,
-                          lambda message: self._heard(slot, message), lambda status: self._exited(slot, status),
-                          MAX_LINE)
-            try:
-                await child.start()
-            except OSError as exc:
-                slot.crashes.count += 1
-                slot.crashes.died_at = time.monotonic()
-                log.warning("upstream process cannot be started (%s)", exc.strerror or type(exc).__name__,
-                            extra={"upstream_process": slot.name})
-                return f"the upstream server process cannot be started ({exc.strerror or type(exc).__name__})"
-            slot.child = child
-            if slot.init is not None:  # a restart: the session's handshake again, before its request
-                init = {**slot.init, "id": f"scopegate-restart-{next(self._numbers)}"}
-                answer = await self._ask(slot, init)
-                if answer is None or "result" not in answer:
-                    await child.stop()
-                    return "the upstream server process was started again but did not accept the session"
-                await self._send(slot, {"jsonrpc": "2.0", "method": "notifications/initialized"})
-            elif slot.session is None:
-                problem = await self._handshake(slot, message)
-                if problem is not None:
-                    await child.stop()
-                    return problem
+        if self.closing:
+            return SHUTTING_DOWN
+        if slot.starting is None or slot.starting.done():
+            slot.starting = asyncio.get_running_loop().create_task(self._start(slot, message))
+        return await asyncio.shield(slot.starting)
+
+    async def _start(self, slot: Slot, message: dict[str, Any]) -> str | None:
+        slot.ready = False
+        wait = slot.crashes.wait()
+        if wait > 0:
+            return (f"the upstream server process exited (status {slot.crashes.status}); scopegate starts it "
+                    f"again in {wait:.1f} s")
+        child = Child(self.settings.argv, self.settings.cwd, self.settings.env, slot.name,
+                      lambda message: self._heard(slot, message), lambda status: self._exited(slot, status),
+                      MAX_LINE)
+        try:
+            await child.start()
+        except OSError as exc:
+            slot.crashes.count += 1
+            slot.crashes.died_at = time.monotonic()
+            log.warning("upstream process cannot be started (%s)", exc.strerror or type(exc).__name__,
+                        extra={"upstream_process": slot.name})
+            return f"the upstream server process cannot be started ({exc.strerror or type(exc).__name__})"
+        if self.closing:
+            await child.stop()
+            return SHUTTING_DOWN
+        slot.child = child
+        if slot.init is not None:  # a restart: the session's handshake again, before its request
+            init = {**slot.init, "id": f"scopegate-restart-{next(self._numbers)}"}
+            answer = await self._ask(slot, init)
+            if answer is None or "result" not in answer:
+                await child.stop()
+                return "the upstream server process was started again but did not accept the session"
+            await self._send(slot, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        elif slot.session is None:
+            problem = await self._handshake(slot, message)
+            if problem is not None:
+                await child.stop()
+                return problem
+        slot.ready = True
         return None
 
     async def _handshake(self, slot: Slot, message: dict[str, Any]) -> str | None:
@@ -357,7 +382,7 @@ class Bridge:
         slot.modern = speaks_modern(await self._ask(slot, probe))
         if slot.modern:
             return None
-        if not slot.alive:  # some servers end the connection on a method they do not know
+        if slot.child is None or not slot.child.alive:  # some servers end the connection on a method they do not know
             return "the upstream server process exited when asked server/discover"
         init = {"jsonrpc": "2.0", "id": "scopegate-initialize", "method": "initialize",
                 "params": {"protocolVersion": LEGACY, "capabilities": capabilities, "clientInfo": info}}
