@@ -33,6 +33,46 @@ def _url(name: str, value: str) -> URL:
     return url
 
 
+def _command(name: str, value: str) -> tuple[str, ...]:
+    """argv: a JSON array of strings (`["npx", "-y", "pkg"]`), or a line split as a POSIX shell splits words (quotes
+    kept together), never run through a shell."""
+    import shlex
+
+    import orjson
+
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            argv = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: not a JSON array of strings ({exc})") from None
+        if not isinstance(argv, list) or not all(isinstance(part, str) for part in argv):
+            raise ConfigError(f"{name}: expected a JSON array of strings")
+    else:
+        try:
+            argv = shlex.split(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: cannot split it into words ({exc})") from None
+    if not argv or not argv[0]:
+        raise ConfigError(f"{name}: expected a command, e.g. npx -y @modelcontextprotocol/server-filesystem /data")
+    return tuple(argv)
+
+
+def _directory(name: str, value: str) -> str:
+    if not os.path.isdir(value):
+        raise ConfigError(f"{name}: no directory at {value!r}")
+    return value
+
+
+def _env_names(name: str, value: str) -> tuple[str, ...]:
+    names = _csv(name, value)
+    for item in names:
+        if not item.replace("_", "a").isalnum() or item[0].isdigit() or item.startswith("SCOPEGATE_"):
+            raise ConfigError(f"{name}: {item!r} is not an environment variable scopegate passes on (names of "
+                              "letters, digits and _, never SCOPEGATE_*)")
+    return names
+
+
 def _listen(name: str, value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -216,6 +256,18 @@ class Setting:
 
 SETTINGS = (
     Setting("upstream", _url, "upstream MCP endpoint URL, e.g. http://127.0.0.1:8080/mcp (required)"),
+    Setting("upstream_command", _command, "instead of --upstream: run a stdio MCP server as child processes, e.g. "
+            "'npx -y @modelcontextprotocol/server-filesystem /data' or a JSON array of strings (never via a shell)"),
+    Setting("upstream_cwd", _directory, "working directory of the stdio server's processes (default: scopegate's)"),
+    Setting("upstream_env", _env_names, "comma-separated names of scopegate's environment variables the stdio server "
+            "gets besides PATH, HOME, LANG, LC_ALL, LC_CTYPE, TZ and TMPDIR (server-side headers are given to it as "
+            "variables: x-app-token as X_APP_TOKEN)"),
+    Setting("upstream_sessions", _positive_int, "stdio server: most client sessions (one process each) at once "
+            "(default 32)"),
+    Setting("upstream_pool", _positive_int, "stdio server: most processes for requests without a session "
+            "(2026-07-28) (default 4)"),
+    Setting("upstream_idle_seconds", _seconds, "stdio server: a process idle this long is stopped (its session "
+            "ends) (default 600)"),
     Setting("listen", _listen, "host:port to serve on (default 127.0.0.1:8443 with TLS, 127.0.0.1:8000 without)"),
     Setting("public_url", _url, "the canonical URL clients use; its host and origin are allowed by default"),
     Setting("tls_cert", _file, "PEM certificate chain: serve HTTPS only (TLS 1.2 or newer)"),
@@ -287,14 +339,39 @@ SETTINGS = (
             "before it is answered with a fresh requestState (default 20)"),
 )
 
+# The stdio bridge's address until it listens (edge/stdio/bridge.py): its path is the MCP endpoint's path.
+STDIO_UPSTREAM = URL("http://127.0.0.1:0/mcp")
+
+
+def _runnable(argv: tuple[str, ...], cwd: str | None, path: str | None) -> None:
+    """The command's program exists and may be run (found on PATH, or relative to the working directory)."""
+    import shutil
+
+    program = argv[0]
+    if os.sep in program:
+        found = os.path.join(cwd or ".", program)
+        ok = os.path.isfile(found) and os.access(found, os.X_OK)
+    else:
+        ok = shutil.which(program, path=path) is not None
+    if not ok:
+        raise ConfigError(f"SCOPEGATE_UPSTREAM_COMMAND: {program!r} is not a program scopegate can run (not found "
+                          "on PATH, or not executable)")
+
+
 # SCOPEGATE_UPSTREAM_HEADER_<NAME> variables carry server-side header values, one each (`_` stands for `-`).
 UPSTREAM_HEADER_PREFIX = "SCOPEGATE_UPSTREAM_HEADER_"
 
 
 @dataclass(frozen=True)
 class Config:
-    upstream: URL
+    upstream: URL  # with upstream_command: where the stdio bridge listens, known once it does (edge/stdio)
     listen: tuple[str, int] = ("127.0.0.1", 8000)
+    upstream_command: tuple[str, ...] = ()
+    upstream_cwd: str | None = None
+    upstream_env: tuple[str, ...] = ()
+    upstream_sessions: int = 32
+    upstream_pool: int = 4
+    upstream_idle_seconds: float = 600.0
     public_url: URL | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -368,6 +445,18 @@ def load(env: Mapping[str, str], flags: Mapping[str, str | None]) -> Config:
         if raw is not None and raw != "":
             values[s.key] = s.parse(source, raw)
 
+    if "upstream_command" in values:
+        if "upstream" in values:
+            raise ConfigError("SCOPEGATE_UPSTREAM and SCOPEGATE_UPSTREAM_COMMAND: set one of them (an HTTP server's "
+                              "URL, or the command of a stdio server scopegate runs)")
+        _runnable(values["upstream_command"], values.get("upstream_cwd"), env.get("PATH"))
+        if values.get("workers", 1) > 1:
+            raise ConfigError("SCOPEGATE_WORKERS: a stdio server's sessions live in one process's children; run "
+                              "one worker (and one replica per session: sticky sessions)")
+        values["upstream"] = STDIO_UPSTREAM
+    for key in ("upstream_cwd", "upstream_env", "upstream_sessions", "upstream_pool", "upstream_idle_seconds"):
+        if key in values and "upstream_command" not in values:
+            raise ConfigError(f"SCOPEGATE_{key.upper()} is for a stdio server: it needs SCOPEGATE_UPSTREAM_COMMAND")
     if "upstream" not in values:
         raise ConfigError("SCOPEGATE_UPSTREAM (or --upstream): the upstream MCP endpoint URL is required")
     if ("tls_cert" in values) != ("tls_key" in values):

@@ -1,6 +1,7 @@
 """One rendered pod of the chart, run on this machine inside a network namespace of its own (as a pod has one), then
 called as a client in the cluster would call it: by the Service's names. Started by tests/test_chart_pod.py as
-`unshare --net --map-root-user python -m tests.chart_pod SPEC.json`; prints one JSON object with what it saw.
+`unshare --net --map-root-user python -m tests.chart_pod SPEC.json` (with --mount when the spec names `hosts`);
+prints one JSON object with what it saw.
 
 What stands in for what cannot exist here (the spec says which): the images are this checkout (scopegate) and the
 demo ledger (the user's server); mounted ConfigMaps and Secrets are files in a temporary folder; cluster DNS and the
@@ -143,6 +144,12 @@ def main(spec_path: str) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     logs = Path(spec["folder"])
     try:
+        if spec.get("hosts"):  # names the pod's own processes resolve (libc, uvloop too): cluster DNS, as /etc/hosts
+            hosts = logs / "hosts"
+            hosts.write_text("".join(f"{CLUSTER_IP} {name}\n" for name in spec["hosts"]))
+            subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)  # this mount namespace only
+        for other in spec.get("other_services", []):  # in the cluster before the pod
+            start_service(other["port"], other["target"])
         for container in spec["containers"]:  # the sidecar first, then scopegate, as the kubelet starts them
             log = (logs / f"{container['name']}.log").open("wb")
             processes.append(subprocess.Popen(container["argv"], env=container["env"], stdout=log, stderr=log,

@@ -103,7 +103,8 @@ def test_no_secret_value_is_ever_rendered() -> None:
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     for name in ("SCOPEGATE_UPSTREAM_HEADER_X_APP_TOKEN", "SCOPEGATE_REDIS_URL"):
         assert "value" not in env[name] and "secretKeyRef" in env[name]["valueFrom"]
-    (config,) = kinds(docs, "ConfigMap")
+    (config, check) = kinds(docs, "ConfigMap")  # the policy; the same policy for the pre-install check (a hook)
+    assert "helm.sh/hook" in check["metadata"]["annotations"] and check["data"] == config["data"]
     assert list(config["data"]) == ["policy.yaml"] and yaml.safe_load(config["data"]["policy.yaml"])["version"] == 1
     assert kinds(docs, "Secret") == []  # the chart only references Secrets the operator made
 

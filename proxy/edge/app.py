@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import logging
 import os
@@ -20,6 +21,8 @@ from proxy.edge.cors import Cors
 from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
 from proxy.edge.forward import Forwarder
+from proxy.edge.stdio.bridge import KEY_HEADER, Bridge, StdioSettings
+from proxy.edge.stdio.rules import child_env
 from proxy.edge.tls import server_context
 from proxy.edge.upstream_http import Pool
 from proxy.edge.upstream_tools import UpstreamTools
@@ -53,6 +56,7 @@ RELOADER = web.AppKey("policy_reloader", PolicyReloader)
 OPS_PORT = web.AppKey("ops_port", int)
 CREDENTIALS = web.AppKey("credentials", Tree)  # the durable credential state (revocations, grants): the tree
 OAUTH = web.AppKey("oauth", OAuthServer)  # scopegate's own authorization server, when on
+STDIO = web.AppKey("stdio", Bridge)  # the stdio server's children, when SCOPEGATE_UPSTREAM_COMMAND runs one
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -118,6 +122,22 @@ def audit_chain(config: Config) -> Chain:
                  slot=int(os.environ.get(WORKER_MARK) or 0))
 
 
+async def stdio_upstream(config: Config, identity: Identity) -> tuple[Bridge | None, Config, Identity]:
+    """With SCOPEGATE_UPSTREAM_COMMAND: the bridge that runs the stdio server, listening; the config naming it as
+    the upstream, and the identity whose server-side headers carry its key (so clients may not send it, answers are
+    scrubbed of it, and every upstream request, the catalog's and readiness's too, has it). The server's own
+    secrets reach it as environment variables, never over the bridge."""
+    if not config.upstream_command:
+        return None, config, identity
+    bridge = Bridge(StdioSettings(
+        argv=config.upstream_command, cwd=config.upstream_cwd,
+        env=child_env(os.environ, config.upstream_env, identity.secret_headers),
+        sessions=config.upstream_sessions, pool=config.upstream_pool, idle_seconds=config.upstream_idle_seconds))
+    url = await bridge.start()
+    return (bridge, dataclasses.replace(config, upstream=url),
+            dataclasses.replace(identity, secret_headers={**identity.secret_headers, KEY_HEADER: bridge.key}))
+
+
 def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = None) -> web.Application:
     """`pipeline` replaces the one built from `identity` (tests of the pipeline seam use that)."""
     scrub_aiohttp_logs()  # aiohttp's own error logs quote raw request lines: never let them
@@ -129,6 +149,17 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        bridge, upstream_config, upstream_identity = await stdio_upstream(config, identity)
+        if bridge is not None:
+            app[STDIO] = bridge
+        try:
+            async for _ in serving(app, upstream_config, upstream_identity):
+                yield
+        finally:
+            if bridge is not None:
+                await bridge.close()  # after the pools: no child is left running
+
+    async def serving(app: web.Application, config: Config, identity: Identity) -> AsyncIterator[None]:
         metrics = Metrics()
         store = open_store(config.redis_url, metrics.store_errors.inc, memory_keys=config.memory_store_keys,
                            breaker_seconds=config.redis_breaker_seconds,
@@ -318,8 +349,9 @@ def run(config: Config, identity: Identity, worker: bool = False) -> None:
         if worker:  # the supervisor counts it as listening (its first line, never relayed)
             sys.stdout.buffer.write(READY)
             sys.stdout.buffer.flush()
+        upstream = f"the stdio server {config.upstream_command[0]}" if config.upstream_command else config.upstream
         log.info("scopegate listening on %s://%s:%d%s, upstream %s, policy %s", scheme, host, port, path,
-                 config.upstream, identity.policy.name or config.policy)
+                 upstream, identity.policy.name or config.policy)
         if not config.audit_signing_key_file:
             log.warning("audit trail is NOT signed: set SCOPEGATE_AUDIT_SIGNING_KEY_FILE (scopegate audit keygen)")
 

@@ -128,6 +128,9 @@ def upstream_identity(config: Config, policy: Policy, oauth: Settings | None,
         return None
     if config.public_url is None:
         raise ConfigError("the policy's upstream_identity needs SCOPEGATE_PUBLIC_URL: it is the assertions' `iss`")
+    if config.upstream_command:
+        raise ConfigError("the policy's upstream_identity is a header on each request to the upstream; a stdio server "
+                          "(SCOPEGATE_UPSTREAM_COMMAND) reads none: front it with an HTTP server, or drop the section")
     if config.upstream_identity_keys:
         try:
             keys = KeyRing(load_keys(config.upstream_identity_keys))

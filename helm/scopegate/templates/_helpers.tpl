@@ -61,13 +61,19 @@ app.kubernetes.io/name: {{ include "scopegate.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The pods scopegate runs in: its own Deployment's, or (mode attach) the workload's it is patched into. */}}
+{{- define "scopegate.podSelector" -}}
+{{- if eq .Values.mode "attach" -}}{{ toYaml .Values.attach.selector }}
+{{- else -}}{{ include "scopegate.selector" . }}{{- end -}}
+{{- end -}}
+
 {{- define "scopegate.policyConfigMap" -}}
 {{- if .Values.policy.existingConfigMap -}}{{ .Values.policy.existingConfigMap }}
 {{- else -}}{{ include "scopegate.fullname" . }}-policy{{- end -}}
 {{- end -}}
 
 {{- define "scopegate.upstreamUrl" -}}
-{{- if eq .Values.mode "sidecar" -}}http://127.0.0.1:{{ .Values.upstream.port }}{{ .Values.upstream.path }}
+{{- if has .Values.mode (list "sidecar" "attach") -}}http://127.0.0.1:{{ .Values.upstream.port }}{{ .Values.upstream.path }}
 {{- else -}}{{ required "upstream.url is required in standalone mode" .Values.upstream.url }}{{- end -}}
 {{- end -}}
 
