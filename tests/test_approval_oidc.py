@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 
 from proxy.edge.app import OAUTH
-from proxy.guards.approval_record import new_id
+from proxy.identity.approvals import new_id
 from tests.test_approval_record import request
 from tests.test_oauth_oidc import oauth_proxy, oidc_package, sso, through_provider  # noqa: F401
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.durable import SqliteState, open_state
-from proxy.guards.approval_record import (
+from proxy.identity.approvals import (
     Approvals,
     approver_problem,
     binding_problem,

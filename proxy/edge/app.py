@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config, ConfigError
 from proxy.durable import RedisState, StateError, open_state
+from proxy.edge.approval_events import ApprovalEvents
 from proxy.edge.cors import Cors
 from proxy.edge.errors import answer_parser_errors, catch_all, scrub_aiohttp_logs
 from proxy.edge.event_ids import EventIds, load_key
@@ -29,16 +30,15 @@ from proxy.edge.upstream_tools import UpstreamTools
 from proxy.edge.workers import READY, WORKER_MARK
 from proxy.exchange import Exchange, Outcome
 from proxy.guards import pipeline as pipeline_module
-from proxy.guards.approval_record import Approvals
 from proxy.guards.pins import Drift, Report
 from proxy.guards.pipeline import Pipeline, StampFailed
 from proxy.identity import assertion
+from proxy.identity.approvals import Approvals
 from proxy.identity.lifecycle import Tree
 from proxy.identity.loader import Identity
 from proxy.identity.metadata import add_routes
 from proxy.identity.oauth.server import OAuthServer
 from proxy.jsonrpc import Message
-from proxy.ops.approval_events import ApprovalEvents
 from proxy.ops.audit import AuditWriter
 from proxy.ops.health import ops_app, store_check, upstream_check
 from proxy.ops.metrics import Metrics

@@ -26,7 +26,8 @@ import orjson
 
 from proxy.exchange import Answer, Conversation, Exchange, Send, tool_result
 from proxy.guards.approval import INPUT_KEY, new_handle, record_key
-from proxy.guards.approval_record import (
+from proxy.guards.confirmation import PREVIEW_SCHEMA, pending_key, shown_as_json, visible
+from proxy.identity.approvals import (
     BOUND,
     Approvals,
     binding_problem,
@@ -34,7 +35,6 @@ from proxy.guards.approval_record import (
     new_id,
     policy_version,
 )
-from proxy.guards.confirmation import PREVIEW_SCHEMA, pending_key, shown_as_json, visible
 from proxy.jsonrpc import Message
 from proxy.policy.model import Rule
 from proxy.store import StoreUnavailable

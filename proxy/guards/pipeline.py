@@ -31,7 +31,6 @@ from proxy.config import Config
 from proxy.durable import SqliteState
 from proxy.exchange import Answer, Conversation, Exchange
 from proxy.guards import client_caps
-from proxy.guards.approval_record import Approvals
 from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
@@ -46,6 +45,7 @@ from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
 from proxy.guards.session_binding import SessionBinding
 from proxy.guards.tasks import HeldTasks, TaskGuard, TaskIds, UpstreamTasks
 from proxy.guards.workspace import WorkspaceGuard
+from proxy.identity.approvals import Approvals
 from proxy.identity.assertion import DEFAULT_HEADER, Assertions
 from proxy.identity.assertion import Settings as AssertionSettings
 from proxy.identity.authenticate import Authenticate, Challenge, anonymous_principal

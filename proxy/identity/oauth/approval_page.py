@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from proxy.guards.approval_record import Approvals, approver_problem, valid_id
-from proxy.guards.confirmation import shown_as_json
+from proxy.identity.approvals import Approvals, approver_problem, valid_id
 from proxy.identity.oauth.sessions import Session
+from proxy.shown import shown_as_json
 
 if TYPE_CHECKING:
     from proxy.identity.oauth.browser import Pages

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit
 import orjson
 from aiohttp import web
 
-from proxy.guards.approval_record import valid_id
+from proxy.identity.approvals import valid_id
 from proxy.identity.oauth.approval_page import ApprovalPage
 from proxy.identity.oauth.authorization import (
     AuthorizationRequest,

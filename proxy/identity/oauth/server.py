@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.guards.approval_record import Approvals
+from proxy.identity.approvals import Approvals
 from proxy.identity.lifecycle import Tree
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
 from proxy.identity.oauth.cimd import MetadataDocuments
