@@ -72,6 +72,7 @@ class Held:
     shown: dict[str, Any]  # the arguments, redacted
     dry_run: bool
     upstream_preview: Any
+    reason: str = ""  # why it is held, where a condition of the rule said so (`decide.called`)
 
 
 class HumanApproval:
@@ -145,7 +146,8 @@ class HumanApproval:
         return orjson.dumps({"id": held.preview_id, "expires": held.expires, **held.bindings})
 
     def _text(self, held: Held) -> str:
-        return question(held.tool, held.bindings["workspace"], held.shown, held.upstream_preview, held.ttl)
+        text = question(held.tool, held.bindings["workspace"], held.shown, held.upstream_preview, held.ttl)
+        return f"{held.reason}\n{text}" if held.reason else text
 
     # 2026-07-28: input_required, then a retry carrying the answer
 

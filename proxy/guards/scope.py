@@ -6,12 +6,16 @@ naming what was refused and which scopes are missing.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
 from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
+from proxy.identity.assertion import client_of
+from proxy.identity.principal import Principal
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
-from proxy.policy.decide import Decision, Kind, remembered
+from proxy.policy.conditions import principal_facts
+from proxy.policy.decide import Decision, Kind, called, remembered
 from proxy.policy.reload import LivePolicy
 
 FORBIDDEN = -32003
@@ -87,6 +91,11 @@ def targets(method: str, params: Any) -> list[tuple[Kind, str]]:
 
 
 def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
+    if decision.reason:  # a condition of the rule denied this very call: no scope would change that
+        data = {"kind": decision.kind, "name": decision.name, "reason": decision.reason,
+                "requestId": exchange.request_id}
+        return Answer(error(msg_id, FORBIDDEN, f"{decision.kind} {decision.name!r} refused: {decision.reason}", data),
+                      http_status=403, decision="deny", reason=f"condition {decision.condition}")
     if decision.missing:
         text = f"{decision.kind} {decision.name!r} needs scope {' '.join(decision.missing)}"
     else:
@@ -100,6 +109,20 @@ def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
         headers = (("WWW-Authenticate", value),)
     return Answer(error(msg_id, FORBIDDEN, text, data), http_status=403, headers=headers, decision="deny",
                   reason="scope" if decision.missing else "unlisted")
+
+
+def _arguments(params: dict[str, Any]) -> dict[str, Any]:
+    arguments = params.get("arguments")
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def facts_of(principal: Principal | None) -> dict[str, Any] | None:
+    """What a condition may read of the caller (proxy/policy/conditions.py)."""
+    if principal is None:
+        return None
+    return principal_facts(principal.subject, principal.kind, principal.scopes,
+                           principal.bound_workspace or principal.default_workspace, principal.role,
+                           client_of(principal), principal.credential_id)
 
 
 class ScopeGuard:
@@ -135,6 +158,9 @@ class ScopeGuard:
                     return unavailable(msg_id, exchange.request_id)
                 hint = facts.read_only if facts is not None else None
             decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
+            if decision.conditions:  # what the rule asks of this very call: never remembered by name
+                decision = called(decision, _arguments(params) if len(named) == 1 else {},
+                                  facts_of(exchange.principal), time.time())
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it

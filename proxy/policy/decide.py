@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from fnmatch import translate
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from proxy.memo import remember
+from proxy.policy.conditions import Condition, Verdict, compile_condition, judge
 from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
 
 Kind = Literal["tool", "prompt", "resource"]
@@ -53,6 +54,12 @@ class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a f
     confirm: bool
     workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str  # the rule that decided, in words: `tools[3] match "create_*"`, `default: deny`, ...
+    # What the rule still asks of each call (allowed decisions only): `called` evaluates them. Empty: the decision
+    # is the same for every call of this name by these scopes, and may be remembered by them.
+    conditions: tuple[Condition, ...] = ()
+    confirmer: Literal["token", "human"] | None = None  # who confirms, where a rule or a condition says so
+    reason: str = ""  # a condition's reason, for the caller
+    condition: str = ""  # the condition that decided: `tools[3].conditions[0]` (for the audit trail)
 
 
 class Rules:
@@ -67,6 +74,12 @@ class Rules:
             rules = list(enumerate(getattr(policy, section)))
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
             self._globs[kind] = [(i, r, pattern(r.match)) for i, r in rules if _is_glob(r.match)]
+        # Each rule's conditions, compiled once (the model checked they compile): by rule index, per section.
+        self.conditions: dict[Kind, dict[int, tuple[Condition, ...]]] = {
+            kind: {i: tuple(compile_condition(c.when, c.then, c.reason, f"{section}[{i}].conditions[{n}]")
+                            for n, c in enumerate(rule.conditions))
+                   for i, rule in enumerate(getattr(policy, section)) if rule.conditions}
+            for kind, section in _SECTION.items()}
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
@@ -102,7 +115,9 @@ class Rules:
         if found is not None:
             index, rule = found
             because = f'{_SECTION[kind]}[{index}] match "{rule.match}"'
-            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because)
+            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because,
+                             self.conditions[kind].get(index, ()),
+                             rule.confirmer if rule.needs_confirmation else None)
         if len(self._found) < _CACHE_LIMIT:  # names come from clients too: never let them grow this unbounded
             self._found[key] = result
         return result
@@ -114,6 +129,8 @@ class Outcome(NamedTuple):
     confirm: bool
     workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str
+    conditions: tuple[Condition, ...] = ()
+    confirmer: Literal["token", "human"] | None = None
 
 
 def _is_glob(match: str) -> bool:
@@ -125,8 +142,10 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     if kind == "tool" and rules.tool_prefixes and not name.startswith(rules.tool_prefixes):
         return Decision(False, kind, name, (), (), "write", False, "none", "outside SCOPEGATE_TOOL_PREFIX")
     found = rules.outcome(kind, name)
+    conditions: tuple[Condition, ...] = ()
+    confirmer: Literal["token", "human"] | None = None
     if found is not None:
-        required, effect, confirm, workspace, because = found
+        required, effect, confirm, workspace, because, conditions, confirmer = found
     elif policy.default == "annotations":
         # Delegated to the upstream's hint, and only where no rule speaks: a missing hint counts as a write.
         read = kind != "tool" or read_only_hint is True
@@ -137,7 +156,7 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     else:
         return Decision(False, kind, name, (), (), "write", False, "none", "default: deny (no rule names it)")
     if satisfies(held, required, policy.superscope):
-        return Decision(True, kind, name, required, (), effect, confirm, workspace, because)
+        return Decision(True, kind, name, required, (), effect, confirm, workspace, because, conditions, confirmer)
     missing = tuple(s for s in required if s not in held)
     return Decision(False, kind, name, required, missing, effect, confirm, workspace, because)
 
@@ -151,3 +170,27 @@ def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
         return memo[key]
     except KeyError:
         return remember(memo, key, decide(rules, held, kind, name, read_only_hint), _CACHE_LIMIT * 5)
+
+
+def called(decision: Decision, args: dict[str, Any], principal: dict[str, Any] | None, now: float) -> Decision:
+    """An allowed decision with conditions, for this very call: denied, or held for confirmation by whom the
+    strictest condition that holds says, or as it was when none holds. A condition that cannot be evaluated for
+    this call denies it. Pure (given `now`)."""
+    verdict = judge(decision.conditions, args, principal, decision.name, now)
+    if verdict is None:
+        return decision
+    because = f"{decision.because}, {_said(verdict)}"
+    if verdict.then == "deny":
+        return decision._replace(allowed=False, because=because, reason=verdict.reason, conditions=(),
+                                 condition=verdict.condition.where)
+    # Never weaker than the rule: a person's approval stays a person's when a condition asks for a token.
+    confirmer = "human" if verdict.then == "human" or decision.confirmer == "human" else "token"
+    return decision._replace(confirm=True, confirmer=confirmer, because=because, reason=verdict.reason,
+                             conditions=(), condition=verdict.condition.where)
+
+
+def _said(verdict: Verdict) -> str:
+    condition = verdict.condition
+    if verdict.failure is not None:
+        return f"{condition.where} ({condition.source}) could not be evaluated: {verdict.failure}"
+    return f"{condition.where} ({condition.source}) holds: {verdict.then}"

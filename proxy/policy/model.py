@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from proxy.policy import source
+from proxy.policy.conditions import ConditionError, compile_condition
 from proxy.policy.source import Located
 
 WORKSPACE_SEGMENT = "{workspace}"  # in a resource rule's match: one URI segment, and it names the workspace
@@ -102,6 +103,26 @@ class DryRun(Strict):
     value: bool | int | str = True
 
 
+class When(Strict):
+    """A condition on a rule (proxy/policy/conditions.py): when the CEL expression holds for a call, the call is
+    denied, or held for a token confirmation or a person's approval, and the caller is told `reason`."""
+
+    when: str = Field(min_length=1, max_length=2000, description="a CEL expression over `args`, `principal` "
+                      "(subject, kind, scopes, workspace, role, client, credential), `now` (UTC) and `name`")
+    then: Literal["deny", "token", "human"] = Field(description="deny the call, or hold it for a token "
+                                                    "confirmation or a person's approval")
+    reason: str = Field(min_length=1, max_length=300, description="what the caller is told")
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compile_condition(value, "deny", "", "")
+        except ConditionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
@@ -120,6 +141,8 @@ class Rule(Strict):
     # tool acts in no workspace, whatever its schema shows.
     workspace: Literal["none", "inject", "require", "verify"] | None = None
     description: str = ""
+    # Stricter for some calls: the strictest condition that holds decides (deny, human, token); none: the rule.
+    conditions: tuple[When, ...] = Field((), max_length=32)
 
     @field_validator("confirm", mode="before")
     @classmethod
@@ -228,6 +251,23 @@ class Policy(Strict):
 EMPTY = Policy(version=1)
 
 
+def _expression_positions(located: Located, exc: ValidationError) -> dict[source.Loc, tuple[int, int]]:
+    """Where in the file each condition that does not compile goes wrong: the expression's own line and column
+    from the start of its value (a plain or quoted scalar on one line, or a block scalar's lines)."""
+    found: dict[source.Loc, tuple[int, int]] = {}
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if not loc or loc[-1] != "when" or not isinstance(err.get("input"), str):
+            continue
+        try:
+            compile_condition(err["input"], "deny", "", "")
+        except ConditionError as problem:
+            where = located.values.get(loc)
+            if where is not None:
+                found[loc] = where.at(problem.line, problem.column)
+    return found
+
+
 def schema_text() -> str:
     """The JSON Schema of a policy file, as published in policies/policy.schema.json for editors."""
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Policy.model_json_schema(),
@@ -252,7 +292,9 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
     try:
         policy = Policy.model_validate(located.data)
     except ValidationError as exc:
-        raise PolicyError("\n".join(source.report(path, located, source.schema_problems(Policy, exc)))) from None
+        problems = source.schema_problems(Policy, exc)
+        raise PolicyError("\n".join(source.report(path, located, problems, _expression_positions(located, exc))))\
+            from None
     problems: list[source.Problem] = []
     known = set(policy.scopes)
     for role, scopes in policy.roles.items():
@@ -273,6 +315,9 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
                          or rule.fallback != "refuse")
             if section != "tools" and tool_only:
                 problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
+            if section != "tools" and any(c.then != "deny" for c in rule.conditions):
+                problems.append(((*where, "conditions"), "only a tool's condition may ask for confirmation "
+                                 "(token, human); others may only deny"))
             if rule.fallback != "refuse" and rule.confirm != "human":
                 problems.append(((*where, "fallback"), "only a rule with `confirm: human` has a fallback"))
             rest = rule.match.replace(WORKSPACE_SEGMENT, "", 1 if section == "resources" else 0)
