@@ -35,6 +35,7 @@ from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
+from proxy.guards.limits import RateLimits
 from proxy.guards.list_filter import ListFilter
 from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
@@ -251,6 +252,9 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             ApprovalAnswers(store),  # answers to the proxy's own approval questions: never the upstream's business
             scope,  # calls, reads, prompts: the policy's decision, or 403 (step-up)
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
+            # the policy's rate limits: after the decision (a refused call costs nothing) and the workspace (the one
+            # the call acts in); before confirmation (a preview counts, its confirmation completes it)
+            RateLimits(live, store),
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
             ConfirmGuard(live, store, upstream_call,

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from proxy.memo import remember
 from proxy.policy.conditions import Condition, Verdict, compile_condition, judge
-from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
+from proxy.policy.model import WORKSPACE_SEGMENT, Limit, Policy, Rule
 
 Kind = Literal["tool", "prompt", "resource"]
 _SECTION = {"tool": "tools", "prompt": "prompts", "resource": "resources"}
@@ -80,6 +80,10 @@ class Rules:
                             for n, c in enumerate(rule.conditions))
                    for i, rule in enumerate(getattr(policy, section)) if rule.conditions}
             for kind, section in _SECTION.items()}
+        # Rate limits on tool calls: each with its pattern, and per tool name the ones that count it (remembered).
+        self.limits = tuple((limit, pattern(limit.match), limit.period_seconds / limit.rate, limit.burst or limit.rate)
+                            for limit in policy.limits)
+        self._limits_of: dict[str, tuple[tuple[Limit, float, int], ...]] = {}
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
@@ -89,6 +93,16 @@ class Rules:
         found = self._exact[kind].get(name)
         if found is None:
             found = next(((i, r) for i, r, regex in self._globs[kind] if regex.match(name)), None)
+        return found
+
+    def limits_of(self, tool: str) -> tuple[tuple[Limit, float, int], ...]:
+        """The limits that count calls of `tool`: (limit, interval, burst) each."""
+        found = self._limits_of.get(tool)
+        if found is None:
+            found = tuple((limit, interval, burst) for limit, regex, interval, burst in self.limits
+                          if regex.match(tool))
+            if len(self._limits_of) < _CACHE_LIMIT:  # names come from clients: bounded
+                self._limits_of[tool] = found
         return found
 
     def resource_workspace(self, uri: str) -> tuple[bool, str | None]:

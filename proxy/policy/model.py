@@ -158,6 +158,21 @@ class Rule(Strict):
         return "human" if self.confirm == "human" else "token"
 
 
+class Limit(Strict):
+    """A rate limit on tool calls (proxy/ratelimit.py, guards/limits.py): at most `rate` calls per `period_seconds`
+    for each combination of what it is counted `per`, `burst` of them at once. Shared by every replica through
+    Redis; in memory with one. A call past it is refused with 429 and Retry-After."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="how refusals, the audit trail and the "
+                      "metric name it (one word)")
+    match: str = Field("*", min_length=1, description="the tools it counts: an exact name or a glob")
+    per: tuple[Literal["credential", "person", "tool", "workspace"], ...] = Field(
+        (), max_length=4, description="what it is counted per, together; none: one count for every caller")
+    rate: int = Field(ge=1, le=1_000_000)
+    period_seconds: float = Field(gt=0, le=31 * 86400)
+    burst: int | None = Field(None, ge=1, le=1_000_000, description="calls let through at once; default: rate")
+
+
 class Anonymous(Strict):
     """Requests without a credential (off unless the policy has this section): a public read-only server, or a
     conformance run. They act as one principal holding exactly these scopes; a bad token is still 401."""
@@ -234,6 +249,7 @@ class Policy(Strict):
     tools: tuple[Rule, ...] = ()
     prompts: tuple[Rule, ...] = ()
     resources: tuple[Rule, ...] = ()
+    limits: tuple[Limit, ...] = Field((), max_length=32)  # rate limits on tool calls
 
     @model_validator(mode="after")
     def _annotations_need_scopes(self) -> Policy:
@@ -338,6 +354,13 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
                 problems.append((("oauth", "scopes", n), f"scope {scope!r} is not in `scopes`"))
             if any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in policy.oauth_excluded_scopes):
                 problems.append((("oauth", "scopes", n), f"{scope!r} is in `oauth_excluded_scopes`"))
+    named: set[str] = set()
+    for index, limit in enumerate(policy.limits):
+        if limit.name in named:
+            problems.append((("limits", index, "name"), f"{limit.name!r} names an earlier limit already"))
+        named.add(limit.name)
+        if len(set(limit.per)) != len(limit.per):
+            problems.append((("limits", index, "per"), "names something twice"))
     if policy.anonymous is not None:
         problems += [(("anonymous", "scopes", n), f"scope {scope!r} is not in `scopes`")
                      for n, scope in enumerate(policy.anonymous.scopes) if known and scope not in known]
