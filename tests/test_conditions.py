@@ -230,3 +230,57 @@ def test_decision_is_still_a_named_tuple_of_plain_fields() -> None:
     decision = decide(_rules(), HELD, "tool", "plain")
     assert isinstance(decision, Decision) and decision.reason == "" and decision.confirmer is None
     assert decide(_rules(), HELD, "tool", "create_vendor").confirmer == "human"
+
+
+# --- explain and test: which condition or limit decided ----------------------------------------------------------
+
+def test_explain_with_arguments_names_the_condition_and_the_limits() -> None:
+    from tests.test_policies import _cli
+
+    org = str(Path(__file__).resolve().parent.parent / "policies" / "org-ceiling.yaml")
+    base = ("policy", "explain", "--policy", org, "--scopes", "perm:write", "--role", "member",
+            "--tool", "create_journal_entry")
+    listed = _cli(*base)
+    assert listed.returncode == 0 and "tools[3].conditions[0]: when args.lines.exists" in listed.stdout
+    assert "give the call's arguments" in listed.stdout
+    assert "limit:     postings_per_person: 60 calls per 3600 s per person, workspace, 20 at once" in listed.stdout
+    big = _cli(*base, "--args", '{"lines": [{"account": "6000", "debit": 5000}]}')
+    assert big.returncode == 0 and "condition: tools[3].conditions[0] decided: postings above 1,000" in big.stdout
+    assert "confirmation required, by the person at the client" in big.stdout
+    small = _cli(*base, "--args", '{"lines": [{"account": "6000", "debit": 50}]}')
+    assert "condition: none holds for these arguments" in small.stdout and "by token" in small.stdout
+    broken = _cli(*base, "--args", '{"lines": 5}')
+    assert broken.returncode == 1 and "could not be evaluated" in broken.stdout
+    for bad in (("--args", "[1]"), ("--args", "{"), ("--at", "yesterday")):
+        refused = _cli(*base, *bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr and "must be" in refused.stderr
+
+
+def test_policy_test_cases_say_what_decided(tmp_path: Path) -> None:
+    from tests.test_policies import _cli
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nscopes: [w]\ntools:\n  - match: night\n    scopes: [w]\n    workspace: none\n"
+                      "    conditions:\n"
+                      "      - {when: 'now.getHours() < 20', then: deny, reason: after 20:00 only}\n"
+                      "      - {when: 'principal.subject == \"mallory\"', then: deny, reason: not mallory}\n"
+                      "limits:\n  - {name: twice, match: night, per: [person], rate: 2, period_seconds: 60}\n")
+    cases = tmp_path / "c.yaml"
+    cases.write_text(
+        "cases:\n"
+        "  - {name: day, credential: {scopes: [w]}, call: night, at: '2026-12-08T12:00:00Z', expect: deny,"
+        " decided_by: 'tools[0].conditions[0]'}\n"
+        "  - {name: mallory, credential: {scopes: [w], subject: mallory}, call: night, at: '2026-12-08T22:00:00Z',"
+        " expect: deny, decided_by: 'tools[0].conditions[1]'}\n"
+        "  - {name: night, credential: {scopes: [w], subject: bob}, call: night, at: '2026-12-08T22:00:00Z',"
+        " expect: allow}\n"
+        "  - {name: third, credential: {scopes: [w], subject: bob}, call: night, at: '2026-12-08T22:00:00Z',"
+        " repeat: 2, expect: limited, decided_by: twice}\n"
+        "  - {name: wrong, credential: {scopes: [w], subject: eve}, call: night, at: '2026-12-08T22:00:00Z',"
+        " expect: allow, decided_by: twice}\n")
+    done = _cli("policy", "test", str(policy), str(cases))
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:4] == ["ok    day: deny by tools[0].conditions[0]", "ok    mallory: deny by tools[0].conditions[1]",
+                         "ok    night: allow", "ok    third: limited by twice"]
+    assert lines[4].startswith("FAIL  wrong: expected allow by twice, got allow") and lines[5] == "4 of 5 cases pass"

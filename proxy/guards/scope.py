@@ -7,6 +7,7 @@ naming what was refused and which scopes are missing.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
@@ -126,9 +127,10 @@ def facts_of(principal: Principal | None) -> dict[str, Any] | None:
 
 
 class ScopeGuard:
-    def __init__(self, live: LivePolicy, catalog: Catalog) -> None:
+    def __init__(self, live: LivePolicy, catalog: Catalog, clock: Callable[[], float] = time.time) -> None:
         self.live = live
         self.catalog = catalog
+        self.clock = clock  # `now` for conditions (policy test cases set their own)
 
     methods = frozenset(GATED)
 
@@ -160,7 +162,7 @@ class ScopeGuard:
             decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
             if decision.conditions:  # what the rule asks of this very call: never remembered by name
                 decision = called(decision, _arguments(params) if len(named) == 1 else {},
-                                  facts_of(exchange.principal), time.time())
+                                  facts_of(exchange.principal), self.clock())
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
