@@ -79,6 +79,8 @@ class Exchange:
     auth_failure: str | None = None  # authentication: why it refused the request (a small fixed set)
     resource_metadata: str = ""  # authentication: the RFC 9728 URL a later 403's challenge names
     decision: Decision | None = None  # scope guard: the current message's decision, reused by later guards
+    # scope guard, only when the policy masks results: (id type, id) of each tools/call it let through -> the tool
+    called: dict[tuple[str, Any], str] | None = None
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
     # human approval (guards/human.py): the confirmed ids a person approved at the client (None: none did)

@@ -37,6 +37,7 @@ from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
 from proxy.guards.limits import RateLimits
 from proxy.guards.list_filter import ListFilter
+from proxy.guards.need_to_know import NeedToKnow
 from proxy.guards.origin_check import OriginCheck
 from proxy.guards.scope import ScopeGuard
 from proxy.guards.secret_headers import RefuseSecretHeaders, ScrubSecretHeaders
@@ -168,7 +169,9 @@ class Pipeline:
         """The rewritten result's bytes of a response not yet parsed: the rewriter's own `raw` when there is one
         rewriter and it has one (lists: a cache in front of the same filter), else parsed and rewritten here.
         Raises orjson.JSONDecodeError when the result is not JSON."""
-        if len(self.rewriters) == 1 and (raw := getattr(self.rewriters[0], "raw", None)) is not None:
+        raw = getattr(self.rewriters[0], "raw", None) if self.rewriters else None
+        # The first rewriter's own raw path (lists: a cache), when every other one has nothing to do here.
+        if raw is not None and all(r.idle(exchange) for r in self.rewriters[1:]):  # type: ignore[attr-defined]
             return raw(exchange, response, method)
         rewritten = self.rewrite(exchange, response.message(), method)
         return dumps(rewritten["result"])
@@ -272,6 +275,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         ),
         rewriters=(
             lists,  # lists show what the same decision allows, nothing more (made once per caller's scopes)
+            NeedToKnow(live),  # results: fields a rule masks for callers without its scope (idle when none does)
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
         # notifications/tools/list_changed: the catalog is fetched again, the filtered lists are forgotten

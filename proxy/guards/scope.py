@@ -166,6 +166,11 @@ class ScopeGuard:
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
+        # need to know: whose result an answer to this id is (any other id: every mask the caller lacks applies)
+        if rules.masks and method == "tools/call" and type(msg_id) in (str, int):
+            if exchange.called is None:
+                exchange.called = {}
+            exchange.called[(type(msg_id).__name__, msg_id)] = named[0][1]
         return message
 
     async def tool_decision(self, exchange: Exchange, name: str) -> Decision:

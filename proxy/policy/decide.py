@@ -84,6 +84,9 @@ class Rules:
         self.limits = tuple((limit, pattern(limit.match), limit.period_seconds / limit.rate, limit.burst or limit.rate)
                             for limit in policy.limits)
         self._limits_of: dict[str, tuple[tuple[Limit, float, int], ...]] = {}
+        # Need to know: the tool rules that mask fields of results, and per (tool or None, scopes) what is masked.
+        self.masks = tuple((i, rule.mask) for i, rule in enumerate(policy.tools) if rule.mask is not None)
+        self._masked: dict[tuple[str | None, frozenset[str]], dict[str, int]] = {}
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # allowed(...) answers, per scope set: lists repeat the same names for the same callers. Lives as long as
         # this Rules object, which a policy reload replaces, so no answer outlives its policy.
@@ -104,6 +107,26 @@ class Rules:
             if len(self._limits_of) < _CACHE_LIMIT:  # names come from clients: bounded
                 self._limits_of[tool] = found
         return found
+
+    def masked_fields(self, tool: str | None, held: frozenset[str]) -> dict[str, int]:
+        """Field name -> characters kept visible, for a result of `tool` seen by a caller holding `held`; a result
+        whose tool is not known (a resumed stream, a task's result) gets every mask the caller lacks the scope of."""
+        key = (tool, held)
+        found = self._masked.get(key)
+        if found is not None:
+            return found
+        if tool is None:
+            masks = [mask for _, mask in self.masks]
+        else:
+            rule = self.find("tool", tool)
+            masks = [rule[1].mask] if rule is not None and rule[1].mask is not None else []
+        found = {}
+        for mask in masks:
+            if not satisfies(held, (mask.unless,), self.policy.superscope):
+                for name in mask.fields:
+                    # two masks on one name: the one that shows less
+                    found[name] = min(found.get(name, mask.keep_last), mask.keep_last)
+        return remember(self._masked, key, found, _CACHE_LIMIT)
 
     def resource_workspace(self, uri: str) -> tuple[bool, str | None]:
         """(whether the rule for this URI names a workspace segment, the workspace it names there). Pure."""

@@ -123,6 +123,15 @@ class When(Strict):
         return value
 
 
+class Mask(Strict):
+    """Need to know (guards/need_to_know.py): these fields of a tool's `structuredContent`, at any depth, and the
+    same values wherever they appear in its text content, are masked for callers without the `unless` scope."""
+
+    fields: tuple[str, ...] = Field(min_length=1, max_length=64, description="property names, at any depth")
+    unless: Scope = Field(description="callers holding this scope (or the superscope) see the values")
+    keep_last: int = Field(0, ge=0, le=8, description="characters left visible at the end (an IBAN's last 4)")
+
+
 class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
@@ -143,6 +152,7 @@ class Rule(Strict):
     description: str = ""
     # Stricter for some calls: the strictest condition that holds decides (deny, human, token); none: the rule.
     conditions: tuple[When, ...] = Field((), max_length=32)
+    mask: Mask | None = None  # results on a need-to-know basis: fields masked for callers without a scope
 
     @field_validator("confirm", mode="before")
     @classmethod
@@ -328,9 +338,11 @@ def load_located(path: str | Path) -> tuple[Policy, Located]:
                          for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
-                         or rule.fallback != "refuse")
+                         or rule.fallback != "refuse" or rule.mask is not None)
             if section != "tools" and tool_only:
-                problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
+                problems.append((where, "effect, confirm, dry_run, redact, mask and workspace apply to tools only"))
+            if rule.mask is not None and known and rule.mask.unless not in known:
+                problems.append(((*where, "mask", "unless"), f"scope {rule.mask.unless!r} is not in `scopes`"))
             if section != "tools" and any(c.then != "deny" for c in rule.conditions):
                 problems.append(((*where, "conditions"), "only a tool's condition may ask for confirmation "
                                  "(token, human); others may only deny"))
