@@ -63,3 +63,34 @@ async def test_a_person_declining_a_held_call_forwards_nothing(start_proxy: Any,
     async with client(url, "auto", Person("decline", None)) as sdk:
         result = await sdk.call_tool(TOOL, BIG)
     assert result.is_error and posted(recorder) == []
+
+
+async def test_the_audit_trail_and_metrics_name_the_condition_and_the_limit(start_proxy: Any, upstream: Any,
+                                                                            recorder: Recorder,
+                                                                            tmp_path: Path) -> None:
+    import orjson
+
+    from tests.test_audit import flush
+    from tests.test_rate_limits import _metrics
+
+    policy = yaml.safe_load(Path(conditions_policy(tmp_path)).read_text())
+    policy["limits"] = [{"name": "one_read", "match": "list_accounts", "rate": 1, "period_seconds": 60}]
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    trail = tmp_path / "audit.jsonl"
+    url = await start_proxy(upstream.url, policy=str(path), audit_sink=f"file:{trail}")
+    async with client(url, "auto", Person("accept")) as sdk:
+        with pytest.raises(MCPError):
+            await sdk.call_tool(TOOL, OLD)
+        assert not (await sdk.call_tool("list_accounts", {"workspaceId": "acme"})).is_error
+        with pytest.raises(MCPError):
+            await sdk.call_tool("list_accounts", {"workspaceId": "acme"})
+    await flush(start_proxy)
+    records = [r for r in map(orjson.loads, trail.read_text().splitlines()) if "decision" in r]
+    index = next(i for i, rule in enumerate(policy["tools"]) if rule["match"] == TOOL)
+    (denied,) = [r for r in records if r["target"] == TOOL]
+    assert (denied["decision"], denied["reason"]) == ("deny", f"condition tools[{index}].conditions[1]")
+    limited = [r for r in records if r["target"] == "list_accounts" and r["decision"] == "limited"]
+    assert [r["reason"] for r in limited] == ["one_read"]
+    metrics = await _metrics(start_proxy)
+    assert 'scopegate_rate_limited_total{limit="one_read"} 1.0' in metrics
