@@ -284,3 +284,25 @@ def test_policy_test_cases_say_what_decided(tmp_path: Path) -> None:
     assert lines[:4] == ["ok    day: deny by tools[0].conditions[0]", "ok    mallory: deny by tools[0].conditions[1]",
                          "ok    night: allow", "ok    third: limited by twice"]
     assert lines[4].startswith("FAIL  wrong: expected allow by twice, got allow") and lines[5] == "4 of 5 cases pass"
+
+
+def test_a_reused_context_never_carries_one_calls_arguments_into_the_next() -> None:
+    base = remembered(_rules(), HELD, "tool", "post_entry")
+    key = ("pat", "pat-1")
+    assert called(base, {**BASE, "amount": 5000}, PRINCIPAL, NOON, key).confirmer == "human"
+    later = called(base, {"period": "2026-03", "memo": "x"}, PRINCIPAL, NOON, key)  # no amount this time
+    assert not later.allowed and "amount" in later.reason
+    broken = called(base, {**BASE, "amount": object()}, PRINCIPAL, NOON, key)  # CEL cannot hold it
+    assert not broken.allowed and "could not be evaluated" in broken.reason
+    assert called(base, BASE, PRINCIPAL, NOON, key) == base  # and the next call is judged on its own
+
+
+def test_a_reused_context_is_one_callers() -> None:
+    base = remembered(_rules(), HELD, "tool", "admin_reset")
+    admin = {**PRINCIPAL, "scopes": ["ledger:admin"]}
+    assert called(base, {}, admin, NOON, ("admin",)).allowed
+    assert not called(base, {}, PRINCIPAL, NOON, ("plain",)).allowed
+    assert called(base, {}, lambda: admin, NOON, ("admin",)).allowed
+    night = remembered(_rules(), HELD, "tool", "night_batch")
+    assert not called(night, {}, PRINCIPAL, NOON, ("admin",)).allowed
+    assert called(night, {}, PRINCIPAL, NIGHT, ("admin",)).allowed  # `now` moves with each call

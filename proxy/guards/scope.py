@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
@@ -126,6 +127,14 @@ def facts_of(principal: Principal | None) -> dict[str, Any] | None:
                            client_of(principal), principal.credential_id)
 
 
+def facts_key(principal: Principal | None) -> tuple[Any, ...] | None:
+    """Everything `facts_of` reads: the same key, the same facts (so their conversion for CEL may be reused)."""
+    if principal is None:
+        return None
+    return (principal.kind, principal.credential_id, principal.subject, principal.label, principal.scopes,
+            principal.role, principal.bound_workspace, principal.default_workspace)
+
+
 class ScopeGuard:
     def __init__(self, live: LivePolicy, catalog: Catalog, clock: Callable[[], float] = time.time) -> None:
         self.live = live
@@ -161,8 +170,9 @@ class ScopeGuard:
                 hint = facts.read_only if facts is not None else None
             decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
             if decision.conditions:  # what the rule asks of this very call: never remembered by name
+                principal = exchange.principal
                 decision = called(decision, _arguments(params) if len(named) == 1 else {},
-                                  facts_of(exchange.principal), self.clock())
+                                  partial(facts_of, principal), self.clock(), facts_key(principal))
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it

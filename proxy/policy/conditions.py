@@ -20,7 +20,7 @@ expression reads is converted (the members of `args` it names, `principal` and `
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple
@@ -47,6 +47,10 @@ _BOUND = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_
 _POSITION = re.compile(r"<input>:(\d+):(\d+): ([^\n]*)")
 
 
+Facts = Mapping[str, Any] | Callable[[], Mapping[str, Any] | None] | None
+_CONTEXTS = 4096  # callers' contexts kept per rule; started over past it
+
+
 class ConditionError(Exception):
     """An expression that cannot be a condition: where in it (1-based line and column) and why."""
 
@@ -64,6 +68,7 @@ class Condition:
     program: Any  # cel.Program
     uses: frozenset[str]  # which of VARIABLES it reads
     arg_names: tuple[str, ...] | None  # the members of `args` it reads; None: it reads `args` whole
+    principal_names: tuple[str, ...] | None  # the same of `principal`
 
 
 class Verdict(NamedTuple):  # made only when a condition decides
@@ -112,7 +117,8 @@ def compile_condition(source: str, then: Then, reason: str, where: str) -> Condi
             raise ConditionError(*_line_column(source, found.start(1)), f"principal has no field "
                                  f"{found.group(1)!r} (it has {', '.join(PRINCIPAL_FIELDS)})")
     uses = frozenset(v for v in program.variables() if v in VARIABLES)
-    return Condition(where, source, then, reason, program, uses, _arg_names(plain))
+    return Condition(where, source, then, reason, program, uses, _members(plain, "args"),
+                     _members(plain, "principal"))
 
 
 def _first(plain: str, name: str) -> tuple[int, int]:
@@ -120,11 +126,11 @@ def _first(plain: str, name: str) -> tuple[int, int]:
     return _line_column(plain, found.start()) if found else (1, 1)
 
 
-def _arg_names(plain: str) -> tuple[str, ...] | None:
-    """The members of `args` an expression reads, when it reads it only as `args.member`; None when it reads it
-    any other way (`args[k]`, `"k" in args`, `size(args)`): then the whole of it is converted."""
+def _members(plain: str, variable: str) -> tuple[str, ...] | None:
+    """The members of `variable` an expression reads, when it reads it only as `variable.member`; None when it
+    reads it any other way (`args[k]`, `"k" in args`, `size(args)`): then the whole of it is converted."""
     names: list[str] = []
-    for found in re.finditer(r"(?<![\w.])args\b", plain):
+    for found in re.finditer(rf"(?<![\w.]){variable}\b", plain):
         member = re.match(r"\s*\.\s*([A-Za-z_]\w*)", plain[found.end():])
         if member is None:
             return None
@@ -133,47 +139,82 @@ def _arg_names(plain: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def variables(conditions: tuple[Condition, ...], args: Mapping[str, Any], principal: Mapping[str, Any] | None,
-              name: str, now: float) -> dict[str, Any]:
-    """What these conditions read, and only that."""
-    uses: set[str] = set()
-    names: set[str] | None = set()
-    for condition in conditions:
-        uses |= condition.uses
-        if names is not None and "args" in condition.uses:
-            names = None if condition.arg_names is None else names | set(condition.arg_names)
-    out: dict[str, Any] = {}
-    if "args" in uses:
-        out["args"] = dict(args) if names is None else {k: args[k] for k in names if k in args}
-    if "principal" in uses:
-        out["principal"] = dict(principal or {})
-    if "now" in uses:
-        out["now"] = datetime.fromtimestamp(now, UTC)
-    if "name" in uses:
-        out["name"] = name
-    return out
+class RuleConditions:
+    """One rule's compiled conditions, with what they read together, and the CEL contexts it reuses: converting a
+    caller's facts into CEL costs more than evaluating five expressions, so a context holding one caller's
+    `principal` is kept (bounded) and each call puts only its own `args`, `now` (to the second) and `name` in it.
+    Evaluation is synchronous: no other call can use the context between setting a call's values and reading them."""
 
+    __slots__ = ("_contexts", "arg_names", "conditions", "principal_names", "uses")
 
-def judge(conditions: tuple[Condition, ...], args: Mapping[str, Any], principal: Mapping[str, Any] | None,
-          name: str, now: float) -> Verdict | None:
-    """The strictest condition that holds for this call (None: none does); one that cannot be evaluated denies."""
-    try:
-        context = cel.Context(variables(conditions, args, principal, name, now))
-    except Exception as exc:  # a value CEL cannot hold (a float NaN key, a huge int in a list, ...)
-        return Verdict(conditions[0], "deny", _why(exc))
-    strongest: Verdict | None = None
-    for condition in conditions:
+    def __init__(self, conditions: tuple[Condition, ...]) -> None:
+        self.conditions = conditions
+        self.uses = frozenset().union(*(c.uses for c in conditions))
+        self.arg_names = _union([c.arg_names for c in conditions if "args" in c.uses])
+        self.principal_names = _union([c.principal_names for c in conditions if "principal" in c.uses])
+        self._contexts: dict[Any, list[Any]] = {}  # principal key -> [context, the second its `now` is]
+
+    def __len__(self) -> int:
+        return len(self.conditions)
+
+    def __iter__(self) -> Iterator[Condition]:
+        return iter(self.conditions)
+
+    def _context(self, args: Mapping[str, Any], principal: Facts, key: Hashable | None, name: str,
+                 now: float) -> Any:
+        entry = self._contexts.get(key) if key is not None else None
+        if entry is None:
+            entry = [cel.Context(), None]
+            if "principal" in self.uses:
+                facts = (principal() if callable(principal) else principal) or {}
+                names = self.principal_names
+                entry[0].add_variable("principal", dict(facts) if names is None else
+                                      {k: facts[k] for k in names if k in facts})
+            if key is not None:
+                if len(self._contexts) >= _CONTEXTS:
+                    self._contexts.clear()
+                self._contexts[key] = entry
+        context = entry[0]
+        if "args" in self.uses:
+            names = self.arg_names
+            context.add_variable("args", dict(args) if names is None else {k: args[k] for k in names if k in args})
+        if "now" in self.uses and entry[1] != int(now):
+            context.add_variable("now", datetime.fromtimestamp(int(now), UTC))
+            entry[1] = int(now)
+        if "name" in self.uses:
+            context.add_variable("name", name)
+        return context
+
+    def judge(self, args: Mapping[str, Any], principal: Facts, name: str, now: float,
+              key: Hashable | None = None) -> Verdict | None:
+        """The strictest condition that holds for this call (None: none does); one that cannot be evaluated denies.
+        `principal`: the caller's facts, or a function making them (called only when a condition reads them and
+        no context is kept for `key`, which must stand for exactly these facts)."""
+        conditions = self.conditions
         try:
-            holds = condition.program.execute(context)
-        except Exception as exc:
-            return Verdict(condition, "deny", _why(exc))
-        if holds is not True and holds is not False:
-            return Verdict(condition, "deny", f"it gave {type(holds).__name__}, not a bool")
-        if holds and (strongest is None or STRENGTH[condition.then] > STRENGTH[strongest.then]):
-            strongest = Verdict(condition, condition.then, None)
-            if condition.then == "deny":
-                break
-    return strongest
+            context = self._context(args, principal, key, name, now)
+        except Exception as exc:  # a value CEL cannot hold (a huge int in a list, ...): nothing is kept half-set
+            self._contexts.pop(key, None)
+            return Verdict(conditions[0], "deny", _why(exc))
+        strongest: Verdict | None = None
+        for condition in conditions:
+            try:
+                holds = condition.program.execute(context)
+            except Exception as exc:
+                return Verdict(condition, "deny", _why(exc))
+            if holds is not True and holds is not False:
+                return Verdict(condition, "deny", f"it gave {type(holds).__name__}, not a bool")
+            if holds and (strongest is None or STRENGTH[condition.then] > STRENGTH[strongest.then]):
+                strongest = Verdict(condition, condition.then, None)
+                if condition.then == "deny":
+                    break
+        return strongest
+
+
+def _union(parts: list[tuple[str, ...] | None]) -> tuple[str, ...] | None:
+    if any(part is None for part in parts):
+        return None
+    return tuple(dict.fromkeys(name for part in parts for name in part or ()))
 
 
 def _why(exc: Exception) -> str:

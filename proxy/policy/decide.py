@@ -7,13 +7,13 @@ Pure over plain data. The same function filters `tools/list`, `prompts/list`, `r
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from fnmatch import translate
 from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from proxy.memo import remember
-from proxy.policy.conditions import Condition, Verdict, compile_condition, judge
+from proxy.policy.conditions import Facts, RuleConditions, Verdict, compile_condition
 from proxy.policy.model import WORKSPACE_SEGMENT, Limit, Policy, Rule
 
 Kind = Literal["tool", "prompt", "resource"]
@@ -56,7 +56,7 @@ class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a f
     because: str  # the rule that decided, in words: `tools[3] match "create_*"`, `default: deny`, ...
     # What the rule still asks of each call (allowed decisions only): `called` evaluates them. Empty: the decision
     # is the same for every call of this name by these scopes, and may be remembered by them.
-    conditions: tuple[Condition, ...] = ()
+    conditions: RuleConditions | tuple[()] = ()
     confirmer: Literal["token", "human"] | None = None  # who confirms, where a rule or a condition says so
     reason: str = ""  # a condition's reason, for the caller
     condition: str = ""  # the condition that decided: `tools[3].conditions[0]` (for the audit trail)
@@ -75,9 +75,10 @@ class Rules:
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
             self._globs[kind] = [(i, r, pattern(r.match)) for i, r in rules if _is_glob(r.match)]
         # Each rule's conditions, compiled once (the model checked they compile): by rule index, per section.
-        self.conditions: dict[Kind, dict[int, tuple[Condition, ...]]] = {
-            kind: {i: tuple(compile_condition(c.when, c.then, c.reason, f"{section}[{i}].conditions[{n}]")
-                            for n, c in enumerate(rule.conditions))
+        self.conditions: dict[Kind, dict[int, RuleConditions]] = {
+            kind: {i: RuleConditions(tuple(compile_condition(c.when, c.then, c.reason,
+                                                             f"{section}[{i}].conditions[{n}]")
+                                           for n, c in enumerate(rule.conditions)))
                    for i, rule in enumerate(getattr(policy, section)) if rule.conditions}
             for kind, section in _SECTION.items()}
         # Rate limits on tool calls: each with its pattern, and per tool name the ones that count it (remembered).
@@ -166,7 +167,7 @@ class Outcome(NamedTuple):
     confirm: bool
     workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str
-    conditions: tuple[Condition, ...] = ()
+    conditions: RuleConditions | tuple[()] = ()
     confirmer: Literal["token", "human"] | None = None
 
 
@@ -179,7 +180,7 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     if kind == "tool" and rules.tool_prefixes and not name.startswith(rules.tool_prefixes):
         return Decision(False, kind, name, (), (), "write", False, "none", "outside SCOPEGATE_TOOL_PREFIX")
     found = rules.outcome(kind, name)
-    conditions: tuple[Condition, ...] = ()
+    conditions: RuleConditions | tuple[()] = ()
     confirmer: Literal["token", "human"] | None = None
     if found is not None:
         required, effect, confirm, workspace, because, conditions, confirmer = found
@@ -209,11 +210,13 @@ def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
         return remember(memo, key, decide(rules, held, kind, name, read_only_hint), _CACHE_LIMIT * 5)
 
 
-def called(decision: Decision, args: dict[str, Any], principal: dict[str, Any] | None, now: float) -> Decision:
+def called(decision: Decision, args: dict[str, Any], principal: Facts, now: float,
+           key: Hashable | None = None) -> Decision:
     """An allowed decision with conditions, for this very call: denied, or held for confirmation by whom the
     strictest condition that holds says, or as it was when none holds. A condition that cannot be evaluated for
-    this call denies it. Pure (given `now`)."""
-    verdict = judge(decision.conditions, args, principal, decision.name, now)
+    this call denies it. Pure (given `now`; `key` names the caller's facts, so their conversion is reused)."""
+    assert isinstance(decision.conditions, RuleConditions)
+    verdict = decision.conditions.judge(args, principal, decision.name, now, key)
     if verdict is None:
         return decision
     because = f"{decision.because}, {_said(verdict)}"
