@@ -221,3 +221,31 @@ def test_the_oauth_limit_is_on_by_default() -> None:
     from proxy.config import Config
 
     assert Config(upstream=URL("http://127.0.0.1:1/mcp")).oauth_rate_limit == (60, 60.0)
+
+
+async def test_a_store_that_cannot_answer_refuses_the_call(tmp_path: Path) -> None:
+    """Redis gone: the limit is not waived; the call is refused (503), nothing forwarded."""
+    from multidict import CIMultiDict
+
+    from proxy.exchange import Answer, Exchange
+    from proxy.guards.limits import RateLimits
+    from proxy.identity.principal import Principal
+    from proxy.policy.decide import Rules
+    from proxy.policy.model import load_policy
+    from proxy.policy.reload import LivePolicy
+
+    policy = load_policy(limits_policy(tmp_path, PER_PERSON))
+    store = RedisStore(f"unix://{tmp_path / 'no-redis.sock'}")
+    try:
+        guard = RateLimits(LivePolicy(policy, Rules(policy)), store)
+        exchange = Exchange("r", None, "2025-11-25", CIMultiDict(),
+                            principal=Principal("alice", "pat-1", "alice", "pat", frozenset({"mcp:read"})))
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                   "params": {"name": "list_accounts", "arguments": {}}}
+        answer = await guard(exchange, message)
+        assert isinstance(answer, Answer) and answer.http_status == 503
+        assert "rate limit store unavailable" in answer.response["error"]["message"]
+        unlimited = {**message, "params": {"name": "get_period_status", "arguments": {}}}
+        assert await guard(exchange, unlimited) is unlimited  # a tool no limit counts never asks the store
+    finally:
+        await store.close()
