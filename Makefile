@@ -36,7 +36,8 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed
-	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(IDENTITY),--identity)
+	$(PY) bench/run.py $(if $(WORKERS),--workers $(WORKERS)) $(if $(IDENTITY),--identity) \
+		$(if $(POLICY_FEATURES),--policy-features) $(if $(BENCH_REDIS_URL),--redis-url $(BENCH_REDIS_URL))
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check proxy tests bench

@@ -71,6 +71,32 @@ def identity_args(port: int, reuse: int) -> list[str]:
             f"http://127.0.0.1:{port}/mcp"]
 
 
+# Five conditions on the called tool, each false for the bench's call (so it is forwarded, as without them), reading
+# its arguments, the principal and the time: what `--policy-features` compares against the same policy without.
+FIVE_CONDITIONS = """      - {when: 'has(args.amount) && args.amount > 1000', then: human, reason: big}
+      - {when: 'args.period < "2020-01"', then: deny, reason: closed}
+      - {when: 'args.workspaceId == "frozen"', then: deny, reason: frozen}
+      - {when: 'principal.kind == "oauth" && principal.client == "unknown"', then: deny, reason: client}
+      - {when: 'now < timestamp("2020-01-01T00:00:00Z")', then: deny, reason: past}
+"""
+
+
+def feature_args(feature: str, redis_url: str | None = None) -> list[str]:
+    """`scopegate serve` flags for the bench policy with five conditions on the called tool (`cond`), or a rate limit
+    on it that the bench never reaches (`limit`: in memory, or in Redis with `redis_url`)."""
+    text = BENCH_POLICY.read_text()
+    if feature == "cond":
+        rule = "  - {match: get_period_status, scopes: [mcp:read], workspace: none}\n"
+        text = text.replace(rule, "  - match: get_period_status\n    scopes: [mcp:read]\n    workspace: none\n"
+                            "    conditions:\n" + FIVE_CONDITIONS)
+    else:
+        text += ("limits:\n  - {name: bench, match: get_period_status, per: [credential, tool, workspace], "
+                 "rate: 1000000, period_seconds: 1}\n")
+    policy = BENCH_FOLDER / f"policy-{feature}.yaml"
+    policy.write_text(text)
+    return ["--policy", str(policy), *(["--redis-url", redis_url] if redis_url else [])]
+
+
 def headers(method: str, name: str | None = None) -> dict[str, str]:
     # Every target gets the same token; only scopegate checks it (a PAT: hash, registry, revocation lookup).
     out = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
@@ -286,9 +312,12 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:5.2f}x" if base else "  -  "
 
 
-async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str], identity: bool = False) -> None:
+async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str], identity: bool = False,
+              features: bool = False, redis_url: str | None = None) -> None:
     """`identity`: two more scopegate targets with the policy's `upstream_identity:` on, a read's assertion reused
-    (the default) and signed for every request (`reuse_seconds: 0`), measured in the same rounds as the one off."""
+    (the default) and signed for every request (`reuse_seconds: 0`), measured in the same rounds as the one off.
+    `features`: targets with five conditions on the called tool, and with a rate limit on it (in memory; and in
+    Redis at `redis_url`, given one)."""
     py = sys.executable
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
     env.update(item.split("=", 1) for item in extra_env)  # e.g. the audit signing key, OTEL_* for tracing
@@ -305,12 +334,19 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
     ]
     ports = [up_port, floor_port, gate_port]
     assertions = {"sg+id": 30, "sg+id/call": 0} if identity else {}
-    for reuse in assertions.values():
+    variants: dict[str, Callable[[int], list[str]]] = {
+        name: (lambda port, reuse=reuse: identity_args(port, reuse)) for name, reuse in assertions.items()}
+    if features:
+        variants["sg+5cond"] = lambda port: feature_args("cond")
+        variants["sg+limit"] = lambda port: feature_args("limit")
+        if redis_url:
+            variants["sg+limit/r"] = lambda port: feature_args("limit", redis_url)
+    for make_args in variants.values():
         ports.append(free_port())
         processes.append(subprocess.Popen(
             [py, "-m", "proxy", "serve", "--upstream", upstream_url, "--listen", f"127.0.0.1:{ports[-1]}",
              "--log-level", "warning", "--pat-file", str(BENCH_FOLDER / "pats.yaml"), "--metrics-listen",
-             "127.0.0.1:0", *identity_args(ports[-1], reuse)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
+             "127.0.0.1:0", *make_args(ports[-1])], env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
     try:
         for port, process in zip(ports, processes, strict=True):
             wait_for_port(port, process, f"bench: {' '.join(map(str, process.args))}")
@@ -320,7 +356,7 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
             "floor": (f"http://127.0.0.1:{floor_port}/mcp", processes[1].pid),
             "scopegate": (f"http://127.0.0.1:{gate_port}/mcp", processes[2].pid),
         }
-        for (name, _), port, process in zip(assertions.items(), ports[3:], processes[3:], strict=True):
+        for name, port, process in zip(variants, ports[3:], processes[3:], strict=True):
             targets[name] = (f"http://127.0.0.1:{port}/mcp", process.pid)
         print(f"bench: {os.cpu_count()} cores; throughput: per target {rounds} interleaved rounds of {seconds:g} s "
               f"at concurrency {concurrency} (median);")
@@ -350,12 +386,20 @@ async def run(seconds: float, concurrency: int, rounds: int, extra_env: list[str
                 print(f"{'':<26}identity on / off: CPU {ratio(results['sg+id'].cpu_us, off.cpu_us)} (a read's "
                       f"assertion reused), {ratio(results['sg+id/call'].cpu_us, off.cpu_us)} (signed per request); "
                       f"req/s {ratio(results['sg+id'].rps, off.rps)}, {ratio(results['sg+id/call'].rps, off.rps)}")
+            if features and title.startswith("tools/call"):
+                off = results["scopegate"]
+                for name, what in (("sg+5cond", "five conditions"), ("sg+limit", "a limit (memory)"),
+                                   ("sg+limit/r", "a limit (Redis)")):
+                    if name in results:
+                        print(f"{'':<26}{what} / none: CPU {ratio(results[name].cpu_us, off.cpu_us)}, "
+                              f"req/s {ratio(results[name].rps, off.rps)}, "
+                              f"+p50 {results[name].p50_ms - off.p50_ms:+.3f} ms")
             print()
         print(f"{'SSE event delay':<26}{'target':<11}{'p50 ms':>9}{'p99 ms':>9}{'first ev ms':>13}"
               f"{'+p50 vs direct':>16}")
         base = None
         for name, (url, _) in targets.items():
-            if name in assertions:
+            if name in variants:
                 continue
             p50, p99, first = await sse_delays(url, streams=10, events=40)
             base = p50 if base is None else base
@@ -450,6 +494,11 @@ def main() -> None:
     parser.add_argument("--identity", action="store_true",
                         help="also: scopegate with the policy's upstream_identity on (a read's assertion reused, and "
                              "signed per request), in the same rounds")
+    parser.add_argument("--policy-features", action="store_true",
+                        help="also: scopegate with five conditions on the called tool, and with a rate limit on it "
+                             "(in memory; in Redis too with --redis-url), in the same rounds")
+    parser.add_argument("--redis-url", help="with --policy-features: a Redis for the limit's Redis target "
+                        "(e.g. unix:///tmp/redis.sock, a Redis of your own that may be written to)")
     parser.add_argument("--workers", type=int, default=0,
                         help="instead: compare scopegate with 1 and with this many workers (SCOPEGATE_WORKERS)")
     args = parser.parse_args()
@@ -462,7 +511,8 @@ def main() -> None:
     if args.workers > 1:
         runner(workers_run(args.workers, args.seconds, args.concurrency, args.rounds))
     else:
-        runner(run(args.seconds, args.concurrency, args.rounds, args.env, args.identity))
+        runner(run(args.seconds, args.concurrency, args.rounds, args.env, args.identity, args.policy_features,
+                   args.redis_url))
 
 
 if __name__ == "__main__":

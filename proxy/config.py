@@ -16,6 +16,7 @@ from typing import Any
 from yarl import URL
 
 from proxy.origin import OriginPolicy, default_policy, origin_pattern_problem
+from proxy.ratelimit import parse_rate
 
 
 class ConfigError(Exception):
@@ -84,6 +85,14 @@ def _positive_int(name: str, value: str) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(f"{name}: expected a positive whole number, got {value!r}")
     return int(value)
+
+
+def _rate(name: str, value: str) -> tuple[int, float] | None:
+    try:
+        return parse_rate(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected N/S (N requests per S seconds, e.g. 30/60) or 0 for off, got "
+                          f"{value!r}") from None
 
 
 def cgroup_cpus(cpu_max: str | None, affinity: int) -> int:
@@ -301,6 +310,8 @@ SETTINGS = (
     Setting("jwks_url", _url, "JWKS URL of that issuer"),
     Setting("jwt_public_key_file", _file, "PEM public key of that issuer (instead of a JWKS URL)"),
     Setting("jwt_dev_hs256_secret", _text, "DEVELOPMENT ONLY: accept HS256 tokens of that issuer signed with this"),
+    Setting("oauth_rate_limit", _rate, "requests per client address to the OAuth endpoints anyone can reach "
+            "(register, authorize, token), as N/S: N per S seconds, N at once; 0: off (default 60/60)"),
     Setting("oauth_signing_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) of the built-in "
             "OAuth server: the first signs, all are published (rotation)"),
     Setting("upstream_identity_keys", _files, "comma-separated PEM private keys (ES256 or Ed25519) that sign the "
@@ -401,6 +412,7 @@ class Config:
     jwks_url: URL | None = None
     jwt_public_key_file: str | None = None
     jwt_dev_hs256_secret: str | None = field(default=None, repr=False)
+    oauth_rate_limit: tuple[int, float] | None = (60, 60.0)
     oauth_signing_keys: tuple[str, ...] = ()
     upstream_identity_keys: tuple[str, ...] = ()
     token_exchange_client_secret_file: str | None = field(default=None, repr=False)

@@ -86,6 +86,8 @@ class Exchange:
     held_confirm: str = "human"
     # provenance guard: repr(message id) of a call of an untrusted tool -> (tool, source: openWorldHint | rule)
     untrusted: dict[str, tuple[str, str]] | None = None
+    # scope guard, only when the policy masks results: (id type, id) of each tools/call it let through -> the tool
+    called: dict[tuple[str, Any], str] | None = None
     workspaces: list[WorkspaceFact] = field(default_factory=list)  # workspace guard
     confirmed: dict[str, str] = field(default_factory=dict)  # confirm guard: str(message id) -> preview id applied
     # human approval (guards/human.py): the confirmed ids a person approved at the client (None: none did)

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from proxy.ratelimit import Check, gcra
+
 BUDGET_SECONDS = 0.5
 
 
@@ -42,6 +44,9 @@ class Store(Protocol):
     # unexpired members are there already; False then. Atomic.
     async def reserve(self, key: str, member: str, limit: int, ttl: int) -> bool: ...
     async def release(self, key: str, member: str) -> None: ...
+    # Rate limits (proxy/ratelimit.py): every check's GCRA judged together; all charged when all let the request
+    # through, none otherwise. (index of the first that refused, or -1; seconds to wait). Atomic.
+    async def rate(self, checks: tuple[Check, ...]) -> tuple[int, float]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -68,6 +73,8 @@ class MemoryStore:
         self._groups: dict[str, OrderedDict[str, None]] = {}
         self._group_of: dict[str, str] = {}  # member key -> its group, so a key leaving its space leaves its group
         self._quotas: dict[str, dict[str, float]] = {}
+        self._rates: dict[str, float] = {}  # rate limit key -> its TAT (monotonic seconds)
+        self._rates_swept = float("-inf")
         self._swept: dict[int, float] = {}
         self._limit = limit
         self._lists: dict[str, tuple[list[str], float]] = {}  # key -> (values, expiry), as RPUSH + EXPIRE keep them
@@ -242,6 +249,32 @@ class MemoryStore:
         quota[member] = now + ttl
         return True
 
+    async def rate(self, checks: tuple[Check, ...]) -> tuple[int, float]:
+        now = time.monotonic()
+        moved: list[tuple[str, float]] = []
+        for index, (key, interval, burst) in enumerate(checks):
+            new_tat, wait = gcra(self._rates.get(key), now, interval, burst)
+            if new_tat is None:
+                return index, wait
+            moved.append((key, new_tat))
+        for key, new_tat in moved:
+            if key not in self._rates and len(self._rates) >= self._limit:
+                self._sweep_rates(now)
+            self._rates[key] = new_tat
+        return -1, 0.0
+
+    def _sweep_rates(self, now: float) -> None:
+        """A TAT in the past counts as none: dropping it changes nothing. Past the bound with every TAT still
+        ahead, refuse (fail closed) rather than forget someone's count."""
+        if now - self._rates_swept >= 1.0:
+            self._rates_swept = now
+            for key in [k for k, tat in self._rates.items() if tat <= now]:
+                del self._rates[key]
+        if len(self._rates) >= self._limit:
+            if self.on_full is not None:
+                self.on_full()
+            raise StoreUnavailable("memory store full")
+
     async def release(self, key: str, member: str) -> None:
         quota = self._quotas.get(key)
         if quota is not None:
@@ -315,6 +348,30 @@ return evicted
 """
 
 
+# KEYS the limits' keys; ARGV each one's interval (ms) and burst, in turn. Redis' own clock, so every replica counts
+# on the same time. All let through: every TAT moves on (each key lives until its TAT); else nothing is written and
+# the first refusing check's index (1-based) and the wait (ms, a string: Lua numbers become integers) come back.
+_RATE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local moved = {}
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if now < allow_at then return {i, tostring(allow_at - now)} end
+  moved[i] = new_tat
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, tostring(moved[i]), 'PX', math.max(1, math.ceil(moved[i] - now)))
+end
+return {0, '0'}
+"""
+
+
 class RedisStore:
     """redis.asyncio with sub-second timeouts, one retry, and an overall budget per operation (library-notes.md).
 
@@ -355,6 +412,7 @@ class RedisStore:
         self._reserve = self._redis.register_script(_RESERVE)
         self._take_marking = self._redis.register_script(_TAKE_MARKING)
         self._set_capped = self._redis.register_script(_SET_CAPPED)
+        self._rate = self._redis.register_script(_RATE)
         self.on_error = on_error
         self.on_short_circuit = on_short_circuit
         self.breaker_seconds = breaker_seconds
@@ -442,6 +500,12 @@ class RedisStore:
 
     async def release(self, key: str, member: str) -> None:
         await self._run(self._redis.zrem(key, member))
+
+    async def rate(self, checks: tuple[Check, ...]) -> tuple[int, float]:
+        # Keys are named here, not declared per limit kind: like set_capped, one Redis (or a primary), no Cluster.
+        argv = [value for check in checks for value in (check.interval * 1000, check.burst)]
+        refused, wait = await self._run(self._rate(keys=[check.key for check in checks], args=argv))
+        return int(refused) - 1, float(wait) / 1000
 
     async def ping(self) -> None:
         # /readyz asks for the truth, not the breaker's memory; an answer closes the circuit early.

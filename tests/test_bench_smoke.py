@@ -46,3 +46,27 @@ def test_the_bench_measures_identity_assertions_with_todays_code() -> None:
     assert asserted is not None and asserted.reuse == 0
     assert set(figures) == {"ES256", "EdDSA"}
     assert all(f["naive"] > 0 and f["own"] > 0 for f in figures.values())
+
+
+def test_the_bench_measures_conditions_and_limits_with_todays_code() -> None:
+    """`make bench POLICY_FEATURES=1`'s policies load (five conditions on the called tool, a limit on it) and
+    bench/conditions.py's in-process figures come from today's guards."""
+    import asyncio
+
+    from proxy.policy.decide import Rules
+    from proxy.policy.model import load_policy
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import conditions  # bench/conditions.py
+        import run
+
+        five = run.feature_args("cond")[1]
+        limited = run.feature_args("limit", "unix:///nowhere")
+        figures = asyncio.run(conditions.measure(number=20, repeat=1))
+    finally:
+        sys.path.remove(str(BENCH))
+    rules = Rules(load_policy(five))
+    assert len(rules.outcome("tool", "get_period_status").conditions) == 5
+    assert limited[2:] == ["--redis-url", "unix:///nowhere"] and load_policy(limited[1]).limits[0].name == "bench"
+    assert set(figures) == {"scope guard, no condition", "scope guard, five conditions", "rate limits, memory"}

@@ -260,7 +260,10 @@ async def test_every_write_of_every_example_policy_is_held(policy_name: str, sta
     for rule in writes:
         names = [rule.match] if "*" not in rule.match else ["create_vendor", "create_journal_entry"]
         for name in names:
-            preview = await call(url, {"workspaceId": "acme"}, token, tool=name)
+            arguments: dict[str, Any] = {"workspaceId": "acme"}
+            if rule.conditions:  # what its conditions read (without it they refuse the call: fail closed)
+                arguments["lines"] = [{"account": "6000", "debit": 10}, {"account": "1000", "credit": 10}]
+            preview = await call(url, arguments, token, tool=name)
             if rule.confirm == "human" and rule.fallback == "refuse":
                 # Held for a person, whom this client cannot ask: refused, and nothing at all reaches the upstream.
                 assert preview["isError"] is True and "needs a person's approval" in preview["content"][0]["text"]

@@ -74,14 +74,14 @@ def names(guards: tuple[Any, ...]) -> list[str]:
 def test_the_plans_of_the_real_pipeline(tmp_path: Path, pat_file: str) -> None:
     pipeline = real_pipeline(tmp_path, pat_file)
     plan = pipeline._by_method
-    assert names(plan["tools/call"]) == ["ScopeGuard", "WorkspaceGuard", "Provenance", "ConfirmGuard",
-                                             "TaskGuard"]
+    assert names(plan["tools/call"]) == ["ScopeGuard", "WorkspaceGuard", "Provenance", "RateLimits", "ConfirmGuard",
+                                         "TaskGuard"]
     assert names(plan["initialize"]) == ["opening", "ClientCapabilities"]
     assert names(plan[None]) == ["ApprovalAnswers"]
     assert names(plan["tasks/get"]) == ["TaskGuard"]
     assert names(plan["prompts/get"]) == ["ScopeGuard", "WorkspaceGuard"]
     assert "ping" not in plan and pipeline._every == ()  # every guard of ours says what it acts on
-    assert len(pipeline.guards) == 8  # a new guard shows up here: say its methods (or it sees every message)
+    assert len(pipeline.guards) == 9  # a new guard shows up here: say its methods (or it sees every message)
 
 
 async def skipped_guards_pass_untouched(pipeline: Pipeline, messages: list[dict[str, Any]]) -> int:

@@ -18,6 +18,7 @@ def served() -> dict[str, set[str]]:
     metrics.confirmation("preview", "")
     metrics.upstream_errors.labels("connect").inc()
     metrics.limited.labels("streams").inc()
+    metrics.rate_limited("writes")
     metrics.policy_reloads.labels("success").inc()
     metrics.oauth_event("oauth/token", "deny", "refresh token replayed: grant revoked")
     metrics.duration.labels("POST").observe(0.1)

@@ -8,13 +8,18 @@ proxy runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from datetime import UTC, datetime
+from typing import Any
 
 from proxy.guards.cases import CasesError, load_cases, run_cases
+from proxy.guards.scope import facts_of
 from proxy.identity.offline import CredentialProblem, principal_for
 from proxy.identity.principal import effective_scopes
 from proxy.policy import lint
+from proxy.policy.conditions import principal_facts
 from proxy.policy.decide import Kind
 from proxy.policy.explain import explain
 from proxy.policy.model import Policy, PolicyError, load_policy, schema_text
@@ -42,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     what.add_argument("--prompt")
     what.add_argument("--resource")
     explain.add_argument("--workspace", help="the workspace the call names")
+    explain.add_argument("--args", help='the call\'s arguments, a JSON object (\'{"amount": 1200}\'): the rule\'s '
+                         "conditions are evaluated for them")
+    explain.add_argument("--at", help="when the call is made, ISO 8601 (conditions' `now`; default: now)")
+    explain.add_argument("--subject", default="explain", help="with --scopes: the person (principal.subject)")
+    explain.add_argument("--client", help="with --scopes --kind oauth: the OAuth client (principal.client)")
     explain.add_argument("--pat-file", default=os.environ.get("SCOPEGATE_PAT_FILE"))
     explain.add_argument("--tool-prefix", default=os.environ.get("SCOPEGATE_TOOL_PREFIX", ""),
                          help="comma-separated SCOPEGATE_TOOL_PREFIX to apply")
@@ -65,15 +75,38 @@ def _test(args: argparse.Namespace) -> None:
     results = run_cases(policy, cases)
     for result in results:
         case = result.case
-        got = result.outcome + (f" in {result.workspace}" if result.workspace else "")
+        got = result.outcome + (f" in {result.workspace}" if result.workspace else "") + \
+            (f" by {result.decided_by}" if result.decided_by else "")
         if result.passed:
             print(f"ok    {case.name}: {got}")
         else:
-            wanted = case.expect + (f" in {case.workspace}" if case.workspace else "")
+            wanted = case.expect + (f" in {case.workspace}" if case.workspace else "") + \
+                (f" by {case.decided_by}" if case.decided_by else "")
             print(f"FAIL  {case.name}: expected {wanted}, got {got} ({result.why})")
     failed = sum(not r.passed for r in results)
     print(f"{len(results) - failed} of {len(results)} cases pass")
     raise SystemExit(1 if failed else 0)
+
+
+def _call(args: argparse.Namespace) -> tuple[dict[str, Any] | None, float | None]:
+    """--args and --at, read; a bad one ends the command (exit 2) with what was expected."""
+    arguments = None
+    if args.args is not None:
+        try:
+            arguments = json.loads(args.args)
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise SystemExit("scopegate policy explain: --args must be a JSON object, e.g. '{\"amount\": 1200}'")
+    at = None
+    if args.at is not None:
+        try:
+            moment = datetime.fromisoformat(args.at)
+        except ValueError:
+            raise SystemExit("scopegate policy explain: --at must be an ISO 8601 time, e.g. 2026-12-08T14:00:00Z") \
+                from None
+        at = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    return arguments, at
 
 
 def main(args: argparse.Namespace) -> None:
@@ -112,7 +145,13 @@ def main(args: argparse.Namespace) -> None:
     kind: Kind = "tool" if args.tool else "prompt" if args.prompt else "resource"
     name = args.tool or args.prompt or args.resource
     prefixes = tuple(p.strip() for p in args.tool_prefix.split(",") if p.strip())
-    decision, lines = explain(policy, frozenset(held), kind, name, who, prefixes)
+    arguments, at = _call(args)
+    if principal is not None:
+        facts = facts_of(principal)
+    else:
+        facts = principal_facts(args.subject, args.kind, frozenset(held), args.workspace, args.role, args.client,
+                                "explain")
+    decision, lines = explain(policy, frozenset(held), kind, name, who, prefixes, arguments, facts, at)
     print("\n".join(lines))
     if args.workspace and principal is not None and principal.workspaces is not None:
         inside = args.workspace in principal.workspaces

@@ -183,6 +183,8 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             store = tracing.store(store)
         if oauth is not None:
             oauth.attach(store, tree)
+            oauth.address_limit = config.oauth_rate_limit
+            oauth.on_limited = lambda: metrics.rate_limited("oauth")
         ops: web.AppRunner | None = None
         hooks = tracing.upstream_hooks() if tracing is not None else None
         # The request path's own pools (calls apart from long-lived streams, so neither can use up the other's

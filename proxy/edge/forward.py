@@ -269,6 +269,8 @@ class Forwarder:
         self.metrics.message(method, decision)
         if decision in ("preview", "confirm", "refuse"):
             self.metrics.confirmation(decision, reason)
+        elif decision == "limited":
+            self.metrics.rate_limited(reason)  # the policy's limit's name
         self._outcome(exchange, message, decision, reason)
 
     async def _post(self, request: web.Request, exchange: Exchange) -> web.StreamResponse | Outgoing:

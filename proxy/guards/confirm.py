@@ -80,7 +80,7 @@ class ConfirmGuard:
             rule = held_rule(rules, tool, exchange.held_confirm)
         outcome: Message | Answer | Conversation
         try:
-            if rule is not None and rule.confirmer == "human":
+            if rule is not None and (rule.confirmer == "human" or decision.confirmer == "human"):
                 outcome = await self.human.approve(exchange, message, rule, token is not None,
                                                    self._bindings(exchange, tool, args),
                                                    lambda: self._held(exchange, message, tool, args, rule))
@@ -121,7 +121,8 @@ class ConfirmGuard:
                     expires=self.clock() + ttl, bindings=self._bindings(exchange, tool, args),
                     shown=redacted(args, rule.redact if rule else ()),
                     dry_run=rule is not None and rule.dry_run is not None, upstream_preview=upstream_preview,
-                    why=exchange.held or "")
+                    why=exchange.held or "",
+                    reason=exchange.decision.reason if exchange.decision is not None else "")
 
     async def _preview(self, held: Held) -> Answer:
         principal = held.exchange.principal
@@ -140,11 +141,14 @@ class ConfirmGuard:
         structured = {
             "status": "confirmation_required",
             "preview": {"id": held.preview_id, "tool": held.tool, "workspace": workspace, "arguments": held.shown,
-                        **({"upstream_preview": held.upstream_preview} if held.dry_run else {})},
+                        **({"upstream_preview": held.upstream_preview} if held.dry_run else {}),
+                        **({"reason": held.reason} if held.reason else {})},
             "confirmationToken": token,
             "expiresAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(held.expires)),
         }
         text = describe(held.tool, workspace, held.shown, held.ttl, held.upstream_preview)
+        if held.reason:  # a condition of the rule held this call: say which, in the policy's words
+            text = f"{held.reason}\n{text}"
         if held.why:
             text += f"\nHeld for confirmation because {held.why}."
         return tool_result(held.exchange, held.message.get("id"), text, error=False, structured=structured,

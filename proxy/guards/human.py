@@ -74,6 +74,7 @@ class Held:
     dry_run: bool
     upstream_preview: Any
     why: str = ""  # why it is held when no rule asks (Exchange.held): said to whoever confirms
+    reason: str = ""  # why it is held, where a condition of the rule said so (`decide.called`)
 
 
 class HumanApproval:
@@ -155,6 +156,7 @@ class HumanApproval:
 
     def _text(self, held: Held) -> str:
         text = question(held.tool, held.bindings["workspace"], held.shown, held.upstream_preview, held.ttl)
+        text = f"{held.reason}\n{text}" if held.reason else text
         return f"{text}\nHeld for approval because {held.why}." if held.why else text
 
     # 2026-07-28: input_required, then a retry carrying the answer

@@ -35,7 +35,9 @@ from proxy.guards.catalog import Catalog, FetchTools
 from proxy.guards.client_caps import ClientCapabilities
 from proxy.guards.confirm import ConfirmGuard, UpstreamCall
 from proxy.guards.human import ApprovalAnswers, HumanApproval
+from proxy.guards.limits import RateLimits
 from proxy.guards.list_filter import ListFilter
+from proxy.guards.need_to_know import NeedToKnow
 from proxy.guards.origin_check import OriginCheck
 from proxy.guards.page_approval import PageApproval
 from proxy.guards.pins import PinWatch, Report
@@ -275,6 +277,9 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
             WorkspaceGuard(live, catalog, config.default_workspace),  # inject or verify workspace and project
             # open-world output noted (its results marked below); a write after it held for confirmation
             provenance,
+            # the policy's rate limits: after the decision (a refused call costs nothing) and the workspace (the one
+            # the call acts in); before confirmation (a preview counts, its confirmation completes it)
+            RateLimits(live, store),
             # writes: a preview and a token first, or a person's approval; then one confirmed call
             # (and a credential's unconfirmed previews are bounded)
             ConfirmGuard(live, store, upstream_call, human, max_pending=config.max_pending_previews),
@@ -291,6 +296,7 @@ def build(config: Config, identity: Identity, store: Store, verifier: JwtVerifie
         rewriters=(
             lists,  # lists show what the same decision allows, nothing more (made once per caller's scopes)
             Marks(live),  # results of untrusted tools say so (idle unless this request called one)
+            NeedToKnow(live),  # results: fields a rule masks for callers without its scope (idle when none does)
         ),
         upstream_headers=tuple(identity.secret_headers.items()),
         # notifications/tools/list_changed: the catalog is fetched again, the filtered lists are forgotten

@@ -6,13 +6,19 @@ naming what was refused and which scopes are missing.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from proxy.exchange import Answer, Exchange
 from proxy.guards.catalog import Catalog, CatalogUnavailable, unavailable
 from proxy.guards.pins import PinWatch, held_reason
+from proxy.identity.assertion import client_of
+from proxy.identity.principal import Principal
 from proxy.jsonrpc import INVALID_PARAMS, Message, error
-from proxy.policy.decide import Decision, Kind, remembered
+from proxy.policy.conditions import principal_facts
+from proxy.policy.decide import Decision, Kind, called, remembered
 from proxy.policy.reload import LivePolicy
 
 FORBIDDEN = -32003
@@ -88,6 +94,11 @@ def targets(method: str, params: Any) -> list[tuple[Kind, str]]:
 
 
 def refusal(exchange: Exchange, msg_id: Any, decision: Decision) -> Answer:
+    if decision.reason:  # a condition of the rule denied this very call: no scope would change that
+        data = {"kind": decision.kind, "name": decision.name, "reason": decision.reason,
+                "requestId": exchange.request_id}
+        return Answer(error(msg_id, FORBIDDEN, f"{decision.kind} {decision.name!r} refused: {decision.reason}", data),
+                      http_status=403, decision="deny", reason=f"condition {decision.condition}")
     if decision.missing:
         text = f"{decision.kind} {decision.name!r} needs scope {' '.join(decision.missing)}"
     else:
@@ -112,11 +123,35 @@ def drifted(exchange: Exchange, msg_id: Any, name: str, status: str) -> Answer:
                   http_status=403, decision="deny", reason=status)
 
 
+def _arguments(params: dict[str, Any]) -> dict[str, Any]:
+    arguments = params.get("arguments")
+    return arguments if isinstance(arguments, dict) else {}
+
+
+def facts_of(principal: Principal | None) -> dict[str, Any] | None:
+    """What a condition may read of the caller (proxy/policy/conditions.py)."""
+    if principal is None:
+        return None
+    return principal_facts(principal.subject, principal.kind, principal.scopes,
+                           principal.bound_workspace or principal.default_workspace, principal.role,
+                           client_of(principal), principal.credential_id)
+
+
+def facts_key(principal: Principal | None) -> tuple[Any, ...] | None:
+    """Everything `facts_of` reads: the same key, the same facts (so their conversion for CEL may be reused)."""
+    if principal is None:
+        return None
+    return (principal.kind, principal.credential_id, principal.subject, principal.label, principal.scopes,
+            principal.role, principal.bound_workspace, principal.default_workspace)
+
+
 class ScopeGuard:
-    def __init__(self, live: LivePolicy, catalog: Catalog, pins: PinWatch | None = None) -> None:
+    def __init__(self, live: LivePolicy, catalog: Catalog, pins: PinWatch | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.live = live
         self.catalog = catalog
         self.pins = pins or PinWatch()
+        self.clock = clock  # `now` for conditions (policy test cases set their own)
 
     methods = frozenset(GATED)
 
@@ -149,6 +184,10 @@ class ScopeGuard:
                     return unavailable(msg_id, exchange.request_id)
                 hint = facts.read_only if facts is not None else None
             decision = remembered(rules, held, kind, name, hint)  # decide(), once per scopes and name
+            if decision.conditions:  # what the rule asks of this very call: never remembered by name
+                principal = exchange.principal
+                decision = called(decision, _arguments(params) if len(named) == 1 else {},
+                                  partial(facts_of, principal), self.clock(), facts_key(principal))
             if not decision.allowed:
                 return refusal(exchange, msg_id, decision)
             if pinned:
@@ -162,6 +201,11 @@ class ScopeGuard:
                     exchange.held = held_reason(judged.changes)
                     exchange.held_confirm = rules.policy.pins.hold_confirm  # type: ignore[union-attr]
         exchange.decision = decision if len(named) == 1 else None  # the current message's: later guards read it
+        # need to know: whose result an answer to this id is (any other id: every mask the caller lacks applies)
+        if rules.masks and method == "tools/call" and type(msg_id) in (str, int):
+            if exchange.called is None:
+                exchange.called = {}
+            exchange.called[(type(msg_id).__name__, msg_id)] = named[0][1]
         return message
 
     async def tool_decision(self, exchange: Exchange, name: str) -> Decision:

@@ -56,6 +56,10 @@ class Metrics:
         self.upstream_errors = Counter("scopegate_upstream_errors", "Upstream failures, by kind", ["kind"],
                                        registry=r)
         self.limited = Counter("scopegate_limited", "Requests refused by a limit, by limit", ["limit"], registry=r)
+        # limit: a `limits:` name of the policy (at most 32, one word each) or oauth (the OAuth endpoints' own)
+        self.limited_by_rate = Counter("scopegate_rate_limited", "Requests refused by a rate limit, by the "
+                                       "limit's name", ["limit"], registry=r)
+        self._rate_limits: dict[str, Counter] = {}
         self.auth_failures = Counter("scopegate_auth_failures", "Refused credentials, by reason", ["reason"],
                                      registry=r)
         self.confirmations = Counter("scopegate_confirmations", "Previews issued, confirmed and refused",
@@ -115,6 +119,17 @@ class Metrics:
         is its own outcome, the one to alert on (someone else holds a token of that grant)."""
         outcome = "replay" if "replayed" in reason else decision if decision in ("allow", "deny") else "other"
         self.oauth_events.labels(bounded(method.removeprefix("oauth/"), OAUTH_EVENTS), outcome).inc()
+
+    def rate_limited(self, limit: str) -> None:
+        """Names come from the policy (validated one word, at most 32) and reloads may bring new ones: past 64
+        distinct names in one process the rest count as `other`."""
+        child = self._rate_limits.get(limit)
+        if child is None:
+            name = limit if len(self._rate_limits) < 64 and limit.replace("_", "").isalnum() else "other"
+            child = self._rate_limits.setdefault(name, self.limited_by_rate.labels(name))
+            if name == limit:
+                self._rate_limits[limit] = child
+        child.inc()
 
     def message(self, method: str, decision: str) -> None:
         # Every message passes here: the labelled child is looked up once per (bounded) label pair, not made anew.

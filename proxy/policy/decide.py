@@ -7,13 +7,14 @@ Pure over plain data. The same function filters `tools/list`, `prompts/list`, `r
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from fnmatch import translate
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from proxy.memo import remember
-from proxy.policy.model import WORKSPACE_SEGMENT, Policy, Rule
+from proxy.policy.conditions import Facts, RuleConditions, Verdict, compile_condition
+from proxy.policy.model import WORKSPACE_SEGMENT, Limit, Policy, Rule
 from proxy.policy.pins import PinSet
 
 Kind = Literal["tool", "prompt", "resource"]
@@ -54,6 +55,12 @@ class Decision(NamedTuple):  # a NamedTuple: made for every listed item, and a f
     confirm: bool
     workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str  # the rule that decided, in words: `tools[3] match "create_*"`, `default: deny`, ...
+    # What the rule still asks of each call (allowed decisions only): `called` evaluates them. Empty: the decision
+    # is the same for every call of this name by these scopes, and may be remembered by them.
+    conditions: RuleConditions | tuple[()] = ()
+    confirmer: Literal["token", "human"] | None = None  # who confirms, where a rule or a condition says so
+    reason: str = ""  # a condition's reason, for the caller
+    condition: str = ""  # the condition that decided: `tools[3].conditions[0]` (for the audit trail)
 
 
 class Rules:
@@ -68,6 +75,20 @@ class Rules:
             rules = list(enumerate(getattr(policy, section)))
             self._exact[kind] = {r.match: (i, r) for i, r in rules if not _is_glob(r.match)}
             self._globs[kind] = [(i, r, pattern(r.match)) for i, r in rules if _is_glob(r.match)]
+        # Each rule's conditions, compiled once (the model checked they compile): by rule index, per section.
+        self.conditions: dict[Kind, dict[int, RuleConditions]] = {
+            kind: {i: RuleConditions(tuple(compile_condition(c.when, c.then, c.reason,
+                                                             f"{section}[{i}].conditions[{n}]")
+                                           for n, c in enumerate(rule.conditions)))
+                   for i, rule in enumerate(getattr(policy, section)) if rule.conditions}
+            for kind, section in _SECTION.items()}
+        # Rate limits on tool calls: each with its pattern, and per tool name the ones that count it (remembered).
+        self.limits = tuple((limit, pattern(limit.match), limit.period_seconds / limit.rate, limit.burst or limit.rate)
+                            for limit in policy.limits)
+        self._limits_of: dict[str, tuple[tuple[Limit, float, int], ...]] = {}
+        # Need to know: the tool rules that mask fields of results, and per (tool or None, scopes) what is masked.
+        self.masks = tuple((i, rule.mask) for i, rule in enumerate(policy.tools) if rule.mask is not None)
+        self._masked: dict[tuple[str | None, frozenset[str]], dict[str, int]] = {}
         self._found: dict[tuple[Kind, str], Outcome | None] = {}
         # The pin file loaded with the policy; a policy that asks for pins without one (made in code, not loaded)
         # pins nothing, so everything counts as unpinned: fail closed.
@@ -81,6 +102,36 @@ class Rules:
         if found is None:
             found = next(((i, r) for i, r, regex in self._globs[kind] if regex.match(name)), None)
         return found
+
+    def limits_of(self, tool: str) -> tuple[tuple[Limit, float, int], ...]:
+        """The limits that count calls of `tool`: (limit, interval, burst) each."""
+        found = self._limits_of.get(tool)
+        if found is None:
+            found = tuple((limit, interval, burst) for limit, regex, interval, burst in self.limits
+                          if regex.match(tool))
+            if len(self._limits_of) < _CACHE_LIMIT:  # names come from clients: bounded
+                self._limits_of[tool] = found
+        return found
+
+    def masked_fields(self, tool: str | None, held: frozenset[str]) -> dict[str, int]:
+        """Field name -> characters kept visible, for a result of `tool` seen by a caller holding `held`; a result
+        whose tool is not known (a resumed stream, a task's result) gets every mask the caller lacks the scope of."""
+        key = (tool, held)
+        found = self._masked.get(key)
+        if found is not None:
+            return found
+        if tool is None:
+            masks = [mask for _, mask in self.masks]
+        else:
+            rule = self.find("tool", tool)
+            masks = [rule[1].mask] if rule is not None and rule[1].mask is not None else []
+        found = {}
+        for mask in masks:
+            if not satisfies(held, (mask.unless,), self.policy.superscope):
+                for name in mask.fields:
+                    # two masks on one name: the one that shows less
+                    found[name] = min(found.get(name, mask.keep_last), mask.keep_last)
+        return remember(self._masked, key, found, _CACHE_LIMIT)
 
     def resource_workspace(self, uri: str) -> tuple[bool, str | None]:
         """(whether the rule for this URI names a workspace segment, the workspace it names there). Pure."""
@@ -106,7 +157,9 @@ class Rules:
         if found is not None:
             index, rule = found
             because = f'{_SECTION[kind]}[{index}] match "{rule.match}"'
-            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because)
+            result = Outcome(rule.scopes, rule.effect, rule.needs_confirmation, rule.workspace, because,
+                             self.conditions[kind].get(index, ()),
+                             rule.confirmer if rule.needs_confirmation else None)
         if len(self._found) < _CACHE_LIMIT:  # names come from clients too: never let them grow this unbounded
             self._found[key] = result
         return result
@@ -118,6 +171,8 @@ class Outcome(NamedTuple):
     confirm: bool
     workspace: str | None  # the rule's `workspace:`; None where it says none (the upstream's schema decides)
     because: str
+    conditions: RuleConditions | tuple[()] = ()
+    confirmer: Literal["token", "human"] | None = None
 
 
 def _is_glob(match: str) -> bool:
@@ -129,8 +184,10 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     if kind == "tool" and rules.tool_prefixes and not name.startswith(rules.tool_prefixes):
         return Decision(False, kind, name, (), (), "write", False, "none", "outside SCOPEGATE_TOOL_PREFIX")
     found = rules.outcome(kind, name)
+    conditions: RuleConditions | tuple[()] = ()
+    confirmer: Literal["token", "human"] | None = None
     if found is not None:
-        required, effect, confirm, workspace, because = found
+        required, effect, confirm, workspace, because, conditions, confirmer = found
     elif policy.default == "annotations":
         # Delegated to the upstream's hint, and only where no rule speaks: a missing hint counts as a write.
         read = kind != "tool" or read_only_hint is True
@@ -141,7 +198,7 @@ def decide(rules: Rules, held: frozenset[str], kind: Kind, name: str, read_only_
     else:
         return Decision(False, kind, name, (), (), "write", False, "none", "default: deny (no rule names it)")
     if satisfies(held, required, policy.superscope):
-        return Decision(True, kind, name, required, (), effect, confirm, workspace, because)
+        return Decision(True, kind, name, required, (), effect, confirm, workspace, because, conditions, confirmer)
     missing = tuple(s for s in required if s not in held)
     return Decision(False, kind, name, required, missing, effect, confirm, workspace, because)
 
@@ -155,3 +212,29 @@ def remembered(rules: Rules, held: frozenset[str], kind: Kind, name: str,
         return memo[key]
     except KeyError:
         return remember(memo, key, decide(rules, held, kind, name, read_only_hint), _CACHE_LIMIT * 5)
+
+
+def called(decision: Decision, args: dict[str, Any], principal: Facts, now: float,
+           key: Hashable | None = None) -> Decision:
+    """An allowed decision with conditions, for this very call: denied, or held for confirmation by whom the
+    strictest condition that holds says, or as it was when none holds. A condition that cannot be evaluated for
+    this call denies it. Pure (given `now`; `key` names the caller's facts, so their conversion is reused)."""
+    assert isinstance(decision.conditions, RuleConditions)
+    verdict = decision.conditions.judge(args, principal, decision.name, now, key)
+    if verdict is None:
+        return decision
+    because = f"{decision.because}, {_said(verdict)}"
+    if verdict.then == "deny":
+        return decision._replace(allowed=False, because=because, reason=verdict.reason, conditions=(),
+                                 condition=verdict.condition.where)
+    # Never weaker than the rule: a person's approval stays a person's when a condition asks for a token.
+    confirmer = "human" if verdict.then == "human" or decision.confirmer == "human" else "token"
+    return decision._replace(confirm=True, confirmer=confirmer, because=because, reason=verdict.reason,
+                             conditions=(), condition=verdict.condition.where)
+
+
+def _said(verdict: Verdict) -> str:
+    condition = verdict.condition
+    if verdict.failure is not None:
+        return f"{condition.where} ({condition.source}) could not be evaluated: {verdict.failure}"
+    return f"{condition.where} ({condition.source}) holds: {verdict.then}"

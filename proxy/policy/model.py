@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from proxy.policy import source
+from proxy.policy.conditions import ConditionError, compile_condition
 from proxy.policy.pins import PinFileError, PinSet
 from proxy.policy.pins import load as load_pins
 from proxy.policy.source import Located
@@ -124,6 +125,35 @@ class Approve(Strict):
     fresh_seconds: int | None = Field(None, ge=1, le=86400)
 
 
+class When(Strict):
+    """A condition on a rule (proxy/policy/conditions.py): when the CEL expression holds for a call, the call is
+    denied, or held for a token confirmation or a person's approval, and the caller is told `reason`."""
+
+    when: str = Field(min_length=1, max_length=2000, description="a CEL expression over `args`, `principal` "
+                      "(subject, kind, scopes, workspace, role, client, credential), `now` (UTC) and `name`")
+    then: Literal["deny", "token", "human"] = Field(description="deny the call, or hold it for a token "
+                                                    "confirmation or a person's approval")
+    reason: str = Field(min_length=1, max_length=300, description="what the caller is told")
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            compile_condition(value, "deny", "", "")
+        except ConditionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class Mask(Strict):
+    """Need to know (guards/need_to_know.py): these fields of a tool's `structuredContent`, at any depth, and the
+    same values wherever they appear in its text content, are masked for callers without the `unless` scope."""
+
+    fields: tuple[str, ...] = Field(min_length=1, max_length=64, description="property names, at any depth")
+    unless: Scope = Field(description="callers holding this scope (or the superscope) see the values")
+    keep_last: int = Field(0, ge=0, le=8, description="characters left visible at the end (an IBAN's last 4)")
+
+
 class Rule(Strict):
     match: str = Field(min_length=1, description="exact name, or a glob (`journal_*`); resources: a URI pattern")
     scopes: tuple[Scope, ...] = ()
@@ -146,6 +176,9 @@ class Rule(Strict):
     # (the policy's `provenance:`), as for a tool the upstream marks openWorldHint: true.
     untrusted: bool = False
     description: str = ""
+    # Stricter for some calls: the strictest condition that holds decides (deny, human, token); none: the rule.
+    conditions: tuple[When, ...] = Field((), max_length=32)
+    mask: Mask | None = None  # results on a need-to-know basis: fields masked for callers without a scope
 
     @field_validator("confirm", mode="before")
     @classmethod
@@ -164,6 +197,21 @@ class Rule(Strict):
     def on_page(self) -> bool:
         """A `confirm: human` write approved by a signed-in person on the approval page."""
         return self.confirm == "human" and self.approve is not None and self.approve.via == "page"
+
+
+class Limit(Strict):
+    """A rate limit on tool calls (proxy/ratelimit.py, guards/limits.py): at most `rate` calls per `period_seconds`
+    for each combination of what it is counted `per`, `burst` of them at once. Shared by every replica through
+    Redis; in memory with one. A call past it is refused with 429 and Retry-After."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="how refusals, the audit trail and the "
+                      "metric name it (one word)")
+    match: str = Field("*", min_length=1, description="the tools it counts: an exact name or a glob")
+    per: tuple[Literal["credential", "person", "tool", "workspace"], ...] = Field(
+        (), max_length=4, description="what it is counted per, together; none: one count for every caller")
+    rate: int = Field(ge=1, le=1_000_000)
+    period_seconds: float = Field(gt=0, le=31 * 86400)
+    burst: int | None = Field(None, ge=1, le=1_000_000, description="calls let through at once; default: rate")
 
 
 class Anonymous(Strict):
@@ -272,6 +320,7 @@ class Policy(Strict):
     @property
     def pin_set(self) -> PinSet | None:
         return self._pin_set
+    limits: tuple[Limit, ...] = Field((), max_length=32)  # rate limits on tool calls
 
     @model_validator(mode="after")
     def _annotations_need_scopes(self) -> Policy:
@@ -287,6 +336,23 @@ class Policy(Strict):
 
 
 EMPTY = Policy(version=1)
+
+
+def _expression_positions(located: Located, exc: ValidationError) -> dict[source.Loc, tuple[int, int]]:
+    """Where in the file each condition that does not compile goes wrong: the expression's own line and column
+    from the start of its value (a plain or quoted scalar on one line, or a block scalar's lines)."""
+    found: dict[source.Loc, tuple[int, int]] = {}
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if not loc or loc[-1] != "when" or not isinstance(err.get("input"), str):
+            continue
+        try:
+            compile_condition(err["input"], "deny", "", "")
+        except ConditionError as problem:
+            where = located.values.get(loc)
+            if where is not None:
+                found[loc] = where.at(problem.line, problem.column)
+    return found
 
 
 def schema_text() -> str:
@@ -347,7 +413,9 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
     try:
         policy = Policy.model_validate(located.data)
     except ValidationError as exc:
-        raise PolicyError("\n".join(source.report(path, located, source.schema_problems(Policy, exc)))) from None
+        problems = source.schema_problems(Policy, exc)
+        raise PolicyError("\n".join(source.report(path, located, problems, _expression_positions(located, exc))))\
+            from None
     problems: list[source.Problem] = []
     known = set(policy.scopes)
     for role, scopes in policy.roles.items():
@@ -365,9 +433,15 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
                          for n, scope in enumerate(rule.scopes) if known and scope not in known]
             tool_only = (rule.effect != "read" or rule.confirm not in (None, "none")
                          or rule.workspace is not None or rule.dry_run or rule.redact or rule.confirm_ttl_seconds
-                         or rule.fallback != "refuse" or rule.untrusted or rule.approve is not None)
+                         or rule.fallback != "refuse" or rule.untrusted or rule.approve is not None
+                         or rule.mask is not None)
             if section != "tools" and tool_only:
-                problems.append((where, "effect, confirm, dry_run, redact and workspace apply to tools only"))
+                problems.append((where, "effect, confirm, dry_run, redact, mask and workspace apply to tools only"))
+            if rule.mask is not None and known and rule.mask.unless not in known:
+                problems.append(((*where, "mask", "unless"), f"scope {rule.mask.unless!r} is not in `scopes`"))
+            if section != "tools" and any(c.then != "deny" for c in rule.conditions):
+                problems.append(((*where, "conditions"), "only a tool's condition may ask for confirmation "
+                                 "(token, human); others may only deny"))
             if rule.fallback != "refuse" and rule.confirm != "human":
                 problems.append(((*where, "fallback"), "only a rule with `confirm: human` has a fallback"))
             if section == "tools" and rule.approve is not None:
@@ -390,6 +464,13 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
                 problems.append((("oauth", "scopes", n), f"scope {scope!r} is not in `scopes`"))
             if any(scope == p or ("*" in p and fnmatchcase(scope, p)) for p in policy.oauth_excluded_scopes):
                 problems.append((("oauth", "scopes", n), f"{scope!r} is in `oauth_excluded_scopes`"))
+    named: set[str] = set()
+    for index, limit in enumerate(policy.limits):
+        if limit.name in named:
+            problems.append((("limits", index, "name"), f"{limit.name!r} names an earlier limit already"))
+        named.add(limit.name)
+        if len(set(limit.per)) != len(limit.per):
+            problems.append((("limits", index, "per"), "names something twice"))
     if policy.anonymous is not None:
         problems += [(("anonymous", "scopes", n), f"scope {scope!r} is not in `scopes`")
                      for n, scope in enumerate(policy.anonymous.scopes) if known and scope not in known]

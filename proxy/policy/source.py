@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,28 @@ class SourceError(Exception):
 
 
 @dataclass(frozen=True)
+class ValueMark:
+    """Where a scalar value starts (1-based) and how it is written, so a position inside it maps to the file."""
+
+    line: int
+    column: int
+    style: str | None  # None: plain; '"' or "'": quoted; '|' or '>': a block, whose text starts a line below
+    indent: int = 0  # a block's: the column its text starts at
+
+    def at(self, line: int, column: int) -> tuple[int, int]:
+        """The file position of (line, column) within the value's text."""
+        if self.style in ("|", ">"):
+            return self.line + line, self.indent + column - 1
+        if line > 1:
+            return self.line + line - 1, column
+        return self.line, self.column + column - 1 + (1 if self.style in ('"', "'") else 0)
+
+
+@dataclass(frozen=True)
 class Located:
     data: Any
     marks: dict[Loc, tuple[int, int]]  # 1-based line and column of each key and of each list item
+    values: dict[Loc, ValueMark] = field(default_factory=dict)  # each scalar value's start and style
 
     def position(self, loc: Loc) -> tuple[int, int]:
         """Where `loc` is, or its nearest enclosing key (a missing key is reported where it belongs)."""
@@ -43,8 +62,16 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _walk(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], problems: list[tuple[Loc, str, Any]]) -> None:
-    if isinstance(node, yaml.MappingNode):
+def _walk(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], problems: list[tuple[Loc, str, Any]],
+          values: dict[Loc, ValueMark], lines: list[str]) -> None:
+    if isinstance(node, yaml.ScalarNode):
+        line, column = _mark(node)
+        indent = 0
+        if node.style in ("|", ">") and line < len(lines):
+            body = lines[line]  # the block's first line of text (0-based index: the line after the indicator)
+            indent = len(body) - len(body.lstrip(" ")) + 1
+        values[loc] = ValueMark(line, column, node.style, indent)
+    elif isinstance(node, yaml.MappingNode):
         first: dict[Any, int] = {}
         for key, value in node.value:
             name = key.value if isinstance(key, yaml.ScalarNode) else id(key)
@@ -54,11 +81,11 @@ def _walk(node: yaml.Node, loc: Loc, marks: dict[Loc, tuple[int, int]], problems
                 continue
             first[name] = _mark(key)[0]
             marks[(*loc, name)] = _mark(key)
-            _walk(value, (*loc, name), marks, problems)
+            _walk(value, (*loc, name), marks, problems, values, lines)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             marks[(*loc, index)] = _mark(item)
-            _walk(item, (*loc, index), marks, problems)
+            _walk(item, (*loc, index), marks, problems, values, lines)
 
 
 def read(path: Path) -> Located:
@@ -75,11 +102,12 @@ def read(path: Path) -> Located:
             return Located(None, {})
         marks: dict[Loc, tuple[int, int]] = {(): _mark(node)}
         duplicates: list[tuple[Loc, str, Any]] = []
-        _walk(node, (), marks, duplicates)
+        values: dict[Loc, ValueMark] = {}
+        _walk(node, (), marks, duplicates, values, text.splitlines())
         if duplicates:
             raise SourceError("\n".join(f"{path}:{line}:{column}: {_dotted(loc)}: {message}"
                                         for loc, message, (line, column) in duplicates))
-        return Located(loader.construct_document(node), marks)
+        return Located(loader.construct_document(node), marks, values)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
@@ -92,11 +120,13 @@ def _dotted(loc: Loc) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
-def report(path: Path, located: Located, problems: list[Problem]) -> list[str]:
-    """One line per problem, in file order; the same message at several places is one line naming them all."""
+def report(path: Path, located: Located, problems: list[Problem],
+           at: dict[Loc, tuple[int, int]] | None = None) -> list[str]:
+    """One line per problem, in file order; the same message at several places is one line naming them all. `at`:
+    positions more exact than the key's (inside a value: where an expression goes wrong)."""
     grouped: dict[str, list[tuple[tuple[int, int], Loc]]] = {}
     for loc, message in problems:
-        grouped.setdefault(message, []).append((located.position(loc), loc))
+        grouped.setdefault(message, []).append(((at or {}).get(loc) or located.position(loc), loc))
     lines = []
     for message, places in grouped.items():
         places.sort()

@@ -300,11 +300,15 @@ class Pages:
 def add_routes(app: web.Application, server: OAuthServer, wrap: Callable[[Any], Any]) -> None:
     pages = Pages(server)
 
-    def guarded(handler: Any) -> Any:
+    def guarded(handler: Any, limited: bool = False) -> Any:
         async def run(request: web.Request) -> web.StreamResponse:
             if not server.admitted(request):
                 return pages.error("This address is not served here.", 403)
             try:
+                if limited and (wait := await server.too_many(request)) is not None:
+                    refused = pages.error(f"Too many requests from this address: try again in {wait} seconds.", 429)
+                    refused.headers["Retry-After"] = str(wait)
+                    return refused
                 return await handler(request)
             except StoreUnavailable:
                 return pages.error("The service cannot check this right now; try again shortly.", 503)
@@ -312,7 +316,7 @@ def add_routes(app: web.Application, server: OAuthServer, wrap: Callable[[Any], 
         return wrap(run)
 
     base = pages.path
-    app.router.add_get(base + "/authorize", guarded(pages.authorize))
+    app.router.add_get(base + "/authorize", guarded(pages.authorize, limited=True))
     app.router.add_post(base + "/signin", guarded(pages.signin))
     app.router.add_get(base + "/consent", guarded(pages.consent_get))
     app.router.add_post(base + "/consent", guarded(pages.consent_post))

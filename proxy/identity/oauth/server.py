@@ -10,6 +10,7 @@ Every answer carries `Cache-Control: no-store`; errors are RFC 6749 §5.2 JSON a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy import ratelimit
 from proxy.identity.approvals import Approvals
 from proxy.identity.lifecycle import Tree
 from proxy.identity.oauth.authorization import granted, pkce_matches, toggles
@@ -28,6 +30,7 @@ from proxy.identity.oauth.keys import KeyRing
 from proxy.identity.oauth.oidc import OidcSettings, OidcSignIn, held_scopes
 from proxy.identity.oauth.sessions import Sessions
 from proxy.identity.pats import Registry
+from proxy.ratelimit import Check
 from proxy.store import MemoryStore, Store, StoreUnavailable
 
 log = logging.getLogger("scopegate.oauth")
@@ -112,6 +115,10 @@ class OAuthServer:
         self.store: Store | None = None
         self.evidence = Evidence()  # the edge connects it to the audit trail
         self.approvals: Approvals | None = None  # the approval page's records (the edge sets them)
+        # Requests per client address to what anyone may reach (register, authorize, token): (N, per S seconds),
+        # N at once; None: off. The edge sets it (SCOPEGATE_OAUTH_RATE_LIMIT) and what counts a refusal.
+        self.address_limit: tuple[int, float] | None = None
+        self.on_limited: Callable[[], None] | None = None
 
     def attach(self, store: Store, tree: Tree) -> None:
         """Bind to the shared store and the durable credential state once the app has opened them.
@@ -159,22 +166,42 @@ class OAuthServer:
         self.host_allowed = host_allowed
         app.router.add_get(METADATA_PATH, wrap(self.guarded(self.metadata)))
         app.router.add_get(BASE + "/jwks.json", wrap(self.guarded(self.jwks)))
-        app.router.add_post(BASE + "/token", wrap(self.guarded(self.token)))
+        app.router.add_post(BASE + "/token", wrap(self.guarded(self.token, limited=True)))
         app.router.add_post(BASE + "/revoke", wrap(self.guarded(self.revoke)))
         if self.settings.dynamic_registration:
-            app.router.add_post(BASE + "/register", wrap(self.guarded(self.register)))
+            app.router.add_post(BASE + "/register", wrap(self.guarded(self.register, limited=True)))
         browser.add_routes(app, self, wrap)
 
     def admitted(self, request: web.Request) -> bool:
         return self.host_allowed(request.headers.get("Host"))
 
-    def guarded(self, handler: Any) -> Any:
-        """The store is where codes and grants live: when it cannot answer, refuse (503), never guess."""
+    async def too_many(self, request: web.Request) -> int | None:
+        """Seconds this client address must wait before its next request to an open endpoint; None: go on.
+        Raises StoreUnavailable (the caller refuses: 503). The address is the peer the proxy sees."""
+        if self.address_limit is None or self.store is None:
+            return None
+        requests, period = self.address_limit
+        check = Check(ratelimit.key("oauth", (request.remote or "",)), period / requests, requests)
+        refused, wait = await self.store.rate((check,))
+        if refused < 0:
+            return None
+        if self.on_limited is not None:
+            self.on_limited()
+        return max(1, math.ceil(wait))
+
+    def guarded(self, handler: Any, limited: bool = False) -> Any:
+        """The store is where codes and grants live: when it cannot answer, refuse (503), never guess. `limited`:
+        an endpoint anyone may reach, limited per client address (429 with Retry-After)."""
 
         async def run(request: web.Request) -> web.StreamResponse:
             if not self.admitted(request):
                 return oauth_error("invalid_request", "Host not allowed", 403)
             try:
+                if limited and (wait := await self.too_many(request)) is not None:
+                    refused = oauth_error("temporarily_unavailable", f"too many requests from this address: retry "
+                                          f"in {wait} s", 429)
+                    refused.headers["Retry-After"] = str(wait)
+                    return refused
                 return await handler(request)
             except StoreUnavailable:
                 log.warning("OAuth request refused: store unavailable")
