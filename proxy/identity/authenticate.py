@@ -121,8 +121,7 @@ class Authenticate:
         if looks_like_pat(token):
             if self.registry is None:
                 raise TokenRejected("no PAT registry configured", "unknown")
-            self.registry.maybe_refresh()
-            principal, reason = self.registry.lookup(token)
+            principal, reason = await self.registry.resolve(token)
             if principal is None:
                 raise TokenRejected(f"PAT {reason}", reason)
             if await self._revoked((principal.credential_id,)):

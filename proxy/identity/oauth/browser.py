@@ -143,8 +143,7 @@ class Pages:
         registry = self.server.registry
         if registry is None or not looks_like_pat(token) or len(token) > 200:
             return None
-        registry.maybe_refresh()
-        principal, _ = registry.lookup(token)
+        principal, _ = await registry.resolve(token)
         if principal is None or principal.kind not in self.server.settings.sign_in:
             return None
         if await self.server.tree.revoked_any((principal.credential_id,)):
