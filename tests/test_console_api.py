@@ -344,3 +344,49 @@ async def test_made_on_one_replica_works_on_another_and_a_rotation_reaches_it(oa
         assert await status(two.url, second, 200) == 200
         assert await status(two.url, first, 401) == 401
         assert await status(one_url, first, 401) == 401
+
+
+async def test_scopegate_pat_works_against_a_running_scopegate(oauth_proxy: Any, admin: str) -> None:
+    """`scopegate pat create|list|rotate|revoke --url`: the same commands through the admin API, the admin key from
+    the environment (never an argument: it would show in the process list)."""
+    import asyncio
+    import os
+    import sys
+
+    proxy = await oauth_proxy.start()
+    root = Path(__file__).resolve().parent.parent
+
+    async def pat(*args: str, key: str | None = admin) -> tuple[int, str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCOPEGATE_")}
+        if key is not None:
+            env["SCOPEGATE_ADMIN_KEY"] = key
+        done = await asyncio.create_subprocess_exec(sys.executable, "-m", "proxy", "pat", *args, "--url", proxy.local,
+                                                    cwd=root, env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)
+        out, err = await done.communicate()
+        return done.returncode or 0, out.decode(), err.decode()
+
+    code, token, said = await pat("create", "--label", "CLI made", "--subject", "frank", "--scope", "mcp:read",
+                                  "--workspace", "acme", "--expires", "2h")
+    assert code == 0 and "the token is shown once" in said and token.startswith("sgp_"), said
+    token = token.strip()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        assert (await http.post(proxy.url, headers=mcp_headers(token), json=LIST)).status_code == 200
+    code, out, _ = await pat("list", "--json")
+    rows = {r["label"]: r for r in json.loads(out)["credentials"]}
+    assert code == 0 and rows["CLI made"]["origin"] == "runtime" and rows["CLI made"]["subject"] == "frank"
+    cred_id = rows["CLI made"]["id"]
+    code, new, said = await pat("rotate", cred_id, "--grace", "0")
+    assert code == 0 and "no longer works" in said and new.strip() != token
+    code, out, _ = await pat("revoke", cred_id, "--dry-run")
+    assert code == 0 and "would end nothing else" in out
+    code, out, _ = await pat("revoke", cred_id)
+    assert code == 0 and "revoked by root@example.com" in out
+    code, _, said = await pat("revoke", cred_id)
+    assert code == 2 and "409: already revoked" in said  # a refusal: exit 2, one line
+    code, _, said = await pat("list", key=oauth_proxy.tokens["reader"])
+    assert code == 2 and "403: administrators only" in said
+    code, _, said = await pat("list", key=None)
+    assert code == 2 and "no admin key" in said
+    async with httpx2.AsyncClient(timeout=10) as http:
+        assert (await http.post(proxy.url, headers=mcp_headers(new.strip()), json=LIST)).status_code == 401
