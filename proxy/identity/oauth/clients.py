@@ -61,6 +61,17 @@ class Client:
         return cls(data["client_id"], data["name"], tuple(data["redirect_uris"]), data["source"])
 
 
+def trust(client: Client, preregistered: frozenset[str]) -> tuple[str, str]:
+    """Pure: how far this client is vouched for, as a level and in plain words for the consent page."""
+    if client.client_id in preregistered:
+        return "preregistered", "Pre-registered by your organisation in this server's policy."
+    if client.client_id.startswith("https://"):
+        return "document", ("It describes itself in a metadata document it publishes on the web; its name and "
+                            "addresses are its own claim: not verified by your organisation.")
+    return "self", ("It registered itself with this server; its name is its own claim: not verified by your "
+                    "organisation.")
+
+
 def redirect_uri_problem(uri: Any) -> str | None:
     """None for an acceptable redirect URI, else why not (OAuth 2.1 §2.3.1, RFC 8252; the rules: uris.py)."""
     try:

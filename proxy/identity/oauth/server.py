@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -58,6 +58,9 @@ class Settings:
     refresh_ttl: int = 30 * 86400
     grant_lifetime: int = 90 * 86400  # absolute: a grant ends then, however often it was refreshed
     grants_per_person: int = 50
+    service_name: str = "this service"  # the policy's `title` (or `name`): what the consent page names
+    # the words the consent page shows per scope: (scope, title, description, the tool rules that need it)
+    scope_words: tuple[tuple[str, str | None, str | None, tuple[str, ...]], ...] = ()
 
     @property
     def secure(self) -> bool:
@@ -350,7 +353,10 @@ class OAuthServer:
 
     def consent_toggles(self, requested: tuple[str, ...], held: tuple[str, ...]) -> Any:
         s = self.settings
-        return toggles(requested, known=s.offered, excluded=s.excluded, held=frozenset(held))
+        words = {scope: (title, description, tools) for scope, title, description, tools in s.scope_words}
+        return tuple(replace(t, title=words[t.scope][0], description=words[t.scope][1], tools=words[t.scope][2])
+                     if t.scope in words else t
+                     for t in toggles(requested, known=s.offered, excluded=s.excluded, held=frozenset(held)))
 
     @staticmethod
     def granted(chosen: list[str], offered: Any) -> tuple[str, ...]:

@@ -75,7 +75,23 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         roles=tuple((role, tuple(scopes)) for role, scopes in policy.roles.items()),
         access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
         grant_lifetime=oauth.grant_lifetime_seconds, grants_per_person=oauth.max_grants_per_person,
+        service_name=policy.title or policy.name or "this service", scope_words=scope_words(policy),
     )
+
+
+def scope_words(policy: Policy) -> tuple[tuple[str, str | None, str | None, tuple[str, ...]], ...]:
+    """Pure: each scope's title and description from the policy, and the tool rules that need it (what ticking
+    it is for)."""
+    needed: dict[str, list[str]] = {}
+    for rule in policy.tools:
+        for scope in rule.scopes:
+            needed.setdefault(scope, []).append(rule.match)
+    out = []
+    for scope in policy.scopes:
+        info = policy.scope_info.get(scope)
+        out.append((scope, info.title if info else None, info.description if info else None,
+                    tuple(needed.get(scope, ()))))
+    return tuple(out)
 
 
 def own_issuer(settings: Settings) -> Issuer:
