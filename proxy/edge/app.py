@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 
 from proxy.config import Config, ConfigError
 from proxy.console import api as console_api
+from proxy.console import pages as console_pages
 from proxy.console.service import Console, Trail
 from proxy.durable import RedisState, StateError, open_state
 from proxy.edge.cors import Cors
@@ -280,6 +281,7 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
         return catch_all(run)
 
     console_api.add_routes(app, console_api.AdminApi(console), host_checked)
+    console_pages.add_routes(app, console, host_checked)
     if identity.upstream_identity is not None:  # the keys the upstream verifies the caller's assertions with
         assertion.add_routes(app, identity.upstream_identity, config.origin_policy.host_allowed, wrap=catch_all)
     endpoint = catch_all(tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint)
