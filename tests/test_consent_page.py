@@ -101,3 +101,30 @@ async def test_client_written_names_are_isolated_and_apps_ids_are_unique(oauth_p
 def test_durations_in_words() -> None:
     assert [duration(s) for s in (900, 1800, 3600, 86400 * 30, 90, 7200)] == \
         ["15 minutes", "30 minutes", "1 hour", "30 days", "90 seconds", "2 hours"]
+
+
+def test_scope_entries_title_and_administrators_in_the_policy(tmp_path: Path) -> None:
+    import pytest
+
+    from proxy.identity.oauth.setup import scope_words
+    from proxy.policy.model import PolicyError, load_policy
+
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\ntitle: Acme Ledger\nscopes:\n  - mcp:read\n"
+                    "  - {name: mcp:write, title: Change your books, description: Post entries.}\n"
+                    "roles: {owner: ['mcp:*'], viewer: [mcp:read]}\nadministrators: [owner]\n"
+                    "tools:\n  - {match: post, scopes: [mcp:read, mcp:write], effect: write}\n")
+    policy = load_policy(path)
+    assert policy.scopes == ("mcp:read", "mcp:write") and policy.administrators == ("owner",)
+    assert policy.title == "Acme Ledger" and policy.scope_info["mcp:write"].title == "Change your books"
+    assert scope_words(policy) == (("mcp:read", None, None, ("post",)),
+                                   ("mcp:write", "Change your books", "Post entries.", ("post",)))
+    path.write_text("version: 1\nscopes:\n  - {name: 'bad scope', tytle: x}\nroles: {a: []}\n"
+                    "administrators: [nobody]\n")
+    with pytest.raises(PolicyError) as refused:
+        load_policy(path)
+    said = str(refused.value)
+    assert "scopes.0.name:" in said and "scopes.0.tytle: unknown key `tytle` (did you mean `title`?)" in said
+    path.write_text("version: 1\nscopes: [a]\nroles: {a: [a]}\nadministrators: [nobody]\n")
+    with pytest.raises(PolicyError, match=r"administrators.0: 'nobody' is not one of the policy's roles"):
+        load_policy(path)

@@ -232,6 +232,17 @@ _SCOPE_ENTRY = {"anyOf": [{"type": "string", "pattern": r"^[A-Za-z0-9_.:*\-]+$",
                                           "description": {"type": "string", "minLength": 1, "maxLength": 400}}}]}
 
 
+def _unknown_key(error: Any, where: tuple[Any, ...]) -> Any:
+    """A `scopes:` entry's unknown key, said with the keys an entry has (the generic did-you-mean cannot see them)."""
+    import difflib
+
+    key = str(error["loc"][-1])
+    close = difflib.get_close_matches(key, list(ScopeInfo.model_fields), n=1)
+    hint = f"did you mean `{close[0]}`?" if close else "expected name, title, description"
+    return {"type": "value_error", "loc": (*where, *error["loc"]), "input": error["input"],
+            "ctx": {"error": ValueError(f"unknown key `{key}` ({hint})")}}
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
@@ -286,6 +297,7 @@ class Policy(Strict):
                         described = ScopeInfo.model_validate(entry)
                     except ValidationError as exc:  # said where it is: scopes.<n>.<field>
                         raise ValidationError.from_exception_data(cls.__name__, [
+                            _unknown_key(e, ("scopes", n)) if e["type"] == "extra_forbidden" else
                             {"type": e["type"], "loc": ("scopes", n, *e["loc"]), "input": e["input"],
                              **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]) from None
                     info[described.name] = described
