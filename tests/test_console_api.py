@@ -307,8 +307,9 @@ def test_who_administers() -> None:
                                   scopes=frozenset({"mcp:write"}))
 
 
-async def test_made_on_one_replica_works_on_another_and_a_rotation_reaches_it(oauth_proxy: Any, admin: str,
-                                                                               tmp_path: Path,
+@pytest.mark.parametrize("home", ["sqlite", "redis"])
+async def test_made_on_one_replica_works_on_another_and_a_rotation_reaches_it(home: str, oauth_proxy: Any, admin: str,
+                                                                               tmp_path: Path, request: Any,
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
@@ -316,11 +317,14 @@ async def test_made_on_one_replica_works_on_another_and_a_rotation_reaches_it(oa
 
     # a long trust in each copy: the new secret must still work at once (an unknown secret reads the record again)
     monkeypatch.setattr(pats, "RECHECK_SECONDS", 60.0)
-    state = tmp_path / "state"
-    state.mkdir()
-    one = await oauth_proxy.start(state_dir=str(state))
+    if home == "redis":
+        where = {"redis_url": request.getfixturevalue("redis_server").url, "audit_sink": "redis"}
+    else:
+        (tmp_path / "state").mkdir()
+        where = {"state_dir": str(tmp_path / "state")}
+    one = await oauth_proxy.start(**where)
     one_api, one_url = one.local + "/admin/api", one.url
-    two = await oauth_proxy.start(state_dir=str(state))
+    two = await oauth_proxy.start(**where)
     async with httpx2.AsyncClient(timeout=10) as http:
 
         async def status(url: str, token: str, want: int) -> int:
@@ -344,6 +348,15 @@ async def test_made_on_one_replica_works_on_another_and_a_rotation_reaches_it(oa
         assert await status(two.url, second, 200) == 200
         assert await status(two.url, first, 401) == 401
         assert await status(one_url, first, 401) == 401
+        if home == "redis":  # the activity search reads the trail's Redis stream: both replicas' records
+            for _ in range(50):
+                found = (await http.get(one_api + "/activity", params={"credential": cred_id},
+                                        headers=bearer(admin))).json()["records"]
+                if len(found) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert {r["record"]["decision"] for r in found} == {"allow"} and len(found) == 3
+            assert len({r["record"]["chain"] for r in found}) == 2  # one chain per replica
 
 
 async def test_scopegate_pat_works_against_a_running_scopegate(oauth_proxy: Any, admin: str) -> None:

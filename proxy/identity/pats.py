@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -27,6 +28,8 @@ from proxy.files import file_stamp
 from proxy.identity.principal import Principal, ceiling_scopes, effective_scopes, problem_in_permissions
 from proxy.policy.model import Policy
 from proxy.store import StoreUnavailable
+
+log = logging.getLogger("scopegate.auth")
 
 PREFIX = {"pat": "sgp_", "admin_key": "sgk_"}
 # Credentials made (or rotated) at run time live in the durable state, layered over the file, never written into it.
@@ -212,8 +215,13 @@ class Registry:
         """Every run-time record, at start (so pages and parent checks know them before their first request)."""
         if self.state is None:
             return
-        ids = await self.state.members(RUNTIME_INDEX)
-        for cred_id, raw in zip(ids, await self.state.get_many([RUNTIME_KEY + i for i in ids]), strict=True):
+        try:
+            ids = await self.state.members(RUNTIME_INDEX)
+            raws = await self.state.get_many([RUNTIME_KEY + i for i in ids])
+        except StoreUnavailable:  # Redis down at start: each is read on its first use instead (recheck)
+            log.warning("credentials made at run time cannot be read now; each is read when first used")
+            return
+        for cred_id, raw in zip(ids, raws, strict=True):
             self._take(cred_id, raw)
 
     def _take(self, cred_id: str, raw: str | None) -> None:
