@@ -403,3 +403,29 @@ async def test_scopegate_pat_works_against_a_running_scopegate(oauth_proxy: Any,
     assert code == 2 and "no admin key" in said
     async with httpx2.AsyncClient(timeout=10) as http:
         assert (await http.post(proxy.url, headers=mcp_headers(new.strip()), json=LIST)).status_code == 401
+
+
+async def test_an_app_signed_in_with_a_run_time_pat_works_on_a_replica_that_never_saw_it(
+        oauth_proxy: Any, admin: str, redis_server: Any) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from tests.test_oauth import OAuthProxy, authorization_url
+
+    one = await oauth_proxy.start(redis_url=redis_server.url)
+    one_local = one.local
+    await oauth_proxy.start(public=one.url, redis_url=redis_server.url)
+    two_local = oauth_proxy.local
+    two = OAuthProxy(one.url, one.issuer.replace(one_local, two_local), one.signing_key)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        # made on replica two, signed in with and consented there: replica one has never read it
+        made = (await http.post(two_local + "/admin/api/credentials", headers=bearer(admin), json={
+            "label": "carol's PAT", "subject": "carol", "scopes": ["mcp:read"], "expires": "1h"})).json()
+        client_id = await register(http, two)
+        verifier, challenge = pkce()
+        person = Person(made["token"])
+        person.origin = one_local  # the public origin, as the browser shows it
+        back = await person.authorize(authorization_url(two, client_id, challenge))
+        code = parse_qs(urlsplit(back.headers["location"]).query)["code"][0]
+        tokens = (await exchange(http, two, client_id, code, verifier)).json()
+        on_one = await http.post(f"{one_local}/mcp", headers=mcp_headers(tokens["access_token"]), json=LIST)
+        assert on_one.status_code == 200  # its parent, read on first use (not "gone")

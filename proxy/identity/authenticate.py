@@ -147,6 +147,8 @@ class Authenticate:
             raise TokenRejected("OAuth grant or its parent revoked", "revoked")
         if parent.startswith("oidc-"):
             return principal  # a sign-in through the organisation's provider: its role's ceiling is in the claims
+        if self.registry is not None:  # a parent made at run time on another replica: read it (at most every 5 s)
+            await self.registry.recheck(parent)
         live = self.registry.live(parent) if self.registry is not None else None
         if live is None:
             raise TokenRejected("the credential this grant was signed in with is revoked, expired or gone", "revoked")

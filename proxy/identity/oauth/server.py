@@ -140,6 +140,8 @@ class OAuthServer:
             return None
         if parent.startswith("oidc-"):
             return held_scopes(self.settings.offered, self.settings.ceiling(role)) if self.oidc else None
+        if self.registry is not None:
+            await self.registry.recheck(parent)  # made at run time, perhaps on another replica
         live = self.registry.live(parent) if self.registry is not None else None
         if live is None or live.kind not in self.settings.sign_in:
             return None
