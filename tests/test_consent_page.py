@@ -29,7 +29,8 @@ def described_policy(tmp_path: Path) -> str:
     policy["oauth"] = {**policy["oauth"], "access_token_ttl_seconds": 900, "refresh_token_ttl_seconds": 2 * 86400,
                        "grant_lifetime_seconds": 7 * 86400,
                        "clients": [{"client_id": "ledger-desktop", "client_name": "Ledger Desktop",
-                                    "redirect_uris": [REDIRECT]}]}
+                                    "redirect_uris": [REDIRECT], "client_uri": "https://ledger.example/desktop",
+                                    "policy_uri": "https://ledger.example/privacy"}]}
     path = tmp_path / "described.yaml"
     path.write_text(yaml.safe_dump(policy))
     return str(path)
@@ -64,6 +65,9 @@ async def test_consent_page_says_what_the_policy_says(oauth_proxy: Any, tmp_path
 
     known = await consent_page(proxy, Person(oauth_proxy.tokens["writer"]), "ledger-desktop")
     assert "Pre-registered by your organisation" in known and "not verified" not in known
+    assert '<a href="https://ledger.example/desktop" rel="noreferrer">Homepage</a> · ' \
+        '<a href="https://ledger.example/privacy" rel="noreferrer">Privacy</a>' in known
+    assert "Homepage" not in text  # a self-registered client's own links are never shown
 
 
 async def test_allow_is_disabled_when_nothing_can_be_granted(oauth_proxy: Any, tmp_path: Path) -> None:

@@ -70,6 +70,10 @@ class OAuthClient(Strict):
     client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     client_name: str = Field(min_length=1, max_length=200)
     redirect_uris: tuple[str, ...] = Field(min_length=1, max_length=10)
+    # shown on the consent page as the organisation's word about the app (only for clients the policy names)
+    client_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its homepage
+    tos_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its terms of service
+    policy_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its privacy policy
 
 
 class OidcSignIn(Strict):

@@ -216,13 +216,14 @@ class Pages:
         s = self.server.settings
         offered = self.server.consent_toggles(req.scopes, session.scopes)
         level, vouched = trust(req.client, frozenset(c.client_id for c in s.clients))
+        known = next((c for c in s.clients if c.client_id == req.client.client_id), None)
         return self.page(
             "consent.html", client=req.client, redirect_uri=req.redirect_uri, request_id=request_id,
             subject=session.subject, csrf=session.csrf, toggles=offered, can_allow=any(t.grantable for t in offered),
             workspaces=self.workspace_choice(session), form_target=target, service=s.service_name,
-            trust_level=level, trust=vouched, lifetimes={"access": duration(s.access_ttl),
-                                                         "refresh": duration(s.refresh_ttl),
-                                                         "grant": duration(s.grant_lifetime)},
+            trust_level=level, trust=vouched, links=known.links if known is not None else (),
+            lifetimes={"access": duration(s.access_ttl), "refresh": duration(s.refresh_ttl),
+                       "grant": duration(s.grant_lifetime)},
         )
 
     async def consent_get(self, request: web.Request) -> web.StreamResponse:

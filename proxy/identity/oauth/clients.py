@@ -50,6 +50,9 @@ class Client:
     # without a person in the loop: anyone can register a client, so its redirect URI may be anyone's site
     # (RFC 9700 §4.11.2). Never stored: a client read back from the store is one that registered itself.
     preregistered: bool = False
+    # (what, https URL): homepage, terms, privacy, as the policy gives them for a pre-registered client; never from a
+    # client's own registration or document (the consent page shows only what the organisation vouches for)
+    links: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps({"client_id": self.client_id, "name": self.name,

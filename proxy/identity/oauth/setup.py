@@ -45,8 +45,10 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
             problem = redirect_uri_problem(uri)
             if problem:
                 raise ConfigError(f"{config.policy}: oauth.clients.{index}.redirect_uris: {problem}")
+        links = tuple((what, uri) for what, uri in (("Homepage", client.client_uri), ("Terms", client.tos_uri),
+                                                    ("Privacy", client.policy_uri)) if uri)
         clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
-                              "pre-registered in this server's policy", preregistered=True))
+                              "pre-registered in this server's policy", preregistered=True, links=links))
     oidc = None
     if oauth.oidc is None and config.oidc_client_secret_file:
         raise ConfigError("SCOPEGATE_OIDC_CLIENT_SECRET_FILE is set but the policy has no oauth.oidc section")
