@@ -182,7 +182,8 @@ class ConsolePages:
         except TrailUnreadable as exc:
             problem = str(exc)
         return self.page("console_activity.html", actor, "activity", search=search, found=found, problem=problem,
-                         verified_with=which, csrf=actor.session.csrf if actor.session else "", report=None)
+                         verified_with=which, csrf=actor.session.csrf if actor.session else "", report=None,
+                         since=query.get("since", "")[:20], until=query.get("until", "")[:20])
 
     async def verify(self, request: web.Request, actor: Actor, data: Any) -> web.Response:
         if not actor.admin:
@@ -196,7 +197,7 @@ class ConsolePages:
         report = verify(records, key)
         return self.page("console_activity.html", actor, "activity", search=activity.Search(), found=[],
                          problem=None, verified_with=which, csrf=actor.session.csrf if actor.session else "",
-                         report=report)
+                         report=report, since="", until="")
 
     # --- access -----------------------------------------------------------------------------------------------
     async def access(self, request: web.Request, actor: Actor) -> web.Response:
