@@ -252,3 +252,44 @@ async def test_axe_finds_nothing_and_nothing_scrolls_sideways(console: Any, oaut
     await check("signin")
     await signed_out.close()
     assert not problems, problems
+
+
+async def test_a_person_cannot_act_on_or_even_see_anothers_credentials(console: Any, oauth_proxy: Any) -> None:
+    """Over plain HTTP with the reader's browser session: the console's forms for the writer's PAT answer 404
+    (not "forbidden": whose ids exist is not a person's business), a form from another site 403, and a forged
+    create for someone else or beyond their scopes is refused by the same checks as the API's."""
+    origin = console.local
+    reader = Person(oauth_proxy.tokens["reader"])
+    signed = await reader.http.post(origin + "/oauth/signin", headers={"Origin": origin},
+                                    data={"request": "", "token": oauth_proxy.tokens["reader"],
+                                          "next": "/admin/credentials"})
+    assert signed.headers["location"] == "/admin/credentials"
+    page = await reader.http.get(origin + "/admin/credentials")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    async with httpx2.AsyncClient(timeout=10) as http:
+        admin = {"Authorization": f"Bearer {oauth_proxy.tokens['admin']}"}
+        rows = (await http.get(origin + "/admin/api/credentials", headers=admin)).json()["credentials"]
+    writer_id = next(r["id"] for r in rows if r["label"] == "writer")
+    same = {"Origin": origin}
+    assert (await reader.http.get(origin + f"/admin/credentials/revoke?id={writer_id}")).status_code == 404
+    for path, data in (("/admin/credentials/revoke", {"id": writer_id}),
+                       ("/admin/credentials/rotate", {"id": writer_id, "grace": "0"})):
+        assert (await reader.http.post(origin + path, headers=same, data={**data, "csrf": csrf})).status_code == 404
+    cross = await reader.http.post(origin + "/admin/credentials/create", headers={"Origin": "https://evil.example"},
+                                   data={"csrf": csrf, "label": "x", "scope": "mcp:read"})
+    assert cross.status_code == 403 and "from this site" in cross.text
+    no_token = await reader.http.post(origin + "/admin/credentials/create", headers=same,
+                                      data={"label": "x", "scope": "mcp:read"})
+    assert no_token.status_code == 403
+    beyond = await reader.http.post(origin + "/admin/credentials/create", headers=same, data={
+        "csrf": csrf, "label": "x", "scope": ["mcp:read", "mcp:write"], "subject": "user-writer", "expires": "1h"})
+    assert beyond.status_code == 403 and "mcp:write" in beyond.text
+    mine = await reader.http.post(origin + "/admin/credentials/create", headers=same, data={
+        "csrf": csrf, "label": "my script", "scope": "mcp:read", "subject": "user-writer", "expires": "max"})
+    assert mine.status_code == 200 and "Token created" in mine.text
+    lifetimes = re.search(r'<select id="new-expires".*?</select>', page.text, re.S).group(0)  # type: ignore[union-attr]
+    assert '<option value="max" selected>until your own credential expires' in lifetimes  # an hour left: not "1h"
+    assert '<option value="1h"' not in lifetimes and '<option value="never"' not in lifetimes
+    assert "user-reader" in mine.text and "user-writer" not in mine.text  # `subject` from a person is ignored
+    assert "bound to <code>acme</code>" in mine.text  # within the reader's own workspace binding
+    assert (await reader.http.get(origin + "/admin/api/credentials")).status_code == 403

@@ -38,7 +38,10 @@ def answer(body: Any, status: int = 200) -> web.Response:
 
 
 def problem(status: int, message: str) -> web.Response:
-    return answer({"error": message}, status)
+    response = answer({"error": message}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="scopegate admin API"'
+    return response
 
 
 async def json_body(request: web.Request) -> Any:

@@ -258,6 +258,8 @@ class Credentials:
         if grace_seconds > MAX_GRACE:
             raise Invalid("grace: at most 30d")
         record, origin = await self._record(cred_id)
+        if not actor.admin and record.subject != actor.subject:
+            raise Invalid("no such credential", 404)
         if not may_act_on(actor, subject=record.subject, kind=record.kind, scopes=self._held(record)):
             self.note("rotate", "deny", "not theirs, or stronger than their own", actor=actor, target=cred_id)
             raise Refused("you may not rotate this credential")
@@ -276,8 +278,8 @@ class Credentials:
             raise Invalid("no such credential", 404)
         target = next((r for r in await self.rows(replace(actor, admin=True))
                        if r["id"] == cred_id), None)
-        if target is None:
-            raise Invalid("no such credential", 404)
+        if target is None or (not actor.admin and target["subject"] != actor.subject):
+            raise Invalid("no such credential", 404)  # someone else's is none of a person's business: not even "no"
         return target
 
     async def ends(self, actor: Actor, cred_id: str) -> dict[str, Any]:

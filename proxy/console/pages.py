@@ -10,8 +10,9 @@ the page can offer nothing the API would not allow. Search forms are GETs: they 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -23,6 +24,7 @@ from proxy.console.credentials import Invalid, Query, Refused, parse_want
 from proxy.console.service import Console
 from proxy.identity.oauth.authorization import Toggle
 from proxy.identity.oauth.pages import render
+from proxy.identity.pats import parse_duration
 from proxy.ops.sinks import TrailUnreadable
 from proxy.ops.trail import verify
 from proxy.store import StoreUnavailable
@@ -36,6 +38,16 @@ EXPIRY_CHOICES = (("1h", "1 hour"), ("12h", "12 hours"), ("7d", "7 days"), ("30d
                   ("never", "never"))
 GRACE_CHOICES = (("0", "none: the old secret stops now"), ("1h", "1 hour"), ("24h", "1 day"), ("7d", "7 days"))
 NAV = (("credentials", "Credentials"), ("activity", "Activity"), ("access", "Access"))
+
+
+def expiry_choices(actor: Actor, now: float) -> list[tuple[str, str]]:
+    """Pure: the lifetimes a new credential may have: none beyond the maker's own (then "until mine ends")."""
+    if actor.expires_at is None:
+        return list(EXPIRY_CHOICES)
+    left = actor.expires_at - now
+    fits = [(value, label) for value, label in EXPIRY_CHOICES if value != "never" and parse_duration(value) <= left]
+    ends = datetime.fromtimestamp(actor.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return [*fits, ("max", f"until your own credential expires ({ends})")]
 
 
 def when(iso: str | None) -> str:
@@ -118,7 +130,7 @@ class ConsolePages:
         rows = await self.console.credentials.rows(actor, query)
         notice = q.get("notice", "")[:40]
         return self.page("console_credentials.html", actor, "credentials", rows=rows, query=query,
-                         toggles=self._toggles(actor), expiry=EXPIRY_CHOICES, grace=GRACE_CHOICES,
+                         toggles=self._toggles(actor), expiry=expiry_choices(actor, time.time()), grace=GRACE_CHOICES,
                          csrf=actor.session.csrf if actor.session else "",
                          workspaces={"bound": actor.workspace, "options": sorted(actor.workspaces or ()),
                                      "projects": sorted(actor.projects or ()), "workspaces": None},
@@ -127,8 +139,11 @@ class ConsolePages:
     async def create(self, request: web.Request, actor: Actor, data: Any) -> web.Response:
         assert self.console.credentials is not None
         scopes = [v for v in data.getall("scope", []) if isinstance(v, str)]
-        body: dict[str, Any] = {"label": data.get("label") or "", "scopes": scopes,
-                                "expires": data.get("expires") or "30d", "kind": data.get("kind") or "pat"}
+        expires = data.get("expires") or "30d"
+        if expires == "max" and actor.expires_at is not None:  # as long as the maker's own credential lives
+            expires = f"{max(1, int(actor.expires_at - time.time()))}s"
+        body: dict[str, Any] = {"label": data.get("label") or "", "scopes": scopes, "expires": expires,
+                                "kind": data.get("kind") or "pat"}
         if actor.admin and data.get("subject"):
             body["subject"] = data.get("subject")
         workspace = data.get("workspace") or data.get("workspace_name") or ""
