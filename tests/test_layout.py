@@ -1,4 +1,4 @@
-"""The layers hold: imports point down (base ← ops, policy ← identity ← guards ← edge ← demo ← cli), never up,
+"""The layers hold: imports point down (base ← ops, policy ← identity ← guards ← console ← edge ← demo ← cli), never up,
 and no module imports itself back through a cycle. Read from the source with ast, so it fails on a new import
 before anything runs it. Imports under `if TYPE_CHECKING:` are annotations only and are left out."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 PROXY = Path(__file__).resolve().parent.parent / "proxy"
 
 # Higher may import lower; a package may import itself. The base is every module directly in proxy/.
-RANK = {"base": 0, "ops": 1, "policy": 1, "identity": 2, "guards": 3, "edge": 4, "demo": 5, "cli": 6}
+RANK = {"base": 0, "ops": 1, "policy": 1, "identity": 2, "guards": 3, "console": 3.5, "edge": 4, "demo": 5, "cli": 6}
 
 
 def module_name(path: Path) -> str:

@@ -668,7 +668,7 @@ async def test_connected_apps_lists_pats_and_grants_and_revoking_cuts_the_client
         assert (await http.post(proxy.url, headers=mcp_headers(tokens["access_token"]), json=LIST)).status_code == 200
 
         apps = await person.http.get(f"{origin}/oauth/apps")  # the same browser session
-        assert apps.status_code == 200 and "Attack Test" in apps.text and "Revoke writer" in apps.text
+        assert apps.status_code == 200 and "Attack Test" in apps.text and "Revoke <bdi>writer</bdi>" in apps.text
         assert "frame-ancestors 'none'" in apps.headers["content-security-policy"]
         assert "last used 20" in apps.text  # the OAuth grant was just used; stamped like a PAT
         grant_id = "sgo_" + claims_of(tokens["access_token"])["gid"]
@@ -688,7 +688,7 @@ async def test_connected_apps_lists_pats_and_grants_and_revoking_cuts_the_client
             "grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": client_id})
         assert refresh.status_code == 400
         after = await person.http.get(f"{origin}/oauth/apps")
-        assert "Attack Test" not in after.text and "Revoke writer" in after.text
+        assert "Attack Test" not in after.text and "Revoke <bdi>writer</bdi>" in after.text
 
 
 async def test_revoking_the_sign_in_pat_ends_its_oauth_grants_at_refresh(oauth_proxy: Any) -> None:
@@ -772,7 +772,7 @@ async def test_step_up_reconsent_keeps_the_grant_and_the_session(mode: str, oaut
     assert first["scope"] == "mcp:read" and set(second["scope"].split()) == {"mcp:read", "mcp:write"}
     assert first["gid"] == second["gid"]
     apps = await person.http.get(proxy.issuer + "/apps")
-    assert apps.text.count("Test Assistant</h2>") == 1
+    assert apps.text.count("Test Assistant</bdi></h2>") == 1
 
 
 async def test_anonymous_flood_cannot_evict_a_revocation_in_memory_mode(oauth_proxy: Any) -> None:

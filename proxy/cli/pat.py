@@ -10,14 +10,22 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from proxy.console.client import AdminClient, ClientError
 from proxy.identity import pat_admin
 from proxy.policy.model import Policy, PolicyError, load_policy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    pat = sub.add_parser("pat", help="personal access tokens: create, list, revoke")
+    pat = sub.add_parser("pat", help="personal access tokens: create, list, rotate, revoke")
     actions = pat.add_subparsers(dest="pat_command", required=True)
     file_help = "registry file (default: $SCOPEGATE_PAT_FILE)"
+    url_help = ("a running scopegate (its admin API) instead of the file: http(s)://host:port; the admin key is read "
+                "from the variable --key-env names")
+
+    def remote(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--url", help=url_help)
+        parser.add_argument("--key-env", default="SCOPEGATE_ADMIN_KEY",
+                            help="the variable holding the admin key for --url (default SCOPEGATE_ADMIN_KEY)")
 
     create = actions.add_parser("create", help="create a token; it is printed once")
     create.add_argument("--file", help=file_help)
@@ -33,17 +41,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--admin-key", action="store_true", help="a tenant admin key (may hold admin-only scopes)")
     create.add_argument("--policy", default=os.environ.get("SCOPEGATE_POLICY"),
                         help="check scopes and role against this policy (default: $SCOPEGATE_POLICY)")
+    remote(create)
 
     state_help = "the proxy's state directory when it runs without Redis (default: $SCOPEGATE_STATE_DIR)"
     listing = actions.add_parser("list", help="list credentials and their status (never their tokens)")
     listing.add_argument("--file", help=file_help)
     listing.add_argument("--state-dir", help=state_help)
     listing.add_argument("--json", action="store_true", help="one JSON document: every credential and its status")
+    remote(listing)
 
     revoke = actions.add_parser("revoke", help="revoke a credential by id, and every grant signed in with it")
     revoke.add_argument("id")
     revoke.add_argument("--file", help=file_help)
     revoke.add_argument("--state-dir", help=state_help)
+    revoke.add_argument("--dry-run", action="store_true", help="with --url: only list what would end")
+    remote(revoke)
+
+    rotate = actions.add_parser("rotate", help="with --url: a new secret for a credential (printed once); the old "
+                                               "one works for the grace period")
+    rotate.add_argument("id")
+    rotate.add_argument("--grace", default="1h", help="how long the old secret still works: 1h, 30m, 0 (default 1h)")
+    remote(rotate)
 
 
 def _path(args: argparse.Namespace) -> Path:
@@ -72,6 +90,15 @@ def _state(args: argparse.Namespace) -> pat_admin.StateSource:
 
 
 def main(args: argparse.Namespace) -> None:
+    if getattr(args, "url", None):
+        try:
+            _remote(args, AdminClient(args.url, os.environ.get(args.key_env, "")))
+        except ClientError as exc:
+            raise SystemExit(f"scopegate pat {args.pat_command}: {exc}") from None
+        return
+    if args.pat_command == "rotate":
+        raise SystemExit("scopegate pat rotate: needs --url (a running scopegate keeps the rotated secret in its "
+                         "credential state; the file is never rewritten)")
     path = _path(args)
     try:
         _run(args, path, _state(args))
@@ -125,3 +152,47 @@ def _run(args: argparse.Namespace, path: Path, state: pat_admin.StateSource) -> 
             print(f"scopegate pat revoke: {args.id} was already revoked", file=sys.stderr)
         if already or not done:
             raise SystemExit(1)
+
+
+def _remote(args: argparse.Namespace, client: AdminClient) -> None:
+    """The same commands through a running scopegate's admin API."""
+    if args.pat_command == "create":
+        made = client.create(
+            kind="admin_key" if args.admin_key else "pat", label=args.label, subject=args.subject,
+            scopes=[s for chunk in args.scope for s in chunk.replace(",", " ").split()],
+            workspace=args.workspace, role=args.role, expires=args.expires,
+            workspaces=[w.strip() for w in args.workspaces.split(",") if w.strip()] if args.workspaces else None)
+        row = made["credential"]
+        print(f"created {row['kind']} {row['id']} ({row['label']}); expires {row['expires'] or 'never'}",
+              file=sys.stderr)
+        print("the token is shown once; store it now:", file=sys.stderr)
+        print(made["token"])
+    elif args.pat_command == "list":
+        rows = client.credentials()
+        if args.json:
+            print(json.dumps({"credentials": rows}, indent=2))
+            return
+        print(f"{'id':<29}{'kind':<10}{'status':<9}{'subject':<22}{'expires':<27}{'last used':<27}{'scopes':<30}label")
+        for row in rows:
+            print(f"{row['id']:<29}{row['kind']:<10}{row['status']:<9}{row['subject']:<22}"
+                  f"{row['expires'] or 'never':<27}{row['last_used'] or '-':<27}{' '.join(row['scopes']) or '-':<30}"
+                  f"{row['label']}")
+            if row.get("revoked"):
+                v = row["revoked"]
+                ended = f"; ended {', '.join(v['ended'])}" if v["ended"] else ""
+                print(f"{'':<29}revoked {v['at'] or '(time not recorded)'} by {v['by']}: {v['reason']}{ended}")
+    elif args.pat_command == "rotate":
+        made = client.rotate(args.id, args.grace)
+        until = (made["credential"].get("rotated") or {}).get("previous_valid_until")
+        print(f"rotated {args.id}; the old secret " + (f"works until {until}" if until else "no longer works"),
+              file=sys.stderr)
+        print("the new token is shown once; store it now:", file=sys.stderr)
+        print(made["token"])
+    elif args.pat_command == "revoke":
+        if args.dry_run:
+            ends = client.revoke(args.id, dry_run=True)["would_end"]
+            print(f"{args.id}: would end " + (", ".join(f"{e['id']} ({e['label']})" for e in ends) or "nothing else"))
+            return
+        done = client.revoke(args.id)["revoked"]
+        ended = f"; ended {', '.join(done['ended'])}" if done["ended"] else ""
+        print(f"{args.id}: revoked by {done['by']}{ended}")

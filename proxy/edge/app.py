@@ -10,12 +10,16 @@ import os
 import socket
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.config import Config, ConfigError
+from proxy.console import api as console_api
+from proxy.console import pages as console_pages
+from proxy.console.service import Console, Trail
 from proxy.durable import RedisState, StateError, open_state
 from proxy.edge.approval_events import ApprovalEvents
 from proxy.edge.cors import Cors
@@ -57,6 +61,7 @@ OPS_PORT = web.AppKey("ops_port", int)
 CREDENTIALS = web.AppKey("credentials", Tree)  # the durable credential state (revocations, grants): the tree
 OAUTH = web.AppKey("oauth", OAuthServer)  # scopegate's own authorization server, when on
 STDIO = web.AppKey("stdio", Bridge)  # the stdio server's children, when SCOPEGATE_UPSTREAM_COMMAND runs one
+CONSOLE = web.AppKey("console", Console)  # the console pages and the admin API (off the request path)
 SHUTDOWN_TIMEOUT = 3.0
 
 
@@ -147,6 +152,10 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
     if oauth is not None:
         app[OAUTH] = oauth
     tracing = setup_tracing(config)  # None unless configured: then nothing below wraps anything
+    console = Console(identity.registry, oauth,
+                      Trail(config.audit_sink, config.redis_url, config.audit_signing_key_file),
+                      str(config.public_url.origin()) if config.public_url else None)
+    app[CONSOLE] = console
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         bridge, upstream_config, upstream_identity = await stdio_upstream(config, identity)
@@ -172,6 +181,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
             raise ConfigError(f"SCOPEGATE_STATE_DIR: {exc}") from None
         tree = Tree(durable, child_ttl=oauth.settings.grant_lifetime + oauth.settings.access_ttl if oauth else None)
         app[CREDENTIALS] = tree
+        if identity.registry is not None:  # PATs made at run time (the admin API) live in the durable state
+            identity.registry.attach(durable)
+            await identity.registry.load_runtime()
         if isinstance(durable, RedisState) and (evicts := await durable.eviction()) not in (None, "noeviction"):
             log.warning("Redis evicts keys when full (maxmemory-policy %s): a revocation could be dropped and its "
                         "credential work again; set maxmemory-policy noeviction", evicts)
@@ -240,6 +252,9 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                 approvals.on_waiting, approvals.on_decided = events.waiting, events.decided
                 approvals.on_refused = events.refused
                 app[FORWARDER] = Forwarder(config, chosen, calls, metrics, audit, EventIds(key), stream_session=streams)
+                # the console reads the policy in force and asks the upstream for its lists itself (the catalog's
+                # source), never on a client's request path; what people do there joins the same trail
+                console.attach(tree, lambda: live.rules, fetch_tools.lists, lambda exchange: audit.add(exchange, 0.0))
                 followers = tuple(f.follow for f in (identity.registry, verifier) if f is not None)
                 reloader = PolicyReloader(str(config.policy), live, config.tool_prefix, followers,
                                           on_result=lambda result: metrics.policy_reloads.labels(result).inc())
@@ -303,6 +318,18 @@ def build_app(config: Config, identity: Identity, pipeline: Pipeline | None = No
                identity.policy.scopes, config.origin_policy.host_allowed, wrap=catch_all)
     if oauth is not None:
         oauth.add_routes(app, config.origin_policy.host_allowed, wrap=catch_all)
+    host_allowed = config.origin_policy.host_allowed
+
+    def host_checked(handler: Any) -> Any:
+        async def run(request: web.Request) -> web.StreamResponse:
+            if not host_allowed(request.headers.get("Host")):
+                return console_api.problem(403, "Host not allowed")
+            return await handler(request)
+
+        return catch_all(run)
+
+    console_api.add_routes(app, console_api.AdminApi(console), host_checked)
+    console_pages.add_routes(app, console, host_checked)
     if identity.upstream_identity is not None:  # the keys the upstream verifies the caller's assertions with
         assertion.add_routes(app, identity.upstream_identity, config.origin_policy.host_allowed, wrap=catch_all)
     endpoint = catch_all(tracing.endpoint(mcp_endpoint) if tracing is not None else mcp_endpoint)

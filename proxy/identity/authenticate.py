@@ -121,8 +121,7 @@ class Authenticate:
         if looks_like_pat(token):
             if self.registry is None:
                 raise TokenRejected("no PAT registry configured", "unknown")
-            self.registry.maybe_refresh()
-            principal, reason = self.registry.lookup(token)
+            principal, reason = await self.registry.resolve(token)
             if principal is None:
                 raise TokenRejected(f"PAT {reason}", reason)
             if await self._revoked((principal.credential_id,)):
@@ -148,6 +147,8 @@ class Authenticate:
             raise TokenRejected("OAuth grant or its parent revoked", "revoked")
         if parent.startswith("oidc-"):
             return principal  # a sign-in through the organisation's provider: its role's ceiling is in the claims
+        if self.registry is not None:  # a parent made at run time on another replica: read it (at most every 5 s)
+            await self.registry.recheck(parent)
         live = self.registry.live(parent) if self.registry is not None else None
         if live is None:
             raise TokenRejected("the credential this grant was signed in with is revoked, expired or gone", "revoked")

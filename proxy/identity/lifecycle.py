@@ -106,6 +106,10 @@ class Tree:
         log.info("credential revoked", extra={"credential_id": credential_id, "cascaded": len(fresh)})
         return record
 
+    async def descendants(self, credential_id: str) -> list[str]:
+        """What revoking this node would end (a dry run of `revoke`)."""
+        return await self._descendants(credential_id)
+
     async def _descendants(self, credential_id: str) -> list[str]:
         found: list[str] = []
         level = [credential_id]

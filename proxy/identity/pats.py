@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -22,11 +23,23 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from proxy.durable import Durable
 from proxy.files import file_stamp
 from proxy.identity.principal import Principal, ceiling_scopes, effective_scopes, problem_in_permissions
 from proxy.policy.model import Policy
+from proxy.store import StoreUnavailable
+
+log = logging.getLogger("scopegate.auth")
 
 PREFIX = {"pat": "sgp_", "admin_key": "sgk_"}
+# Credentials made (or rotated) at run time live in the durable state, layered over the file, never written into it.
+RUNTIME_KEY = "scopegate:cred:pat:"
+RUNTIME_INDEX = "scopegate:cred:pats"
+# How long a process trusts what it last read of one credential's run-time record before reading it again: a
+# rotation's new secret works at once everywhere (an unknown secret is looked up straight away); an old secret
+# stops at most this long after its grace period would have ended on a process that had not read it since.
+RECHECK_SECONDS = 5.0
+RECHECK_KEEP = 100_000
 _TOKEN = re.compile(r"^(sgp|sgk)_([0-9a-f]{12})_([A-Za-z0-9_\-]{43})$")
 
 
@@ -55,6 +68,11 @@ class Record(BaseModel):
     created: datetime
     expires: datetime | None = None
     revoked: bool = False
+    # Set by a rotation (made at run time, kept in the durable state, never in the file): the secret it replaced
+    # still works until `previous_until`, so the programs using it can be moved over.
+    previous_hash: str | None = Field(None, pattern=r"^sha256:[0-9a-f]{64}$")
+    previous_until: datetime | None = None
+    created_by: str | None = Field(None, max_length=300)  # who made it at run time (the console, the admin API)
 
     @field_validator("permissions")
     @classmethod
@@ -91,9 +109,9 @@ def token_hash(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
-def new_token(kind: Literal["pat", "admin_key"]) -> tuple[str, str]:
-    """A fresh (id, token)."""
-    cred_id = secrets.token_hex(6)
+def new_token(kind: Literal["pat", "admin_key"], cred_id: str | None = None) -> tuple[str, str]:
+    """A fresh (id, token); with `cred_id`, a new secret for that credential (a rotation)."""
+    cred_id = cred_id or secrets.token_hex(6)
     return cred_id, f"{PREFIX[kind]}{cred_id}_{secrets.token_urlsafe(32)}"
 
 
@@ -152,6 +170,10 @@ class Registry:
         self._stamp: tuple[int, int] | None = None
         self._records: dict[str, tuple[Record, Principal]] = {}
         self.reload_error: str | None = None
+        # Run-time records (made or rotated through the admin API), over the file's by id; read from `state`.
+        self.state: Durable | None = None
+        self._overlay: dict[str, tuple[Record, Principal]] = {}
+        self._checked: dict[str, float] = {}  # credential id -> when its run-time record was last read
         self.refresh()  # the first read must succeed: a broken file at start is a configuration error
 
     def refresh(self) -> None:
@@ -168,7 +190,8 @@ class Registry:
         return {r.id: (r, r.principal(policy)) for r in read_records(self.path)}
 
     def adopt(self, policy: Policy, records: dict[str, tuple[Record, Principal]]) -> None:
-        self.policy, self._records, self._stamp = policy, records, file_stamp(self.path)
+        overlay = {i: (r, r.principal(policy)) for i, (r, _) in self._overlay.items()}
+        self.policy, self._records, self._stamp, self._overlay = policy, records, file_stamp(self.path), overlay
 
     def follow(self, policy: Policy) -> Callable[[], None]:
         """A policy reload's follower: every principal seen through the new policy, committed at the swap."""
@@ -176,8 +199,86 @@ class Registry:
         return lambda: self.adopt(policy, records)
 
     def records(self) -> list[Record]:
-        """Every record as last read (for the Connected apps page; never a token, only hashes)."""
-        return [record for record, _ in self._records.values()]
+        """Every record as last read, the run-time ones over the file's (for the Connected apps page; never a
+        token, only hashes)."""
+        merged = {**self._records, **self._overlay}
+        return [record for record, _ in merged.values()]
+
+    def from_file(self, cred_id: str) -> bool:
+        return cred_id in self._records
+
+    # --- run-time records (the durable state) -----------------------------------------------------------------
+    def attach(self, state: Durable) -> None:
+        self.state = state
+
+    async def load_runtime(self) -> None:
+        """Every run-time record, at start (so pages and parent checks know them before their first request)."""
+        if self.state is None:
+            return
+        try:
+            ids = await self.state.members(RUNTIME_INDEX)
+            raws = await self.state.get_many([RUNTIME_KEY + i for i in ids])
+        except StoreUnavailable:  # Redis down at start: each is read on its first use instead (recheck)
+            log.warning("credentials made at run time cannot be read now; each is read when first used")
+            return
+        for cred_id, raw in zip(ids, raws, strict=True):
+            self._take(cred_id, raw)
+
+    def _take(self, cred_id: str, raw: str | None) -> None:
+        if raw is None:
+            self._overlay.pop(cred_id, None)
+            return
+        try:
+            record = Record.model_validate_json(raw)
+        except ValidationError:
+            self._overlay.pop(cred_id, None)  # unreadable: it grants nothing (the file's record, if any, stands)
+            return
+        self._overlay[cred_id] = (record, record.principal(self.policy))
+
+    def remember(self, record: Record) -> None:
+        """A run-time record this process just wrote: in force here at once."""
+        self._overlay[record.id] = (record, record.principal(self.policy))
+        self._checked[record.id] = time.monotonic()
+
+    async def recheck(self, cred_id: str, force: bool = False) -> None:
+        """Read the credential's run-time record again when this process's copy is older than RECHECK_SECONDS: one
+        durable read per credential at most every few seconds, and one for each id this process does not know
+        (a credential made on another replica works on its first request here). `force`: read it now."""
+        if self.state is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked.get(cred_id, float("-inf")) < RECHECK_SECONDS:
+            return
+        known = cred_id in self._records or cred_id in self._overlay
+        try:
+            raw = await self.state.get(RUNTIME_KEY + cred_id)
+        except StoreUnavailable:
+            if known:
+                return  # what this process last knew; the revocation check after this still fails closed
+            raise
+        self._take(cred_id, raw)
+        if known or raw is not None:  # ids nobody issued are not remembered: guessing cannot grow this
+            self._checked.pop(cred_id, None)
+            if len(self._checked) >= RECHECK_KEEP:
+                del self._checked[next(iter(self._checked))]
+            self._checked[cred_id] = now
+
+    async def resolve(self, token: str, now: float | None = None) -> tuple[Principal | None, str]:
+        """lookup(), with the credential's run-time record read first when due (the request path's entry)."""
+        self.maybe_refresh()
+        cred_id = token_id(token)
+        if cred_id is None:
+            return None, "malformed"
+        checked = self._checked.get(cred_id)
+        await self.recheck(cred_id)
+        principal, reason = self.lookup(token, now)
+        if reason == "unknown" and self.state is not None and checked == self._checked.get(cred_id) \
+                and cred_id in self._checked:
+            # A secret this process's copy does not know: a rotation made elsewhere since it last read it. One read
+            # more (an unknown id costs one read already), so a new secret works on every replica at once.
+            await self.recheck(cred_id, force=True)
+            principal, reason = self.lookup(token, now)
+        return principal, reason
 
     def maybe_refresh(self) -> None:
         """Re-read a changed file; a broken new version keeps the old one in force (and says so in reload_error)."""
@@ -191,7 +292,7 @@ class Registry:
         """The credential's principal as the file says now, or None when it is gone, marked revoked or expired (a
         parent's check: what was signed in with it lives no longer than it does). Runtime revocations: Tree."""
         self.maybe_refresh()
-        entry = self._records.get(cred_id)
+        entry = self._overlay.get(cred_id) or self._records.get(cred_id)
         if entry is None or entry[0].revoked:
             return None
         expires = entry[1].expires_at
@@ -204,10 +305,17 @@ class Registry:
         cred_id = token_id(token)
         if cred_id is None:
             return None, "malformed"
-        entry = self._records.get(cred_id)
+        entry = self._overlay.get(cred_id) or self._records.get(cred_id)
         # Compare even when the id is unknown, so timing does not tell known ids from unknown ones.
         expected = entry[0].hash if entry else "sha256:" + "0" * 64
-        if not hmac.compare_digest(token_hash(token), expected) or entry is None:
+        presented = token_hash(token)
+        matched = hmac.compare_digest(presented, expected)
+        if entry is not None and not matched and entry[0].previous_hash is not None:
+            # a rotated secret: the one it replaced works until the end of the grace period chosen at rotation
+            until = entry[0].previous_until
+            matched = (hmac.compare_digest(presented, entry[0].previous_hash) and until is not None
+                       and until.timestamp() > (now or time.time()))
+        if not matched or entry is None:
             return None, "unknown"
         record, principal = entry
         if not token.startswith(PREFIX[record.kind]):

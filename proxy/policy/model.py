@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -71,6 +71,10 @@ class OAuthClient(Strict):
     client_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     client_name: str = Field(min_length=1, max_length=200)
     redirect_uris: tuple[str, ...] = Field(min_length=1, max_length=10)
+    # shown on the consent page as the organisation's word about the app (only for clients the policy names)
+    client_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its homepage
+    tos_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its terms of service
+    policy_uri: str | None = Field(None, max_length=500, pattern=r"^https://[^\s]+$")  # its privacy policy
 
 
 class OidcSignIn(Strict):
@@ -289,11 +293,41 @@ class Provenance(Strict):
     confirm: Literal["human", "token"] = "human"  # who confirms such a write
 
 
+class ScopeInfo(Strict):
+    """A scope with words people can judge it by (the consent page, the console); a plain string is the name alone."""
+
+    name: Scope
+    title: str | None = Field(None, min_length=1, max_length=80)
+    description: str | None = Field(None, min_length=1, max_length=400)
+
+
+_SCOPE_ENTRY = {"anyOf": [{"type": "string", "pattern": r"^[A-Za-z0-9_.:*\-]+$", "minLength": 1, "maxLength": 128},
+                          {"type": "object", "additionalProperties": False, "required": ["name"],
+                           "properties": {"name": {"type": "string", "pattern": r"^[A-Za-z0-9_.:*\-]+$",
+                                                   "minLength": 1, "maxLength": 128},
+                                          "title": {"type": "string", "minLength": 1, "maxLength": 80},
+                                          "description": {"type": "string", "minLength": 1, "maxLength": 400}}}]}
+
+
+def _unknown_key(error: Any, where: tuple[Any, ...]) -> Any:
+    """A `scopes:` entry's unknown key, said with the keys an entry has (the generic did-you-mean cannot see them)."""
+    import difflib
+
+    key = str(error["loc"][-1])
+    close = difflib.get_close_matches(key, list(ScopeInfo.model_fields), n=1)
+    hint = f"did you mean `{close[0]}`?" if close else "expected name, title, description"
+    return {"type": "value_error", "loc": (*where, *error["loc"]), "input": error["input"],
+            "ctx": {"error": ValueError(f"unknown key `{key}` ({hint})")}}
+
+
 class Policy(Strict):
     version: Literal[1]
     name: str = ""
     description: str = ""
-    scopes: tuple[Scope, ...] = ()
+    title: str | None = Field(None, min_length=1, max_length=100)  # the service's name as people read it (pages)
+    # Each entry a name, or {name, title, description}: the words the consent page and the console show.
+    scopes: Annotated[tuple[Scope, ...], WithJsonSchema({"type": "array", "items": _SCOPE_ENTRY})] = ()
+    administrators: tuple[str, ...] = ()  # roles whose members use the console and the admin API as administrators
     superscope: Scope | None = None
     read_scope: Scope | None = None  # what `default: annotations` asks of a read-only tool
     write_scope: Scope | None = None  # ... and of any other tool
@@ -316,11 +350,42 @@ class Policy(Strict):
     pins: Pins | None = None  # tool drift: definitions checked against a reviewed pin file
     provenance: Provenance | None = None  # untrusted output marked; writes after it held
     _pin_set: PinSet | None = PrivateAttr(None)  # the pin file as loaded with the policy (load_located)
+    _scope_info: dict[str, ScopeInfo] = PrivateAttr(default_factory=dict)
 
     @property
     def pin_set(self) -> PinSet | None:
         return self._pin_set
     limits: tuple[Limit, ...] = Field((), max_length=32)  # rate limits on tool calls
+
+    @property
+    def scope_info(self) -> dict[str, ScopeInfo]:
+        """The title and description of each scope that has them (`scopes:` entries written as mappings)."""
+        return self._scope_info
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scope_entries(cls, data: Any, handler: Any) -> Policy:
+        """`scopes:` entries may be mappings: the model keeps names (what every decision reads), the words aside."""
+        info: dict[str, ScopeInfo] = {}
+        if isinstance(data, dict) and isinstance(data.get("scopes"), list | tuple):
+            names: list[Any] = []
+            for n, entry in enumerate(data["scopes"]):
+                if isinstance(entry, dict):
+                    try:
+                        described = ScopeInfo.model_validate(entry)
+                    except ValidationError as exc:  # said where it is: scopes.<n>.<field>
+                        raise ValidationError.from_exception_data(cls.__name__, [
+                            _unknown_key(e, ("scopes", n)) if e["type"] == "extra_forbidden" else
+                            {"type": e["type"], "loc": ("scopes", n, *e["loc"]), "input": e["input"],
+                             **({"ctx": e["ctx"]} if "ctx" in e else {})} for e in exc.errors()]) from None
+                    info[described.name] = described
+                    names.append(described.name)
+                else:
+                    names.append(entry)
+            data = {**data, "scopes": names}
+        policy = handler(data)
+        policy._scope_info = info
+        return policy
 
     @model_validator(mode="after")
     def _annotations_need_scopes(self) -> Policy:
@@ -474,6 +539,9 @@ def load_located(path: str | Path, *, read_pins: bool = True) -> tuple[Policy, L
     if policy.anonymous is not None:
         problems += [(("anonymous", "scopes", n), f"scope {scope!r} is not in `scopes`")
                      for n, scope in enumerate(policy.anonymous.scopes) if known and scope not in known]
+    for n, role in enumerate(policy.administrators):
+        if role not in policy.roles:
+            problems.append((("administrators", n), f"{role!r} is not one of the policy's roles"))
     for name in ("superscope", "read_scope", "write_scope"):
         value = getattr(policy, name)
         if value is not None and known and value not in known:

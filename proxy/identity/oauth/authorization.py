@@ -114,6 +114,9 @@ class Toggle:
     scope: str
     grantable: bool
     reason: str = ""  # why it cannot be granted
+    title: str | None = None  # the policy's words for it (`scopes:` entries with a title and description)
+    description: str | None = None
+    tools: tuple[str, ...] = ()  # what it lets a client use (the policy's tool rules that need it)
 
 
 def toggles(requested: Iterable[str], *, known: tuple[str, ...], excluded: tuple[str, ...],

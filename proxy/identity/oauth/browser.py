@@ -25,7 +25,7 @@ from proxy.identity.oauth.authorization import (
     check_authorization,
 )
 from proxy.identity.oauth.cimd import DocumentRefused
-from proxy.identity.oauth.clients import Client
+from proxy.identity.oauth.clients import Client, trust
 from proxy.identity.oauth.connected_apps import ConnectedApps
 from proxy.identity.oauth.grants import PendingCode
 from proxy.identity.oauth.oidc import COOKIE as OIDC_COOKIE
@@ -43,12 +43,23 @@ if TYPE_CHECKING:
 log = logging.getLogger("scopegate.oauth")
 
 APPROVALS_REQUEST = "approvals:"  # a sign-in's `request` when it came from the approval page
+# Where a sign-in may send the person on (the console's pages): a fixed list, never a URL from the form.
+CONSOLE_PAGES = frozenset({"/admin/credentials", "/admin/activity", "/admin/access"})
 
 
 def _redirect(uri: str, params: dict[str, str | None]) -> web.Response:
     query = urlencode({k: v for k, v in params.items() if v is not None})
     return web.Response(status=303, headers={"Location": f"{uri}{'&' if '?' in uri else '?'}{query}",
                                              "Cache-Control": "no-store"})
+
+
+def duration(seconds: int) -> str:
+    """Pure: a lifetime in the largest whole unit people say (90 days, 12 hours, 30 minutes)."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} seconds"
 
 
 def _encode(req: AuthorizationRequest) -> bytes:
@@ -145,7 +156,9 @@ class Pages:
         await self.server.sessions.start(response, principal)
         if req is not None:
             await self.server.sessions.claim(str(request_id))
+        after = data.get("next")
         response.headers["Location"] = (f"{self.path}/consent?{urlencode({'request': request_id})}" if req
+                                        else after if isinstance(after, str) and after in CONSOLE_PAGES
                                         else self.after_sign_in(request_id))
         self.server.evidence.record("signin", "allow", principal.kind, subject=principal.subject,
                                     credential_id=principal.credential_id, label=principal.label,
@@ -156,8 +169,7 @@ class Pages:
         registry = self.server.registry
         if registry is None or not looks_like_pat(token) or len(token) > 200:
             return None
-        registry.maybe_refresh()
-        principal, _ = registry.lookup(token)
+        principal, _ = await registry.resolve(token)
         if principal is None or principal.kind not in self.server.settings.sign_in:
             return None
         if await self.server.tree.revoked_any((principal.credential_id,)):
@@ -216,11 +228,17 @@ class Pages:
             target = parse_redirect_uri(req.redirect_uri)  # checked at /authorize; the CSP needs its parts
         except UriRefused as exc:
             return self.error(f"This app's redirect URI is not accepted (a redirect URI {exc}).")
+        s = self.server.settings
+        offered = self.server.consent_toggles(req.scopes, session.scopes)
+        level, vouched = trust(req.client, frozenset(c.client_id for c in s.clients))
+        known = next((c for c in s.clients if c.client_id == req.client.client_id), None)
         return self.page(
             "consent.html", client=req.client, redirect_uri=req.redirect_uri, request_id=request_id,
-            subject=session.subject, csrf=session.csrf,
-            toggles=self.server.consent_toggles(req.scopes, session.scopes),
-            workspaces=self.workspace_choice(session), form_target=target,
+            subject=session.subject, csrf=session.csrf, toggles=offered, can_allow=any(t.grantable for t in offered),
+            workspaces=self.workspace_choice(session), form_target=target, service=s.service_name,
+            trust_level=level, trust=vouched, links=known.links if known is not None else (),
+            lifetimes={"access": duration(s.access_ttl), "refresh": duration(s.refresh_ttl),
+                       "grant": duration(s.grant_lifetime)},
         )
 
     async def consent_get(self, request: web.Request) -> web.StreamResponse:

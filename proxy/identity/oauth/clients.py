@@ -50,6 +50,9 @@ class Client:
     # without a person in the loop: anyone can register a client, so its redirect URI may be anyone's site
     # (RFC 9700 §4.11.2). Never stored: a client read back from the store is one that registered itself.
     preregistered: bool = False
+    # (what, https URL): homepage, terms, privacy, as the policy gives them for a pre-registered client; never from a
+    # client's own registration or document (the consent page shows only what the organisation vouches for)
+    links: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps({"client_id": self.client_id, "name": self.name,
@@ -59,6 +62,17 @@ class Client:
     def from_json(cls, raw: str | bytes) -> Client:
         data = orjson.loads(raw)
         return cls(data["client_id"], data["name"], tuple(data["redirect_uris"]), data["source"])
+
+
+def trust(client: Client, preregistered: frozenset[str]) -> tuple[str, str]:
+    """Pure: how far this client is vouched for, as a level and in plain words for the consent page."""
+    if client.client_id in preregistered:
+        return "preregistered", "Pre-registered by your organisation in this server's policy."
+    if client.client_id.startswith("https://"):
+        return "document", ("It describes itself in a metadata document it publishes on the web; its name and "
+                            "addresses are its own claim: not verified by your organisation.")
+    return "self", ("It registered itself with this server; its name is its own claim: not verified by your "
+                    "organisation.")
 
 
 def redirect_uri_problem(uri: Any) -> str | None:

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -39,6 +40,7 @@ GRANT_KEY = "scopegate:cred:grant:"
 FAMILY_KEY = "scopegate:cred:family:"
 PERSON_KEY = "scopegate:cred:person:"
 CONSENT_KEY = "scopegate:cred:consent:"
+ALL_KEY = "scopegate:cred:grants"  # every grant's id (for the console; pruned as their records expire)
 KEEP_PREVIOUS = 16
 CONSENTS_PER_DAY = 200  # grants one person may start in a day (a step-up that keeps its grant counts once)
 _REFRESH = re.compile(r"sgr_([0-9a-f]{24})_[A-Za-z0-9_\-]{43}")
@@ -221,6 +223,7 @@ class Grants:
             raise TooManyGrants(grant.subject)
         ttl = self._left(grant)
         await self.state.set(GRANT_KEY + grant.grant_id, grant.to_json(), ttl=ttl)
+        await self.state.add(ALL_KEY, grant.grant_id)
         await self.tree.adopt(grant.parent, grant.credential_id)
         await self.state.set(consent, grant.grant_id, ttl=ttl)
         token = self._refresh_token(grant.grant_id)
@@ -285,6 +288,19 @@ class Grants:
             await self.state.remove(PERSON_KEY + digest(grant.subject), grant_id)
             await self.tree.disown(grant.parent, grant.credential_id)  # ended: nothing left for a cascade to end
         return record
+
+    async def every(self, also: Sequence[str] = ()) -> list[Grant]:
+        """Every grant still recorded, live or revoked (the console lists both); `also`: more grant ids (children
+        of registry credentials, for grants made before the index). Ids whose record expired leave the index."""
+        ids = list(dict.fromkeys([*await self.state.members(ALL_KEY), *also]))
+        raws = await self.state.get_many([GRANT_KEY + i for i in ids])
+        found = []
+        for grant_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                await self.state.remove(ALL_KEY, grant_id)
+                continue
+            found.append(Grant.from_json(raw))
+        return sorted(found, key=lambda g: g.created)
 
     async def of_subject(self, subject: str) -> list[Grant]:
         """The person's live grants; ended ones leave the index as they are found."""

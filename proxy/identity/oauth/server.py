@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -62,6 +62,9 @@ class Settings:
     refresh_ttl: int = 30 * 86400
     grant_lifetime: int = 90 * 86400  # absolute: a grant ends then, however often it was refreshed
     grants_per_person: int = 50
+    service_name: str = "this service"  # the policy's `title` (or `name`): what the consent page names
+    # the words the consent page shows per scope: (scope, title, description, the tool rules that need it)
+    scope_words: tuple[tuple[str, str | None, str | None, tuple[str, ...]], ...] = ()
 
     @property
     def secure(self) -> bool:
@@ -146,6 +149,8 @@ class OAuthServer:
             return None
         if parent.startswith("oidc-"):
             return held_scopes(self.settings.offered, self.settings.ceiling(role)) if self.oidc else None
+        if self.registry is not None:
+            await self.registry.recheck(parent)  # made at run time, perhaps on another replica
         live = self.registry.live(parent) if self.registry is not None else None
         if live is None or live.kind not in self.settings.sign_in:
             return None
@@ -379,7 +384,10 @@ class OAuthServer:
 
     def consent_toggles(self, requested: tuple[str, ...], held: tuple[str, ...]) -> Any:
         s = self.settings
-        return toggles(requested, known=s.offered, excluded=s.excluded, held=frozenset(held))
+        words = {scope: (title, description, tools) for scope, title, description, tools in s.scope_words}
+        return tuple(replace(t, title=words[t.scope][0], description=words[t.scope][1], tools=words[t.scope][2])
+                     if t.scope in words else t
+                     for t in toggles(requested, known=s.offered, excluded=s.excluded, held=frozenset(held)))
 
     @staticmethod
     def granted(chosen: list[str], offered: Any) -> tuple[str, ...]:

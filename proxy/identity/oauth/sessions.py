@@ -87,7 +87,8 @@ class Sessions:
         await self.store.set_capped(KEY + "session:" + digest(value), orjson.dumps(asdict(session)).decode(),
                                     ttl=SESSION_TTL, group=KEY + "sessions-of:" + digest(session.subject),
                                     limit=MAX_PER_PERSON)
-        response.set_cookie(self.cookie, value, max_age=SESSION_TTL, path="/" if self.secure else self.path,
+        # Path /: the console and the admin API (/admin) read the same sign-in as the OAuth pages.
+        response.set_cookie(self.cookie, value, max_age=SESSION_TTL, path="/",
                             secure=self.secure, httponly=True, samesite="Lax")
         return session
 
@@ -109,7 +110,7 @@ class Sessions:
         value = request.cookies.get(self.cookie)
         if value:
             await self.store.delete(KEY + "session:" + digest(value))
-        response.del_cookie(self.cookie, path="/" if self.secure else self.path)
+        response.del_cookie(self.cookie, path="/")
 
     # Pending authorization requests: checked once at /authorize, kept server-side until consent (single use).
     async def park(self, payload: bytes, *, signed_in: bool) -> str:

@@ -45,8 +45,10 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
             problem = redirect_uri_problem(uri)
             if problem:
                 raise ConfigError(f"{config.policy}: oauth.clients.{index}.redirect_uris: {problem}")
+        links = tuple((what, uri) for what, uri in (("Homepage", client.client_uri), ("Terms", client.tos_uri),
+                                                    ("Privacy", client.policy_uri)) if uri)
         clients.append(Client(client.client_id, client.client_name, client.redirect_uris,
-                              "pre-registered in this server's policy", preregistered=True))
+                              "pre-registered in this server's policy", preregistered=True, links=links))
     oidc = None
     if oauth.oidc is None and config.oidc_client_secret_file:
         raise ConfigError("SCOPEGATE_OIDC_CLIENT_SECRET_FILE is set but the policy has no oauth.oidc section")
@@ -75,7 +77,23 @@ def settings_from(config: Config, policy: Policy, registry: Registry | None) -> 
         roles=tuple((role, tuple(scopes)) for role, scopes in policy.roles.items()),
         access_ttl=oauth.access_token_ttl_seconds, refresh_ttl=oauth.refresh_token_ttl_seconds,
         grant_lifetime=oauth.grant_lifetime_seconds, grants_per_person=oauth.max_grants_per_person,
+        service_name=policy.title or policy.name or "this service", scope_words=scope_words(policy),
     )
+
+
+def scope_words(policy: Policy) -> tuple[tuple[str, str | None, str | None, tuple[str, ...]], ...]:
+    """Pure: each scope's title and description from the policy, and the tool rules that need it (what ticking
+    it is for)."""
+    needed: dict[str, list[str]] = {}
+    for rule in policy.tools:
+        for scope in rule.scopes:
+            needed.setdefault(scope, []).append(rule.match)
+    out = []
+    for scope in policy.scopes:
+        info = policy.scope_info.get(scope)
+        out.append((scope, info.title if info else None, info.description if info else None,
+                    tuple(needed.get(scope, ()))))
+    return tuple(out)
 
 
 def own_issuer(settings: Settings) -> Issuer:
