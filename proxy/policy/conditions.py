@@ -191,6 +191,11 @@ class RuleConditions:
         `principal`: the caller's facts, or a function making them (called only when a condition reads them and
         no context is kept for `key`, which must stand for exactly these facts)."""
         conditions = self.conditions
+        # CEL's equality takes null for a value of another type (null == "" is false, not an error): a condition
+        # over an argument the call sent as null would be judged on a field it does not have. Fail closed.
+        for member in self.arg_names or ():
+            if member in args and args[member] is None:
+                return Verdict(conditions[0], "deny", f"argument {member!r} is null")
         try:
             context = self._context(args, principal, key, name, now)
         except Exception as exc:  # a value CEL cannot hold (a huge int in a list, ...): nothing is kept half-set
