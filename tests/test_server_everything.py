@@ -72,19 +72,23 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stop_process(process)
 
 
+async def sampling_client(url: str) -> dict[str, Any]:
+    """The TypeScript SDK client declaring sampling (tests/ts/sampling_client.mjs) against `url`: what it saw."""
+    folder = npm_installed(SDK, TS_CACHE)
+    script = folder / "sampling_client.mjs"
+    shutil.copyfile(TS / script.name, script)  # beside its node_modules, where Node resolves the SDK from
+    process = await asyncio.create_subprocess_exec("node", str(script), url, TOKENS["writer"],
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return json.loads(stdout)
+
+
 async def test_a_tool_listed_only_to_sampling_clients_is_decided_like_any_other(
         everything: str, start_proxy: Any, tmp_path: Path) -> None:
     policy = tmp_path / "everything.yaml"
     policy.write_text(POLICY)
-    proxied = await start_proxy(everything, policy=str(policy))
-    folder = npm_installed(SDK, TS_CACHE)
-    script = folder / "sampling_client.mjs"
-    shutil.copyfile(TS / script.name, script)  # beside its node_modules, where Node resolves the SDK from
-    process = await asyncio.create_subprocess_exec("node", str(script), proxied, TOKENS["writer"],
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    out = json.loads(stdout)
+    out = await sampling_client(await start_proxy(everything, policy=str(policy)))
 
     assert "trigger-sampling-request" in out["tools"]  # the client's own session has it, and the filter kept it
     assert "refused" not in out, out["refused"]

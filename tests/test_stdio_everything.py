@@ -6,17 +6,12 @@ that asked (the tool's result quotes it)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import TOKENS, npm_installed
+from tests.conftest import npm_installed
 from tests.stdio_helpers import URL
-from tests.test_server_everything import CACHE, POLICY, SERVER, TS
-from tests.test_ts_client import CACHE as TS_CACHE
-from tests.test_ts_client import SDK
+from tests.test_server_everything import CACHE, POLICY, SERVER, sampling_client
 
 
 async def test_sampling_asked_by_a_stdio_server_reaches_the_client(start_proxy: Any, tmp_path: Path) -> None:
@@ -24,16 +19,8 @@ async def test_sampling_asked_by_a_stdio_server_reaches_the_client(start_proxy: 
         / "index.js"
     policy = tmp_path / "everything.yaml"
     policy.write_text(POLICY)
-    proxied = await start_proxy(URL, upstream_command=("node", str(entry), "stdio"), policy=str(policy),
-                                upstream_cwd=str(tmp_path))
-    folder = npm_installed(SDK, TS_CACHE)
-    script = folder / "sampling_client.mjs"
-    shutil.copyfile(TS / script.name, script)  # beside its node_modules, where Node resolves the SDK from
-    process = await asyncio.create_subprocess_exec("node", str(script), proxied, TOKENS["writer"],
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    out = json.loads(stdout)
+    out = await sampling_client(await start_proxy(URL, upstream_command=("node", str(entry), "stdio"),
+                                                  policy=str(policy), upstream_cwd=str(tmp_path)))
     assert "trigger-sampling-request" in out["tools"]
     assert "refused" not in out, out["refused"]
     assert out["preview"]["status"] == "confirmation_required", out["preview"]
